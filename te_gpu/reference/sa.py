@@ -1,0 +1,130 @@
+r"""Spread/Attract feature perturbation (Khoba et al., WACV 2025); SPEC 7.
+
+1. Gate: :math:`m` = mean of the two largest eigenvalues of the population
+   covariance of the raw features. SA applies iff
+   :math:`m > 9\ln 10/5` (the released test ``max(e^{-5m},10^{-10}) < 10^{-9}``).
+2. Randomized PCA to :math:`n=\min(\text{pca\_dim},N,D)` dims, seed 1919
+   (:func:`te_gpu.reference.pca.randomized_pca`).
+3. Spread (variant ``"described"`` only; the released code computes it and
+   discards it): :math:`x\leftarrow x+f\,(x-\mu_c)/|x-\mu_c|`.
+4. Attract on the class statistics of the current features:
+   :math:`R_c=\sqrt{\sum_d\mathrm{Var}_c[x_d]}` (population),
+   :math:`d_{ab}=|\mu_a-\mu_b|`, :math:`W_{ab}=(d_{ab}-\sigma(R_a+R_b))/d_{ab}`,
+   :math:`W_{aa}=0`, and
+   :math:`\Delta=\alpha(\mathrm{diag}(W\mathbf 1)M-WM)`; every sample of class c
+   moves by :math:`\Delta_c` (``"released"``) or :math:`-\Delta_c` (``"described"``:
+   a true attraction, as the paper's words say). Classes with identical means
+   have no direction between them and exert no force on each other.
+
+Variant ``"pca-only"`` stops after step 2: the ablation that separates the
+PCA's effect from Attract's.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._checks import as_features, as_labels
+from .pca import randomized_pca
+
+GATE_THRESHOLD = 9.0 * math.log(10.0) / 5.0  # 4.14465316738928
+VARIANTS = ("released", "described", "pca-only")
+DEFAULTS = dict(alpha=0.005, sigma=0.6, force=1.0, pca_dim=64, gate=True, variant="released")
+
+
+def gate_value(x: np.ndarray) -> float:
+    """Mean of the two largest eigenvalues of the population covariance (float64)."""
+    xc = x - x.mean(axis=0)
+    evals = np.linalg.eigvalsh(xc.T @ xc / x.shape[0])
+    return float(evals[-2:].mean())
+
+
+def attract_delta(z: np.ndarray, codes: np.ndarray, n_classes: int, alpha: float,
+                  sigma: float) -> np.ndarray:
+    """Per-class displacement Delta (C x D) of the released Attract."""
+    counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
+    means = np.zeros((n_classes, z.shape[1]))
+    np.add.at(means, codes, z)
+    means /= counts[:, None]
+    var = np.zeros_like(means)
+    np.add.at(var, codes, (z - means[codes]) ** 2)
+    radius = np.sqrt((var / counts[:, None]).sum(axis=1))
+    dist = np.sqrt(((means[:, None, :] - means[None, :, :]) ** 2).sum(axis=2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = (dist - sigma * (radius[:, None] + radius[None, :])) / dist
+    w[dist == 0] = 0.0  # includes the diagonal
+    return alpha * (w.sum(axis=1)[:, None] * means - w @ means)
+
+
+def spread(z: np.ndarray, codes: np.ndarray, n_classes: int, force: float) -> np.ndarray:
+    """Push each sample ``force`` further from its class mean (a copy)."""
+    counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
+    means = np.zeros((n_classes, z.shape[1]))
+    np.add.at(means, codes, z)
+    means /= counts[:, None]
+    direction = z - means[codes]
+    norm = np.linalg.norm(direction, axis=1, keepdims=True)
+    step = np.divide(direction, norm, out=np.zeros_like(direction), where=norm > 0)
+    return z + force * step
+
+
+def spread_attract(features, labels, *, alpha: float = 0.005, sigma: float = 0.6,
+                   force: float = 1.0, pca_dim: int = 64, gate: bool = True,
+                   variant: str = "released"):
+    """Perturb one model's features; returns ``(perturbed, info)``.
+
+    ``info``: ``gate_value`` (m), ``gate_threshold``, ``gate_margin`` (m minus
+    the threshold), ``applied`` (bool), ``variant``, ``pca_dim`` (the n used, or
+    None), ``displacement_norm`` (Frobenius norm of the move in PCA space,
+    Spread and Attract together; 0 when not applied).
+    When the gate is closed the raw features come back (as float64).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown SA variant {variant!r}; choose one of {VARIANTS}")
+    for name, v in (("alpha", alpha), ("sigma", sigma), ("force", force)):
+        if not np.isfinite(v):
+            raise ValueError(f"SA option {name} must be finite, got {v}")
+    if int(pca_dim) != pca_dim or pca_dim < 1:
+        raise ValueError(f"pca_dim must be a positive integer, got {pca_dim}")
+    # float32 input keeps a float32 PCA (as scikit-learn, and so the released code)
+    is_f32 = str(getattr(features, "dtype", "")).replace("torch.", "") == "float32"
+    x = as_features(features)
+    codes, classes = as_labels(labels, x.shape[0])
+    n, d = x.shape
+    m = gate_value(x)
+    applied = (m > GATE_THRESHOLD) if gate else True
+    info = dict(gate_value=m, gate_threshold=GATE_THRESHOLD, gate_margin=m - GATE_THRESHOLD,
+                applied=bool(applied), variant=variant, pca_dim=None, displacement_norm=0.0)
+    if not applied:
+        return x, info
+    n_comp = int(min(pca_dim, n, d))
+    z, _, _ = randomized_pca(x.astype(np.float32) if is_f32 else x, n_comp)
+    info["pca_dim"] = n_comp
+    if variant == "pca-only":
+        return z, info
+    out = z
+    if variant == "described":
+        out = spread(out, codes, classes.size, force)
+    delta = attract_delta(out, codes, classes.size, alpha, sigma)
+    out = out + (delta if variant == "released" else -delta)[codes]
+    info["displacement_norm"] = float(np.linalg.norm(out - z))
+    return out, info
+
+
+def resolve_sa(sa):
+    """Normalise the ``sa`` argument: None | variant name | dict of options -> kwargs or None."""
+    if sa is None or sa is False:
+        return None
+    if sa is True:
+        return dict(DEFAULTS)
+    if isinstance(sa, str):
+        if sa not in VARIANTS:
+            raise ValueError(f"unknown SA variant {sa!r}; choose one of {VARIANTS}")
+        return dict(DEFAULTS, variant=sa)
+    if isinstance(sa, dict):
+        unknown = set(sa) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown SA option(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
+        return dict(DEFAULTS, **sa)
+    raise TypeError(f"sa must be None, a variant name or a dict of options, got {type(sa).__name__}")
