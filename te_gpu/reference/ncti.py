@@ -2,7 +2,9 @@ r"""NCTI (Wang et al., ICCV 2023), a zoo-level score; SPEC 4.
 
 Per model a tuple (seli, ncc, vc):
 
-1. :math:`Z` = exact PCA of the features to :math:`n=\min(64,N,D)` dims.
+1. :math:`Z` = exact PCA of the features to :math:`n=\min(64,N-1,D)` dims
+   (centred data has rank at most N-1: a further component would be rounding
+   noise, which the LDA's standardisation would blow up).
 2. :math:`\tau=\max(e^{-\sum_{i\le32}\lambda_i},10^{-10})` with :math:`\lambda_i` the
    explained variances (ddof 1). If :math:`\tau=10^{-10}` an LDA with
    scikit-learn's 'svd' solver semantics (rank tol :math:`10^{-4}`), else the
@@ -99,7 +101,7 @@ def ncti_parts(features, labels, *, lda_scaling: str = "n_minus_c"):
     n_classes = classes.size
     if n <= n_classes:
         raise ValueError(f"NCTI needs more samples ({n}) than classes ({n_classes})")
-    z, explained, _ = exact_pca(x, min(PCA_DIM, n, d))
+    z, explained, _ = exact_pca(x, min(PCA_DIM, n - 1, d))
     tau = max(float(np.exp(-explained[:32].sum())), 1e-10)
     lda_model = _LinearDiscriminant(z, codes, n_classes,
                                     None if tau == 1e-10 else tau, lda_scaling)

@@ -33,28 +33,40 @@ def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 300,
            tol: float = 1e-4) -> np.ndarray:
-    """k-means++ seeding then Lloyd iterations; returns the labels (N,)."""
+    """k-means++ seeding then Lloyd iterations; returns the labels (N,).
+
+    The seeding draws its k uniforms up front, ``u = rng.random(k)``: the first
+    centre is sample ``floor(u_0 N)``, centre j is the sample where the cumulative
+    squared distance to the nearest chosen centre first exceeds ``u_j`` times its
+    total. One explicit stream makes the batched engine reproduce it exactly.
+    Lloyd stops when the centres move less than ``tol`` times the mean feature
+    variance (squared distance, summed over centres); an empty cluster keeps
+    its centre.
+    """
     n = x.shape[0]
+    u = rng.random(k)
     centers = np.empty((k, x.shape[1]))
-    centers[0] = x[rng.integers(n)]
+    centers[0] = x[min(int(u[0] * n), n - 1)]
     closest = _sq_dist(x, centers[:1])[:, 0]
     for j in range(1, k):
-        total = closest.sum()
-        idx = rng.integers(n) if total <= 0 else rng.choice(n, p=closest / total)
+        cdf = np.cumsum(closest)
+        if cdf[-1] <= 0:  # every sample sits on a centre already
+            idx = min(int(u[j] * n), n - 1)
+        else:
+            idx = min(int(np.searchsorted(cdf, u[j] * cdf[-1], side="right")), n - 1)
         centers[j] = x[idx]
         closest = np.minimum(closest, _sq_dist(x, centers[j:j + 1])[:, 0])
-    scale = np.mean(np.var(x, axis=0)) * tol
-    labels = np.zeros(n, dtype=np.int64)
+    threshold = np.mean(np.var(x, axis=0)) * tol
     for _ in range(max_iter):
         labels = _sq_dist(x, centers).argmin(axis=1)
-        new = centers.copy()
-        for j in range(k):
-            members = x[labels == j]
-            if len(members):
-                new[j] = members.mean(axis=0)
+        onehot = np.zeros((n, k))
+        onehot[np.arange(n), labels] = 1.0
+        counts = onehot.sum(axis=0)
+        sums = onehot.T @ x
+        new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1.0)[:, None], centers)
         shift = ((new - centers) ** 2).sum()
         centers = new
-        if shift <= scale:
+        if shift <= threshold:
             break
     return _sq_dist(x, centers).argmin(axis=1)
 

@@ -126,5 +126,8 @@ def resolve_sa(sa):
         unknown = set(sa) - set(DEFAULTS)
         if unknown:
             raise ValueError(f"unknown SA option(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
-        return dict(DEFAULTS, **sa)
+        out = dict(DEFAULTS, **sa)
+        if out["variant"] not in VARIANTS:
+            raise ValueError(f"unknown SA variant {out['variant']!r}; choose one of {VARIANTS}")
+        return out
     raise TypeError(f"sa must be None, a variant name or a dict of options, got {type(sa).__name__}")

@@ -1,0 +1,84 @@
+"""Turning user input into validated torch tensors on the right device.
+
+Labels are validated and remapped on the host (they are small); features are
+checked for shape and finiteness with one reduction on their own device, then
+cast to the working dtype there (a copy: inputs are never modified).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._checks import as_labels
+
+PRECISIONS = {"exact": torch.float64, "fast": torch.float32}
+
+
+def working_dtype(precision: str) -> torch.dtype:
+    """``"exact"`` -> float64 (equals the reference), ``"fast"`` -> float32 (TF32 matmuls)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def resolve_device(device, *inputs) -> torch.device:
+    """``device=None`` means the device of the first tensor input (else the CPU)."""
+    if device is None:
+        for x in inputs:
+            if isinstance(x, torch.Tensor):
+                return x.device
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: "
+                             f"{torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type != "cpu":
+        raise ValueError(f"device type {dev.type!r} is not supported (use 'cpu' or 'cuda')")
+    return dev
+
+
+def features_tensor(x, device: torch.device, dtype: torch.dtype, name: str = "features",
+                    check_finite: bool = True) -> torch.Tensor:
+    """Validate one N x D feature matrix and return a fresh ``dtype`` tensor on ``device``."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+        if t.is_complex():
+            raise TypeError(f"{name} is complex; transferability scores need real features")
+    else:
+        arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
+        if arr.dtype == object:
+            raise TypeError(f"{name} has dtype object; pass a numeric array")
+        if np.iscomplexobj(arr):
+            raise TypeError(f"{name} is complex; transferability scores need real features")
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise TypeError(f"{name} has non-numeric dtype {arr.dtype}")
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8)
+        t = torch.from_numpy(np.ascontiguousarray(arr)) if arr.flags.writeable else \
+            torch.from_numpy(np.array(arr))
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (N samples x D dims), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(t.shape)}")
+    out = t.to(device=device, dtype=dtype, copy=True)
+    if check_finite and not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out)).sum())
+        raise ValueError(f"{name} holds {bad} non-finite values (NaN or inf)")
+    return out
+
+
+def labels_tensor(y, n: int, device: torch.device):
+    """Labels -> (codes LongTensor on ``device``, classes ndarray); any integers accepted."""
+    codes, classes = as_labels(y, n)
+    return torch.as_tensor(codes, device=device), classes
+
+
+def is_float32_input(x) -> bool:
+    """SA's PCA runs in float32 for float32 input (as the released code)."""
+    return str(getattr(x, "dtype", "")).replace("torch.", "") == "float32"

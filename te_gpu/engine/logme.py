@@ -1,0 +1,102 @@
+"""LogME for all classes of all models at once (SPEC 1; maths in te_gpu.reference.logme).
+
+The spectrum comes from the batch's Gram matrix (N > D) or a thin SVD (N <= D);
+the fixed point then runs on (B, T, k) tensors - every (model, target) pair at
+once - with a convergence mask that freezes each pair at the iteration where
+the released code would have stopped. Eleven fixed iterations, no host sync.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+_MAX_ITER = 11
+_EPS = 1e-5
+_TOL = 1e-3
+
+
+def spectrum(x: torch.Tensor, gram: torch.Tensor | None, xty: torch.Tensor):
+    """Eigenvalues sigma (B, k), validity mask (B, k) and projections U^T Y (B, T, k).
+
+    ``xty`` is X^T Y as (B, T, D). For N > D, ``gram`` is X^T X (B, D, D); the
+    rank rule keeps sqrt(sigma) > 1e-10, the rest is masked out.
+    """
+    b, n, d = x.shape
+    if n > d:
+        evals, v = torch.linalg.eigh(gram)               # ascending
+        valid = evals > 1e-20
+        safe = torch.where(valid, evals, torch.ones_like(evals))
+        proj = (xty @ v) / torch.sqrt(safe)[:, None, :]  # (B, T, D)
+        proj = torch.where(valid[:, None, :], proj, torch.zeros_like(proj))
+        sigma = torch.where(valid, evals, torch.zeros_like(evals))
+        return sigma, valid, proj
+    raise AssertionError("use spectrum_svd for N <= D")
+
+
+def spectrum_svd(x: torch.Tensor, targets: torch.Tensor):
+    """N <= D: thin SVD of X; sigma = s^2 (no threshold), proj = U^T Y as (B, T, N)."""
+    u, s, _ = torch.linalg.svd(x, full_matrices=False)   # u: (B, N, N)
+    proj = (targets.T @ u)                                # (T, N) @ (B, N, k) -> (B, T, k)
+    sigma = s * s
+    return sigma, torch.ones_like(sigma, dtype=torch.bool), proj
+
+
+def fixed_point_evidence(sigma, valid, proj, t_sq, n: int, d: int, corrected: bool):
+    """Maximised evidence / N for every (model, target): (B, T).
+
+    sigma, valid: (B, k); proj: (B, T, k); t_sq: (T,) squared target norms.
+    """
+    dtype = sigma.dtype
+    sig = sigma[:, None, :]                               # (B, 1, k)
+    x2 = proj * proj                                      # (B, T, k)
+    r0 = t_sq[None, :] - x2.sum(-1)                       # (B, T)
+    shape = x2.shape[:2]
+    alpha = torch.ones(shape, dtype=dtype, device=sigma.device)
+    beta = torch.ones_like(alpha)
+    m2 = torch.zeros_like(alpha)
+    res2 = torch.zeros_like(alpha)
+    done = torch.zeros(shape, dtype=torch.bool, device=sigma.device)
+    for _ in range(_MAX_ITER):
+        t = (alpha / beta)[..., None]                     # (B, T, 1)
+        gamma = (sig / (sig + t)).sum(-1)
+        m2_new = (sig * x2 / (t + sig) ** 2).sum(-1)
+        res2_new = (x2 / (1 + sig / t) ** 2).sum(-1) + r0
+        a_new = gamma / (m2_new + _EPS)
+        b_new = (n - gamma) / (res2_new + _EPS)
+        conv = (a_new / b_new - t[..., 0]).abs() / t[..., 0] <= _TOL
+        alpha = torch.where(done, alpha, a_new)
+        beta = torch.where(done, beta, b_new)
+        m2 = torch.where(done, m2, m2_new)
+        res2 = torch.where(done, res2, res2_new)
+        done = done | conv
+    logdet = torch.where(valid[:, None, :], torch.log(alpha[..., None] + beta[..., None] * sig),
+                         torch.zeros((), dtype=dtype, device=sigma.device)).sum(-1)
+    ev = (d / 2.0 * torch.log(alpha) + n / 2.0 * torch.log(beta) - 0.5 * logdet
+          - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * math.log(2 * math.pi))
+    if corrected:
+        k = valid.sum(-1).to(dtype)[:, None]
+        ev = ev - 0.5 * (d - k) * torch.log(alpha)
+    return ev / n
+
+
+def logme_batched(x: torch.Tensor, targets: torch.Tensor, *, corrected: bool = False,
+                  gram: torch.Tensor | None = None, xty: torch.Tensor | None = None) -> torch.Tensor:
+    """LogME of B models (B, N, D) for targets (N, T) (one-hot for classes): (B,).
+
+    ``gram`` (X^T X) and ``xty`` (X^T Y as (B, T, D)) may be passed in when the
+    caller already has them (the zoo engine does), saving a pass over x.
+    """
+    b, n, d = x.shape
+    if n > d:
+        if gram is None:
+            gram = x.mT @ x
+        if xty is None:
+            xty = (targets.T @ x)
+        sigma, valid, proj = spectrum(x, gram, xty)
+    else:
+        sigma, valid, proj = spectrum_svd(x, targets)
+    if not bool(valid.any(-1).all()):
+        raise ValueError("features are all zero: LogME needs a non-zero spectrum")
+    t_sq = (targets * targets).sum(0)
+    return fixed_point_evidence(sigma, valid, proj, t_sq, n, d, corrected).mean(-1)

@@ -1,0 +1,142 @@
+"""NCTI's per-model parts (seli, ncc, vc) batched over models (SPEC 4).
+
+The exact PCA-64 comes from the eigendecomposition of the centred Gram that
+the batch statistics already hold; the within and total scatter of the PCA
+scores are projections of the full-space ones (V^T S V), so the LDA of either
+solver costs O(64^3) per model. Both solver branches are evaluated for every
+model (each is cheap in 64 dims) and the one SPEC prescribes is selected per
+model with ``torch.where``: no host round trip decides anything.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .stats import BatchStats, Labels, shrink, true_class
+
+PCA_DIM = 64
+_SVD_TOL = 1e-4
+
+
+def class_padding_index(codes: torch.Tensor, n_classes: int):
+    """Gather index (C, n_max) of each class's samples, padded with 0, and its mask.
+
+    Lets per-class matrices of ragged sizes be stacked into one (C, n_max, ...)
+    tensor whose padding rows are zero (zero rows do not change singular values).
+    """
+    order = torch.argsort(codes, stable=True)
+    counts = torch.bincount(codes, minlength=n_classes)
+    n_max = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(n_max, device=codes.device)
+    mask = pos[None, :] < counts[:, None]
+    flat = (starts[:, None] + pos[None, :]).clamp(max=codes.numel() - 1)
+    idx = torch.where(mask, order[flat], torch.zeros_like(flat))
+    return idx, mask
+
+
+def _eigen_branch(z, means_z, sw_z, st_z, labels: Labels, tau, max_comp):
+    """scikit-learn's 'eigen' solver with shrinkage tau: (transform, logits)."""
+    sw_s = shrink(sw_z, tau)
+    st_s = shrink(st_z, tau)
+    chol, info = torch.linalg.cholesky_ex(sw_s)
+    eye = torch.eye(sw_s.shape[-1], dtype=z.dtype, device=z.device)
+    # where the Cholesky failed, this branch is not the one selected (or the
+    # caller reports it); keep the algebra finite
+    chol = torch.where((info == 0)[:, None, None], chol, eye)
+    linv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+    a = linv @ (st_s - sw_s) @ linv.mT
+    evals, u = torch.linalg.eigh(0.5 * (a + a.mT))
+    w = linv.mT @ u.flip(-1)                              # descending generalised eigvecs
+    scalings = w[:, :, :max_comp]
+    coef = torch.cholesky_solve(means_z.mT, chol).mT      # M S_w'^{-1}: (B, C, n)
+    prior = torch.log(labels.counts / labels.n)
+    intercept = -0.5 * (means_z * coef).sum(-1) + prior
+    return z @ scalings, z @ coef.mT + intercept[:, None, :], info
+
+
+def _svd_branch(z, means_z, labels: Labels, fac, max_comp):
+    """scikit-learn's 'svd' solver (two SVD stages, rank tol 1e-4): (transform, logits)."""
+    n, c = labels.n, labels.c
+    priors = labels.counts / n
+    within = z - means_z[:, labels.codes]
+    std = within.pow(2).mean(1).sqrt()
+    std = torch.where(std == 0, torch.ones_like(std), std)
+    _, s, vt = torch.linalg.svd(math.sqrt(fac) * within / std[:, None, :], full_matrices=False)
+    keep = s > _SVD_TOL
+    s_safe = torch.where(keep, s, torch.ones_like(s))
+    scalings = (vt / std[:, None, :]).mT / s_safe[:, None, :]
+    scalings = torch.where(keep[:, None, :], scalings, torch.zeros_like(scalings))
+    xbar = priors @ means_z                               # (B, n)
+    fac_b = 1.0 / (c - 1)
+    centres = torch.sqrt(n * priors * fac_b)[None, :, None] * (means_z - xbar[:, None, :])
+    _, s2, vt2 = torch.linalg.svd(centres @ scalings, full_matrices=False)
+    keep2 = s2 > _SVD_TOL * s2[:, :1]
+    full = scalings @ vt2.mT
+    full = torch.where(keep2[:, None, :], full, torch.zeros_like(full))
+    coef = (means_z - xbar[:, None, :]) @ full            # (B, C, r)
+    intercept = -0.5 * coef.pow(2).sum(-1) + torch.log(priors)
+    coef_full = coef @ full.mT                            # (B, C, n)
+    intercept = intercept - (xbar[:, None, :] * coef_full).sum(-1)
+    transform = (z - xbar[:, None, :]) @ full[:, :, :max_comp]
+    return transform, z @ coef_full.mT + intercept[:, None, :]
+
+
+def ncti_parts_batched(x: torch.Tensor, labels: Labels, st: BatchStats, *,
+                       eig=None, lda_scaling: str = "n_minus_c", class_index=None):
+    """(seli, ncc, vc), each (B,), for a (B, N, D) batch with its statistics.
+
+    ``eig``: (evals, evecs) of ``st.gram_c`` if the caller has them already.
+    """
+    b, n, d = x.shape
+    c = labels.c
+    if n <= c:
+        raise ValueError(f"NCTI needs more samples ({n}) than classes ({c})")
+    n_comp = min(PCA_DIM, n - 1, d)  # centred data has rank <= N-1
+    if eig is None:
+        eig = torch.linalg.eigh(st.gram_c)
+    evals, evecs = eig
+    v = evecs.flip(-1)[:, :, :n_comp]                     # top eigenvectors (descending)
+    explained = evals.flip(-1) / (n - 1)
+    tau = torch.clamp(torch.exp(-explained[:, :32].sum(-1)), min=1e-10)
+    use_svd = tau == 1e-10
+    z = (x - st.xbar[:, None, :]) @ v                     # PCA scores (B, N, n)
+    means_z = (st.means - st.xbar[:, None, :]) @ v
+    sw_z = v.mT @ st.sw @ v
+    st_z = v.mT @ st.gram_c @ v / n
+    max_comp = min(c - 1, n_comp)
+    f_e, logit_e, info = _eigen_branch(z, means_z, sw_z, st_z, labels, tau, max_comp)
+    fac = 1.0 / (n - c) if lda_scaling == "n_minus_c" else 1.0 / n
+    f_s, logit_s = _svd_branch(z, means_z, labels, fac, max_comp)
+    if bool(((info != 0) & ~use_svd).any()):
+        raise ValueError("NCTI: the shrunk within-class scatter of the PCA scores is not "
+                         "positive definite")
+    # both transforms have min(C-1, n) columns
+    f = torch.where(use_svd[:, None, None], f_s, f_e)
+    logits = torch.where(use_svd[:, None, None], logit_s, logit_e)
+    f = f - f.mean(1, keepdim=True)
+    seli = torch.linalg.svdvals(f).sum(-1)
+    p = torch.softmax(logits, -1)
+    ncc = true_class(p, labels.codes).mean(-1)
+    if class_index is None:
+        class_index = class_padding_index(labels.codes, c)
+    idx, mask = class_index
+    p_pad = p[:, idx] * mask[None, :, :, None].to(p.dtype)   # (B, C, n_max, C)
+    vc = torch.log(torch.linalg.svdvals(p_pad).sum((-1, -2)))
+    return seli, ncc, vc
+
+
+def minmax_combine(seli: torch.Tensor, ncc: torch.Tensor, vc: torch.Tensor,
+                   names=None) -> torch.Tensor:
+    """Zoo normalisation mm(ncc) + mm(seli) - mm(vc) over the L models (L,)."""
+    parts = torch.stack([seli, ncc, vc], -1)              # (L, 3)
+    if parts.shape[0] < 2:
+        raise ValueError(f"NCTI normalises across a zoo: it needs at least 2 models, got {parts.shape[0]}")
+    lo, hi = parts.min(0).values, parts.max(0).values
+    flat = [nm for nm, a, b in zip(("seli", "ncc", "vc"), lo.tolist(), hi.tolist()) if not b > a]
+    if flat:
+        raise ValueError(f"NCTI: component(s) {flat} are identical across the zoo; "
+                         "min-max normalisation is undefined")
+    mm = (parts - lo) / (hi - lo)
+    return mm[:, 1] + mm[:, 0] - mm[:, 2]

@@ -1,0 +1,92 @@
+"""Spread/Attract batched over models (SPEC 7; maths in te_gpu.reference.sa).
+
+The gate reads the top two eigenvalues of each model's covariance (from the
+centred Gram's eigendecomposition, shared with NCTI); the randomized PCA is
+three thin matrix products, one batched QR and one small SVD; Attract is a
+handful of C x C products on the class statistics of the PCA scores.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .stats import Labels
+
+GATE_THRESHOLD = 9.0 * math.log(10.0) / 5.0
+SA_PCA_SEED = 1919
+
+
+def gate_values(evals_c: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of the two largest eigenvalues of the population covariance: (B,).
+
+    ``evals_c``: ascending eigenvalues of the centred Gram (B, D).
+    """
+    return evals_c[:, -2:].mean(-1) / n
+
+
+def randomized_pca_batched(xc: torch.Tensor, n_comp: int, *, seed: int = SA_PCA_SEED,
+                           n_oversamples: int = 10, n_iter: int = 1) -> torch.Tensor:
+    """Scores of scikit-learn's randomized PCA for B centred models (B, N, D) -> (B, N, n).
+
+    The Gaussian test matrix comes from ``numpy.random.RandomState(seed)`` so the
+    result equals the reference (and scikit-learn) up to floating-point rounding.
+    """
+    b, n, d = xc.shape
+    transpose = n < d
+    m = xc.mT if transpose else xc
+    omega = np.random.RandomState(seed).normal(size=(m.shape[-1], n_comp + n_oversamples))
+    q = torch.as_tensor(omega, device=xc.device).to(xc.dtype)
+    for _ in range(n_iter):
+        q = m @ q
+        q = m.mT @ q
+    q, _ = torch.linalg.qr(m @ q, mode="reduced")
+    uh, s, vt = torch.linalg.svd(q.mT @ m, full_matrices=False)
+    u = q @ uh
+    if transpose:
+        u, vt = vt[:, :n_comp].mT, u[:, :, :n_comp].mT
+    else:
+        u, vt = u[:, :, :n_comp], vt[:, :n_comp]
+    s = s[:, :n_comp]
+    idx = vt.abs().argmax(-1, keepdim=True)
+    signs = torch.sign(torch.gather(vt, -1, idx))[..., 0]
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    return u * (s * signs)[:, None, :]
+
+
+def _class_moments(z: torch.Tensor, labels: Labels):
+    means = (labels.onehot.T @ z) / labels.counts[None, :, None]
+    dev = z - means[:, labels.codes]
+    var = (labels.onehot.T @ (dev * dev)) / labels.counts[None, :, None]
+    return means, dev, var
+
+
+def attract_delta(z: torch.Tensor, labels: Labels, alpha: float, sigma: float) -> torch.Tensor:
+    """Per-class displacement (B, C, n) of the released Attract."""
+    means, _, var = _class_moments(z, labels)
+    radius = var.sum(-1).sqrt()                            # (B, C)
+    # direct differences (not the |a|^2+|b|^2-2ab expansion), so equal means give 0 exactly
+    dist = torch.cdist(means, means, compute_mode="donot_use_mm_for_euclid_dist")
+    safe = torch.where(dist > 0, dist, torch.ones_like(dist))
+    w = (dist - sigma * (radius[:, :, None] + radius[:, None, :])) / safe
+    w = torch.where(dist > 0, w, torch.zeros_like(w))      # no direction, no force
+    return alpha * (w.sum(-1)[..., None] * means - w @ means)
+
+
+def spread(z: torch.Tensor, labels: Labels, force: float) -> torch.Tensor:
+    _, dev, _ = _class_moments(z, labels)
+    norm = torch.linalg.vector_norm(dev, dim=-1, keepdim=True)
+    step = torch.where(norm > 0, dev / torch.where(norm > 0, norm, 1), torch.zeros_like(dev))
+    return z + force * step
+
+
+def perturb(z: torch.Tensor, labels: Labels, *, alpha: float, sigma: float, force: float,
+            variant: str):
+    """Spread (``described``) and Attract on PCA scores: (perturbed, displacement norm (B,))."""
+    if variant == "pca-only":
+        return z, torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+    out = spread(z, labels, force) if variant == "described" else z
+    delta = attract_delta(out, labels, alpha, sigma)
+    out = out + (delta if variant == "released" else -delta)[:, labels.codes]
+    return out, torch.linalg.vector_norm(out - z, dim=(-2, -1))

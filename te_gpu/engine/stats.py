@@ -1,0 +1,119 @@
+"""Per-model statistics shared by every metric head, for a batch of same-width models.
+
+A batch is a tensor ``x`` of shape (B, N, D): B models, one target set of N
+samples, D feature dims each. Labels are shared by all models of a zoo, so the
+one-hot matrix (N x C) and the class counts are computed once per zoo.
+
+Everything here is a matrix product or a batched factorisation: class sums are
+``Y^T X`` (a one-hot matmul rather than a scatter: deterministic on CUDA), the
+centred Gram ``Xc^T Xc`` is one ``bmm``, and the within-class scatter follows
+from them without another pass over the features:
+
+.. math::
+    S_w = \\frac1N\\Big(X_c^TX_c - \\sum_k n_k(\\mu_k-\\bar x)(\\mu_k-\\bar x)^T\\Big).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Labels:
+    """Labels of a zoo on one device: codes (N,), one-hot (N, C), counts (C,)."""
+    codes: torch.Tensor
+    onehot: torch.Tensor
+    counts: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def c(self) -> int:
+        return self.onehot.shape[1]
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, n_classes: int, dtype: torch.dtype) -> "Labels":
+        onehot = torch.nn.functional.one_hot(codes, n_classes).to(dtype)
+        return cls(codes, onehot, onehot.sum(0))
+
+    def to(self, dtype: torch.dtype) -> "Labels":
+        return Labels(self.codes, self.onehot.to(dtype), self.counts.to(dtype))
+
+
+@dataclass
+class BatchStats:
+    """Class means, global mean, centred Gram and within scatter of B models."""
+    means: torch.Tensor     # (B, C, D)
+    xbar: torch.Tensor      # (B, D)
+    gram_c: torch.Tensor    # (B, D, D)  Xc^T Xc
+    sw: torch.Tensor        # (B, D, D)  population within-class scatter
+
+    def gram(self, n: int) -> torch.Tensor:
+        """The uncentred Gram X^T X = Xc^T Xc + N xbar xbar^T."""
+        return self.gram_c + n * self.xbar[:, :, None] * self.xbar[:, None, :]
+
+    def class_sums(self, labels: Labels) -> torch.Tensor:
+        """X^T Y as (B, C, D): the class sums."""
+        return self.means * labels.counts[None, :, None]
+
+
+def class_means(x: torch.Tensor, labels: Labels):
+    """(means (B, C, D), xbar (B, D)) from one one-hot matmul."""
+    sums = labels.onehot.T @ x                      # (C, N) @ (B, N, D) -> (B, C, D)
+    means = sums / labels.counts[None, :, None]
+    xbar = (labels.counts @ means) / labels.n       # weighted mean of the class means
+    return means, xbar
+
+
+def within_from_gram(gram_c, means, xbar, labels: Labels) -> torch.Tensor:
+    mc = means - xbar[:, None, :]
+    between = mc.mT @ (labels.counts[None, :, None] * mc)
+    sw = (gram_c - between) / labels.n
+    return 0.5 * (sw + sw.mT)  # exact symmetry for the Cholesky/eigh that follow
+
+
+def batch_stats(x: torch.Tensor, labels: Labels) -> BatchStats:
+    """Every shared statistic of a (B, N, D) batch in two passes over the features."""
+    means, xbar = class_means(x, labels)
+    xc = x - xbar[:, None, :]
+    gram_c = xc.mT @ xc
+    gram_c = 0.5 * (gram_c + gram_c.mT)
+    return BatchStats(means, xbar, gram_c, within_from_gram(gram_c, means, xbar, labels))
+
+
+def shrink(s: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """(1 - lam) S + lam tr(S)/D I for a batch (lam: (B,))."""
+    d = s.shape[-1]
+    tr = torch.diagonal(s, dim1=-2, dim2=-1).sum(-1)
+    eye = torch.eye(d, dtype=s.dtype, device=s.device)
+    return (1 - lam)[:, None, None] * s + (lam * tr / d)[:, None, None] * eye
+
+
+def power_iteration_top(s: torch.Tensor, rounds: int = 3) -> torch.Tensor:
+    """SFDA's 3-round power estimate of the top eigenvalue, batched: (B, D, D) -> (B,)."""
+    x = s.sum(-1)
+    y = x
+    zero = torch.zeros((), dtype=s.dtype, device=s.device)
+    for _ in range(rounds):
+        t = (s @ x[..., None])[..., 0]
+        nt = torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+        y = torch.where(nt > 0, t / torch.where(nt > 0, nt, 1), zero)
+        t = (s @ y[..., None])[..., 0]
+        nt = torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+        x = torch.where(nt > 0, t / torch.where(nt > 0, nt, 1), zero)
+    return torch.einsum("bi,bij,bj->b", x, s, y)
+
+
+def softmax_true_class(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of softmax(logits)[i, y_i]: (B, N, C) -> (B,)."""
+    p = torch.softmax(logits, dim=-1)
+    return true_class(p, codes).mean(-1)
+
+
+def true_class(p: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """p[b, i, y_i] as (B, N)."""
+    idx = codes[None, :, None].expand(p.shape[0], -1, 1)
+    return torch.gather(p, 2, idx)[..., 0]

@@ -1,0 +1,80 @@
+"""What a zoo run returns: scores per metric and model, NCTI parts, SA diagnostics,
+timings, and exports (JSON in te_gpu's and the public format, CSV, plain dicts)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .io import _atomic_write, write_scores
+
+
+@dataclass
+class ZooResult:
+    """Scores of a zoo. ``scores[label][model]`` is a float; a label is the metric
+    name, suffixed ``+variant`` when computed after SA (e.g. ``"sfda+released"``)."""
+    models: list
+    scores: dict = field(default_factory=dict)
+    ncti_parts: dict = field(default_factory=dict)   # label -> model -> (seli, ncc, vc)
+    sa: dict = field(default_factory=dict)           # variant label -> model -> info dict
+    timings: dict = field(default_factory=dict)      # stage -> seconds
+    device: str = "cpu"
+    precision: str = "exact"
+    options: dict = field(default_factory=dict)
+
+    @staticmethod
+    def label(metric: str, sa=None) -> str:
+        from .reference.sa import resolve_sa
+
+        kw = resolve_sa(sa)
+        return metric if kw is None else f"{metric}+{kw['variant']}"
+
+    def __getitem__(self, label: str) -> dict:
+        return self.scores[label]
+
+    @property
+    def labels(self) -> list:
+        return list(self.scores)
+
+    def ranking(self, label: str) -> list:
+        """[(model, score), ...] best first."""
+        return sorted(self.scores[label].items(), key=lambda kv: -kv[1])
+
+    def to_dict(self) -> dict:
+        return dict(models=list(self.models), scores=self.scores,
+                    ncti_parts={k: {m: list(v) for m, v in d.items()} for k, d in self.ncti_parts.items()},
+                    sa=self.sa, timings=self.timings, device=self.device,
+                    precision=self.precision, options=self.options)
+
+    def to_json(self, path) -> None:
+        """All of it as te_gpu's JSON (atomic write)."""
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+
+    def to_public_json(self, label: str, path, duration: float | None = None) -> None:
+        """One metric in the public format ``{model: score, ..., "duration": s}``."""
+        if duration is None:
+            duration = self.timings.get("total")
+        write_scores(path, self.scores[label], duration=duration)
+
+    def to_csv(self, path=None) -> str:
+        """A model x label table; written to ``path`` if given, returned as text."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        labels = self.labels
+        w.writerow(["model", *labels])
+        for m in self.models:
+            w.writerow([m, *(repr(self.scores[l][m]) for l in labels)])
+        text = buf.getvalue()
+        if path is not None:
+            _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+        return text
+
+    def check_finite(self) -> None:
+        for label, d in self.scores.items():
+            bad = [m for m, v in d.items() if not math.isfinite(v)]
+            if bad:
+                raise FloatingPointError(f"{label}: non-finite score for {bad}")

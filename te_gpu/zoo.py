@@ -1,0 +1,219 @@
+"""``score_zoo``: every requested metric for every model of a zoo, batched.
+
+Models are grouped by feature width (and input precision, which SA's PCA
+follows), each group is cut into batches sized from the free memory of the
+device, and each batch goes through :func:`te_gpu.engine.core.score_batch`
+once per SA setting. NCTI's min-max runs over the whole zoo at the end. An
+out-of-memory error halves the batch and retries it; nothing already scored
+is lost.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._checks import as_labels
+from .engine import core
+from .engine._tensor import features_tensor, resolve_device, working_dtype
+from .engine.ncti import class_padding_index, minmax_combine
+from .engine.stats import Labels
+from .reference.sa import resolve_sa
+from .results import ZooResult
+
+DEFAULT_METRICS = ("logme", "sfda", "lda", "gbc", "ncti")
+
+
+def _open(name, item):
+    """A zoo entry -> (array-like, shape, is_float32) without reading a file into memory."""
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"features of model {name!r}: no file {path}")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"features of model {name!r} ({path}): {exc} "
+                             "(pickled arrays are refused)") from None
+        item = arr
+    if isinstance(item, torch.Tensor):
+        return item, tuple(item.shape), item.dtype == torch.float32
+    if not hasattr(item, "shape"):
+        item = np.asarray(item)
+    return item, tuple(item.shape), str(item.dtype) == "float32"
+
+
+def _sa_settings(sa):
+    settings = list(sa) if isinstance(sa, (list, tuple)) else [sa]
+    if not settings:
+        raise ValueError("sa=[] asks for nothing; use None for raw features")
+    return [resolve_sa(s) for s in settings]
+
+
+def _batch_size(device: torch.device, n: int, d: int, c: int, dtype: torch.dtype) -> int:
+    """Models per batch from free memory: a few copies of the features, Grams and N x C."""
+    item = torch.finfo(dtype).bits // 8
+    per_model = item * (6 * n * d + 8 * d * d + 6 * n * c + 4 * n * 64)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = 0.6 * free
+    else:
+        try:
+            budget = 0.4 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            budget = 2 * 2 ** 30
+    return max(1, int(budget // per_model))
+
+
+def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None,
+              precision: str = "exact", batch_size: int | None = None, progress: bool = True,
+              corrected: bool = False, gaussian: str = "spherical", components_per_class: int = 5,
+              seed: int = 0, lda_scaling: str = "n_minus_c") -> ZooResult:
+    """Score every model of ``zoo`` with every metric in ``metrics``.
+
+    Parameters
+    ----------
+    zoo : mapping model name -> features (N x D array, tensor, or path to a ``.npy``),
+        or the ``(zoo, labels)`` pair that :func:`te_gpu.load_zoo` returns.
+    labels : N integer class ids shared by every model.
+    metrics : names among ``logme, sfda, lda, gbc, nleep, ncti``.
+    sa : None (raw features), an SA variant name or options dict, or a list of
+        such settings (``[None, "released"]`` scores both).
+    device : None (the first tensor's device, else CPU), ``"cpu"``, ``"cuda"``, ...
+    precision : ``"exact"`` (float64) or ``"fast"`` (float32).
+    batch_size : models per batch; None sizes batches from free memory.
+
+    Returns
+    -------
+    ZooResult with ``scores[label][model]`` (label ``metric`` or ``metric+variant``),
+    NCTI parts, SA diagnostics per model and timings per stage.
+    """
+    t_start = time.perf_counter()
+    if labels is None and isinstance(zoo, tuple) and len(zoo) == 2:
+        zoo, labels = zoo
+    if not hasattr(zoo, "items"):
+        raise TypeError("zoo must be a mapping of model name -> features")
+    if len(zoo) == 0:
+        raise ValueError("the zoo is empty")
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    metrics = tuple(m.lower() for m in metrics)
+    unknown = [m for m in metrics if m not in core.METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(core.METRICS)}")
+    if "ncti" in metrics and len(zoo) < 2:
+        raise ValueError("NCTI normalises across a zoo: it needs at least 2 models")
+    if gaussian not in ("spherical", "diagonal"):
+        raise ValueError(f"gaussian must be 'spherical' or 'diagonal', got {gaussian!r}")
+    if lda_scaling not in ("n_minus_c", "n"):
+        raise ValueError(f"lda_scaling must be 'n_minus_c' or 'n', got {lda_scaling!r}")
+    settings = _sa_settings(sa)
+    dtype = working_dtype(precision)
+
+    entries = {}
+    for name, item in zoo.items():
+        arr, shape, f32 = _open(name, item)
+        if len(shape) != 2:
+            raise ValueError(f"features of model {name!r} must be 2-D (N x D), got shape {shape}")
+        entries[name] = (arr, shape, f32)
+    sizes = {shape[0] for _, shape, _ in entries.values()}
+    if len(sizes) != 1:
+        detail = {name: shape[0] for name, (_, shape, _) in entries.items()}
+        raise ValueError(f"models disagree on the number of samples N: {detail}")
+    n = sizes.pop()
+    codes_np, classes = as_labels(labels, n)
+    if "gbc" in metrics and np.bincount(codes_np).min() < 2:
+        raise ValueError("GBC (unbiased class variances) needs at least 2 samples per class")
+    dev = resolve_device(device, *(a for a, _, _ in entries.values()))
+    codes = torch.as_tensor(codes_np, device=dev)
+    lab = Labels.from_codes(codes, classes.size, dtype)
+    class_index = class_padding_index(codes, classes.size) if "ncti" in metrics else None
+    opts = dict(corrected=corrected, gaussian=gaussian, components_per_class=components_per_class,
+                seed=seed, lda_scaling=lda_scaling)
+
+    groups: dict = {}
+    for name, (arr, shape, f32) in entries.items():
+        groups.setdefault((shape[1], f32), []).append(name)
+
+    timer = core.Timer(dev)
+    labels_of = [ZooResult.label(m, s) for s in settings for m in metrics]
+    result = ZooResult(models=list(entries), device=str(dev), precision=precision,
+                       options=dict(opts, metrics=list(metrics),
+                                    sa=[s for s in settings]))
+    raw_scores = {lbl: {} for lbl in labels_of}
+    sa_info = {ZooResult.label("sa", s).split("+", 1)[1]: {} for s in settings if s is not None}
+
+    bar = _progress(len(entries), progress)
+    try:
+        for (d, f32), names in groups.items():
+            bs = batch_size or _batch_size(dev, n, d, classes.size, dtype)
+            start = 0
+            while start < len(names):
+                chunk = names[start:start + bs]
+                try:
+                    with timer.stage("load"):
+                        x = torch.empty((len(chunk), n, d), dtype=dtype, device=dev)
+                        for j, name in enumerate(chunk):
+                            x[j] = features_tensor(entries[name][0], dev, dtype,
+                                                   name=f"features of model {name!r}")
+                    for s in settings:
+                        lists, infos = core.score_batch(x, lab, metrics, sa_kw=s, opts=opts,
+                                                        pca_float32=f32, timer=timer,
+                                                        class_index=class_index)
+                        for m in metrics:
+                            lbl = ZooResult.label(m, s)
+                            for name, v in zip(chunk, lists[m]):
+                                raw_scores[lbl][name] = v
+                        if infos is not None:
+                            for name, info in zip(chunk, infos):
+                                sa_info[s["variant"]][name] = info
+                except (torch.OutOfMemoryError, MemoryError) as exc:
+                    del exc
+                    x = None
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if bs == 1:
+                        raise MemoryError(f"one model of width {d} (N={n}) does not fit in the "
+                                          f"memory of {dev}") from None
+                    bs = max(1, bs // 2)
+                    continue
+                start += len(chunk)
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+
+    for lbl in labels_of:
+        vals = raw_scores[lbl]
+        if lbl.split("+")[0] == "ncti":
+            names = result.models
+            parts = torch.tensor([vals[m] for m in names], dtype=torch.float64)
+            combined = minmax_combine(parts[:, 0], parts[:, 1], parts[:, 2])
+            result.ncti_parts[lbl] = {m: tuple(vals[m]) for m in names}
+            result.scores[lbl] = {m: float(v) for m, v in zip(names, combined.tolist())}
+        else:
+            result.scores[lbl] = {m: float(vals[m]) for m in result.models}
+    result.sa = sa_info
+    result.timings = dict(timer.stages, total=time.perf_counter() - t_start)
+    result.check_finite()
+    return result
+
+
+class _NoBar:
+    def update(self, k):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency, but a bar is not worth failing over
+        return _NoBar()
+    return tqdm(total=total, unit="model", desc="scoring", leave=False)
