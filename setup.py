@@ -34,6 +34,7 @@ setup(
             "scikit-learn>=1.2",
         ],
     },
+    entry_points={"console_scripts": ["te-gpu=te_gpu.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
