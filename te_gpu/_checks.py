@@ -8,7 +8,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_features", "as_labels", "as_targets", "check_min_class_size"]
+__all__ = ["as_features", "as_labels", "as_targets", "check_min_class_size", "check_magnitude",
+           "MAX_ABS"]
+
+# Beyond these magnitudes products of Gram matrices (entries ~ N x^2, and SFDA's
+# power iteration multiplies by them twice) overflow the dtype.
+MAX_ABS = {"float64": 1e50, "float32": 1e12}
+
+
+def check_magnitude(amax: float, name: str, dtype: str = "float64") -> None:
+    """Refuse features whose Gram matrices would overflow in ``dtype``."""
+    limit = MAX_ABS[dtype]
+    if amax > limit:
+        hint = "" if dtype == "float64" else ' or use precision="exact"'
+        raise ValueError(f"{name} has values up to {amax:.3g}; beyond {limit:.0e} the {dtype} "
+                         f"Gram matrices overflow: rescale the features{hint}")
 
 
 def _to_numpy(x, name):
@@ -47,6 +61,7 @@ def as_features(x, name: str = "features", dtype=np.float64) -> np.ndarray:
     if not np.all(np.isfinite(out)):
         bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
         raise ValueError(f"{name} holds {bad} non-finite values (NaN or inf)")
+    check_magnitude(float(np.abs(out).max()), name)
     return out
 
 

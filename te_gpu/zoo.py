@@ -54,24 +54,31 @@ def _sa_settings(sa):
 
 
 def _batch_size(device: torch.device, n: int, d: int, c: int, dtype: torch.dtype) -> int:
-    """Models per batch from free memory: a few copies of the features, Grams and N x C."""
+    """Models per batch: a few copies of the features, Grams and N x C per model.
+
+    Sized from the device's *total* memory, not its free memory, so that the same
+    zoo on the same device is always cut into the same batches: batch boundaries
+    can change the last bits of a score (reduction orders), and reruns must be
+    bit-identical. If other work leaves too little free, the out-of-memory retry
+    halves the batch.
+    """
     item = torch.finfo(dtype).bits // 8
     per_model = item * (6 * n * d + 8 * d * d + 6 * n * c + 4 * n * 64)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = 0.6 * free
+        _, total = torch.cuda.mem_get_info(device)
+        budget = 0.5 * total
     else:
         try:
-            budget = 0.4 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            budget = 0.25 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             budget = 2 * 2 ** 30
-    return max(1, int(budget // per_model))
+    return int(min(256, max(1, budget // per_model)))
 
 
 def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None,
               precision: str = "exact", batch_size: int | None = None, progress: bool = True,
               corrected: bool = False, gaussian: str = "spherical", components_per_class: int = 5,
-              seed: int = 0, lda_scaling: str = "n_minus_c") -> ZooResult:
+              seed: int = 0, lda_scaling: str = "n_minus_c", checkpoint=None) -> ZooResult:
     """Score every model of ``zoo`` with every metric in ``metrics``.
 
     Parameters
@@ -85,6 +92,9 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
     device : None (the first tensor's device, else CPU), ``"cpu"``, ``"cuda"``, ...
     precision : ``"exact"`` (float64) or ``"fast"`` (float32).
     batch_size : models per batch; None sizes batches from free memory.
+    checkpoint : optional path of a JSON file written (atomically) after every
+        batch. A rerun with the same zoo, labels and settings skips the models it
+        holds, so a killed run resumes and ends with the same scores.
 
     Returns
     -------
@@ -134,25 +144,34 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
     opts = dict(corrected=corrected, gaussian=gaussian, components_per_class=components_per_class,
                 seed=seed, lda_scaling=lda_scaling)
 
-    groups: dict = {}
-    for name, (arr, shape, f32) in entries.items():
-        groups.setdefault((shape[1], f32), []).append(name)
-
     timer = core.Timer(dev)
     labels_of = [ZooResult.label(m, s) for s in settings for m in metrics]
     result = ZooResult(models=list(entries), device=str(dev), precision=precision,
                        options=dict(opts, metrics=list(metrics),
                                     sa=[s for s in settings]))
     raw_scores = {lbl: {} for lbl in labels_of}
-    sa_info = {ZooResult.label("sa", s).split("+", 1)[1]: {} for s in settings if s is not None}
+    sa_info = {s["variant"]: {} for s in settings if s is not None}
+    fingerprint = _fingerprint(result, n, codes_np, entries)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    done = _load_checkpoint(ckpt, fingerprint, raw_scores, sa_info) if ckpt else set()
+
+    groups: dict = {}  # (width, float32 input) -> models
+    for name, (arr, shape, f32) in entries.items():
+        groups.setdefault((shape[1], f32), []).append(name)
 
     bar = _progress(len(entries), progress)
+    bar.update(len(done))
     try:
         for (d, f32), names in groups.items():
             bs = batch_size or _batch_size(dev, n, d, classes.size, dtype)
             start = 0
             while start < len(names):
                 chunk = names[start:start + bs]
+                if all(name in done for name in chunk):
+                    # scored before an interruption; batches are cut at the same
+                    # places on a rerun, so the remaining ones see the same company
+                    start += len(chunk)
+                    continue
                 try:
                     with timer.stage("load"):
                         x = torch.empty((len(chunk), n, d), dtype=dtype, device=dev)
@@ -166,6 +185,10 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
                         for m in metrics:
                             lbl = ZooResult.label(m, s)
                             for name, v in zip(chunk, lists[m]):
+                                if not np.all(np.isfinite(v)):
+                                    raise FloatingPointError(
+                                        f"{lbl} of model {name!r} is not finite ({v}); "
+                                        "this is a bug or an input te_gpu failed to reject")
                                 raw_scores[lbl][name] = v
                         if infos is not None:
                             for name, info in zip(chunk, infos):
@@ -181,7 +204,9 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
                     bs = max(1, bs // 2)
                     continue
                 start += len(chunk)
-                bar.update(len(chunk))
+                bar.update(len([m for m in chunk if m not in done]))
+                if ckpt is not None:
+                    _save_checkpoint(ckpt, fingerprint, raw_scores, sa_info)
     finally:
         bar.close()
 
@@ -199,6 +224,46 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
     result.timings = dict(timer.stages, total=time.perf_counter() - t_start)
     result.check_finite()
     return result
+
+
+def _fingerprint(result: ZooResult, n: int, codes: np.ndarray, entries: dict) -> dict:
+    """What a checkpoint must agree on to be resumed: settings, labels, model shapes."""
+    import hashlib
+
+    return dict(options=result.options, precision=result.precision, n=n,
+                labels_sha1=hashlib.sha1(np.ascontiguousarray(codes).tobytes()).hexdigest(),
+                shapes={m: list(shape) for m, (_, shape, _) in entries.items()})
+
+
+def _load_checkpoint(path: Path, fingerprint: dict, raw_scores: dict, sa_info: dict) -> set:
+    """Fill raw_scores/sa_info from a matching checkpoint; return the models it holds."""
+    import json
+
+    if not path.exists():
+        return set()
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"checkpoint {path} is unreadable ({exc}); delete it to start afresh") from None
+    if saved.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+        raise ValueError(f"checkpoint {path} was written for another zoo, labels or settings; "
+                         "delete it or choose another path")
+    done = None
+    for lbl, vals in saved["scores"].items():
+        raw_scores[lbl].update({m: tuple(v) if isinstance(v, list) else v for m, v in vals.items()})
+        done = set(vals) if done is None else done & set(vals)
+    for variant, infos in saved.get("sa", {}).items():
+        sa_info[variant].update(infos)
+    return done or set()
+
+
+def _save_checkpoint(path: Path, fingerprint: dict, raw_scores: dict, sa_info: dict) -> None:
+    import json
+
+    from .io import _atomic_write
+
+    text = json.dumps(dict(fingerprint=fingerprint, scores=raw_scores, sa=sa_info), allow_nan=False)
+    _atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 class _NoBar:

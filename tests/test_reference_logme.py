@@ -140,5 +140,5 @@ def test_bad_input_errors():
         logme(x, y[:-1])
     with pytest.raises(ValueError, match="at least 2"):
         logme(x, np.zeros(50, int))
-    with pytest.raises(ValueError, match="all zero"):
+    with pytest.raises(ValueError, match="all-zero"):
         logme(np.zeros_like(x), y)

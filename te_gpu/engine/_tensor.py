@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._checks import as_labels
+from .._checks import as_labels, check_magnitude
 
 PRECISIONS = {"exact": torch.float64, "fast": torch.float32}
 
@@ -70,6 +70,8 @@ def features_tensor(x, device: torch.device, dtype: torch.dtype, name: str = "fe
     if check_finite and not bool(torch.isfinite(out).all()):
         bad = int((~torch.isfinite(out)).sum())
         raise ValueError(f"{name} holds {bad} non-finite values (NaN or inf)")
+    if check_finite:
+        check_magnitude(float(out.abs().max()), name, "float64" if dtype == torch.float64 else "float32")
     return out
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .stats import Labels
+from .stats import Labels, left
 
 
 def class_variances(x: torch.Tensor, labels: Labels, means: torch.Tensor) -> torch.Tensor:
@@ -13,7 +13,7 @@ def class_variances(x: torch.Tensor, labels: Labels, means: torch.Tensor) -> tor
     which cancels catastrophically when the means are large.
     """
     dev = x - means[:, labels.codes]
-    ss = labels.onehot.T @ (dev * dev)                    # (B, C, D)
+    ss = left(labels.onehot.T, dev * dev)                 # (B, C, D)
     var = ss / (labels.counts - 1)[None, :, None]
     return torch.clamp(var, min=1e-4)
 

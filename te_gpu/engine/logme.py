@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from .stats import left
+
 _MAX_ITER = 11
 _EPS = 1e-5
 _TOL = 1e-3
@@ -20,12 +22,15 @@ def spectrum(x: torch.Tensor, gram: torch.Tensor | None, xty: torch.Tensor):
     """Eigenvalues sigma (B, k), validity mask (B, k) and projections U^T Y (B, T, k).
 
     ``xty`` is X^T Y as (B, T, D). For N > D, ``gram`` is X^T X (B, D, D); the
-    rank rule keeps sqrt(sigma) > 1e-10, the rest is masked out.
+    rank rule keeps sqrt(sigma) > 1e-10 and sigma above rounding noise
+    (D eps sigma_max; see te_gpu.reference.logme.spectrum), the rest is masked out.
     """
     b, n, d = x.shape
     if n > d:
         evals, v = torch.linalg.eigh(gram)               # ascending
-        valid = evals > 1e-20
+        # the released rank rule sqrt(sigma) > 1e-10, and above rounding noise
+        noise = d * torch.finfo(evals.dtype).eps * evals[:, -1:].clamp(min=0)
+        valid = evals > torch.clamp(noise, min=1e-20)
         safe = torch.where(valid, evals, torch.ones_like(evals))
         proj = (xty @ v) / torch.sqrt(safe)[:, None, :]  # (B, T, D)
         proj = torch.where(valid[:, None, :], proj, torch.zeros_like(proj))
@@ -37,7 +42,7 @@ def spectrum(x: torch.Tensor, gram: torch.Tensor | None, xty: torch.Tensor):
 def spectrum_svd(x: torch.Tensor, targets: torch.Tensor):
     """N <= D: thin SVD of X; sigma = s^2 (no threshold), proj = U^T Y as (B, T, N)."""
     u, s, _ = torch.linalg.svd(x, full_matrices=False)   # u: (B, N, N)
-    proj = (targets.T @ u)                                # (T, N) @ (B, N, k) -> (B, T, k)
+    proj = left(targets.T, u)                             # (T, N) @ (B, N, k) -> (B, T, k)
     sigma = s * s
     return sigma, torch.ones_like(sigma, dtype=torch.bool), proj
 
@@ -92,11 +97,12 @@ def logme_batched(x: torch.Tensor, targets: torch.Tensor, *, corrected: bool = F
         if gram is None:
             gram = x.mT @ x
         if xty is None:
-            xty = (targets.T @ x)
+            xty = left(targets.T, x)
         sigma, valid, proj = spectrum(x, gram, xty)
     else:
         sigma, valid, proj = spectrum_svd(x, targets)
     if not bool(valid.any(-1).all()):
-        raise ValueError("features are all zero: LogME needs a non-zero spectrum")
+        raise ValueError("LogME: every singular value of the features is <= 1e-10, the released rank "
+                         "threshold: all-zero (or vanishingly small) features carry no signal; rescale them")
     t_sq = (targets * targets).sum(0)
     return fixed_point_evidence(sigma, valid, proj, t_sq, n, d, corrected).mean(-1)

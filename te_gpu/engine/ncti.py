@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .stats import BatchStats, Labels, shrink, true_class
+from .stats import BatchStats, Labels, shrink, true_class, weighted_rows
 
 PCA_DIM = 64
 _SVD_TOL = 1e-4
@@ -68,7 +68,7 @@ def _svd_branch(z, means_z, labels: Labels, fac, max_comp):
     s_safe = torch.where(keep, s, torch.ones_like(s))
     scalings = (vt / std[:, None, :]).mT / s_safe[:, None, :]
     scalings = torch.where(keep[:, None, :], scalings, torch.zeros_like(scalings))
-    xbar = priors @ means_z                               # (B, n)
+    xbar = weighted_rows(priors, means_z)                 # (B, n)
     fac_b = 1.0 / (c - 1)
     centres = torch.sqrt(n * priors * fac_b)[None, :, None] * (means_z - xbar[:, None, :])
     _, s2, vt2 = torch.linalg.svd(centres @ scalings, full_matrices=False)

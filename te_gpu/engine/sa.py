@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from .stats import Labels
+from .stats import Labels, left, right
 
 GATE_THRESHOLD = 9.0 * math.log(10.0) / 5.0
 SA_PCA_SEED = 1919
@@ -37,11 +37,11 @@ def randomized_pca_batched(xc: torch.Tensor, n_comp: int, *, seed: int = SA_PCA_
     transpose = n < d
     m = xc.mT if transpose else xc
     omega = np.random.RandomState(seed).normal(size=(m.shape[-1], n_comp + n_oversamples))
-    q = torch.as_tensor(omega, device=xc.device).to(xc.dtype)
+    q = right(m, torch.as_tensor(omega, device=xc.device).to(xc.dtype))
     for _ in range(n_iter):
-        q = m @ q
         q = m.mT @ q
-    q, _ = torch.linalg.qr(m @ q, mode="reduced")
+        q = m @ q
+    q, _ = torch.linalg.qr(q, mode="reduced")
     uh, s, vt = torch.linalg.svd(q.mT @ m, full_matrices=False)
     u = q @ uh
     if transpose:
@@ -56,9 +56,9 @@ def randomized_pca_batched(xc: torch.Tensor, n_comp: int, *, seed: int = SA_PCA_
 
 
 def _class_moments(z: torch.Tensor, labels: Labels):
-    means = (labels.onehot.T @ z) / labels.counts[None, :, None]
+    means = left(labels.onehot.T, z) / labels.counts[None, :, None]
     dev = z - means[:, labels.codes]
-    var = (labels.onehot.T @ (dev * dev)) / labels.counts[None, :, None]
+    var = left(labels.onehot.T, dev * dev) / labels.counts[None, :, None]
     return means, dev, var
 
 

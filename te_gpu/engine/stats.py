@@ -19,6 +19,26 @@ from dataclasses import dataclass
 import torch
 
 
+def left(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a @ x[b]`` for every b: (P, Q) @ (B, Q, R) -> (B, P, R).
+
+    An explicit ``bmm`` with ``a`` broadcast: a plain ``a @ x`` folds the batch
+    into one GEMM whose shape - and so whose rounding - depends on B, and the
+    engine promises bit-identical scores whatever the batch size.
+    """
+    return torch.bmm(a.expand(x.shape[0], *a.shape), x)
+
+
+def right(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``x[b] @ a`` for every b: (B, P, Q) @ (Q, R) -> (B, P, R), as :func:`left`."""
+    return torch.bmm(x, a.expand(x.shape[0], *a.shape))
+
+
+def weighted_rows(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``w @ x[b]`` for a vector w: (Q,) @ (B, Q, R) -> (B, R)."""
+    return left(w[None, :], x)[:, 0]
+
+
 @dataclass
 class Labels:
     """Labels of a zoo on one device: codes (N,), one-hot (N, C), counts (C,)."""
@@ -62,9 +82,9 @@ class BatchStats:
 
 def class_means(x: torch.Tensor, labels: Labels):
     """(means (B, C, D), xbar (B, D)) from one one-hot matmul."""
-    sums = labels.onehot.T @ x                      # (C, N) @ (B, N, D) -> (B, C, D)
+    sums = left(labels.onehot.T, x)                 # (C, N) @ (B, N, D) -> (B, C, D)
     means = sums / labels.counts[None, :, None]
-    xbar = (labels.counts @ means) / labels.n       # weighted mean of the class means
+    xbar = weighted_rows(labels.counts, means) / labels.n  # weighted mean of class means
     return means, xbar
 
 
@@ -98,7 +118,9 @@ def power_iteration_top(s: torch.Tensor, rounds: int = 3) -> torch.Tensor:
     y = x
     zero = torch.zeros((), dtype=s.dtype, device=s.device)
     for _ in range(rounds):
-        t = (s @ x[..., None])[..., 0]
+        # rescaling x (y and x are normalised) keeps S x in range for large features
+        top = x.abs().amax(-1, keepdim=True)
+        t = (s @ (x / torch.where(top > 0, top, 1))[..., None])[..., 0]
         nt = torch.linalg.vector_norm(t, dim=-1, keepdim=True)
         y = torch.where(nt > 0, t / torch.where(nt > 0, nt, 1), zero)
         t = (s @ y[..., None])[..., 0]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -54,13 +55,16 @@ def power_iteration_top(s: np.ndarray, rounds: int = 3) -> float:
     x = s.sum(axis=1)
     y = x
     for _ in range(rounds):
-        t = s @ x
-        nt = np.linalg.norm(t)
+        # y and x are normalised, so x may be rescaled first: it keeps S x in range
+        # for large-scale features without changing the result beyond rounding
+        top = np.abs(x).max()
+        t = s @ (x / top) if top > 0 else s @ x
+        nt = scipy.linalg.norm(t)  # BLAS nrm2: no overflow in the sum of squares
         if nt == 0.0:  # S annihilates the start vector (e.g. S == 0): no spread
             return 0.0
         y = t / nt
         t = s @ y
-        x = t / np.linalg.norm(t)
+        x = t / scipy.linalg.norm(t)
     return float(x @ s @ y)
 
 

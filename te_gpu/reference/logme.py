@@ -41,14 +41,18 @@ def spectrum(x: np.ndarray, targets: np.ndarray):
     """Eigenvalues ``sigma`` (k,) of X^T X and projections ``U^T targets`` (k x T).
 
     N > D: eigendecompose the Gram matrix and keep ``sqrt(sigma) > 1e-10``
-    (the released code's rank rule); otherwise a thin SVD of X (k = N, no threshold).
+    (the released code's rank rule) and, beyond it, ``sigma > D eps sigma_max``:
+    eigenvalues below that are rounding noise of a rank-deficient X (duplicated
+    or collinear columns), and dividing by their square roots made the released
+    score depend on rounding. Otherwise a thin SVD of X (k = N, no threshold).
     """
     n, d = x.shape
     if n > d:
         evals, v = np.linalg.eigh(x.T @ x)
         order = np.argsort(evals)[::-1]
         evals, v = evals[order], v[:, order]
-        keep = evals > 1e-20  # sqrt(sigma) > 1e-10; negative round-off is dropped too
+        noise = d * np.finfo(np.float64).eps * max(evals[0], 0.0)
+        keep = evals > max(1e-20, noise)  # sqrt(sigma) > 1e-10, and above rounding noise
         sigma, v = evals[keep], v[:, keep]
         proj = (v.T @ (x.T @ targets)) / np.sqrt(sigma)[:, None]
     else:
@@ -104,7 +108,8 @@ def logme(features, labels, *, regression: bool = False, corrected: bool = False
         targets[np.arange(n), codes] = 1.0
     sigma, proj = spectrum(x, targets)
     if sigma.size == 0:
-        raise ValueError("features are all zero: LogME needs a non-zero spectrum")
+        raise ValueError("LogME: every singular value of the features is <= 1e-10, the released rank "
+                         "threshold: all-zero (or vanishingly small) features carry no signal; rescale them")
     t_sq = (targets ** 2).sum(axis=0)
     scores = [evidence(sigma, proj[:, j], t_sq[j], n, d, corrected)[0]
               for j in range(targets.shape[1])]

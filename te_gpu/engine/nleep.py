@@ -1,0 +1,352 @@
+r"""NLEEP batched over models (SPEC 6); equals ``te_gpu.reference.nleep``.
+
+For B models of the same width D (features ``x`` of shape B x N x D) and one
+set of class codes:
+
+1. PCA keeping 80 % of the variance, per model. The number of kept
+   dimensions :math:`k_b` differs between models, so the scores are
+   zero-padded to :math:`k_{max}=\max_b k_b` columns and a mask marks the real
+   ones. Zero columns add nothing to squared distances or to the covariances
+   of the real dimensions; the padded block of every covariance is set to the
+   identity (not ``reg_covar``), so it adds exactly 0 to the Mahalanobis terms
+   and to the log-determinants, and the :math:`d\log 2\pi` term uses the real
+   :math:`k_b`: log densities, and hence the EM stopping rule, are those of the
+   unpadded model.
+2. k-means++ seeding with the reference's explicit stream: ``k`` uniforms
+   ``u = np.random.default_rng(seed).random(k)`` drawn once on the host and
+   shared by every model (as calling the reference per model with ``seed``).
+3. Lloyd iterations (at most 300) with a per-model convergence mask: a model
+   whose centres moved less than its threshold stops changing.
+4. EM for a full-covariance Gaussian mixture of ``K = r C`` components,
+   Cholesky factors batched over (B, K), ``reg_covar`` 1e-6, tolerance 1e-3
+   on the mean log-likelihood, at most 100 iterations, per-model convergence,
+   then a final E step.
+5. NLEEP from the posteriors, :func:`nleep_from_posteriors_batched`.
+
+Nothing loops over models, classes or mixture components in Python; the loops
+are over centres (k-means++ is sequential), Lloyd and EM iterations. The host
+is asked whether every model has converged only every few iterations.
+
+Memory. With :math:`d=k_{max}` and K components, one EM iteration holds about
+``2 * B * K * N * d`` working values (centred samples per component and their
+whitened copies, in the M and the E step) plus ``B * K * d * d`` for the
+covariances and factors; k-means needs ``B * N * K``; the PCA needs
+``B * N * D`` plus ``B * min(N, D)**2`` for the Gram matrix. In bytes, multiply
+by 8 (float64) or 4 (float32). Pass ``models_per_chunk`` to bound it: models
+are independent, so chunking changes nothing but the peak memory.
+
+Determinism: no atomics (``index_add_``/``scatter_add_``) anywhere; class and
+cluster sums are one-hot matmuls, centre picks are ``gather``, and the k-means++
+cumulative sums avoid ``torch.cumsum`` off the CPU (see :func:`_cdf`). Same
+inputs and seed on the same device give bit-identical scores.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .stats import left, right
+
+__all__ = [
+    "nleep_batched",
+    "pca_keep_variance_batched",
+    "kmeans_batched",
+    "gmm_posteriors_batched",
+    "nleep_from_posteriors_batched",
+    "nleep_memory_bytes",
+]
+
+_REG_COVAR = 1e-6
+_EM_TOL = 1e-3
+_EM_MAX_ITER = 100
+_KMEANS_MAX_ITER = 300
+_KMEANS_TOL = 1e-4
+_FRACTION = 0.8
+_CHECK_EVERY = 4  # iterations between host checks of "has every model converged?"
+
+
+def nleep_memory_bytes(b: int, n: int, d_in: int, k: int, d_kept: int,
+                       dtype: torch.dtype = torch.float64) -> int:
+    """Rough peak working memory of :func:`nleep_batched` for one chunk of ``b`` models.
+
+    ``d_in`` is the feature width D, ``d_kept`` the largest number of PCA
+    dimensions kept (at most ``min(n, d_in)``), ``k`` the mixture components.
+    Counts working tensors only, not the input ``x`` itself.
+    """
+    item = torch.empty((), dtype=dtype).element_size()
+    m = min(n, d_in)
+    pca = b * (n * d_in + 2 * m * m + n * m)
+    km = b * (3 * n * k + 2 * k * d_kept)
+    em = b * (2 * k * n * d_kept + 3 * k * d_kept * d_kept + 4 * n * k)
+    return item * max(pca, km + em)
+
+
+# --------------------------------------------------------------------------- PCA
+def pca_keep_variance_batched(x: torch.Tensor, fraction: float = _FRACTION):
+    """Per-model PCA scores on the fewest components reaching ``fraction`` of the variance.
+
+    ``x`` is (B, N, D). Returns ``(z, dims)``: ``z`` (B, N, k_max) with model b's
+    scores in its first ``dims[b]`` columns and zeros after them, ``dims`` (B,)
+    int64. The rule is scikit-learn's (and the reference's):
+    ``k = searchsorted(cumsum(ratio), fraction, 'right') + 1``, capped at min(N, D).
+
+    The decomposition is the eigen-decomposition of the smaller Gram matrix
+    (D x D, or N x N when N < D). Scores are defined up to the sign of each
+    component (and a rotation inside repeated eigenvalues); every later step
+    (distances, full-covariance Gaussians with an isotropic ``reg_covar``) is
+    invariant to an orthogonal change of basis of the kept subspace.
+    """
+    b, n, dim = x.shape
+    a = x - x.mean(dim=1, keepdim=True)
+    samples_side = n < dim
+    g = a @ a.mT if samples_side else a.mT @ a
+    evals, evecs = torch.linalg.eigh(g)                    # ascending
+    evals = evals.flip(-1).clamp_min(0.0)
+    evecs = evecs.flip(-1)
+    total = evals.sum(-1)                                  # = sum of squared singular values
+    ratio = evals / torch.where(total > 0, total, torch.ones_like(total))[:, None]
+    cum = _cdf(ratio)                                      # float64, deterministic on CUDA
+    target = torch.full((b, 1), fraction, dtype=cum.dtype, device=cum.device)
+    dims = torch.searchsorted(cum, target, right=True)[:, 0] + 1
+    dims = dims.clamp_max(evals.shape[-1])
+    stats = torch.stack([(total <= 0).any().to(dims.dtype), dims.max()]).tolist()  # one sync
+    if stats[0]:
+        bad = torch.nonzero(total <= 0).flatten().tolist()
+        raise ValueError(f"features of model(s) {bad} have zero variance; "
+                         "PCA cannot keep a fraction of it")
+    k_max = int(stats[1])
+    if samples_side:
+        z = evecs[..., :k_max] * evals[:, None, :k_max].sqrt()
+    else:
+        z = a @ evecs[..., :k_max]
+    keep = torch.arange(k_max, device=x.device)[None, :] < dims[:, None]   # (B, k_max)
+    z = torch.where(keep[:, None, :], z, torch.zeros((), dtype=z.dtype, device=z.device))
+    return z, dims
+
+
+# ----------------------------------------------------------------------- k-means
+def _sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(B, N, d), (B, M, d) -> (B, N, M) squared distances, floored at 0 (as the reference)."""
+    d = (x * x).sum(-1)[:, :, None] - 2.0 * (x @ c.mT) + (c * c).sum(-1)[:, None, :]
+    return d.clamp_min(0.0)
+
+
+def _onehot(labels: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """(..., N) int64 -> (..., N, k) one-hot in ``dtype`` (a comparison, no scatter)."""
+    return (labels[..., None] == torch.arange(k, device=labels.device)).to(dtype)
+
+
+def _uniforms(k: int, seed: int) -> np.ndarray:
+    """The reference's k-means++ stream: ``default_rng(seed).random(k)`` (float64, host)."""
+    return np.random.default_rng(seed).random(k)
+
+
+def _cdf(v: torch.Tensor, blocked: bool | None = None) -> torch.Tensor:
+    """Row-wise inclusive cumulative sums of non-negative (B, N) values, in float64.
+
+    On the CPU this is ``torch.cumsum`` (sequential, as numpy's). ``torch.cumsum``
+    on CUDA floats is not deterministic (PyTorch lists it so), so elsewhere the
+    rows are cut into blocks of about sqrt(N): within-block prefixes and block
+    offsets are two float64 matmuls with triangular ones matrices (fixed order,
+    unaffected by TF32), made non-decreasing again with ``cummax`` (exact, so
+    order-free). ``blocked`` forces one path (tests).
+    """
+    v = v.to(torch.float64)
+    if blocked is None:
+        blocked = v.device.type != "cpu"
+    if not blocked:
+        return v.cumsum(1)
+    b, n = v.shape
+    bs = math.isqrt(n - 1) + 1 if n > 1 else 1       # ceil(sqrt(n))
+    nb = -(-n // bs)
+    vb = torch.nn.functional.pad(v, (0, nb * bs - n)).view(b, nb, bs)
+    ones = torch.ones((), dtype=v.dtype, device=v.device)
+    within = right(vb, ones.expand(bs, bs).triu())               # (B, nb, bs)
+    offsets = right(within[:, None, :, -1], ones.expand(nb, nb).triu(1))[:, 0]  # exclusive prefix
+    cdf = (within + offsets[..., None]).reshape(b, nb * bs)[:, :n]
+    return torch.cummax(cdf, dim=1).values
+
+
+def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *,
+                   max_iter: int = _KMEANS_MAX_ITER, tol: float = _KMEANS_TOL) -> torch.Tensor:
+    """k-means++ seeding (uniforms ``u``, shared by all models) then Lloyd; labels (B, N).
+
+    ``z`` is zero-padded beyond ``dims[b]`` columns; the stopping threshold is
+    ``tol`` times the mean per-dimension variance over the real dimensions only.
+    """
+    b, n, d = z.shape
+    dev, dt = z.device, z.dtype
+    u = np.asarray(u, dtype=np.float64)
+    u_dev = torch.as_tensor(u, dtype=torch.float64, device=dev)
+    centers = torch.empty((b, k, d), dtype=dt, device=dev)
+    centers[:, 0] = z[:, min(int(u[0] * n), n - 1)]
+    closest = _sq_dist(z, centers[:, :1])[..., 0]                       # (B, N)
+    for j in range(1, k):
+        cdf = _cdf(closest)                                              # float64 (B, N)
+        total = cdf[:, -1:]                                              # (B, 1)
+        idx = torch.searchsorted(cdf, u_dev[j] * total, right=True).clamp_max(n - 1)
+        # every sample sits on a centre already: the reference falls back to floor(u_j N)
+        idx = torch.where(total > 0, idx, torch.full_like(idx, min(int(u[j] * n), n - 1)))
+        c = torch.gather(z, 1, idx[:, :, None].expand(b, 1, d))         # (B, 1, d)
+        centers[:, j] = c[:, 0]
+        closest = torch.minimum(closest, _sq_dist(z, c)[..., 0])
+
+    real = (torch.arange(d, device=dev)[None, :] < dims[:, None]).to(dt)  # (B, d)
+    var = z.var(dim=1, correction=0)
+    threshold = (var * real).sum(-1) / dims.to(dt) * tol                   # (B,)
+    done = torch.zeros(b, dtype=torch.bool, device=dev)
+    for it in range(max_iter):
+        labels = _sq_dist(z, centers).argmin(-1)                           # (B, N)
+        onehot = _onehot(labels, k, dt)                                    # (B, N, K)
+        counts = onehot.sum(1)                                             # (B, K)
+        sums = onehot.mT @ z                                               # (B, K, d)
+        new = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1.0)[..., None],
+                          centers)
+        shift = ((new - centers) ** 2).sum((1, 2))
+        centers = torch.where(done[:, None, None], centers, new)
+        done = done | (shift <= threshold)
+        if (it + 1) % _CHECK_EVERY == 0 and bool(done.all()):
+            break
+    return _sq_dist(z, centers).argmin(-1)
+
+
+# --------------------------------------------------------------------------- EM
+def _m_step(z: torch.Tensor, resp: torch.Tensor, pad_diag: torch.Tensor):
+    """Weights (B, K), means (B, K, d), Cholesky factors (B, K, d, d), failures (B,).
+
+    ``pad_diag`` (B, 1, d) is ``reg_covar`` on real dimensions and 1 on padded
+    ones, so the padded block of every covariance is the identity.
+    """
+    n = z.shape[1]
+    nk = resp.sum(1) + 10 * torch.finfo(z.dtype).eps                     # (B, K)
+    means = (resp.mT @ z) / nk[..., None]                                 # (B, K, d)
+    diff = z[:, None, :, :] - means[:, :, None, :]                         # (B, K, N, d)
+    cov = (resp.mT[..., None] * diff).mT @ diff / nk[..., None, None]     # (B, K, d, d)
+    cov = cov + torch.diag_embed(pad_diag)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    return (nk / n, means, chol), (info != 0).any(-1)
+
+
+def _log_joint(z: torch.Tensor, params, log2pi_d: torch.Tensor) -> torch.Tensor:
+    """log pi_z + log N(x | mu_z, Sigma_z): (B, N, K). ``log2pi_d`` (B,) = k_b log 2 pi."""
+    weights, means, chol = params
+    diff = z[:, None, :, :] - means[:, :, None, :]                         # (B, K, N, d)
+    w = torch.linalg.solve_triangular(chol, diff.mT, upper=False)        # (B, K, d, N)
+    maha = (w * w).sum(-2)                                                # (B, K, N)
+    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
+    out = -0.5 * (maha + logdet[..., None] + log2pi_d[:, None, None])
+    return out.mT + torch.log(weights)[:, None, :]
+
+
+def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: int = 0,
+                           *, u: np.ndarray | None = None) -> torch.Tensor:
+    """Posteriors Q (B, N, K) of a seeded full-covariance Gaussian mixture per model."""
+    b, n, d = z.shape
+    dev, dt = z.device, z.dtype
+    if u is None:
+        u = _uniforms(k, seed)
+    labels = kmeans_batched(z, dims, k, u)
+    resp = _onehot(labels, k, dt)
+    real = torch.arange(d, device=dev)[None, :] < dims[:, None]
+    pad_diag = torch.where(real, torch.tensor(_REG_COVAR, dtype=dt, device=dev),
+                           torch.tensor(1.0, dtype=dt, device=dev))[:, None, :]
+    log2pi_d = dims.to(dt) * math.log(2 * math.pi)
+
+    params, failed = _m_step(z, resp, pad_diag)
+    lower = torch.full((b,), -math.inf, dtype=dt, device=dev)
+    done = torch.zeros(b, dtype=torch.bool, device=dev)
+    for it in range(_EM_MAX_ITER):
+        lj = _log_joint(z, params, log2pi_d)
+        norm = torch.logsumexp(lj, dim=-1)                                 # (B, N)
+        resp = torch.exp(lj - norm[..., None])
+        new, bad = _m_step(z, resp, pad_diag)
+        keep = done
+        params = tuple(torch.where(keep.view(-1, *([1] * (o.dim() - 1))), o, nw)
+                       for o, nw in zip(params, new))
+        failed = failed | (bad & ~keep)
+        new_lower = norm.mean(-1)
+        converged = (new_lower - lower).abs() < _EM_TOL
+        lower = torch.where(keep, lower, new_lower)
+        done = done | converged
+        if (it + 1) % _CHECK_EVERY == 0 and bool(done.all()):
+            break
+    if bool(failed.any()):
+        bad_models = torch.nonzero(failed).flatten().tolist()
+        raise ValueError(f"NLEEP mixture of model(s) {bad_models}: a component covariance is "
+                         "not positive definite even with reg_covar=1e-6")
+    lj = _log_joint(z, params, log2pi_d)  # final E step with the final parameters
+    return torch.exp(lj - torch.logsumexp(lj, dim=-1, keepdim=True))
+
+
+# ------------------------------------------------------------------------ score
+def nleep_from_posteriors_batched(q: torch.Tensor, codes: torch.Tensor,
+                                  n_classes: int) -> torch.Tensor:
+    """NLEEP (B,) from posteriors Q (B, N, K) and class codes (N,).
+
+    p(y, z) = (1/N) sum_{i: y_i = y} Q_iz; p(y|z) normalised over y, with an
+    empty component (zero column) left at 0 instead of 0/0.
+    """
+    n = q.shape[1]
+    onehot = _onehot(codes, n_classes, q.dtype)                           # (N, C)
+    pyz = left(onehot.T, q) / n                                            # (B, C, K)
+    mass = pyz.sum(1, keepdim=True)
+    py_given_z = pyz / torch.where(mass > 0, mass, torch.ones_like(mass))
+    per_sample = left(onehot, py_given_z)                                  # (B, N, K): p(y_i | z)
+    return (q * per_sample).sum((1, 2)) / n
+
+
+# ------------------------------------------------------------------------ entry
+@torch.no_grad()
+def nleep_batched(x: torch.Tensor, codes: torch.Tensor, n_classes: int, *,
+                  components_per_class: int = 5, seed: int = 0,
+                  models_per_chunk: int | None = None) -> torch.Tensor:
+    """NLEEP of B models at once: (B, N, D) features, (N,) int64 codes -> (B,) scores.
+
+    ``x`` is float64 ("exact", equal to the reference up to rounding) or float32
+    ("fast"); the scores come back in ``x``'s dtype on ``x``'s device. Every
+    model uses the same ``seed``, as calling ``te_gpu.reference.nleep(x[b], y,
+    seed=seed)`` per model. ``models_per_chunk`` processes the batch in chunks of
+    that many models to bound memory (see the module docstring).
+    """
+    if not isinstance(x, torch.Tensor) or not isinstance(codes, torch.Tensor):
+        raise TypeError("x and codes must be torch tensors")
+    if x.dim() != 3:
+        raise ValueError(f"x must be (B models, N samples, D dims), got shape {tuple(x.shape)}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    b, n, _ = x.shape
+    if b == 0 or n == 0 or x.shape[2] == 0:
+        raise ValueError(f"x is empty: shape {tuple(x.shape)}")
+    if codes.dim() != 1 or codes.shape[0] != n:
+        raise ValueError(f"codes must be (N,) = ({n},), got shape {tuple(codes.shape)}")
+    if codes.dtype != torch.int64:
+        raise TypeError(f"codes must be int64, got {codes.dtype}")
+    if codes.device != x.device:
+        raise ValueError(f"codes are on {codes.device} but x is on {x.device}")
+    if isinstance(n_classes, bool) or int(n_classes) != n_classes or n_classes < 2:
+        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    n_classes = int(n_classes)
+    if (isinstance(components_per_class, bool) or int(components_per_class) != components_per_class
+            or components_per_class < 1):
+        raise ValueError("components_per_class must be a positive integer")
+    k = int(components_per_class) * n_classes
+    if k > n:
+        raise ValueError(f"NLEEP needs at least {k} samples for {k} mixture components "
+                         f"({components_per_class} per class), got {n}")
+    lo, hi = torch.stack([codes.min(), codes.max()]).tolist()
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(f"codes must lie in [0, {n_classes}), got values in [{lo}, {hi}]")
+    if models_per_chunk is not None and (int(models_per_chunk) != models_per_chunk
+                                         or models_per_chunk < 1):
+        raise ValueError("models_per_chunk must be a positive integer or None")
+
+    u = _uniforms(k, seed)
+    step = b if models_per_chunk is None else int(models_per_chunk)
+    out = []
+    for s in range(0, b, step):
+        z, dims = pca_keep_variance_batched(x[s:s + step], _FRACTION)
+        q = gmm_posteriors_batched(z, dims, k, u=u)
+        out.append(nleep_from_posteriors_batched(q, codes, n_classes))
+    return torch.cat(out)

@@ -1,0 +1,242 @@
+"""Batched NLEEP engine (te_gpu.engine.nleep) against the float64 reference
+(te_gpu.reference.nleep, SPEC 6), model by model with the same seed.
+
+Tolerances: float64 ("exact") 1e-6 relative to the reference score (measured
+about 1e-15: the engine reproduces the reference's k-means++ stream, so both
+take the same discrete decisions, and k-means ties are measure-zero on random
+data); float32 ("fast") 1e-2 relative (measured up to about 2e-3).
+"""
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+
+import te_gpu.engine.nleep as engine_nleep
+from te_gpu.engine.nleep import (
+    gmm_posteriors_batched,
+    kmeans_batched,
+    nleep_batched,
+    nleep_from_posteriors_batched,
+    nleep_memory_bytes,
+    pca_keep_variance_batched,
+)
+from te_gpu.reference.nleep import gmm_posteriors, kmeans, nleep, nleep_from_posteriors
+from te_gpu.reference.pca import pca_keep_variance
+
+EXACT_RTOL = 1e-6
+FAST_RTOL = 1e-2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These matrices are tiny: multi-threaded BLAS only adds contention (on a busy
+    machine it made this file ~5x slower). Restored after the module."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(before)
+
+
+def zoo(seed, b, n, d, c, sizes=None):
+    """B models of width D on the same labelled samples, each with its own spectrum.
+
+    Each model: class means + noise, both scaled by exp(-decay * j) with a
+    per-model decay (so the number of PCA dims kept for 80 % differs between
+    models), rotated by a random orthogonal matrix and shifted.
+    """
+    rng = np.random.default_rng(seed)
+    if sizes is None:
+        y = np.concatenate([np.arange(c), rng.integers(0, c, n - c)])
+    else:
+        y = np.repeat(np.arange(len(sizes)), sizes)
+    rng.shuffle(y)
+    xs = []
+    for _ in range(b):
+        scale = np.exp(-rng.uniform(0.05, 0.6) * np.arange(d))
+        centres = rng.normal(scale=1.5, size=(c, d)) * scale
+        x = centres[y] + rng.normal(size=(n, d)) * scale
+        q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+        xs.append(x @ q.T + 3.0 * rng.normal(size=d))
+    return np.stack(xs), y.astype(np.int64)
+
+
+def reference_scores(x, y, r, seed):
+    return np.array([nleep(x[m], y, components_per_class=r, seed=seed) for m in range(len(x))])
+
+
+@lru_cache(maxsize=None)
+def case(name):
+    """(x, y, C, r, seed, reference scores) of a named case, computed once per session."""
+    seed, b, n, d, c, r, sizes = CASES[name]
+    x, y = zoo(seed, b, n, d, c, sizes)
+    return x, y, c, r, seed, reference_scores(x, y, r, seed)
+
+
+def engine_scores(x, y, c, r, seed, dtype=torch.float64, device="cpu", **kw):
+    xt = torch.as_tensor(x, dtype=dtype, device=device)
+    yt = torch.as_tensor(y, device=device)
+    out = nleep_batched(xt, yt, c, components_per_class=r, seed=seed, **kw)
+    assert out.dtype == dtype and out.shape == (len(x),) and out.device == xt.device
+    return out
+
+
+def max_rel(a, b):
+    return float(np.max(np.abs(np.asarray(a) / np.asarray(b) - 1.0)))
+
+
+CASES = {
+    # name: (seed, B, N, D, C, r, class sizes)
+    "ragged_dims": (0, 4, 150, 16, 3, 2, None),
+    "n_less_than_d_two_classes": (1, 3, 40, 60, 2, 3, None),
+    "imbalanced": (2, 4, 120, 12, 3, 2, [80, 25, 15]),
+    "imbalanced_two_classes": (14, 3, 90, 30, 2, 5, [70, 20]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_nleep_batched_equals_reference_nleep(name):
+    x, y, c, r, seed, ref = case(name)
+    got = engine_scores(x, y, c, r, seed).numpy()
+    assert max_rel(got, ref) < EXACT_RTOL
+
+
+def test_batch_has_ragged_pca_dims():
+    # The parity cases really mix models keeping different numbers of PCA dims.
+    for name in ("ragged_dims", "n_less_than_d_two_classes", "imbalanced"):
+        seed, b, n, d, c, _, sizes = CASES[name]
+        x, _ = zoo(seed, b, n, d, c, sizes)
+        _, dims = pca_keep_variance_batched(torch.from_numpy(x))
+        expect = [pca_keep_variance(x[m], 0.8).shape[1] for m in range(b)]
+        assert dims.tolist() == expect
+        assert len(set(expect)) > 1
+
+
+def test_pca_scores_match_reference_up_to_basis_and_pad_with_zeros():
+    x, _ = zoo(3, 3, 80, 20, 2)
+    z, dims = pca_keep_variance_batched(torch.from_numpy(x))
+    assert z.shape == (3, 80, int(dims.max()))
+    for m in range(3):
+        k = int(dims[m])
+        ref = pca_keep_variance(x[m], 0.8)
+        zm = z[m, :, :k].numpy()
+        # scores are defined up to the sign of each component: compare Gram matrices
+        scale = np.abs(ref).max() ** 2
+        np.testing.assert_allclose(zm @ zm.T, ref @ ref.T, rtol=0, atol=1e-9 * scale)
+        assert torch.all(z[m, :, k:] == 0)
+
+
+def test_kmeans_and_posteriors_equal_reference():
+    x, _ = zoo(4, 3, 100, 14, 3)
+    z, dims = pca_keep_variance_batched(torch.from_numpy(x))
+    k, seed = 6, 7
+    u = np.random.default_rng(seed).random(k)
+    labels = kmeans_batched(z, dims, k, u)
+    q = gmm_posteriors_batched(z, dims, k, seed)
+    for m in range(3):
+        zm = pca_keep_variance(x[m], 0.8)
+        ref_labels = kmeans(zm, k, np.random.default_rng(seed))
+        assert np.array_equal(labels[m].numpy(), ref_labels)
+        np.testing.assert_allclose(q[m].numpy(), gmm_posteriors(zm, k, seed), rtol=0, atol=1e-9)
+
+
+def test_nleep_from_posteriors_batched_with_empty_component():
+    rng = np.random.default_rng(5)
+    q = rng.dirichlet(np.ones(4), size=(2, 30))
+    q[1, :, 2] = 0.0                     # an empty component in the second model
+    q[1] /= q[1].sum(-1, keepdims=True)
+    codes = rng.integers(0, 3, 30)
+    got = nleep_from_posteriors_batched(torch.from_numpy(q), torch.from_numpy(codes), 3)
+    want = [nleep_from_posteriors(q[m], codes, 3) for m in range(2)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-14)
+
+
+def test_blocked_cumulative_sum_matches_cumsum():
+    # The scan used off the CPU (torch.cumsum on CUDA floats is nondeterministic).
+    gen = torch.Generator().manual_seed(12)
+    for n in (1, 2, 7, 16, 17, 150, 1000):
+        v = torch.rand(3, n, dtype=torch.float64, generator=gen) ** 4
+        v[1, : n // 2] = 0.0
+        blocked = engine_nleep._cdf(v, blocked=True)
+        torch.testing.assert_close(blocked, v.cumsum(1), rtol=1e-13, atol=0)
+        assert bool((blocked[:, 1:] >= blocked[:, :-1]).all())
+    assert engine_nleep._cdf(v.float(), blocked=True).dtype == torch.float64
+
+
+def test_blocked_scan_path_equals_reference(monkeypatch):
+    # The whole CUDA code path's seeding, run on the CPU.
+    cdf = engine_nleep._cdf
+    monkeypatch.setattr(engine_nleep, "_cdf", lambda v, blocked=None: cdf(v, blocked=True))
+    x, y, c, r, seed, ref = case("imbalanced")
+    assert max_rel(engine_scores(x, y, c, r, seed).numpy(), ref) < EXACT_RTOL
+
+
+def test_float32_fast_is_close_to_reference():
+    x, y, c, r, seed, ref = case("ragged_dims")
+    got = engine_scores(x, y, c, r, seed, dtype=torch.float32).double().numpy()
+    assert max_rel(got, ref) < FAST_RTOL
+
+
+def test_deterministic_and_chunking_changes_nothing():
+    seed, b, n, d, c, r, sizes = CASES["n_less_than_d_two_classes"]
+    x, y = zoo(seed, b, n, d, c, sizes)
+    a = engine_scores(x, y, c, r, seed)
+    assert torch.equal(a, engine_scores(x, y, c, r, seed))
+    chunked = engine_scores(x, y, c, r, seed, models_per_chunk=2)
+    torch.testing.assert_close(chunked, a, rtol=1e-12, atol=0)
+
+
+def test_seed_is_shared_by_every_model_of_the_batch():
+    # Copies of one model in a batch score alike, and equal the reference with that seed.
+    x, y, c, r, seed, ref = case("n_less_than_d_two_classes")
+    s = engine_scores(np.stack([x[2], x[0], x[2]]), y, c, r, seed)
+    assert s[0] == s[2]
+    np.testing.assert_allclose(s.numpy(), ref[[2, 0, 2]], rtol=EXACT_RTOL)
+    other = engine_scores(x[:1], y, c, r, seed + 1)
+    assert other[0] != s[1]  # the seed matters
+
+
+def test_well_separated_classes_score_one():
+    rng = np.random.default_rng(8)
+    y = np.repeat(np.arange(3), 40)
+    centres = rng.normal(scale=50.0, size=(3, 4))
+    x = np.stack([centres[y] + 0.1 * rng.normal(size=(120, 4)) for _ in range(2)])
+    s = engine_scores(x, y, 3, 1, seed=0)
+    np.testing.assert_allclose(s.numpy(), 1.0, atol=1e-6)
+
+
+def test_too_many_components_and_bad_arguments():
+    x = torch.randn(2, 19, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    y = torch.arange(19) % 4
+    with pytest.raises(ValueError, match="mixture components"):
+        nleep_batched(x, y, 4, components_per_class=5)
+    with pytest.raises(ValueError, match="positive integer"):
+        nleep_batched(x, y, 4, components_per_class=0)
+    with pytest.raises(ValueError, match="codes must lie"):
+        nleep_batched(x, y + 1, 4, components_per_class=1)
+    with pytest.raises(ValueError, match="must be"):
+        nleep_batched(x[0], y, 4, components_per_class=1)
+    z = x.clone()
+    z[1] = 1.0                               # a constant model
+    with pytest.raises(ValueError, match="zero variance"):
+        nleep_batched(z, y, 4, components_per_class=1)
+
+
+def test_memory_estimate_grows_with_batch():
+    one = nleep_memory_bytes(1, 1000, 512, 50, 40)
+    assert nleep_memory_bytes(4, 1000, 512, 50, 40) == 4 * one
+    assert nleep_memory_bytes(1, 1000, 512, 50, 40, torch.float32) * 2 == one
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_equals_reference_and_is_deterministic():
+    for name in ("ragged_dims", "n_less_than_d_two_classes", "imbalanced"):
+        x, y, c, r, seed, ref = case(name)
+        got = engine_scores(x, y, c, r, seed, device="cuda")
+        assert max_rel(got.cpu().numpy(), ref) < EXACT_RTOL
+        assert torch.equal(got, engine_scores(x, y, c, r, seed, device="cuda"))
+        fast = engine_scores(x, y, c, r, seed, dtype=torch.float32, device="cuda")
+        assert max_rel(fast.double().cpu().numpy(), ref) < FAST_RTOL
