@@ -1,24 +1,27 @@
 """``score_zoo``: every requested metric for every model of a zoo, batched.
 
 Models are grouped by feature width (and input precision, which SA's PCA
-follows), each group is cut into batches sized from the free memory of the
-device, and each batch goes through :func:`te_gpu.engine.core.score_batch`
-once per SA setting. NCTI's min-max runs over the whole zoo at the end. An
-out-of-memory error halves the batch and retries it; nothing already scored
-is lost.
+follows), each group is cut into batches sized from the device's memory, and
+each batch goes through :func:`te_gpu.engine.core.score_batch` once per SA
+setting while the next batch is read (from arrays or memory-mapped ``.npy``
+files) into pinned host memory by a worker thread. NCTI's min-max runs over
+the whole zoo at the end. An out-of-memory error halves the batch and retries
+it; with ``checkpoint`` nothing already scored is lost to an interruption.
 """
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ._checks import as_labels
+from ._loader import BatchReader
 from .engine import core
-from .engine._tensor import features_tensor, resolve_device, working_dtype
+from .engine._tensor import resolve_device, working_dtype
 from .engine.ncti import class_padding_index, minmax_combine
 from .engine.stats import Labels
 from .reference.sa import resolve_sa
@@ -159,56 +162,66 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
     for name, (arr, shape, f32) in entries.items():
         groups.setdefault((shape[1], f32), []).append(name)
 
+    def plan(names, bs):
+        """Batches of one group, cut at fixed places; those finished before are skipped."""
+        chunks = [names[i:i + bs] for i in range(0, len(names), bs)]
+        return [c for c in chunks if not all(m in done for m in c)]
+
+    queue = deque()  # (group key, models, batch size)
+    for key, names in groups.items():
+        bs = batch_size or _batch_size(dev, n, key[0], classes.size, dtype)
+        queue.extend((key, c, bs) for c in plan(names, bs))
+
+    reader = BatchReader(entries, n, dev, dtype)
     bar = _progress(len(entries), progress)
     bar.update(len(done))
     try:
-        for (d, f32), names in groups.items():
-            bs = batch_size or _batch_size(dev, n, d, classes.size, dtype)
-            start = 0
-            while start < len(names):
-                chunk = names[start:start + bs]
-                if all(name in done for name in chunk):
-                    # scored before an interruption; batches are cut at the same
-                    # places on a rerun, so the remaining ones see the same company
-                    start += len(chunk)
-                    continue
-                try:
-                    with timer.stage("load"):
-                        x = torch.empty((len(chunk), n, d), dtype=dtype, device=dev)
-                        for j, name in enumerate(chunk):
-                            x[j] = features_tensor(entries[name][0], dev, dtype,
-                                                   name=f"features of model {name!r}")
-                    for s in settings:
-                        lists, infos = core.score_batch(x, lab, metrics, sa_kw=s, opts=opts,
-                                                        pca_float32=f32, timer=timer,
-                                                        class_index=class_index)
-                        for m in metrics:
-                            lbl = ZooResult.label(m, s)
-                            for name, v in zip(chunk, lists[m]):
-                                if not np.all(np.isfinite(v)):
-                                    raise FloatingPointError(
-                                        f"{lbl} of model {name!r} is not finite ({v}); "
-                                        "this is a bug or an input te_gpu failed to reject")
-                                raw_scores[lbl][name] = v
-                        if infos is not None:
-                            for name, info in zip(chunk, infos):
-                                sa_info[s["variant"]][name] = info
-                except (torch.OutOfMemoryError, MemoryError) as exc:
-                    del exc
-                    x = None
-                    if dev.type == "cuda":
-                        torch.cuda.empty_cache()
-                    if bs == 1:
-                        raise MemoryError(f"one model of width {d} (N={n}) does not fit in the "
-                                          f"memory of {dev}") from None
-                    bs = max(1, bs // 2)
-                    continue
-                start += len(chunk)
-                bar.update(len([m for m in chunk if m not in done]))
-                if ckpt is not None:
-                    _save_checkpoint(ckpt, fingerprint, raw_scores, sa_info)
+        ahead = reader.prefetch(queue[0][1], *queue[0][0]) if queue else None
+        while queue:
+            (d, f32), chunk, bs = queue.popleft()
+            staged = ahead
+            ahead = reader.prefetch(queue[0][1], *queue[0][0]) if queue else None
+            try:
+                with timer.stage("load"):
+                    x = reader.to_device(staged, chunk, d)
+                for s in settings:
+                    lists, infos = core.score_batch(x, lab, metrics, sa_kw=s, opts=opts,
+                                                    pca_float32=f32, timer=timer,
+                                                    class_index=class_index)
+                    for m in metrics:
+                        lbl = ZooResult.label(m, s)
+                        for name, v in zip(chunk, lists[m]):
+                            if not np.all(np.isfinite(v)):
+                                raise FloatingPointError(
+                                    f"{lbl} of model {name!r} is not finite ({v}); "
+                                    "this is a bug or an input te_gpu failed to reject")
+                            raw_scores[lbl][name] = v
+                    if infos is not None:
+                        for name, info in zip(chunk, infos):
+                            sa_info[s["variant"]][name] = info
+            except (torch.OutOfMemoryError, MemoryError):
+                x = None
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                if bs == 1:
+                    raise MemoryError(f"one model of width {d} (N={n}) does not fit in the "
+                                      f"memory of {dev}") from None
+                # re-cut this batch and the rest of its group at half the size
+                rest = [c for k, c, _ in queue if k == (d, f32)]
+                others = [item for item in queue if item[0] != (d, f32)]
+                left = [m for c in [chunk] + rest for m in c]
+                queue = deque([((d, f32), c, max(1, bs // 2)) for c in plan(left, max(1, bs // 2))]
+                              + others)
+                if ahead is not None:
+                    ahead.cancel()
+                ahead = reader.prefetch(queue[0][1], *queue[0][0]) if queue else None
+                continue
+            bar.update(len([m for m in chunk if m not in done]))
+            if ckpt is not None:
+                _save_checkpoint(ckpt, fingerprint, raw_scores, sa_info)
     finally:
         bar.close()
+        reader.close()
 
     for lbl in labels_of:
         vals = raw_scores[lbl]
