@@ -133,7 +133,7 @@ def test_kmeans_and_posteriors_equal_reference():
     x, _ = zoo(4, 3, 100, 14, 3)
     z, dims = pca_keep_variance_batched(torch.from_numpy(x))
     k, seed = 6, 7
-    u = np.random.default_rng(seed).random(k)
+    u = np.random.default_rng(seed).random(1 + (k - 1) * (2 + int(np.log(k))))  # greedy k-means++
     labels = kmeans_batched(z, dims, k, u)
     q = gmm_posteriors_batched(z, dims, k, seed)
     for m in range(3):

@@ -12,9 +12,10 @@ set of class codes:
    and to the log-determinants, and the :math:`d\log 2\pi` term uses the real
    :math:`k_b`: log densities, and hence the EM stopping rule, are those of the
    unpadded model.
-2. k-means++ seeding with the reference's explicit stream: ``k`` uniforms
-   ``u = np.random.default_rng(seed).random(k)`` drawn once on the host and
-   shared by every model (as calling the reference per model with ``seed``).
+2. Greedy k-means++ seeding with the reference's explicit stream:
+   ``1 + (k-1) L`` uniforms (L = 2 + floor(ln k) candidates per centre) drawn
+   once on the host and shared by every model (as calling the reference per
+   model with ``seed``).
 3. Lloyd iterations (at most 300) with a per-model convergence mask: a model
    whose centres moved less than its threshold stops changing.
 4. EM for a full-covariance Gaussian mixture of ``K = r C`` components,
@@ -138,9 +139,14 @@ def _onehot(labels: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
     return (labels[..., None] == torch.arange(k, device=labels.device)).to(dtype)
 
 
+def _n_local_trials(k: int) -> int:
+    """Candidates per centre of greedy k-means++ (the reference's rule)."""
+    return 2 + int(np.log(k))
+
+
 def _uniforms(k: int, seed: int) -> np.ndarray:
-    """The reference's k-means++ stream: ``default_rng(seed).random(k)`` (float64, host)."""
-    return np.random.default_rng(seed).random(k)
+    """The reference's greedy k-means++ stream: ``default_rng(seed).random(1 + (k-1) L)``."""
+    return np.random.default_rng(seed).random(1 + (k - 1) * _n_local_trials(k))
 
 
 def _cdf(v: torch.Tensor, blocked: bool | None = None) -> torch.Tensor:
@@ -171,7 +177,7 @@ def _cdf(v: torch.Tensor, blocked: bool | None = None) -> torch.Tensor:
 
 def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *,
                    max_iter: int = _KMEANS_MAX_ITER, tol: float = _KMEANS_TOL) -> torch.Tensor:
-    """k-means++ seeding (uniforms ``u``, shared by all models) then Lloyd; labels (B, N).
+    """Greedy k-means++ seeding (uniforms ``u``, shared by all models) then Lloyd; labels (B, N).
 
     ``z`` is zero-padded beyond ``dims[b]`` columns; the stopping threshold is
     ``tol`` times the mean per-dimension variance over the real dimensions only.
@@ -183,15 +189,20 @@ def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *
     centers = torch.empty((b, k, d), dtype=dt, device=dev)
     centers[:, 0] = z[:, min(int(u[0] * n), n - 1)]
     closest = _sq_dist(z, centers[:, :1])[..., 0]                       # (B, N)
+    trials = _n_local_trials(k)
     for j in range(1, k):
+        lo, hi = 1 + (j - 1) * trials, 1 + j * trials
         cdf = _cdf(closest)                                              # float64 (B, N)
         total = cdf[:, -1:]                                              # (B, 1)
-        idx = torch.searchsorted(cdf, u_dev[j] * total, right=True).clamp_max(n - 1)
-        # every sample sits on a centre already: the reference falls back to floor(u_j N)
-        idx = torch.where(total > 0, idx, torch.full_like(idx, min(int(u[j] * n), n - 1)))
-        c = torch.gather(z, 1, idx[:, :, None].expand(b, 1, d))         # (B, 1, d)
-        centers[:, j] = c[:, 0]
-        closest = torch.minimum(closest, _sq_dist(z, c)[..., 0])
+        idx = torch.searchsorted(cdf, u_dev[None, lo:hi] * total, right=True).clamp_max(n - 1)
+        # every sample sits on a centre already: the reference falls back to floor(u N)
+        fallback = torch.as_tensor(np.minimum((u[lo:hi] * n).astype(np.int64), n - 1), device=dev)
+        idx = torch.where(total > 0, idx, fallback[None, :])            # (B, L) candidates
+        cand = torch.gather(z, 1, idx[:, :, None].expand(b, trials, d))  # (B, L, d)
+        dist = _sq_dist(z, cand)                                         # (B, N, L)
+        best = torch.minimum(closest[..., None], dist).sum(1).argmin(-1)  # (B,)
+        centers[:, j] = torch.gather(cand, 1, best[:, None, None].expand(b, 1, d))[:, 0]
+        closest = torch.minimum(closest, torch.gather(dist, 2, best[:, None, None].expand(b, n, 1))[..., 0])
 
     real = (torch.arange(d, device=dev)[None, :] < dims[:, None]).to(dt)  # (B, d)
     var = z.var(dim=1, correction=0)

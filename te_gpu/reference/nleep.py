@@ -31,31 +31,44 @@ def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
+def n_local_trials(k: int) -> int:
+    """Candidates per centre of greedy k-means++ (as scikit-learn's KMeans)."""
+    return 2 + int(np.log(k))
+
+
 def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 300,
            tol: float = 1e-4) -> np.ndarray:
-    """k-means++ seeding then Lloyd iterations; returns the labels (N,).
+    """Greedy k-means++ seeding then Lloyd iterations; returns the labels (N,).
 
-    The seeding draws its k uniforms up front, ``u = rng.random(k)``: the first
-    centre is sample ``floor(u_0 N)``, centre j is the sample where the cumulative
-    squared distance to the nearest chosen centre first exceeds ``u_j`` times its
-    total. One explicit stream makes the batched engine reproduce it exactly.
-    Lloyd stops when the centres move less than ``tol`` times the mean feature
-    variance (squared distance, summed over centres); an empty cluster keeps
-    its centre.
+    Seeding (greedy k-means++, the initialisation scikit-learn's GaussianMixture
+    gets from KMeans; plain one-candidate k-means++ biased NLEEP upwards): the
+    first centre is sample ``floor(u_0 N)``; for each further centre, L =
+    2 + floor(ln k) candidates are drawn with probability proportional to the
+    squared distance to the nearest chosen centre, and the one that leaves the
+    smallest total squared distance is kept. All ``1 + (k-1) L`` uniforms are
+    drawn up front, ``u = rng.random(...)``, so the batched engine can replay
+    the same stream. Lloyd stops when the centres move less than ``tol`` times
+    the mean feature variance (squared distance, summed over centres); an empty
+    cluster keeps its centre.
     """
     n = x.shape[0]
-    u = rng.random(k)
+    trials = n_local_trials(k)
+    u = rng.random(1 + (k - 1) * trials)
     centers = np.empty((k, x.shape[1]))
     centers[0] = x[min(int(u[0] * n), n - 1)]
     closest = _sq_dist(x, centers[:1])[:, 0]
     for j in range(1, k):
+        uj = u[1 + (j - 1) * trials: 1 + j * trials]
         cdf = np.cumsum(closest)
         if cdf[-1] <= 0:  # every sample sits on a centre already
-            idx = min(int(u[j] * n), n - 1)
+            cand = np.minimum((uj * n).astype(np.int64), n - 1)
         else:
-            idx = min(int(np.searchsorted(cdf, u[j] * cdf[-1], side="right")), n - 1)
-        centers[j] = x[idx]
-        closest = np.minimum(closest, _sq_dist(x, centers[j:j + 1])[:, 0])
+            cand = np.minimum(np.searchsorted(cdf, uj * cdf[-1], side="right"), n - 1)
+        dist = _sq_dist(x, x[cand])                       # N x L
+        potential = np.minimum(closest[:, None], dist).sum(axis=0)
+        best = int(np.argmin(potential))
+        centers[j] = x[cand[best]]
+        closest = np.minimum(closest, dist[:, best])
     threshold = np.mean(np.var(x, axis=0)) * tol
     for _ in range(max_iter):
         labels = _sq_dist(x, centers).argmin(axis=1)
