@@ -11,30 +11,10 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
 import torch
 
 from ._checks import check_magnitude
-from .engine._tensor import features_tensor
-
-
-def _host_array(arr, name):
-    """A zoo entry as a host tensor view, refusing non-numeric data with a clear error."""
-    if isinstance(arr, torch.Tensor):
-        t = arr.detach()
-        if t.is_complex():
-            raise TypeError(f"{name} is complex; transferability scores need real features")
-        return t
-    a = np.asarray(arr)
-    if a.dtype == object:
-        raise TypeError(f"{name} has dtype object; pass a numeric array")
-    if np.iscomplexobj(a):
-        raise TypeError(f"{name} is complex; transferability scores need real features")
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise TypeError(f"{name} has non-numeric dtype {a.dtype}")
-    if a.dtype == bool:
-        a = a.astype(np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(a) if a.flags.writeable else np.array(a))
+from .engine._tensor import features_tensor, host_tensor
 
 
 class BatchReader:
@@ -59,7 +39,7 @@ class BatchReader:
             return None  # already on the device: nothing to stage
         buf = torch.empty((len(names), self.n, d), dtype=host_dtype, pin_memory=self.pin)
         for j, name in enumerate(names):
-            buf[j].copy_(_host_array(self.entries[name][0], f"features of model {name!r}"))
+            buf[j].copy_(host_tensor(self.entries[name][0], f"features of model {name!r}"))
         return buf
 
     def prefetch(self, names, d, source_f32: bool) -> Future:

@@ -6,10 +6,12 @@ cast to the working dtype there (a copy: inputs are never modified).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
-from .._checks import as_labels, check_magnitude
+from .._checks import _to_numpy, as_labels, check_magnitude
 
 PRECISIONS = {"exact": torch.float64, "fast": torch.float32}
 
@@ -43,25 +45,32 @@ def resolve_device(device, *inputs) -> torch.device:
     return dev
 
 
-def features_tensor(x, device: torch.device, dtype: torch.dtype, name: str = "features",
-                    check_finite: bool = True) -> torch.Tensor:
-    """Validate one N x D feature matrix and return a fresh ``dtype`` tensor on ``device``."""
+def host_tensor(x, name: str = "features") -> torch.Tensor:
+    """A tensor view of ``x`` (no copy where possible), refusing non-numeric data.
+
+    numpy input goes through the same dtype checks as the reference's
+    (``_checks._to_numpy``); read-only and memory-mapped arrays are viewed, not
+    copied: every caller copies out of the view, never into it.
+    """
     if isinstance(x, torch.Tensor):
         t = x.detach()
         if t.is_complex():
             raise TypeError(f"{name} is complex; transferability scores need real features")
-    else:
-        arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
-        if arr.dtype == object:
-            raise TypeError(f"{name} has dtype object; pass a numeric array")
-        if np.iscomplexobj(arr):
-            raise TypeError(f"{name} is complex; transferability scores need real features")
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise TypeError(f"{name} has non-numeric dtype {arr.dtype}")
-        if arr.dtype == bool:
-            arr = arr.astype(np.uint8)
-        t = torch.from_numpy(np.ascontiguousarray(arr)) if arr.flags.writeable else \
-            torch.from_numpy(np.array(arr))
+        return t
+    arr = _to_numpy(x, name)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "not writable": we only read it
+        return torch.from_numpy(arr)
+
+
+def features_tensor(x, device: torch.device, dtype: torch.dtype, name: str = "features",
+                    check_finite: bool = True) -> torch.Tensor:
+    """Validate one N x D feature matrix and return a fresh ``dtype`` tensor on ``device``."""
+    t = host_tensor(x, name)
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D (N samples x D dims), got shape {tuple(t.shape)}")
     if t.shape[0] == 0 or t.shape[1] == 0:
