@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
+from . import dispatch
 from . import sa as sa_ops
 from .gbc import gbc_batched
 from .lda import lda_batched
@@ -119,8 +120,8 @@ def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, st, eig, pca_float
             xc = xo - xo.mean(1, keepdim=True)
         z = sa_ops.randomized_pca_batched(xc, n_comp).to(x.dtype)
     with timer.stage("sa_perturb"):
-        z_out, disp = sa_ops.perturb(z, labels, alpha=sa_kw["alpha"], sigma=sa_kw["sigma"],
-                                     force=sa_kw["force"], variant=sa_kw["variant"])
+        z_out, disp = dispatch.perturb(z, labels, alpha=sa_kw["alpha"], sigma=sa_kw["sigma"],
+                                       force=sa_kw["force"], variant=sa_kw["variant"])
     for info, dn in zip((i for i, o in zip(infos, open_mask) if o), disp.tolist()):
         info["pca_dim"] = n_comp
         info["displacement_norm"] = dn

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from . import dispatch
 from .stats import Labels, left
 
 
@@ -12,8 +13,11 @@ def class_variances(x: torch.Tensor, labels: Labels, means: torch.Tensor) -> tor
     Computed around the class means (a second pass) rather than as E[x^2]-mu^2,
     which cancels catastrophically when the means are large.
     """
-    dev = x - means[:, labels.codes]
-    ss = left(labels.onehot.T, dev * dev)                 # (B, C, D)
+    if x.is_cuda and "class_moments" in dispatch.enabled_ops():
+        _, _, ss = dispatch.class_moments(x, labels.codes, labels.c)  # one read of x (Triton)
+    else:
+        dev = x - means[:, labels.codes]
+        ss = left(labels.onehot.T, dev * dev)             # (B, C, D)
     var = ss / (labels.counts - 1)[None, :, None]
     return torch.clamp(var, min=1e-4)
 
@@ -44,6 +48,5 @@ def gbc_batched(x: torch.Tensor, labels: Labels, means: torch.Tensor, *,
                 gaussian: str = "spherical") -> torch.Tensor:
     """(B, N, D) features and class means -> (B,) GBC."""
     var = class_variances(x, labels, means)
-    bd = bhattacharyya(means, var, gaussian == "spherical")
-    off = ~torch.eye(labels.c, dtype=torch.bool, device=x.device)
-    return -(torch.exp(-bd) * off).sum((-1, -2))
+    # Triton kernel on CUDA where enabled (te_gpu.engine.dispatch), else bhattacharyya summed
+    return dispatch.gbc_pairwise(means, var, gaussian == "spherical")

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from . import dispatch
 from .stats import left
 
 _MAX_ITER = 11
@@ -105,4 +106,5 @@ def logme_batched(x: torch.Tensor, targets: torch.Tensor, *, corrected: bool = F
         raise ValueError("LogME: every singular value of the features is <= 1e-10, the released rank "
                          "threshold: all-zero (or vanishingly small) features carry no signal; rescale them")
     t_sq = (targets * targets).sum(0)
-    return fixed_point_evidence(sigma, valid, proj, t_sq, n, d, corrected).mean(-1)
+    # Triton kernel on CUDA where enabled (te_gpu.engine.dispatch), else fixed_point_evidence
+    return dispatch.logme_evidence(sigma, valid, proj, t_sq, n, d, corrected).mean(-1)
