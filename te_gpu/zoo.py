@@ -2,8 +2,8 @@
 
 Models are grouped by feature width (and input precision, which SA's PCA
 follows), each group is cut into batches sized from the device's memory, and
-each batch goes through :func:`te_gpu.engine.core.score_batch` once per SA
-setting while the next batch is read (from arrays or memory-mapped ``.npy``
+each batch goes through :func:`te_gpu.engine.core.score_settings` (all SA
+settings at once, sharing the batch statistics) while the next batch is read (from arrays or memory-mapped ``.npy``
 files) into pinned host memory by a worker thread. NCTI's min-max runs over
 the whole zoo at the end. An out-of-memory error halves the batch and retries
 it; with ``checkpoint`` nothing already scored is lost to an interruption.
@@ -184,10 +184,10 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
             try:
                 with timer.stage("load"):
                     x = reader.to_device(staged, chunk, d)
-                for s in settings:
-                    lists, infos = core.score_batch(x, lab, metrics, sa_kw=s, opts=opts,
-                                                    pca_float32=f32, timer=timer,
-                                                    class_index=class_index)
+                outputs = core.score_settings(x, lab, metrics, settings, opts=opts,
+                                              pca_float32=f32, timer=timer,
+                                              class_index=class_index)
+                for s, (lists, infos) in zip(settings, outputs):
                     for m in metrics:
                         lbl = ZooResult.label(m, s)
                         for name, v in zip(chunk, lists[m]):

@@ -179,7 +179,7 @@ def test_simulated_out_of_memory_retries_with_smaller_batches(monkeypatch):
 
     zoo, y = _zoo()
     want = te_gpu.score_zoo(zoo, y, batch_size=1, progress=False)
-    real = core.score_batch
+    real = core.score_settings
     seen = []
 
     def flaky(x, *args, **kw):
@@ -188,7 +188,7 @@ def test_simulated_out_of_memory_retries_with_smaller_batches(monkeypatch):
             raise torch.OutOfMemoryError("simulated: CUDA out of memory")
         return real(x, *args, **kw)
 
-    monkeypatch.setattr(core, "score_batch", flaky)
+    monkeypatch.setattr(core, "score_settings", flaky)
     got = te_gpu.score_zoo(zoo, y, batch_size=4, progress=False)
     assert got.scores == want.scores  # every model ended up scored alone, as in `want`
     assert max(seen) > 1 and seen.count(1) >= len(zoo)
@@ -200,7 +200,7 @@ def test_out_of_memory_with_one_model_is_a_clear_error(monkeypatch):
     def always(x, *a, **k):
         raise torch.OutOfMemoryError("simulated")
 
-    monkeypatch.setattr(core, "score_batch", always)
+    monkeypatch.setattr(core, "score_settings", always)
     zoo, y = _zoo()
     with pytest.raises(MemoryError, match="does not fit"):
         te_gpu.score_zoo(zoo, y, batch_size=2, progress=False)
@@ -212,11 +212,11 @@ SCRIPT = textwrap.dedent("""
     directory, ckpt, out, slow = sys.argv[1:5]
     zoo, y = te_gpu.load_zoo(directory, "toy")
     if slow == "1":  # give the parent time to kill us between batches
-        real = core.score_batch
+        real = core.score_settings
         def slowed(*a, **k):
             time.sleep(0.4)
             return real(*a, **k)
-        core.score_batch = slowed
+        core.score_settings = slowed
     res = te_gpu.score_zoo(zoo, y, sa=[None, "released"], batch_size=2, checkpoint=ckpt,
                            progress=False)
     res.to_json(out)

@@ -19,7 +19,7 @@ from .lda import lda_batched
 from .logme import logme_batched
 from .ncti import class_padding_index, ncti_parts_batched
 from .sfda import sfda_batched
-from .stats import Labels, batch_stats
+from .stats import BatchStats, Labels, batch_stats
 
 METRICS = ("logme", "sfda", "lda", "gbc", "nleep", "ncti")
 DEFAULT_OPTIONS = dict(corrected=False, gaussian="spherical", components_per_class=5, seed=0,
@@ -128,45 +128,74 @@ def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, st, eig, pca_float
     return open_mask, z_out, infos
 
 
-def score_batch(x: torch.Tensor, labels: Labels, metrics, *, sa_kw: dict | None, opts: dict,
-                pca_float32: bool = False, timer: Timer | None = None, class_index=None):
-    """Scores of B same-width models: ({metric: list of per-model values}, sa infos or None).
+def _subset_stats(st: BatchStats, eig, idx: torch.Tensor):
+    sub = BatchStats(st.means[idx], st.xbar[idx], st.gram_c[idx], st.sw[idx])
+    return sub, (None if eig is None else (eig[0][idx], eig[1][idx]))
 
-    Per-model values are floats, or (seli, ncc, vc) tuples for ``ncti``.
+
+def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: dict,
+                   pca_float32: bool = False, timer: Timer | None = None, class_index=None):
+    """Scores of B same-width models for several SA settings at once.
+
+    ``settings``: a list of None (raw features) and resolved SA option dicts.
+    Returns one ``({metric: per-model values}, sa infos or None)`` per setting.
+    The work is shared: one set of batch statistics (and one eigendecomposition
+    of the centred Gram) serves the raw metrics, NCTI's PCA and every SA gate;
+    a model whose gate stays closed reuses its raw scores.
     """
     timer = timer or _null_timer()
     b = x.shape[0]
     if class_index is None and "ncti" in metrics:
         class_index = class_padding_index(labels.codes, labels.c)
-    if sa_kw is None:
-        raw = metric_heads(x, labels, metrics, opts, timer=timer, class_index=class_index)
-        return _to_lists(raw, b), None
+    any_sa = any(s is not None for s in settings)
     with timer.stage("stats"):
         st = batch_stats(x, labels)
-        eig = torch.linalg.eigh(st.gram_c)
-    open_mask, z, infos = sa_split(x, labels, sa_kw, st=st, eig=eig, pca_float32=pca_float32,
-                                   timer=timer)
-    per_model = [None] * b
-    closed = [i for i, o in enumerate(open_mask) if not o]
-    opened = [i for i, o in enumerate(open_mask) if o]
-    if closed:
-        if len(closed) == b:
-            res = metric_heads(x, labels, metrics, opts, st=st, eig=eig, timer=timer,
-                               class_index=class_index)
-        else:
-            idx = torch.as_tensor(closed, device=x.device)
-            res = metric_heads(x[idx], labels, metrics, opts, timer=timer, class_index=class_index)
-        res = _to_lists(res, len(closed))
-        for j, i in enumerate(closed):
-            per_model[i] = {m: v[j] for m, v in res.items()}
-    if opened:
-        res = metric_heads(z, labels, metrics, opts, timer=timer, class_index=class_index,
-                           prefix="sa_")
-        res = _to_lists(res, len(opened))
-        for j, i in enumerate(opened):
-            per_model[i] = {m: v[j] for m, v in res.items()}
-    lists = {m: [pm[m] for pm in per_model] for m in metrics}
-    return lists, infos
+        eig = torch.linalg.eigh(st.gram_c) if (any_sa or "ncti" in metrics) else None
+    raw = None  # per-model raw values, computed once if any setting needs them
+
+    def raw_lists(rows=None):
+        nonlocal raw
+        if raw is None and (rows is None or len(rows) == b):
+            raw = _to_lists(metric_heads(x, labels, metrics, opts, st=st, eig=eig, timer=timer,
+                                         class_index=class_index), b)
+        if raw is not None:
+            return raw if rows is None else {m: [v[i] for i in rows] for m, v in raw.items()}
+        idx = torch.as_tensor(rows, device=x.device)
+        sub, sub_eig = _subset_stats(st, eig, idx)
+        return _to_lists(metric_heads(x[idx], labels, metrics, opts, st=sub, eig=sub_eig,
+                                      timer=timer, class_index=class_index), len(rows))
+
+    out = []
+    for sa_kw in settings:
+        if sa_kw is None:
+            out.append((raw_lists(), None))
+            continue
+        open_mask, z, infos = sa_split(x, labels, sa_kw, st=st, eig=eig,
+                                       pca_float32=pca_float32, timer=timer)
+        per_model = [None] * b
+        closed = [i for i, o in enumerate(open_mask) if not o]
+        opened = [i for i, o in enumerate(open_mask) if o]
+        if closed:  # SA leaves these features as they are: their raw scores stand
+            res = raw_lists(closed)
+            for j, i in enumerate(closed):
+                per_model[i] = {m: v[j] for m, v in res.items()}
+        if opened:
+            res = _to_lists(metric_heads(z, labels, metrics, opts, timer=timer,
+                                         class_index=class_index, prefix="sa_"), len(opened))
+            for j, i in enumerate(opened):
+                per_model[i] = {m: v[j] for m, v in res.items()}
+        out.append(({m: [pm[m] for pm in per_model] for m in metrics}, infos))
+    return out
+
+
+def score_batch(x: torch.Tensor, labels: Labels, metrics, *, sa_kw: dict | None, opts: dict,
+                pca_float32: bool = False, timer: Timer | None = None, class_index=None):
+    """Scores of B same-width models for one setting: ({metric: per-model values}, infos).
+
+    Per-model values are floats, or (seli, ncc, vc) tuples for ``ncti``.
+    """
+    return score_settings(x, labels, metrics, [sa_kw], opts=opts, pca_float32=pca_float32,
+                          timer=timer, class_index=class_index)[0]
 
 
 def _to_lists(res: dict, b: int) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import dispatch
-from .stats import Labels, left
+from .stats import Labels, class_sums
 
 
 def class_variances(x: torch.Tensor, labels: Labels, means: torch.Tensor) -> torch.Tensor:
@@ -17,7 +17,7 @@ def class_variances(x: torch.Tensor, labels: Labels, means: torch.Tensor) -> tor
         _, _, ss = dispatch.class_moments(x, labels.codes, labels.c)  # one read of x (Triton)
     else:
         dev = x - means[:, labels.codes]
-        ss = left(labels.onehot.T, dev * dev)             # (B, C, D)
+        ss = class_sums(dev * dev, labels)                # (B, C, D)
     var = ss / (labels.counts - 1)[None, :, None]
     return torch.clamp(var, min=1e-4)
 

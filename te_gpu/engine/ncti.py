@@ -3,9 +3,9 @@
 The exact PCA-64 comes from the eigendecomposition of the centred Gram that
 the batch statistics already hold; the within and total scatter of the PCA
 scores are projections of the full-space ones (V^T S V), so the LDA of either
-solver costs O(64^3) per model. Both solver branches are evaluated for every
-model (each is cheap in 64 dims) and the one SPEC prescribes is selected per
-model with ``torch.where``: no host round trip decides anything.
+solver costs O(64^3) per model plus products with the N x 64 scores. The
+solver SPEC prescribes is chosen per model (one host sync per batch) and each
+branch runs on its own models.
 """
 from __future__ import annotations
 
@@ -42,8 +42,7 @@ def _eigen_branch(z, means_z, sw_z, st_z, labels: Labels, tau, max_comp):
     st_s = shrink(st_z, tau)
     chol, info = torch.linalg.cholesky_ex(sw_s)
     eye = torch.eye(sw_s.shape[-1], dtype=z.dtype, device=z.device)
-    # where the Cholesky failed, this branch is not the one selected (or the
-    # caller reports it); keep the algebra finite
+    # a failed factorisation is reported by the caller; keep the algebra finite
     chol = torch.where((info == 0)[:, None, None], chol, eye)
     linv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
     a = linv @ (st_s - sw_s) @ linv.mT
@@ -63,7 +62,10 @@ def _svd_branch(z, means_z, labels: Labels, fac, max_comp):
     within = z - means_z[:, labels.codes]
     std = within.pow(2).mean(1).sqrt()
     std = torch.where(std == 0, torch.ones_like(std), std)
-    _, s, vt = torch.linalg.svd(math.sqrt(fac) * within / std[:, None, :], full_matrices=False)
+    # singular values and right vectors of the N x n scaled data from its R factor
+    # (QR is backward stable; U, which scikit-learn computes and drops, is never formed)
+    r = torch.linalg.qr(math.sqrt(fac) * within / std[:, None, :], mode="r").R
+    _, s, vt = torch.linalg.svd(r, full_matrices=False)
     keep = s > _SVD_TOL
     s_safe = torch.where(keep, s, torch.ones_like(s))
     scalings = (vt / std[:, None, :]).mT / s_safe[:, None, :]
@@ -106,15 +108,27 @@ def ncti_parts_batched(x: torch.Tensor, labels: Labels, st: BatchStats, *,
     sw_z = v.mT @ st.sw @ v
     st_z = v.mT @ st.gram_c @ v / n
     max_comp = min(c - 1, n_comp)
-    f_e, logit_e, info = _eigen_branch(z, means_z, sw_z, st_z, labels, tau, max_comp)
     fac = 1.0 / (n - c) if lda_scaling == "n_minus_c" else 1.0 / n
-    f_s, logit_s = _svd_branch(z, means_z, labels, fac, max_comp)
-    if bool(((info != 0) & ~use_svd).any()):
-        raise ValueError("NCTI: the shrunk within-class scatter of the PCA scores is not "
-                         "positive definite")
-    # both transforms have min(C-1, n) columns
-    f = torch.where(use_svd[:, None, None], f_s, f_e)
-    logits = torch.where(use_svd[:, None, None], logit_s, logit_e)
+    # SPEC picks the solver per model; evaluate each branch on its models only
+    # (one host sync per batch)
+    branch = use_svd.tolist()
+    f = torch.empty((b, n, max_comp), dtype=x.dtype, device=x.device)
+    logits = torch.empty((b, n, c), dtype=x.dtype, device=x.device)
+    for want, fit in ((False, "eigen"), (True, "svd")):
+        rows = [i for i, u in enumerate(branch) if u == want]
+        if not rows:
+            continue
+        sel = slice(None) if len(rows) == b else torch.as_tensor(rows, device=x.device)
+        if fit == "eigen":
+            f_b, logit_b, info = _eigen_branch(z[sel], means_z[sel], sw_z[sel], st_z[sel], labels,
+                                               tau[sel], max_comp)
+            if bool((info != 0).any()):
+                raise ValueError("NCTI: the shrunk within-class scatter of the PCA scores is "
+                                 "not positive definite")
+        else:
+            f_b, logit_b = _svd_branch(z[sel], means_z[sel], labels, fac, max_comp)
+        f[sel] = f_b
+        logits[sel] = logit_b
     f = f - f.mean(1, keepdim=True)
     seli = torch.linalg.svdvals(f).sum(-1)
     p = torch.softmax(logits, -1)

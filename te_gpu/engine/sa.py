@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from .stats import Labels, left, right
+from .stats import Labels, class_sums, right
 
 GATE_THRESHOLD = 9.0 * math.log(10.0) / 5.0
 SA_PCA_SEED = 1919
@@ -56,9 +56,9 @@ def randomized_pca_batched(xc: torch.Tensor, n_comp: int, *, seed: int = SA_PCA_
 
 
 def _class_moments(z: torch.Tensor, labels: Labels):
-    means = left(labels.onehot.T, z) / labels.counts[None, :, None]
+    means = class_sums(z, labels) / labels.counts[None, :, None]
     dev = z - means[:, labels.codes]
-    var = left(labels.onehot.T, dev * dev) / labels.counts[None, :, None]
+    var = class_sums(dev * dev, labels) / labels.counts[None, :, None]
     return means, dev, var
 
 

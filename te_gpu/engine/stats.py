@@ -39,6 +39,19 @@ def weighted_rows(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return left(w[None, :], x)[:, 0]
 
 
+def class_sums(v: torch.Tensor, labels: "Labels") -> torch.Tensor:
+    """Per-class sums of a (B, N, D) batch: (B, C, D).
+
+    CUDA: a one-hot matrix product (tensor cores; deterministic, unlike a
+    scatter with atomics). CPU: ``index_add_``, O(N D) instead of O(N C D) and
+    deterministic there (rows are added in order).
+    """
+    if v.is_cuda:
+        return left(labels.onehot.T, v)
+    out = torch.zeros((v.shape[0], labels.c, v.shape[2]), dtype=v.dtype, device=v.device)
+    return out.index_add_(1, labels.codes, v)
+
+
 @dataclass
 class Labels:
     """Labels of a zoo on one device: codes (N,), one-hot (N, C), counts (C,)."""
@@ -82,7 +95,7 @@ class BatchStats:
 
 def class_means(x: torch.Tensor, labels: Labels):
     """(means (B, C, D), xbar (B, D)) from one one-hot matmul."""
-    sums = left(labels.onehot.T, x)                 # (C, N) @ (B, N, D) -> (B, C, D)
+    sums = class_sums(x, labels)                    # (B, C, D)
     means = sums / labels.counts[None, :, None]
     xbar = weighted_rows(labels.counts, means) / labels.n  # weighted mean of class means
     return means, xbar
