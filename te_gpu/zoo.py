@@ -154,7 +154,7 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
                                     sa=[s for s in settings]))
     raw_scores = {lbl: {} for lbl in labels_of}
     sa_info = {s["variant"]: {} for s in settings if s is not None}
-    fingerprint = _fingerprint(result, n, codes_np, entries)
+    fingerprint = _fingerprint(result, n, codes_np, entries, zoo)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     done = _load_checkpoint(ckpt, fingerprint, raw_scores, sa_info) if ckpt else set()
 
@@ -239,13 +239,16 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
     return result
 
 
-def _fingerprint(result: ZooResult, n: int, codes: np.ndarray, entries: dict) -> dict:
-    """What a checkpoint must agree on to be resumed: settings, labels, model shapes."""
+def _fingerprint(result: ZooResult, n: int, codes: np.ndarray, entries: dict, zoo) -> dict:
+    """What a checkpoint must agree on to be resumed: settings, labels, model shapes,
+    and for models given as files their size and modification time."""
     import hashlib
 
+    files = {m: [os.stat(item).st_size, os.stat(item).st_mtime_ns]
+             for m, item in zoo.items() if isinstance(item, (str, os.PathLike))}
     return dict(options=result.options, precision=result.precision, n=n,
                 labels_sha1=hashlib.sha1(np.ascontiguousarray(codes).tobytes()).hexdigest(),
-                shapes={m: list(shape) for m, (_, shape, _) in entries.items()})
+                shapes={m: list(shape) for m, (_, shape, _) in entries.items()}, files=files)
 
 
 def _load_checkpoint(path: Path, fingerprint: dict, raw_scores: dict, sa_info: dict) -> set:
