@@ -175,3 +175,13 @@ def test_cuda_zoo_equals_cpu_zoo():
     for label in a.labels:
         for name in zoo:
             assert a[label][name] == pytest.approx(b[label][name], rel=1e-8, abs=1e-12)
+
+
+def test_fast_precision_with_n_below_d_is_finite_and_close():
+    # N < D: the float32 within scatter is singular/indefinite; SFDA stays float64
+    x, y = class_features(15, n=60, d=150, c=3, spread=0.2)
+    for metric in ("logme", "sfda", "lda", "gbc"):
+        fast = te_gpu.score(x, y, metric=metric, precision="fast")
+        exact = te_gpu.score(x, y, metric=metric)
+        assert np.isfinite(fast)
+        assert fast == pytest.approx(exact, rel=2e-3, abs=1e-4)

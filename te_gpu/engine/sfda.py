@@ -28,7 +28,17 @@ def shrinkage(sw: torch.Tensor) -> torch.Tensor:
 
 
 def sfda_batched(x: torch.Tensor, labels: Labels, means: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
-    """(B, N, D) features with their class means and within scatter -> (B,) SFDA."""
+    """(B, N, D) features with their class means and within scatter -> (B,) SFDA.
+
+    SFDA always computes in float64, also for ``precision="fast"``: its shrinkage
+    goes down to 1e-10, and a float32 within scatter of N < D features is
+    indefinite at rounding level, which no such shrinkage repairs (the Cholesky
+    fails). Its cost is two Grams; the other metrics keep float32.
+    """
+    if x.dtype != torch.float64:
+        x64, lab64 = x.to(torch.float64), labels.to(torch.float64)
+        st = batch_stats(x64, lab64)
+        return sfda_batched(x64, lab64, st.means, st.sw).to(x.dtype)
     c = labels.c
     lam = shrinkage(sw)
     p = torch.softmax(torch.softmax(fda_logits(x, labels, means, sw, lam), -1), -1)
