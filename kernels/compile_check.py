@@ -36,7 +36,7 @@ def _specs(dt: str):
               k_dim=i, n=i, d=i, stride_sb=i, stride_sk=i, stride_vb=i, stride_vk=i,
               stride_pb=i, stride_pt=i, stride_pk=i),
          [dict(MAX_ITER=11, EPS=1e-5, TOL=1e-3, LOG_2PI=math.log(2 * math.pi), CORRECTED=c,
-               BLOCK_T=2, BLOCK_K=256 if wide else 512) for c in (False, True)]),
+               BLOCK_T=2, BLOCK_K=128 if wide else 512) for c in (False, True)]),
         ("spread_attract", "_attract_kernel",
          dict(means_ptr=f, radius_ptr=f, delta_ptr=f, n_classes=i, n_dims=i, stride_mb=i,
               stride_mc=i, stride_md=i),

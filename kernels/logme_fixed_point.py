@@ -75,6 +75,7 @@ def _logme_kernel(sigma_ptr, valid_ptr, proj_ptr, tsq_ptr, out_ptr,
         t = alpha / beta
         tt = t[:, None]
         gamma = zero
+        rest = zero
         m2_new = zero
         res2_new = zero
         for k0 in range(0, k_dim, BLOCK_K):
@@ -88,11 +89,13 @@ def _logme_kernel(sigma_ptr, valid_ptr, proj_ptr, tsq_ptr, out_ptr,
             den = tt + sig
             q = 1.0 + sig / tt
             gamma += tl.sum(sig / (sig + tt), 1)
+            # N - gamma without cancellation: (N - k) + sum t/(sigma + t) over real entries
+            rest += tl.sum(tl.where(kmask[None, :], tt / (sig + tt), 0.0), 1)
             m2_new += tl.sum(sig * x2 / (den * den), 1)
             res2_new += tl.sum(x2 / (q * q), 1)
         res2_new = res2_new + r0
         a_new = gamma / (m2_new + EPS)
-        b_new = (nf - gamma) / (res2_new + EPS)
+        b_new = (nf - k_dim + rest) / (res2_new + EPS)
         conv = tl.abs(a_new / b_new - t) / t <= TOL
         alpha = tl.where(done, alpha, a_new)
         beta = tl.where(done, beta, b_new)
@@ -135,8 +138,9 @@ def logme_evidence_triton(sigma: torch.Tensor, valid: torch.Tensor, proj: torch.
     ok = valid.to(torch.int8)
     out = torch.empty((b, n_t), dtype=dtype, device=proj.device)
     # 2 targets a program: B * T / 2 programs fill an H100 even for one model (T = 100);
-    # tiles of 1024 (float32) or 512 (float64) values: no register spills on sm_90
-    bk = block_k or min(512 if dtype == torch.float32 else 256, next_pow2(k))
+    # tiles of 1024 (float32) or 256 (float64) values: no register spills on sm_90
+    # (float64 at 512 spilled once N - gamma got its own, cancellation-free sum)
+    bk = block_k or min(512 if dtype == torch.float32 else 128, next_pow2(k))
     grid = (b, cdiv(n_t, block_t))
     _logme_kernel[grid](sigma, ok, proj, t_sq, out, n_t, k, int(n), int(d),
                         sigma.stride(0), sigma.stride(1), ok.stride(0), ok.stride(1),

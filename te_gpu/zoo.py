@@ -30,6 +30,10 @@ from .results import ZooResult
 DEFAULT_METRICS = ("logme", "sfda", "lda", "gbc", "ncti")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: unreadable, or from another zoo or settings."""
+
+
 def _open(name, item):
     """A zoo entry -> (array-like, shape, is_float32) without reading a file into memory."""
     if isinstance(item, (str, os.PathLike)):
@@ -260,9 +264,9 @@ def _load_checkpoint(path: Path, fingerprint: dict, raw_scores: dict, sa_info: d
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"checkpoint {path} is unreadable ({exc}); delete it to start afresh") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); delete it to start afresh") from None
     if saved.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-        raise ValueError(f"checkpoint {path} was written for another zoo, labels or settings; "
+        raise CheckpointError(f"checkpoint {path} was written for another zoo, labels or settings; "
                          "delete it or choose another path")
     done = None
     for lbl, vals in saved["scores"].items():

@@ -300,52 +300,76 @@ def _zoo(tmp_path, n_models=5):
     return zoo, y
 
 
-def test_score_directory_resumes_and_matches_score_zoo(tmp_path):
-    from te_gpu.pipeline.scoring import PROGRESS, score_directory
+def _outputs(out):
+    """Everything score_directory wrote, less the durations and timings."""
+    from te_gpu import read_scores
+
+    files = {f.name: read_scores(f)[0] for f in out.glob("*.json")
+             if f.name not in ("result.json", "checkpoint.json")}
+    res = json.loads((out / "result.json").read_text())
+    res.pop("timings")
+    return files, res, (out / "scores.csv").read_text()
+
+
+def test_score_directory_resumes_and_matches_score_zoo(tmp_path, monkeypatch):
+    from te_gpu.engine import core
+    from te_gpu.pipeline.scoring import CHECKPOINT, score_directory
 
     zoo, y = _zoo(tmp_path)
     metrics = ("logme", "sfda", "ncti")
     kw = dict(metrics=metrics, sa=[None, "released"], chunk=2, progress=False, log=lambda *a: None)
-    out = tmp_path / "scores"
-    res = score_directory(tmp_path / "zoo", out, **kw)
+    res = score_directory(tmp_path / "zoo", tmp_path / "whole", **kw)
     ref = score_zoo(zoo, y, metrics=metrics, sa=[None, "released"], progress=False)
     for lbl in ref.labels:
         for m in zoo:
             assert res.scores[lbl][m] == pytest.approx(ref.scores[lbl][m], rel=1e-9, abs=1e-12)
-    from te_gpu import read_scores
+    files, _, _ = _outputs(tmp_path / "whole")
+    assert set(files) == {f"{lbl}.json" for lbl in ref.labels} and set(files["ncti+released.json"]) == set(zoo)
 
-    public, duration = read_scores(out / "ncti+released.json")
-    assert set(public) == set(zoo) and duration >= 0
-    # an interrupted run: drop two models from the checkpoint; the rerun scores only those
-    state = json.loads((out / PROGRESS).read_text())
-    for table in state["raw"].values():
-        table.pop("m1")
-        table.pop("m4")
-    (out / PROGRESS).write_text(json.dumps(state))
+    # a run interrupted after its first batch (2 of 5 models) resumes with the other two
+    real, calls = core.score_settings, []
+
+    def score_settings(x, *a, **k):
+        calls.append(x.shape[0])
+        if len(calls) == 2 and interrupt:
+            raise KeyboardInterrupt
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(core, "score_settings", score_settings)
+    out, interrupt = tmp_path / "scores", True
+    with pytest.raises(KeyboardInterrupt):
+        score_directory(tmp_path / "zoo", out, **kw)
+    assert (out / CHECKPOINT).is_file() and not (out / "result.json").exists()
+    interrupt, calls[:] = False, []
     seen = []
-    res2 = score_directory(tmp_path / "zoo", out, **dict(kw, log=seen.append))
-    assert any("resuming: 3 of 5" in s for s in seen)
-    for lbl in ref.labels:
-        for m in zoo:
-            assert res2.scores[lbl][m] == pytest.approx(res.scores[lbl][m], rel=1e-9, abs=1e-12)
-    # other SA numbers: refused unless --restart
-    with pytest.raises(PipelineError, match="other settings"):
-        score_directory(tmp_path / "zoo", out, **dict(kw, sa_opts=dict(alpha=0.1, sigma=0.6,
-                                                                       force=1.0, pca_dim=64, gate=True)))
-    score_directory(tmp_path / "zoo", out, restart=True,
-                    **dict(kw, sa_opts=dict(alpha=0.1, sigma=0.6, force=1.0, pca_dim=64, gate=True)))
+    score_directory(tmp_path / "zoo", out, **dict(kw, log=seen.append))
+    assert any("already scored" in s for s in seen)
+    assert calls == [2, 1]  # m2, m3 then m4: the batches are cut where they were
+    assert _outputs(out) == _outputs(tmp_path / "whole")
+    # a complete run reruns from its checkpoint alone
+    calls[:] = []
+    score_directory(tmp_path / "zoo", out, **kw)
+    assert calls == [] and _outputs(out) == _outputs(tmp_path / "whole")
+
+    # other SA numbers: refused unless restart
+    other = dict(kw, sa_opts=dict(alpha=0.1, sigma=0.6, force=1.0, pca_dim=64, gate=True))
+    with pytest.raises(PipelineError, match="other settings.*--restart"):
+        score_directory(tmp_path / "zoo", out, **other)
+    again = score_directory(tmp_path / "zoo", out, restart=True, **other)
+    assert again.options["sa_options"]["alpha"] == 0.1 and calls == [2, 2, 1]
 
 
-def test_score_directory_rescores_changed_features(tmp_path):
+def test_score_directory_refuses_changed_features_until_restart(tmp_path):
     from te_gpu.pipeline.scoring import score_directory
 
     zoo, y = _zoo(tmp_path, 3)
     kw = dict(metrics=("logme",), sa=[None], progress=False, log=lambda *a: None)
     first = score_directory(tmp_path / "zoo", tmp_path / "s", **kw)
     x, _ = class_features(99, n=90, d=12, c=3, spread=3.0)
-    os.utime(tmp_path / "zoo" / "m0_toy_feature.npy", ns=(1, 1))  # a different stamp
     save_zoo(tmp_path / "zoo", "toy", {"m0": x}, y)
-    second = score_directory(tmp_path / "zoo", tmp_path / "s", **kw)
+    with pytest.raises(PipelineError, match="feature files.*--restart"):
+        score_directory(tmp_path / "zoo", tmp_path / "s", **kw)
+    second = score_directory(tmp_path / "zoo", tmp_path / "s", restart=True, **kw)
     assert second.scores["logme"]["m0"] != first.scores["logme"]["m0"]
     assert second.scores["logme"]["m1"] == first.scores["logme"]["m1"]
 

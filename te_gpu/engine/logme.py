@@ -66,10 +66,13 @@ def fixed_point_evidence(sigma, valid, proj, t_sq, n: int, d: int, corrected: bo
     for _ in range(_MAX_ITER):
         t = (alpha / beta)[..., None]                     # (B, T, 1)
         gamma = (sig / (sig + t)).sum(-1)
+        # N - gamma without cancellation (see te_gpu.reference.logme.evidence);
+        # masked entries have sigma = 0 and add 1 to both terms, so they cancel
+        rest = (n - sig.shape[-1]) + (t / (sig + t)).sum(-1)
         m2_new = (sig * x2 / (t + sig) ** 2).sum(-1)
         res2_new = (x2 / (1 + sig / t) ** 2).sum(-1) + r0
         a_new = gamma / (m2_new + _EPS)
-        b_new = (n - gamma) / (res2_new + _EPS)
+        b_new = rest / (res2_new + _EPS)
         conv = (a_new / b_new - t[..., 0]).abs() / t[..., 0] <= _TOL
         alpha = torch.where(done, alpha, a_new)
         beta = torch.where(done, beta, b_new)
@@ -102,7 +105,7 @@ def logme_batched(x: torch.Tensor, targets: torch.Tensor, *, corrected: bool = F
         sigma, valid, proj = spectrum(x, gram, xty)
     else:
         sigma, valid, proj = spectrum_svd(x, targets)
-    if not bool(valid.any(-1).all()):
+    if not bool((sigma.amax(-1) > 1e-20).all()):  # both branches: nothing above 1e-10
         raise ValueError("LogME: every singular value of the features is <= 1e-10, the released rank "
                          "threshold: all-zero (or vanishingly small) features carry no signal; rescale them")
     t_sq = (targets * targets).sum(0)

@@ -83,9 +83,17 @@ def run_demo(out="te_gpu_demo", *, data="auto", n_train=500, n_test=500, size=64
 
     log(f"\n[3/4] scores: {', '.join(metrics)}, SA: {', '.join(v or 'none' for v in sa)}")
     t0 = time.perf_counter()
-    result = score_directory(out / "features", out / "scores", dataset=dataset, metrics=metrics,
-                             sa=sa, precision=precision, device=device, progress=progress,
-                             models=names, log=lambda s: log("      " + s))
+    score_args = dict(dataset=dataset, metrics=metrics, sa=sa, precision=precision,
+                      device=device, progress=progress, models=names,
+                      log=lambda s: log("      " + s))
+    try:
+        result = score_directory(out / "features", out / "scores", **score_args)
+    except PipelineError as exc:
+        if "--restart" not in str(exc):
+            raise
+        # the cached scores belong to other options or features: the demo rescores
+        log("      cached scores are for other settings: scoring afresh")
+        result = score_directory(out / "features", out / "scores", restart=True, **score_args)
     log(f"      {time.perf_counter() - t0:.1f} s -> {out / 'scores'}/")
     log("\nRanking by linear-probe accuracy (lft %), beside every score:\n")
     log(format_tables(result.scores, names, accuracy, accuracy_name="lft %"))

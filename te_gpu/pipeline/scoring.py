@@ -1,10 +1,9 @@
 """Resumable scoring of a zoo directory with :func:`te_gpu.score_zoo`.
 
-Models are scored in chunks; after each chunk the raw per-model values (NCTI's
-three parts, not its zoo-normalised score) go to ``progress.json`` in the output
-folder, atomically. A rerun with the same options scores only the models that
-are missing, whose feature file changed, or that lack a requested metric or SA
-variant; NCTI's min-max over the zoo is recomputed from the stored parts.
+One ``score_zoo`` call over the whole zoo, with its checkpoint in the output
+folder (``checkpoint.json``, written after every batch of at most ``chunk``
+models): a rerun with the same settings and feature files skips the batches
+already scored; other settings or changed files need ``restart``.
 
 Outputs, in ``out``: ``{label}.json`` per metric (the public format
 ``{model: score, ..., "duration": s}``), ``scores.csv``, ``result.json``
@@ -12,10 +11,7 @@ Outputs, in ``out``: ``{label}.json`` per metric (the public format
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +27,7 @@ PRESETS = {
     "self-supervised": dict(alpha=0.1, sigma=0.6, force=1.0, pca_dim=64),
 }
 PRESET_ALIASES = {"group1": "supervised", "group2": "self-supervised"}
-PROGRESS = "progress.json"
+CHECKPOINT = "checkpoint.json"  # te_gpu.score_zoo's, in the output folder
 
 
 def parse_metrics(text) -> tuple:
@@ -85,206 +81,60 @@ def label_of(metric: str, variant) -> str:
     return metric if variant is None else f"{metric}+{variant}"
 
 
-def _labels_digest(labels) -> str:
-    return hashlib.sha1(np.ascontiguousarray(np.asarray(labels, dtype=np.int64)).tobytes()).hexdigest()
-
-
-def _file_stamp(directory: Path, model: str, dataset: str):
-    p = directory / f"{model}_{dataset}_feature.npy"
-    try:
-        st = p.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _chunks(todo: list, size: int, need_pairs: bool, zoo_models: list) -> list:
-    out = [todo[i:i + size] for i in range(0, len(todo), size)]
-    if need_pairs and out and len(out[-1]) == 1:
-        if len(out) > 1:
-            last = out.pop()
-            out[-1] = out[-1] + last
-        else:  # NCTI's parts need >= 2 models per call: add a companion (its parts do not change)
-            companion = next(m for m in zoo_models if m != out[0][0])
-            out[0] = [out[0][0], companion]
-    return out
-
-
 def score_directory(zoo_dir, out, *, dataset=None, metrics=("logme", "sfda", "lda", "gbc", "ncti"),
                     sa=(None, "released"), sa_opts=None, precision="exact", device=None,
                     batch_size=None, chunk=16, restart=False, progress=True, lda_scaling="n_minus_c",
                     corrected=False, seed=0, models=None, log=print):
-    """Score a zoo directory into ``out`` (resuming) -> ZooResult."""
+    """Score a zoo directory into ``out`` with :func:`te_gpu.score_zoo` (resuming) -> ZooResult.
+
+    ``chunk`` caps the models per batch, hence between two checkpoints; ``restart``
+    discards the checkpoint of an earlier run.
+    """
     import torch
 
     from te_gpu import score_zoo
-    from te_gpu.engine.ncti import minmax_combine
-    from te_gpu.results import ZooResult
+    from te_gpu.zoo import CheckpointError
 
-    from .extract import open_zoo
+    from .extract import _paths, open_zoo
 
     zoo, labels, dataset = open_zoo(zoo_dir, dataset, models=models)
-    zoo_models = list(zoo)
-    if device in (None, "", "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    metrics = tuple(metrics)
-    sa = list(sa)
-    sa_opts = dict(sa_opts or SA_DEFAULTS)
-    if "ncti" in metrics and len(zoo_models) < 2:
-        raise PipelineError("NCTI normalises over a zoo and needs at least 2 models; "
-                            "drop it from --metrics")
+    if "ncti" in metrics and len(zoo) < 2:
+        metrics = tuple(m for m in metrics if m != "ncti")
+        if not metrics:
+            raise PipelineError("NCTI normalises over a zoo and needs at least 2 models")
+        log("warning: NCTI needs at least 2 models; scoring without it")
     if chunk < 1:
         raise PipelineError("--chunk must be at least 1")
+    if device in (None, "", "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    sa_opts = dict(sa_opts or SA_DEFAULTS)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PipelineError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = dict(dataset=dataset, n=int(labels.shape[0]), labels=_labels_digest(labels),
-                       precision=precision, sa_options=sa_opts, lda_scaling=lda_scaling,
-                       corrected=bool(corrected), seed=int(seed))
-    state_path = out / PROGRESS
-    state = None
-    if state_path.is_file() and not restart:
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            log(f"note: {state_path} is unreadable; starting afresh")
-            state = None
-        if state is not None and state.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-            old = state.get("fingerprint", {})
-            diff = sorted(k for k in set(old) | set(fingerprint)
-                          if json.dumps(old.get(k)) != json.dumps(fingerprint.get(k)))
-            raise PipelineError(f"{out} holds scores computed with other settings ({', '.join(diff)}); "
-                                "pass --restart to discard them, or choose another --out")
-    if state is None:
-        state = dict(format="te_gpu-score-progress", version=1, fingerprint=fingerprint, raw={},
-                     sa={}, stamps={}, seconds=0.0, device=None)
-
-    directory = Path(zoo_dir)
-    labels_wanted = [label_of(m, v) for v in sa for m in metrics]
-    stamps = {m: _file_stamp(directory, m, dataset) for m in zoo_models}
-    todo = []
-    for m in zoo_models:
-        fresh = state["stamps"].get(m) == stamps[m]
-        if not fresh:
-            for table in state["raw"].values():
-                table.pop(m, None)
-        if not fresh or any(m not in state["raw"].get(lbl, {}) for lbl in labels_wanted):
-            todo.append(m)
-    done_before = len(zoo_models) - len(todo)
-    if done_before and todo:
-        log(f"resuming: {done_before} of {len(zoo_models)} models already scored in {out}")
-    elif not todo:
-        log(f"all {len(zoo_models)} models already scored in {out}")
-
-    settings = [None if v is None else dict(sa_opts, variant=v) for v in sa]
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(todo), unit="model", desc="scoring", disable=not progress or not todo)
+    ckpt = out / CHECKPOINT
+    if restart:
+        ckpt.unlink(missing_ok=True)
+    elif ckpt.is_file():
+        log(f"{ckpt} found: models already scored there are skipped")
     try:
-        for part in _chunks(todo, chunk, "ncti" in metrics, zoo_models):
-            t0 = time.perf_counter()
-            try:
-                res = score_zoo({m: zoo[m] for m in part}, labels, metrics=metrics, sa=settings,
-                                device=device, precision=precision, batch_size=batch_size,
-                                progress=False, lda_scaling=lda_scaling, corrected=corrected,
-                                seed=seed)
-            except ValueError as exc:
-                if "NCTI: component" in str(exc):  # min-max over a chunk; parts are fine
-                    res = _score_ncti_parts_only(score_zoo, zoo, part, labels, metrics, settings,
-                                                 device, precision, batch_size, lda_scaling,
-                                                 corrected, seed)
-                else:
-                    raise PipelineError(f"scoring {', '.join(part)}: {exc}") from None
-            state["seconds"] += time.perf_counter() - t0
-            state["device"] = res.device
-            for lbl in res.labels:
-                table = state["raw"].setdefault(lbl, {})
-                if lbl.split("+")[0] == "ncti":
-                    table.update({m: list(res.ncti_parts[lbl][m]) for m in part})
-                else:
-                    table.update({m: res.scores[lbl][m] for m in part})
-            for variant, infos in res.sa.items():
-                state["sa"].setdefault(variant, {}).update({m: _jsonable(infos[m]) for m in part})
-            for m in part:
-                state["stamps"][m] = stamps[m]
-            _write_json(state_path, state)
-            bar.update(len([m for m in part if m in todo]))
-    finally:
-        bar.close()
-
-    result = ZooResult(models=zoo_models, device=state.get("device") or "cpu", precision=precision,
-                       options=dict(metrics=list(metrics), sa=list(sa),
-                                    sa_options=sa_opts, lda_scaling=lda_scaling, dataset=dataset,
-                                    zoo=str(directory)))
-    for lbl in labels_wanted:
-        raw = state["raw"][lbl]
-        if lbl.split("+")[0] == "ncti":
-            parts = torch.tensor([raw[m] for m in zoo_models], dtype=torch.float64)
-            try:
-                combined = minmax_combine(parts[:, 0], parts[:, 1], parts[:, 2])
-            except ValueError as exc:
-                warnings.warn(f"{lbl} left out: {exc}")
-                continue
-            result.ncti_parts[lbl] = {m: tuple(raw[m]) for m in zoo_models}
-            result.scores[lbl] = {m: float(v) for m, v in zip(zoo_models, combined.tolist())}
-        else:
-            result.scores[lbl] = {m: float(raw[m]) for m in zoo_models}
-    result.sa = {v: {m: state["sa"].get(v, {}).get(m) for m in zoo_models}
-                 for v in sa if v is not None}
-    result.timings = dict(total=state["seconds"])
+        # paths, not arrays: the checkpoint then covers each feature file's size and mtime
+        result = score_zoo({m: _paths(Path(zoo_dir), m, dataset)[0] for m in zoo}, labels,
+                           metrics=tuple(metrics), sa=[None if v is None else dict(sa_opts, variant=v)
+                                                       for v in sa],
+                           device=device, precision=precision, progress=progress,
+                           batch_size=min(batch_size or chunk, chunk), checkpoint=ckpt,
+                           lda_scaling=lda_scaling, corrected=corrected, seed=seed)
+    except CheckpointError:
+        raise PipelineError(f"{out} holds a checkpoint of other settings, models or feature files "
+                            "(or an unreadable one); pass --restart to discard it, or choose "
+                            "another --out") from None
+    result.options.update(sa=list(sa), sa_options=sa_opts, dataset=dataset, zoo=str(zoo_dir))
     for lbl in result.labels:
-        result.to_public_json(lbl, out / f"{lbl}.json", duration=state["seconds"])
+        result.to_public_json(lbl, out / f"{lbl}.json")
     result.to_csv(out / "scores.csv")
     result.to_json(out / "result.json")
     return result
-
-
-def _score_ncti_parts_only(score_zoo, zoo, part, labels, metrics, settings, device, precision,
-                           batch_size, lda_scaling, corrected, seed):
-    """A chunk whose NCTI parts are constant within it (score_zoo's min-max fails there):
-    the other metrics by score_zoo, NCTI's parts model by model with the public API."""
-    import te_gpu
-    from te_gpu.results import ZooResult
-
-    others = tuple(m for m in metrics if m != "ncti")
-    if others:
-        res = score_zoo({m: zoo[m] for m in part}, labels, metrics=others, sa=settings,
-                        device=device, precision=precision, batch_size=batch_size, progress=False,
-                        corrected=corrected, seed=seed)
-    else:
-        res = ZooResult(models=list(part))
-    for s in settings:
-        lbl = ZooResult.label("ncti", s)
-        res.ncti_parts[lbl] = {}
-        res.scores[lbl] = {}
-        for m in part:
-            x = np.asarray(zoo[m])
-            if s is not None:
-                x, _ = te_gpu.spread_attract(x, labels, device=device, precision=precision, **s)
-            res.ncti_parts[lbl][m] = tuple(te_gpu.ncti_parts(x, labels, lda_scaling=lda_scaling,
-                                                             device=device, precision=precision))
-    return res
-
-
-def _jsonable(info):
-    if info is None:
-        return None
-    out = {}
-    for k, v in info.items():
-        if isinstance(v, (np.generic,)):
-            v = v.item()
-        if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
-            v = v.item()
-        out[k] = v
-    return out
-
-
-def _write_json(path: Path, data) -> None:
-    from te_gpu.io import _atomic_write
-
-    text = json.dumps(data, indent=1, allow_nan=False)
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 # --------------------------------------------------------------------------
@@ -306,7 +156,7 @@ def read_score_inputs(paths) -> dict:
         if not path.exists():
             raise PipelineError(f"scores {p}: no such file or directory")
         files = [path] if path.is_file() else sorted(
-            f for f in path.glob("*.json") if f.name not in (PROGRESS,))
+            f for f in path.glob("*.json") if f.name != CHECKPOINT)
         if path.is_dir() and (path / "result.json").is_file():
             files = [path / "result.json"]
         if not files:

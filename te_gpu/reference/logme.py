@@ -74,10 +74,14 @@ def evidence(sigma: np.ndarray, x: np.ndarray, t_sq: float, n: int, d: int,
     for _ in range(_MAX_ITER):
         t = alpha / beta
         gamma = (sigma / (sigma + t)).sum()
+        # N - gamma as (N - k) + sum t/(sigma + t): the same number, without the
+        # cancellation that turns it into 0 or less (and beta into NaN) when N <= D
+        # and the features fit every target exactly
+        rest = (n - sigma.size) + (t / (sigma + t)).sum()
         m2 = (sigma * x2 / (t + sigma) ** 2).sum()
         res2 = (x2 / (1.0 + sigma / t) ** 2).sum() + r0
         alpha = gamma / (m2 + _EPS)
-        beta = (n - gamma) / (res2 + _EPS)
+        beta = rest / (res2 + _EPS)
         if abs(alpha / beta - t) / t <= _TOL:
             break
     ev = (d / 2.0 * math.log(alpha) + n / 2.0 * math.log(beta)
@@ -107,7 +111,7 @@ def logme(features, labels, *, regression: bool = False, corrected: bool = False
         targets = np.zeros((n, classes.size))
         targets[np.arange(n), codes] = 1.0
     sigma, proj = spectrum(x, targets)
-    if sigma.size == 0:
+    if sigma.size == 0 or sigma.max() <= 1e-20:
         raise ValueError("LogME: every singular value of the features is <= 1e-10, the released rank "
                          "threshold: all-zero (or vanishingly small) features carry no signal; rescale them")
     t_sq = (targets ** 2).sum(axis=0)
