@@ -129,5 +129,10 @@ def resolve_sa(sa):
         out = dict(DEFAULTS, **sa)
         if out["variant"] not in VARIANTS:
             raise ValueError(f"unknown SA variant {out['variant']!r}; choose one of {VARIANTS}")
+        for name in ("alpha", "sigma", "force"):
+            if not isinstance(out[name], (int, float)) or not np.isfinite(out[name]):
+                raise ValueError(f"SA option {name} must be a finite number, got {out[name]!r}")
+        if isinstance(out["pca_dim"], bool) or int(out["pca_dim"]) != out["pca_dim"] or out["pca_dim"] < 1:
+            raise ValueError(f"pca_dim must be a positive integer, got {out['pca_dim']!r}")
         return out
     raise TypeError(f"sa must be None, a variant name or a dict of options, got {type(sa).__name__}")
