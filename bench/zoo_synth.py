@@ -26,11 +26,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from te_gpu.io import atomic_write
 
 # (a): shaped like the public 11-model supervised zoo (group1)
 ZOO_A_WIDTHS = (512, 2048, 2048, 2048, 1280, 1280, 1024, 1664, 1920, 1024, 2048)
@@ -179,20 +180,6 @@ def _npy_header(fh, shape, dtype) -> None:
     np.lib.format.write_array_header_1_0(fh, header)
 
 
-def _atomic_file(path: Path, write) -> None:
-    """Write through a hidden temp file in the same folder, fsync, rename into place."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _header_size(shape) -> int:
     buf = io.BytesIO()
     _npy_header(buf, shape, np.float32)
@@ -264,8 +251,8 @@ def write_zoo_to_disk(directory, n_models: int, n: int, d: int, c: int = N_CLASS
             for chunk in spec.chunks(labels, rows, np.float32):
                 fh.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
 
-        _atomic_file(feature_path(directory, model, dataset), write_features)
-        _atomic_file(label_path(directory, model, dataset), write_labels)
+        atomic_write(feature_path(directory, model, dataset), write_features)
+        atomic_write(label_path(directory, model, dataset), write_labels)
         if progress is not None:
             progress(i + 1, n_models)
     (directory / MANIFEST).write_text(json.dumps(dict(params=params, models=models), indent=1))

@@ -62,12 +62,12 @@ def _progress(args) -> bool:
 def _write_json(path, data):
     from pathlib import Path
 
-    from te_gpu.io import _atomic_write
+    from te_gpu.io import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=1, allow_nan=False, default=str) + "\n"
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 # --------------------------------------------------------------------------

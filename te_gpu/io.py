@@ -27,7 +27,7 @@ import numpy as np
 
 from te_gpu._checks import as_features
 
-__all__ = ["load_zoo", "save_zoo", "read_scores", "write_scores"]
+__all__ = ["load_zoo", "save_zoo", "read_scores", "write_scores", "atomic_write"]
 
 _FEATURE = "_{dataset}_feature.npy"
 _LABEL = "_{dataset}_label.npy"
@@ -37,7 +37,7 @@ _LABEL = "_{dataset}_label.npy"
 # atomic writes
 # --------------------------------------------------------------------------
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Call ``write(fh)`` on a temp file beside ``path``, then rename it over ``path``.
 
     ``os.replace`` within one directory is atomic, so readers see either the
@@ -266,7 +266,7 @@ def save_zoo(directory, dataset: str, zoo: dict, labels) -> None:
     for model, arr in arrays.items():
         for suffix, data in ((_FEATURE, arr), (_LABEL, label_arr)):
             path = directory / f"{model}{suffix.format(dataset=dataset)}"
-            _atomic_write(path, lambda fh, data=data: np.save(fh, data, allow_pickle=False))
+            atomic_write(path, lambda fh, data=data: np.save(fh, data, allow_pickle=False))
 
 
 # --------------------------------------------------------------------------
@@ -365,4 +365,4 @@ def write_scores(path, scores: dict, duration: float | None = None) -> None:
         out["duration"] = _finite_number(duration, "duration")
     # allow_nan=False: a second guard so no NaN token can ever reach the file
     text = json.dumps(out, indent=1, allow_nan=False) + "\n"
-    _atomic_write(Path(path), lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write(Path(path), lambda fh: fh.write(text.encode("utf-8")))

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import _atomic_write, write_scores
+from .io import atomic_write, write_scores
 
 
 @dataclass
@@ -52,7 +52,7 @@ class ZooResult:
     def to_json(self, path) -> None:
         """All of it as te_gpu's JSON (atomic write)."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
-        _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+        atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 
     def to_public_json(self, label: str, path, duration: float | None = None) -> None:
         """One metric in the public format ``{model: score, ..., "duration": s}``."""
@@ -70,7 +70,7 @@ class ZooResult:
             w.writerow([m, *(repr(self.scores[l][m]) for l in labels)])
         text = buf.getvalue()
         if path is not None:
-            _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+            atomic_write(Path(path), lambda fh: fh.write(text.encode()))
         return text
 
     def check_finite(self) -> None:

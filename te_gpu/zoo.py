@@ -280,10 +280,10 @@ def _load_checkpoint(path: Path, fingerprint: dict, raw_scores: dict, sa_info: d
 def _save_checkpoint(path: Path, fingerprint: dict, raw_scores: dict, sa_info: dict) -> None:
     import json
 
-    from .io import _atomic_write
+    from .io import atomic_write
 
     text = json.dumps(dict(fingerprint=fingerprint, scores=raw_scores, sa=sa_info), allow_nan=False)
-    _atomic_write(path, lambda fh: fh.write(text.encode()))
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 class _NoBar:

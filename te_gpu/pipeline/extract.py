@@ -188,10 +188,10 @@ def read_manifest(directory) -> dict | None:
 
 
 def write_manifest(directory, manifest: dict) -> None:
-    from te_gpu.io import _atomic_write
+    from te_gpu.io import atomic_write
 
     text = json.dumps(manifest, indent=1, allow_nan=False) + "\n"
-    _atomic_write(Path(directory) / MANIFEST, lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write(Path(directory) / MANIFEST, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _paths(directory: Path, model: str, dataset: str):

@@ -281,7 +281,7 @@ def write_ground_truth(path, *, group: str, regime: str, dataset: str, accuracie
                        details: dict | None = None) -> dict:
     """Merge ``{model: accuracy %}`` into ``path`` (``{"groups": {group: {"models": [...],
     "regimes": {regime: {dataset: {model: acc}}}}}}``, the shipped tables' format)."""
-    from te_gpu.io import _atomic_write
+    from te_gpu.io import atomic_write
 
     path = Path(path)
     data = {}
@@ -305,7 +305,7 @@ def write_ground_truth(path, *, group: str, regime: str, dataset: str, accuracie
         d.setdefault(dataset, {}).update(details)
     text = json.dumps(data, indent=1, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
     return data
 
 
