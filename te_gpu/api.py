@@ -15,7 +15,7 @@ from .engine import sa as sa_ops
 from .engine._tensor import (features_tensor, is_float32_input, labels_tensor, resolve_device,
                              working_dtype)
 from .engine.ncti import minmax_combine
-from .engine.stats import Labels, batch_stats
+from .engine.stats import Labels, batch_stats, spectrum
 from .reference.sa import resolve_sa
 from .reference.score import get_metric
 
@@ -106,7 +106,7 @@ def spread_attract(features, labels, *, alpha: float = 0.005, sigma: float = 0.6
     _check_sa_numbers(sa_kw)
     x, lab, f32 = _prepare(features, labels, device, precision)
     st = batch_stats(x, lab)
-    eig = torch.linalg.eigh(st.gram_c)
+    eig = spectrum(x, st)
     open_mask, z, infos = core.sa_split(x, lab, sa_kw, st=st, eig=eig, pca_float32=f32)
     return (z[0] if open_mask[0] else x[0]), infos[0]
 

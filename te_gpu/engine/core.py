@@ -19,7 +19,7 @@ from .lda import lda_batched
 from .logme import logme_batched
 from .ncti import class_padding_index, ncti_parts_batched
 from .sfda import sfda_batched
-from .stats import BatchStats, Labels, batch_stats
+from .stats import BatchStats, Labels, batch_stats, spectrum
 
 METRICS = ("logme", "sfda", "lda", "gbc", "nleep", "ncti")
 DEFAULT_OPTIONS = dict(corrected=False, gaussian="spherical", components_per_class=5, seed=0,
@@ -99,7 +99,7 @@ def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, st, eig, pca_float
     timer = timer or _null_timer()
     b, n, d = x.shape
     with timer.stage("sa_gate"):
-        gate = sa_ops.gate_values(eig[0], n)
+        gate = sa_ops.gate_values(eig.evals, n)
         is_open = (gate > sa_ops.GATE_THRESHOLD) if sa_kw["gate"] else torch.ones_like(gate, dtype=torch.bool)
         open_mask = is_open.tolist()                          # one host sync per batch
         gate_list = gate.tolist()
@@ -130,7 +130,7 @@ def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, st, eig, pca_float
 
 def _subset_stats(st: BatchStats, eig, idx: torch.Tensor):
     sub = BatchStats(st.means[idx], st.xbar[idx], st.gram_c[idx], st.sw[idx])
-    return sub, (None if eig is None else (eig[0][idx], eig[1][idx]))
+    return sub, (None if eig is None else eig.subset(idx))
 
 
 def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: dict,
@@ -150,7 +150,7 @@ def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: 
     any_sa = any(s is not None for s in settings)
     with timer.stage("stats"):
         st = batch_stats(x, labels)
-        eig = torch.linalg.eigh(st.gram_c) if (any_sa or "ncti" in metrics) else None
+        eig = spectrum(x, st) if (any_sa or "ncti" in metrics) else None
     raw = None  # per-model raw values, computed once if any setting needs them
 
     def raw_lists(rows=None):

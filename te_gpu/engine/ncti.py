@@ -13,7 +13,8 @@ import math
 
 import torch
 
-from .stats import BatchStats, Labels, shrink, true_class, weighted_rows
+from .stats import (BatchStats, Labels, class_sums, shrink, spectrum, true_class,
+                    weighted_rows, within_from_gram)
 
 PCA_DIM = 64
 _SVD_TOL = 1e-4
@@ -89,7 +90,7 @@ def ncti_parts_batched(x: torch.Tensor, labels: Labels, st: BatchStats, *,
                        eig=None, lda_scaling: str = "n_minus_c", class_index=None):
     """(seli, ncc, vc), each (B,), for a (B, N, D) batch with its statistics.
 
-    ``eig``: (evals, evecs) of ``st.gram_c`` if the caller has them already.
+    ``eig``: the batch's :class:`~te_gpu.engine.stats.Spectrum` if the caller has it.
     """
     b, n, d = x.shape
     c = labels.c
@@ -97,16 +98,16 @@ def ncti_parts_batched(x: torch.Tensor, labels: Labels, st: BatchStats, *,
         raise ValueError(f"NCTI needs more samples ({n}) than classes ({c})")
     n_comp = min(PCA_DIM, n - 1, d)  # centred data has rank <= N-1
     if eig is None:
-        eig = torch.linalg.eigh(st.gram_c)
-    evals, evecs = eig
-    v = evecs.flip(-1)[:, :, :n_comp]                     # top eigenvectors (descending)
-    explained = evals.flip(-1) / (n - 1)
+        eig = spectrum(x, st)
+    explained = eig.evals.flip(-1) / (n - 1)              # descending
     tau = torch.clamp(torch.exp(-explained[:, :32].sum(-1)), min=1e-10)
     use_svd = tau == 1e-10
-    z = (x - st.xbar[:, None, :]) @ v                     # PCA scores (B, N, n)
-    means_z = (st.means - st.xbar[:, None, :]) @ v
-    sw_z = v.mT @ st.sw @ v
-    st_z = v.mT @ st.gram_c @ v / n
+    z = eig.pca_scores(x, st.xbar, n_comp)                # PCA scores (B, N, n), centred
+    # class means and scatters of the scores: O(N n^2), whichever Gram gave the axes
+    means_z = class_sums(z, labels) / labels.counts[None, :, None]
+    gram_z = z.mT @ z
+    st_z = gram_z / n
+    sw_z = within_from_gram(gram_z, means_z, weighted_rows(labels.counts, means_z) / n, labels)
     max_comp = min(c - 1, n_comp)
     fac = 1.0 / (n - c) if lda_scaling == "n_minus_c" else 1.0 / n
     # SPEC picks the solver per model; evaluate each branch on its models only

@@ -117,6 +117,40 @@ def batch_stats(x: torch.Tensor, labels: Labels) -> BatchStats:
     return BatchStats(means, xbar, gram_c, within_from_gram(gram_c, means, xbar, labels))
 
 
+@dataclass
+class Spectrum:
+    """Eigendecomposition of the centred Gram, for NCTI's PCA and the SA gate.
+
+    ``evals`` ascending (B, k). Primal (N > D): ``vecs`` (B, D, D) eigenvectors of
+    Xc^T Xc. Dual (N <= D): ``vecs`` (B, N, N) eigenvectors of Xc Xc^T, whose
+    nonzero eigenvalues are the same; the PCA scores are then U sqrt(lambda)
+    directly, and the D x D problem (D^3) is never solved.
+    """
+    evals: torch.Tensor
+    vecs: torch.Tensor
+    dual: bool
+
+    def subset(self, idx) -> "Spectrum":
+        return Spectrum(self.evals[idx], self.vecs[idx], self.dual)
+
+    def pca_scores(self, x: torch.Tensor, xbar: torch.Tensor, n_comp: int) -> torch.Tensor:
+        """Scores on the top ``n_comp`` principal axes (B, N, n_comp), up to signs."""
+        if self.dual:
+            lam = self.evals.flip(-1)[:, :n_comp].clamp(min=0)
+            return self.vecs.flip(-1)[:, :, :n_comp] * lam.sqrt()[:, None, :]
+        return (x - xbar[:, None, :]) @ self.vecs.flip(-1)[:, :, :n_comp]
+
+
+def spectrum(x: torch.Tensor, st: BatchStats) -> Spectrum:
+    """The centred Gram's eigendecomposition, through the smaller of the two Grams."""
+    b, n, d = x.shape
+    if n <= d:
+        xc = x - st.xbar[:, None, :]
+        g = xc @ xc.mT
+        return Spectrum(*torch.linalg.eigh(0.5 * (g + g.mT)), dual=True)
+    return Spectrum(*torch.linalg.eigh(st.gram_c), dual=False)
+
+
 def shrink(s: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """(1 - lam) S + lam tr(S)/D I for a batch (lam: (B,))."""
     d = s.shape[-1]
