@@ -183,7 +183,7 @@ def weighted_tau(scores, accuracies) -> float:
     # ranking that defines the weights changes between the two halves
     tau_sa = _tau_given_weights(_hyperbolic_weights(s, a), concordance, untied_s, untied_a)
     tau_as = _tau_given_weights(_hyperbolic_weights(a, s), concordance, untied_s, untied_a)
-    return (tau_sa + tau_as) / 2
+    return float((tau_sa + tau_as) / 2)
 
 
 # --------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def weighted_pearson(scores, accuracies, weights=None) -> float:
     var_a = float(w @ (da * da))
     if var_s == 0.0 or var_a == 0.0:
         _constant("Pearson correlation")
-    r = float(w @ (ds * da)) / np.sqrt(var_s * var_a)
+    r = float(w @ (ds * da)) / float(np.sqrt(var_s * var_a))
     return min(1.0, max(-1.0, r))
 
 
