@@ -1,9 +1,10 @@
 """One batch of same-width models through every requested metric head.
 
-``score_batch`` is the unit the zoo engine and the single-model API share:
-statistics are computed once per batch and handed to each head; with SA the
-gate is decided per model and the open models' PCA scores go through the same
-heads (the closed ones are scored on their raw features).
+``score_settings`` is the unit the zoo engine and the single-model API share
+(``score_batch`` is its one-setting form): statistics and the centred Gram's
+spectrum are computed once per batch and handed to each head and every SA
+setting; the SA gate is decided per model, the open models' PCA scores go
+through the same heads, and the closed ones keep their raw scores.
 """
 from __future__ import annotations
 
