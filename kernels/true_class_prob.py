@@ -28,7 +28,7 @@ from ._compat import cdiv, jit, next_pow2, require_float, require_launchable, tl
 def _logit_block(acc, x_base, w_base, bias_base, rows, rmask, cols, cmask, n_dims,
                  stride_xn, stride_xd, stride_wd, stride_wc, stride_bc,
                  PRECISION: tl.constexpr, BLOCK_D: tl.constexpr):
-    """acc (zeros, BLOCK_N x BLOCK_C) + x[rows] W[:, cols] + c[cols]."""
+    """acc (zeros, BLOCK_N x BLOCK_C) + x[rows] W[:, cols] + c[cols]; -inf past the last class."""
     acc_t = acc.dtype
     for d0 in range(0, n_dims, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -39,7 +39,7 @@ def _logit_block(acc, x_base, w_base, bias_base, rows, rmask, cols, cmask, n_dim
                      mask=dmask[:, None] & cmask[None, :], other=0.0).to(acc_t)
         acc = tl.dot(xt, wt, acc, input_precision=PRECISION)
     bias = tl.load(bias_base + cols * stride_bc, mask=cmask, other=0.0).to(acc_t)
-    return acc + bias[None, :]
+    return tl.where(cmask[None, :], acc + bias[None, :], float("-inf"))
 
 
 @jit
@@ -69,7 +69,6 @@ def _true_class_kernel(x_ptr, w_ptr, bias_ptr, codes_ptr, out_ptr,
                               bias_base, rows, rmask, cols, cmask, n_dims,
                               stride_xn, stride_xd, stride_wd, stride_wc, stride_bc,
                               PRECISION, BLOCK_D)
-        logits = tl.where(cmask[None, :], logits, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(logits, 1))
         run_sum = (run_sum * tl.exp(run_max - new_max)
                    + tl.sum(tl.exp(logits - new_max[:, None]), 1))
@@ -86,7 +85,6 @@ def _true_class_kernel(x_ptr, w_ptr, bias_ptr, codes_ptr, out_ptr,
                                   bias_base, rows, rmask, cols, cmask, n_dims,
                                   stride_xn, stride_xd, stride_wd, stride_wc, stride_bc,
                                   PRECISION, BLOCK_D)
-            logits = tl.where(cmask[None, :], logits, float("-inf"))
             p1 = tl.exp(logits - run_max[:, None]) / run_sum[:, None]
             sum2 += tl.sum(tl.where(cmask[None, :], tl.exp(p1 - top[:, None]), 0.0), 1)
         p_true = tl.exp(p_true - top) / sum2

@@ -6,10 +6,12 @@ crash from deep inside numpy.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["as_features", "as_labels", "as_targets", "check_min_class_size", "check_magnitude",
-           "MAX_ABS"]
+           "check_values", "MAX_ABS"]
 
 # Beyond these magnitudes products of Gram matrices (entries ~ N x^2, and SFDA's
 # power iteration multiplies by them twice) overflow the dtype.
@@ -47,6 +49,16 @@ def _to_numpy(x, name):
     return arr
 
 
+def check_values(amax: float, name: str, dtype: str = "float64", count_bad=None) -> None:
+    """Finiteness and magnitude from one reduction: max |x| is NaN or inf iff some
+    value is (max propagates NaN), so the features are read once, not twice.
+    ``count_bad`` (called only on failure) counts the non-finite values for the message."""
+    if not math.isfinite(amax):
+        count = f"{count_bad()} " if count_bad is not None else ""
+        raise ValueError(f"{name} holds {count}non-finite values (NaN or inf)")
+    check_magnitude(amax, name, dtype)
+
+
 def as_features(x, name: str = "features", dtype=np.float64) -> np.ndarray:
     """Validate an N x D feature matrix and return a fresh float array.
 
@@ -58,10 +70,8 @@ def as_features(x, name: str = "features", dtype=np.float64) -> np.ndarray:
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {arr.shape}")
     out = np.array(arr, dtype=dtype, copy=True)
-    if not np.all(np.isfinite(out)):
-        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
-        raise ValueError(f"{name} holds {bad} non-finite values (NaN or inf)")
-    check_magnitude(float(np.abs(out).max()), name)
+    check_values(float(np.abs(out).max()), name,
+                 count_bad=lambda: int(np.size(out) - np.count_nonzero(np.isfinite(out))))
     return out
 
 

@@ -107,7 +107,7 @@ def spread_attract(features, labels, *, alpha: float = 0.005, sigma: float = 0.6
     x, lab, f32 = _prepare(features, labels, device, precision)
     st = batch_stats(x, lab)
     eig = spectrum(x, st)
-    open_mask, z, infos = core.sa_split(x, lab, sa_kw, st=st, eig=eig, pca_float32=f32)
+    open_mask, z, infos = core.sa_split(x, lab, sa_kw, eig=eig, pca_float32=f32)
     return (z[0] if open_mask[0] else x[0]), infos[0]
 
 

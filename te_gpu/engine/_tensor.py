@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import torch
 
-from .._checks import _to_numpy, as_labels, check_magnitude
+from .._checks import _to_numpy, as_labels, check_values
 
 PRECISIONS = {"exact": torch.float64, "fast": torch.float32}
 
@@ -76,11 +76,10 @@ def features_tensor(x, device: torch.device, dtype: torch.dtype, name: str = "fe
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {tuple(t.shape)}")
     out = t.to(device=device, dtype=dtype, copy=True)
-    if check_finite and not bool(torch.isfinite(out).all()):
-        bad = int((~torch.isfinite(out)).sum())
-        raise ValueError(f"{name} holds {bad} non-finite values (NaN or inf)")
     if check_finite:
-        check_magnitude(float(out.abs().max()), name, "float64" if dtype == torch.float64 else "float32")
+        check_values(float(out.abs().max()), name,
+                     "float64" if dtype == torch.float64 else "float32",
+                     count_bad=lambda: int((~torch.isfinite(out)).sum()))
     return out
 
 

@@ -91,7 +91,7 @@ def metric_heads(x: torch.Tensor, labels: Labels, metrics, opts: dict, *, st=Non
     return out
 
 
-def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, st, eig, pca_float32: bool,
+def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, eig, pca_float32: bool,
              timer: Timer | None = None):
     """Gate every model, perturb the open ones.
 
@@ -171,7 +171,7 @@ def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: 
         if sa_kw is None:
             out.append((raw_lists(), None))
             continue
-        open_mask, z, infos = sa_split(x, labels, sa_kw, st=st, eig=eig,
+        open_mask, z, infos = sa_split(x, labels, sa_kw, eig=eig,
                                        pca_float32=pca_float32, timer=timer)
         per_model = [None] * b
         closed = [i for i, o in enumerate(open_mask) if not o]
