@@ -22,6 +22,8 @@ CASES = {
     "binary": dict(seed=2, n=90, d=12, c=2, spread=0.3),
     "imbalanced": dict(seed=3, n=0, d=16, sizes=[120, 25, 6, 3], spread=0.4),
     "many-classes": dict(seed=4, n=0, d=10, sizes=[3] * 150, spread=0.5),
+    # D above NCTI's 64 PCA axes: on CPU the engine solves for the top eigenpairs only
+    "wide": dict(seed=5, n=260, d=97, c=7, spread=0.3),
 }
 
 

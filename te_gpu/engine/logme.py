@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from . import dispatch
+from . import dispatch, linalg
 from .stats import left
 
 _MAX_ITER = 11
@@ -28,7 +28,7 @@ def spectrum(x: torch.Tensor, gram: torch.Tensor | None, xty: torch.Tensor):
     """
     b, n, d = x.shape
     if n > d:
-        evals, v = torch.linalg.eigh(gram)               # ascending
+        evals, v = linalg.eigh(gram)                      # ascending
         # the released rank rule sqrt(sigma) > 1e-10, and above rounding noise
         noise = d * torch.finfo(evals.dtype).eps * evals[:, -1:].clamp(min=0)
         valid = evals > torch.clamp(noise, min=1e-20)
@@ -99,7 +99,7 @@ def logme_batched(x: torch.Tensor, targets: torch.Tensor, *, corrected: bool = F
     b, n, d = x.shape
     if n > d:
         if gram is None:
-            gram = x.mT @ x
+            gram = linalg.gram(x)
         if xty is None:
             xty = left(targets.T, x)
         sigma, valid, proj = spectrum(x, gram, xty)

@@ -13,10 +13,11 @@ import math
 
 import torch
 
-from .stats import (BatchStats, Labels, class_sums, shrink, spectrum, true_class,
+from . import linalg
+from .stats import (TOP_EIGENPAIRS, BatchStats, Labels, class_sums, shrink, spectrum, true_class,
                     weighted_rows, within_from_gram)
 
-PCA_DIM = 64
+PCA_DIM = TOP_EIGENPAIRS  # 64 (SPEC 6)
 _SVD_TOL = 1e-4
 
 
@@ -105,7 +106,7 @@ def ncti_parts_batched(x: torch.Tensor, labels: Labels, st: BatchStats, *,
     z = eig.pca_scores(x, st.xbar, n_comp)                # PCA scores (B, N, n), centred
     # class means and scatters of the scores: O(N n^2), whichever Gram gave the axes
     means_z = class_sums(z, labels) / labels.counts[None, :, None]
-    gram_z = z.mT @ z
+    gram_z = linalg.gram(z)
     st_z = gram_z / n
     sw_z = within_from_gram(gram_z, means_z, weighted_rows(labels.counts, means_z) / n, labels)
     max_comp = min(c - 1, n_comp)

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import torch
 
+from . import linalg
 from .stats import Labels, batch_stats, power_iteration_top, shrink, true_class
 
 
 def fda_logits(x, labels: Labels, means, sw, lam):
     """Logits of the regularised FDA (B, N, C) given shrinkage lam (B,)."""
-    chol, info = torch.linalg.cholesky_ex(shrink(sw, lam))
-    if bool((info != 0).any()):
+    coef, ok = linalg.solve_spd(shrink(sw, lam), means.mT.contiguous())   # (B, D, C)
+    if not bool(ok.all()):
         raise ValueError("SFDA: the shrunk within-class scatter is not positive definite "
                          "(features have no within-class variance)")
-    coef = torch.cholesky_solve(means.mT, chol)            # (B, D, C)
     intercept = -0.5 * (means.mT * coef).sum(1) + torch.log(labels.counts / labels.n)
-    return x @ coef + intercept[:, None, :]
+    return linalg.matmul(x, coef) + intercept[:, None, :]
 
 
 def shrinkage(sw: torch.Tensor) -> torch.Tensor:
@@ -44,7 +44,8 @@ def sfda_batched(x: torch.Tensor, labels: Labels, means: torch.Tensor, sw: torch
     p = torch.softmax(torch.softmax(fda_logits(x, labels, means, sw, lam), -1), -1)
     p_true = true_class(p, labels.codes)[..., None]       # (B, N, 1)
     outer = (means.sum(1, keepdim=True) - means) / (c - 1)
-    mixed = p_true * x + (1 - p_true) * outer[:, labels.codes]
+    # p x + (1 - p) outer_y, as one interpolation into the gathered outer means
+    mixed = outer.index_select(1, labels.codes).lerp_(x, p_true)
     st2 = batch_stats(mixed, labels)
     logits2 = fda_logits(mixed, labels, st2.means, st2.sw, lam)
     return true_class(torch.softmax(logits2, -1), labels.codes).mean(-1)

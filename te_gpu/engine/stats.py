@@ -18,6 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
+from . import linalg
+
+# Eigenpairs of the centred Gram any head reads: NCTI's PCA keeps 64 axes (and
+# sums the top 32 variances), the SA gate reads the top 2.
+TOP_EIGENPAIRS = 64
+
 
 def left(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``a @ x[b]`` for every b: (P, Q) @ (B, Q, R) -> (B, P, R).
@@ -102,29 +108,33 @@ def class_means(x: torch.Tensor, labels: Labels):
 
 
 def within_from_gram(gram_c, means, xbar, labels: Labels) -> torch.Tensor:
-    mc = means - xbar[:, None, :]
-    between = mc.mT @ (labels.counts[None, :, None] * mc)
-    sw = (gram_c - between) / labels.n
-    return 0.5 * (sw + sw.mT)  # exact symmetry for the Cholesky/eigh that follow
+    """S_w from an exactly symmetric centred Gram (:func:`linalg.gram`).
+
+    The between-class part is itself a Gram (of sqrt(n_k)(mu_k - xbar)), so the
+    result is exactly symmetric, as the Cholesky/eigh that follow need, without a
+    transposed pass over D x D.
+    """
+    mc = (means - xbar[:, None, :]) * labels.counts.sqrt()[None, :, None]
+    return torch.sub(gram_c, linalg.gram(mc)).div_(labels.n)
 
 
 def batch_stats(x: torch.Tensor, labels: Labels) -> BatchStats:
     """Every shared statistic of a (B, N, D) batch in two passes over the features."""
     means, xbar = class_means(x, labels)
     xc = x - xbar[:, None, :]
-    gram_c = xc.mT @ xc
-    gram_c = 0.5 * (gram_c + gram_c.mT)
+    gram_c = linalg.gram(xc)
     return BatchStats(means, xbar, gram_c, within_from_gram(gram_c, means, xbar, labels))
 
 
 @dataclass
 class Spectrum:
-    """Eigendecomposition of the centred Gram, for NCTI's PCA and the SA gate.
+    """Top eigenpairs of the centred Gram, for NCTI's PCA and the SA gate.
 
-    ``evals`` ascending (B, k). Primal (N > D): ``vecs`` (B, D, D) eigenvectors of
-    Xc^T Xc. Dual (N <= D): ``vecs`` (B, N, N) eigenvectors of Xc Xc^T, whose
-    nonzero eigenvalues are the same; the PCA scores are then U sqrt(lambda)
-    directly, and the D x D problem (D^3) is never solved.
+    ``evals`` ascending (B, t): the t = min(TOP_EIGENPAIRS, k) largest. Primal
+    (N > D): ``vecs`` (B, D, t) eigenvectors of Xc^T Xc. Dual (N <= D): ``vecs``
+    (B, N, t) eigenvectors of Xc Xc^T, whose nonzero eigenvalues are the same;
+    the PCA scores are then U sqrt(lambda) directly, and the D x D problem (D^3)
+    is never solved.
     """
     evals: torch.Tensor
     vecs: torch.Tensor
@@ -141,22 +151,22 @@ class Spectrum:
         return (x - xbar[:, None, :]) @ self.vecs.flip(-1)[:, :, :n_comp]
 
 
-def spectrum(x: torch.Tensor, st: BatchStats) -> Spectrum:
-    """The centred Gram's eigendecomposition, through the smaller of the two Grams."""
+def spectrum(x: torch.Tensor, st: BatchStats, top: int = TOP_EIGENPAIRS) -> Spectrum:
+    """The centred Gram's top eigenpairs, through the smaller of the two Grams."""
     b, n, d = x.shape
     if n <= d:
-        xc = x - st.xbar[:, None, :]
-        g = xc @ xc.mT
-        return Spectrum(*torch.linalg.eigh(0.5 * (g + g.mT)), dual=True)
-    return Spectrum(*torch.linalg.eigh(st.gram_c), dual=False)
+        return Spectrum(*linalg.eigh_top(linalg.gram(x - st.xbar[:, None, :], samples=True), top),
+                        dual=True)
+    return Spectrum(*linalg.eigh_top(st.gram_c, top), dual=False)
 
 
 def shrink(s: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """(1 - lam) S + lam tr(S)/D I for a batch (lam: (B,))."""
     d = s.shape[-1]
     tr = torch.diagonal(s, dim1=-2, dim2=-1).sum(-1)
-    eye = torch.eye(d, dtype=s.dtype, device=s.device)
-    return (1 - lam)[:, None, None] * s + (lam * tr / d)[:, None, None] * eye
+    out = (1 - lam)[:, None, None] * s
+    torch.diagonal(out, dim1=-2, dim2=-1).add_((lam * tr / d)[:, None])
+    return out
 
 
 def power_iteration_top(s: torch.Tensor, rounds: int = 3) -> torch.Tensor:

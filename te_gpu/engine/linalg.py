@@ -1,0 +1,133 @@
+"""The engine's large dense linear algebra, one entry point per operation and device.
+
+Grams and symmetric eigendecompositions are most of the engine's work at
+D >= 512. On CUDA they are batched torch calls (cuBLAS, cuSOLVER). On CPU they
+go model by model to numpy/scipy's LAPACK, for two measured reasons
+(bench/RESULTS.md, "CPU linear algebra"): numpy computes ``A^T A`` with the
+symmetric rank-k update (half the flops of torch's general ``bmm``), and
+scipy's ``syevr`` computes only the top eigenpairs NCTI's PCA and the SA gate
+read, where ``torch.linalg.eigh`` always computes all D of them. Both are
+deterministic and per model, so a model's result does not depend on the batch
+it is in.
+
+Below ``HOST_MIN_DIM`` the torch path is kept on CPU too: OpenBLAS's worker
+threads spin for a while after each call (about 0.1 s by default), taking
+cores from the torch operations that follow, and for small matrices that
+costs more than syrk/syevr save (zoo a at scale 0.1, D <= 205: 2.0 s -> 3.4 s
+with every call on the host path). At D = 768 the host path wins with or
+without the spinning (``OPENBLAS_THREAD_TIMEOUT=4`` stops it; it changed
+nothing measurable there).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import scipy.linalg.lapack
+import torch
+
+
+HOST_MIN_DIM = 256
+
+
+def _on_host(t: torch.Tensor, k: int) -> bool:
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and k >= HOST_MIN_DIM
+
+
+def _host_views(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def gram(x: torch.Tensor, *, samples: bool = False) -> torch.Tensor:
+    """``x^T x`` (B, D, D) of a (B, N, D) batch, or ``x x^T`` (B, N, N) with ``samples``.
+
+    Exactly symmetric on both devices (the eigensolvers and Cholesky that follow
+    read one triangle).
+    """
+    k = x.shape[1] if samples else x.shape[2]
+    if not _on_host(x, k):
+        g = x @ x.mT if samples else x.mT @ x
+        return 0.5 * (g + g.mT)
+    xn = _host_views(x)
+    out = np.empty((x.shape[0], k, k), dtype=xn.dtype)
+    for i, a in enumerate(xn):
+        # numpy recognises a product of an array with its own transpose and
+        # calls syrk, which also fills both triangles identically
+        if samples:
+            np.matmul(a, a.T, out=out[i])
+        else:
+            np.matmul(a.T, a, out=out[i])
+    return torch.from_numpy(out)
+
+
+def eigh(g: torch.Tensor):
+    """All eigenpairs of a batch of symmetric matrices: (evals ascending (B, k), vecs (B, k, k))."""
+    if not _on_host(g, g.shape[-1]):
+        return torch.linalg.eigh(g)
+    gn = _host_views(g)
+    b, k, _ = gn.shape
+    evals = np.empty((b, k), dtype=gn.dtype)
+    vecs = np.empty((b, k, k), dtype=gn.dtype)
+    for i, a in enumerate(gn):
+        evals[i], vecs[i] = scipy.linalg.eigh(a, driver="evd", check_finite=False)
+    return torch.from_numpy(evals), torch.from_numpy(vecs)
+
+
+def eigh_top(g: torch.Tensor, top: int):
+    """The ``top`` largest eigenpairs (ascending, as :func:`eigh`): ((B, t), (B, k, t)).
+
+    ``t = min(top, k)``. CPU: LAPACK's ``syevr`` restricted to those indices
+    (one tridiagonal reduction, then t eigenvectors instead of k). CUDA: torch
+    has no subset solver, so the full decomposition is sliced.
+    """
+    k = g.shape[-1]
+    t = min(top, k)
+    if not _on_host(g, k) or t == k:
+        evals, vecs = eigh(g)
+        return evals[:, k - t:], vecs[:, :, k - t:]
+    gn = _host_views(g)
+    b = gn.shape[0]
+    evals = np.empty((b, t), dtype=gn.dtype)
+    vecs = np.empty((b, k, t), dtype=gn.dtype)
+    for i, a in enumerate(gn):
+        evals[i], vecs[i] = scipy.linalg.eigh(a, driver="evr", subset_by_index=(k - t, k - 1),
+                                              check_finite=False)
+    return torch.from_numpy(evals), torch.from_numpy(vecs)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for (B, n, k) @ (B, k, r); on CPU per model through numpy when k is large.
+
+    OpenBLAS's GEMM ran about twice as fast as torch's on this project's AMD
+    test CPU for the engine's (2000 x 768) @ (768 x 100) products.
+    """
+    k = a.shape[-1]
+    if not _on_host(a, k) or b.dtype != a.dtype:
+        return a @ b
+    an, bn = _host_views(a), _host_views(b)
+    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=an.dtype)
+    for i in range(a.shape[0]):
+        np.matmul(an[i], bn[i], out=out[i])
+    return torch.from_numpy(out)
+
+
+def solve_spd(a: torch.Tensor, b: torch.Tensor):
+    """``a^{-1} b`` through a Cholesky factorisation, for symmetric positive definite a.
+
+    a: (B, k, k), b: (B, k, r). Returns (solution (B, k, r), ok (B,) bool):
+    ok is False where a is not positive definite (its solution is then garbage).
+    CPU: LAPACK's ``posv`` per model (factor and solve in one call).
+    """
+    k = a.shape[-1]
+    if not _on_host(a, k):
+        chol, info = torch.linalg.cholesky_ex(a)
+        return torch.cholesky_solve(b, chol), info == 0
+    an, bn = _host_views(a), _host_views(b)
+    posv = scipy.linalg.lapack.get_lapack_funcs("posv", (an,))
+    out = np.empty_like(bn)
+    ok = np.empty(an.shape[0], dtype=bool)
+    for i in range(an.shape[0]):
+        # a[i] is symmetric, so its transpose is the same matrix in the
+        # column-major order LAPACK wants: no copy
+        _, out[i], info = posv(an[i].T, bn[i])
+        ok[i] = info == 0
+    return torch.from_numpy(out), torch.from_numpy(ok)
