@@ -146,3 +146,16 @@ def test_solve_spd_solves_and_flags_indefinite_matrices(k):
     # forward error of a backward-stable solve: a small multiple of eps cond(a)
     err = torch.linalg.norm(sol[0] - want) / torch.linalg.norm(want)
     assert err <= 1e-13 * torch.linalg.cond(a[0])
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 50, 20), (2, 3, 20, 50), (4, 9, 9), (1, 3, 7)])
+def test_ncti_nuclear_norm_equals_the_sum_of_singular_values(shape):
+    from te_gpu.engine.ncti import nuclear_norm
+
+    a = torch.softmax(3 * torch.randn(shape, generator=torch.Generator().manual_seed(11),
+                                      dtype=torch.float64), -1)
+    a[..., :2, :] = 0.0                                     # padded rows, as NCTI's class blocks
+    want = torch.linalg.svdvals(a).sum(-1)
+    got = nuclear_norm(a)
+    assert got.shape == want.shape
+    assert ((got - want).abs() / want).max() <= 1e-13

@@ -132,15 +132,26 @@ def ncti_parts_batched(x: torch.Tensor, labels: Labels, st: BatchStats, *,
         f[sel] = f_b
         logits[sel] = logit_b
     f = f - f.mean(1, keepdim=True)
-    seli = torch.linalg.svdvals(f).sum(-1)
+    seli = nuclear_norm(f)
     p = torch.softmax(logits, -1)
     ncc = true_class(p, labels.codes).mean(-1)
     if class_index is None:
         class_index = class_padding_index(labels.codes, c)
     idx, mask = class_index
     p_pad = p[:, idx] * mask[None, :, :, None].to(p.dtype)   # (B, C, n_max, C)
-    vc = torch.log(torch.linalg.svdvals(p_pad).sum((-1, -2)))
+    vc = torch.log(nuclear_norm(p_pad).sum(-1))
     return seli, ncc, vc
+
+
+def nuclear_norm(a: torch.Tensor) -> torch.Tensor:
+    """Sum of singular values over the last two dims: (..., m, n) -> (...).
+
+    The singular values of the square R factor of a QR of the taller
+    orientation, which are those of ``a`` (Q is orthonormal); a QR then a small
+    SVD costs about 2/3 of ``svdvals`` on NCTI's per-class (n_c x C) blocks.
+    """
+    tall = a if a.shape[-2] >= a.shape[-1] else a.mT
+    return torch.linalg.svdvals(torch.linalg.qr(tall, mode="r").R).sum(-1)
 
 
 def minmax_combine(seli: torch.Tensor, ncc: torch.Tensor, vc: torch.Tensor,
