@@ -2,13 +2,14 @@
 
 Grams and symmetric eigendecompositions are most of the engine's work at
 D >= 512. On CUDA they are batched torch calls (cuBLAS, cuSOLVER). On CPU they
-go model by model to numpy/scipy's LAPACK, for two measured reasons
-(bench/RESULTS.md, "CPU linear algebra"): numpy computes ``A^T A`` with the
-symmetric rank-k update (half the flops of torch's general ``bmm``), and
-scipy's ``syevr`` computes only the top eigenpairs NCTI's PCA and the SA gate
-read, where ``torch.linalg.eigh`` always computes all D of them. Both are
-deterministic and per model, so a model's result does not depend on the batch
-it is in.
+go model by model to numpy/scipy's LAPACK, for measured reasons
+(bench/RESULTS.md, "CPU linear algebra through LAPACK"): numpy computes
+``A^T A`` with the symmetric rank-k update (half the flops of torch's general
+``bmm``); scipy's ``syevr`` computes only the top eigenpairs NCTI's PCA and the
+SA gate read, where ``torch.linalg.eigh`` always computes all D of them; and
+OpenBLAS's GEMM, ``syevd`` and ``posv`` ran 1.5-2x faster than torch's MKL
+calls on the AMD CPU measured. All are deterministic and per model, so a
+model's result does not depend on the batch it is in.
 
 Below ``HOST_MIN_DIM`` the torch path is kept on CPU too: OpenBLAS's worker
 threads spin for a while after each call (about 0.1 s by default), taking
