@@ -612,8 +612,11 @@ def print_table(rows) -> None:
             return "->".join(_fmt(x, 1) for x in v)
         return v if isinstance(v, str) else _fmt(v)
 
+    if not rows:
+        print("nothing was measured (no requested device is present and --reference was not given)")
+        return
     cells = [[cell(r.get(k)) for k in keys] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
     line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
     print(line)
     print("-" * len(line))

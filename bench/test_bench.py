@@ -120,3 +120,18 @@ def test_zoo_synth_is_deterministic_and_chunk_invariant(tmp_path):
     assert np.array_equal(labels, ya)
     assert all(np.array_equal(loaded[m], mem[m]) for m in info["models"])
     assert zoo_synth.write_zoo_to_disk(tmp_path, 3, 300, 40, C, seed=3)["written"] is False
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the run without a GPU")
+def test_run_without_the_requested_device_says_so(tmp_path):
+    """Not a benchmark: asking for CUDA on a CPU machine is a message and exit 0, never an error."""
+    import subprocess
+
+    out = tmp_path / "x.json"
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "run.py"), "--zoo", "b",
+                           "--models", "2", "--n", "120", "--width", "16", "--classes", "3",
+                           "--zoo-dir", str(tmp_path / "zoo"), "--devices", "cuda", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing was measured" in proc.stdout and "GPU numbers pending" in proc.stdout
+    assert out.exists()

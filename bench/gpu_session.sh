@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every pending GPU measurement of bench/RESULTS.md, in stages that each fit one
+# device call (10 minutes) and return at most 8 files from $OUT.
+#
+#   bash bench/gpu_session.sh tests    # CUDA parity tests, compiled Triton kernels, ptxas check
+#   bash bench/gpu_session.sh zoo_a    # zoo a full size: exact/fast, cuSOLVER/default, kernels off/on
+#   bash bench/gpu_session.sh zoo_b    # zoo b full size from disk (writes 15.4 GB to $TMPDIR once)
+#
+# The device machines have torch, triton, scipy and scikit-learn but no network:
+# te_gpu is installed from this tree without dependencies. Outside the device
+# tool, OUT defaults to bench/results/gpu.
+set -u
+stage=${1:?usage: bash bench/gpu_session.sh tests|zoo_a|zoo_b}
+OUT=${OUT:-bench/results/gpu}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1
+
+python -m pip install --no-deps --no-build-isolation -e . > "$OUT/install_$stage.log" 2>&1 \
+    || { echo "install failed: see $OUT/install_$stage.log"; tail -5 "$OUT/install_$stage.log"; exit 1; }
+
+case "$stage" in
+tests)
+    nvidia-smi > "$OUT/nvidia_smi.txt" 2>&1
+    python -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" \
+        >> "$OUT/nvidia_smi.txt" 2>&1
+    # compiled kernels (no interpreter) against the torch paths, and the engine on CUDA
+    # against the float64 reference
+    TE_GPU_NO_INTERPRET=1 timeout 420 python -m pytest -q -p no:cacheprovider -rs \
+        tests/test_engine_parity.py tests/test_engine_linalg.py tests/test_kernels.py \
+        tests/test_engine_nleep.py tests/test_reliability.py > "$OUT/cuda_tests.txt" 2>&1
+    echo "pytest rc=$?" >> "$OUT/cuda_tests.txt"
+    timeout 120 python -m te_gpu.kernels.compile_check > "$OUT/compile_check.txt" 2>&1
+    tail -3 "$OUT/cuda_tests.txt"
+    ;;
+zoo_a)
+    timeout 330 python bench/run.py --zoo a --scale 1 --devices cuda --precision exact,fast \
+        --linalg cusolver,default --repeat 3 --out "$OUT/zoo_a_h100.json" > "$OUT/zoo_a_h100.txt" 2>&1
+    TE_GPU_KERNELS=all timeout 200 python bench/run.py --zoo a --scale 1 --devices cuda \
+        --precision exact,fast --no-floor --repeat 3 --out "$OUT/zoo_a_h100_kernels.json" \
+        > "$OUT/zoo_a_h100_kernels.txt" 2>&1
+    grep -E "te_gpu|floor|target" "$OUT/zoo_a_h100.txt" "$OUT/zoo_a_h100_kernels.txt" | tail -20
+    ;;
+zoo_b)
+    timeout 560 python bench/run.py --zoo b --scale 1 --devices cuda --precision exact,fast \
+        --warmup-models 100 --out "$OUT/zoo_b_h100.json" > "$OUT/zoo_b_h100.txt" 2>&1
+    grep -E "te_gpu|floor|target|read" "$OUT/zoo_b_h100.txt" | tail -20
+    ;;
+*)
+    echo "unknown stage $stage (tests, zoo_a, zoo_b)"; exit 2 ;;
+esac
