@@ -35,7 +35,16 @@ def _on_host(t: torch.Tensor, k: int) -> bool:
 
 
 def _host_views(t: torch.Tensor) -> np.ndarray:
-    return t.detach().contiguous().numpy()
+    """A numpy view of a CPU tensor, copied only if its matrices are not BLAS-ready.
+
+    Row- or column-major matrices (a transposed view, a broadcast batch) go to
+    BLAS as they are; anything else would send numpy to its slow generic loop.
+    """
+    t = t.detach()
+    m = t[(0,) * (t.dim() - 2)] if t.dim() > 2 and t.numel() > 0 else t
+    if not (m.is_contiguous() or m.mT.is_contiguous()):
+        t = t.contiguous()
+    return t.numpy()
 
 
 def gram(x: torch.Tensor, *, samples: bool = False) -> torch.Tensor:

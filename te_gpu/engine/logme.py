@@ -33,7 +33,7 @@ def spectrum(x: torch.Tensor, gram: torch.Tensor | None, xty: torch.Tensor):
         noise = d * torch.finfo(evals.dtype).eps * evals[:, -1:].clamp(min=0)
         valid = evals > torch.clamp(noise, min=1e-20)
         safe = torch.where(valid, evals, torch.ones_like(evals))
-        proj = (xty @ v) / torch.sqrt(safe)[:, None, :]  # (B, T, D)
+        proj = linalg.matmul(xty, v) / torch.sqrt(safe)[:, None, :]  # (B, T, D)
         proj = torch.where(valid[:, None, :], proj, torch.zeros_like(proj))
         sigma = torch.where(valid, evals, torch.zeros_like(evals))
         return sigma, valid, proj

@@ -12,7 +12,8 @@ import math
 import numpy as np
 import torch
 
-from .stats import Labels, class_sums, right
+from . import linalg
+from .stats import Labels, class_sums
 
 GATE_THRESHOLD = 9.0 * math.log(10.0) / 5.0
 SA_PCA_SEED = 1919
@@ -37,12 +38,14 @@ def randomized_pca_batched(xc: torch.Tensor, n_comp: int, *, seed: int = SA_PCA_
     transpose = n < d
     m = xc.mT if transpose else xc
     omega = np.random.RandomState(seed).normal(size=(m.shape[-1], n_comp + n_oversamples))
-    q = right(m, torch.as_tensor(omega, device=xc.device).to(xc.dtype))
+    omega = torch.as_tensor(omega, device=xc.device).to(xc.dtype)
+    # the N x D products go through linalg.matmul (OpenBLAS on CPU, per model)
+    q = linalg.matmul(m, omega.expand(b, *omega.shape))
     for _ in range(n_iter):
-        q = m.mT @ q
-        q = m @ q
+        q = linalg.matmul(m.mT, q)
+        q = linalg.matmul(m, q)
     q, _ = torch.linalg.qr(q, mode="reduced")
-    uh, s, vt = torch.linalg.svd(q.mT @ m, full_matrices=False)
+    uh, s, vt = torch.linalg.svd(linalg.matmul(q.mT, m), full_matrices=False)
     u = q @ uh
     if transpose:
         u, vt = vt[:, :n_comp].mT, u[:, :, :n_comp].mT

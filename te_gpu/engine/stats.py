@@ -148,7 +148,7 @@ class Spectrum:
         if self.dual:
             lam = self.evals.flip(-1)[:, :n_comp].clamp(min=0)
             return self.vecs.flip(-1)[:, :, :n_comp] * lam.sqrt()[:, None, :]
-        return (x - xbar[:, None, :]) @ self.vecs.flip(-1)[:, :, :n_comp]
+        return linalg.matmul(x - xbar[:, None, :], self.vecs.flip(-1)[:, :, :n_comp])
 
 
 def spectrum(x: torch.Tensor, st: BatchStats, top: int = TOP_EIGENPAIRS) -> Spectrum:
