@@ -48,6 +48,7 @@ import math
 import numpy as np
 import torch
 
+from . import linalg
 from .stats import left, right
 
 __all__ = [
@@ -102,8 +103,7 @@ def pca_keep_variance_batched(x: torch.Tensor, fraction: float = _FRACTION):
     b, n, dim = x.shape
     a = x - x.mean(dim=1, keepdim=True)
     samples_side = n < dim
-    g = a @ a.mT if samples_side else a.mT @ a
-    evals, evecs = torch.linalg.eigh(g)                    # ascending
+    evals, evecs = linalg.eigh(linalg.gram(a, samples=samples_side))   # ascending
     evals = evals.flip(-1).clamp_min(0.0)
     evecs = evecs.flip(-1)
     total = evals.sum(-1)                                  # = sum of squared singular values
@@ -121,7 +121,7 @@ def pca_keep_variance_batched(x: torch.Tensor, fraction: float = _FRACTION):
     if samples_side:
         z = evecs[..., :k_max] * evals[:, None, :k_max].sqrt()
     else:
-        z = a @ evecs[..., :k_max]
+        z = linalg.matmul(a, evecs[..., :k_max])
     keep = torch.arange(k_max, device=x.device)[None, :] < dims[:, None]   # (B, k_max)
     z = torch.where(keep[:, None, :], z, torch.zeros((), dtype=z.dtype, device=z.device))
     return z, dims
