@@ -5,9 +5,10 @@ samples, D feature dims each. Labels are shared by all models of a zoo, so the
 one-hot matrix (N x C) and the class counts are computed once per zoo.
 
 Everything here is a matrix product or a batched factorisation: class sums are
-``Y^T X`` (a one-hot matmul rather than a scatter: deterministic on CUDA), the
-centred Gram ``Xc^T Xc`` is one ``bmm``, and the within-class scatter follows
-from them without another pass over the features:
+``Y^T X`` (a one-hot matmul on CUDA, deterministic there; ``index_add_`` on
+CPU), the centred Gram ``Xc^T Xc`` and its top eigenpairs come from
+:mod:`te_gpu.engine.linalg`, and the within-class scatter follows from them
+without another pass over the features:
 
 .. math::
     S_w = \\frac1N\\Big(X_c^TX_c - \\sum_k n_k(\\mu_k-\\bar x)(\\mu_k-\\bar x)^T\\Big).
