@@ -76,6 +76,8 @@ def _true_class_kernel(x_ptr, w_ptr, bias_ptr, codes_ptr, out_ptr,
         run_max = new_max
     p_true = tl.exp(true_logit - run_max) / run_sum
     if DOUBLE:
+        # the second softmax needs the first one's normaliser over all classes, known
+        # only now: recompute the logit blocks rather than keep N x C of them
         top = 1.0 / run_sum                        # the largest first-softmax probability
         sum2 = tl.zeros([BLOCK_N], dtype=acc_t)
         for c0 in range(0, n_classes, BLOCK_C):

@@ -10,5 +10,5 @@ from .stats import Labels, softmax_true_class
 def lda_batched(x: torch.Tensor, labels: Labels, means: torch.Tensor) -> torch.Tensor:
     """(B, N, D) features and their class means (B, C, D) -> (B,) scores."""
     prior = torch.log(labels.counts / labels.n)
-    logits = linalg.matmul(x, means.mT.contiguous()) - 0.5 * (means * means).sum(-1)[:, None, :] + prior
+    logits = linalg.matmul(x, means.mT) - 0.5 * (means * means).sum(-1)[:, None, :] + prior
     return softmax_true_class(logits, labels.codes)

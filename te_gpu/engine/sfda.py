@@ -14,7 +14,7 @@ from .stats import Labels, batch_stats, power_iteration_top, shrink, true_class
 
 def fda_logits(x, labels: Labels, means, sw, lam):
     """Logits of the regularised FDA (B, N, C) given shrinkage lam (B,)."""
-    coef, ok = linalg.solve_spd(shrink(sw, lam), means.mT.contiguous())   # (B, D, C)
+    coef, ok = linalg.solve_spd(shrink(sw, lam), means.mT)   # (B, D, C)
     if not bool(ok.all()):
         raise ValueError("SFDA: the shrunk within-class scatter is not positive definite "
                          "(features have no within-class variance)")
