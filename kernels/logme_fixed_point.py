@@ -62,7 +62,7 @@ def _logme_kernel(sigma_ptr, valid_ptr, proj_ptr, tsq_ptr, out_ptr,
         pm = tmask[:, None] & (offs_k < k_dim)[None, :]
         p = tl.load(p_base + offs_k[None, :] * stride_pk, mask=pm, other=0.0).to(acc_t)
         sx2 += tl.sum(p * p, 1)
-    r0 = tl.load(tsq_ptr + offs_t, mask=tmask, other=0.0).to(acc_t) - sx2
+    r0 = tl.maximum(tl.load(tsq_ptr + offs_t, mask=tmask, other=0.0).to(acc_t) - sx2, 0.0)
 
     alpha = zero + 1.0
     beta = zero + 1.0

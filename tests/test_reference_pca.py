@@ -87,9 +87,13 @@ def test_randomized_pca_float32_runs_in_float32(seed, n, d, k):
     want32, _ = sklearn_randomized(x32, k)
     assert want32.dtype == np.float32  # the oracle does run in float32
     z32, _, _ = randomized_pca(x32, k)
-    z64, _, _ = randomized_pca(x32.astype(np.float64), k)
+    z64, _, s64 = randomized_pca(x32.astype(np.float64), k)
     assert_close(z32, want32, 1e-4, "float32 Z vs sklearn float32")
-    assert_close(z32, z64, 1e-3, "float32 Z vs float64 Z")
+    # the power step cubes the spectrum, so float32 resolves components only down to
+    # about eps32^(1/3) = 5e-3 s_max; below that they depend on the BLAS kernels (an
+    # Intel CPU gave 6e-3 max error at 4e-3 s_max, an AMD one passed 1e-3)
+    resolved = s64 >= 0.02 * s64[0]
+    assert_close(z32[:, resolved], z64[:, resolved], 1e-3, "float32 Z vs float64 Z")
     # The float32 computation is visible: it differs from the float64 one and
     # agrees with scikit-learn's float32 run far better than with float64.
     gap64 = np.abs(z32 - z64).max()

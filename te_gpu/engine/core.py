@@ -112,14 +112,13 @@ def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, eig, pca_float32: 
     sel = torch.as_tensor(open_mask, device=x.device)
     n_comp = int(min(sa_kw["pca_dim"], n, d))
     with timer.stage("sa_pca"):
-        xo = x[sel]
-        if pca_float32 and xo.dtype != torch.float32:
-            # the released code's PCA runs in the input's precision: centre in float32 too
-            x32 = xo.to(torch.float32)
-            xc = x32 - x32.mean(1, keepdim=True)
-        else:
-            xc = xo - xo.mean(1, keepdim=True)
-        z = sa_ops.randomized_pca_batched(xc, n_comp).to(x.dtype)
+        # the released code's PCA runs in the input's precision, and so does this
+        # one under either precision setting: in float32 it resolves components
+        # only down to about eps32^(1/3) s_max (its power step cubes the spectrum),
+        # so "fast" on float64 input would change what SA computes
+        xo = x[sel].to(torch.float32 if pca_float32 else torch.float64)
+        xc = xo - xo.mean(1, keepdim=True)
+        z = sa_ops.drop_noise_components(sa_ops.randomized_pca_batched(xc, n_comp), d).to(x.dtype)
     with timer.stage("sa_perturb"):
         z_out, disp = dispatch.perturb(z, labels, alpha=sa_kw["alpha"], sigma=sa_kw["sigma"],
                                        force=sa_kw["force"], variant=sa_kw["variant"])

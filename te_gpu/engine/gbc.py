@@ -48,5 +48,8 @@ def gbc_batched(x: torch.Tensor, labels: Labels, means: torch.Tensor, *,
                 gaussian: str = "spherical") -> torch.Tensor:
     """(B, N, D) features and class means -> (B,) GBC."""
     var = class_variances(x, labels, means)
+    # the C x C part in float64 also under precision="fast": well separated classes
+    # have exp(-BD) below float32's range (BD ~ 100 gives 1e-44, a float32 subnormal)
     # Triton kernel on CUDA where enabled (te_gpu.engine.dispatch), else bhattacharyya summed
-    return dispatch.gbc_pairwise(means, var, gaussian == "spherical")
+    return dispatch.gbc_pairwise(means.to(torch.float64), var.to(torch.float64),
+                                 gaussian == "spherical")

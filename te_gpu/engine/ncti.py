@@ -21,6 +21,11 @@ PCA_DIM = TOP_EIGENPAIRS  # 64 (SPEC 6)
 _SVD_TOL = 1e-4
 
 
+def pca_noise_floor(top_variance: torch.Tensor, n: int, d: int) -> torch.Tensor:
+    """Variance below which a principal component is rounding noise (float64 terms)."""
+    return max(n, d) * torch.finfo(torch.float64).eps * top_variance
+
+
 def class_padding_index(codes: torch.Tensor, n_classes: int):
     """Gather index (C, n_max) of each class's samples, padded with 0, and its mask.
 
@@ -100,10 +105,14 @@ def ncti_parts_batched(x: torch.Tensor, labels: Labels, st: BatchStats, *,
     n_comp = min(PCA_DIM, n - 1, d)  # centred data has rank <= N-1
     if eig is None:
         eig = spectrum(x, st)
-    explained = eig.evals.flip(-1) / (n - 1)              # descending
-    tau = torch.clamp(torch.exp(-explained[:, :32].sum(-1)), min=1e-10)
+    explained = eig.evals.flip(-1) / (n - 1)              # descending, float64
+    tau = torch.clamp(torch.exp(-explained[:, :32].sum(-1)), min=1e-10).to(x.dtype)
     use_svd = tau == 1e-10
     z = eig.pca_scores(x, st.xbar, n_comp)                # PCA scores (B, N, n), centred
+    # components of zero variance in exact arithmetic get exact zero scores
+    # (te_gpu.reference.ncti.signal_components)
+    signal = explained[:, :n_comp] > pca_noise_floor(explained[:, :1], n, d)
+    z = z * signal[:, None, :].to(z.dtype)
     # class means and scatters of the scores: O(N n^2), whichever Gram gave the axes
     means_z = class_sums(z, labels) / labels.counts[None, :, None]
     gram_z = linalg.gram(z)

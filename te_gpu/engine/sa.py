@@ -58,6 +58,17 @@ def randomized_pca_batched(xc: torch.Tensor, n_comp: int, *, seed: int = SA_PCA_
     return u * (s * signs)[:, None, :]
 
 
+def drop_noise_components(z: torch.Tensor, d: int) -> torch.Tensor:
+    """PCA scores (B, N, n) of D-dim features with the noise components zeroed
+    (te_gpu.reference.sa.pca_signal); a component's singular value is the norm
+    of its score column.
+    """
+    n = z.shape[1]
+    s = torch.linalg.vector_norm(z, dim=1)                 # (B, n)
+    floor = math.sqrt(max(n, d)) * torch.finfo(z.dtype).eps * s.amax(-1, keepdim=True)
+    return z * (s > floor)[:, None, :].to(z.dtype)
+
+
 def _class_moments(z: torch.Tensor, labels: Labels):
     means = class_sums(z, labels) / labels.counts[None, :, None]
     dev = z - means[:, labels.codes]

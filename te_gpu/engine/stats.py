@@ -92,8 +92,14 @@ class BatchStats:
     sw: torch.Tensor        # (B, D, D)  population within-class scatter
 
     def gram(self, n: int) -> torch.Tensor:
-        """The uncentred Gram X^T X = Xc^T Xc + N xbar xbar^T."""
-        return self.gram_c + n * self.xbar[:, :, None] * self.xbar[:, None, :]
+        """The uncentred Gram X^T X = Xc^T Xc + N xbar xbar^T, in float64.
+
+        The rank-one mean term is added in float64 also to a float32 centred
+        Gram: in float32 its rounding (eps32 N |xbar|^2) would swamp the small
+        eigenvalues LogME reads.
+        """
+        xbar = self.xbar.to(torch.float64)
+        return self.gram_c.to(torch.float64) + n * xbar[:, :, None] * xbar[:, None, :]
 
     def class_sums(self, labels: Labels) -> torch.Tensor:
         """X^T Y as (B, C, D): the class sums."""
@@ -129,13 +135,15 @@ def batch_stats(x: torch.Tensor, labels: Labels) -> BatchStats:
 
 @dataclass
 class Spectrum:
-    """Top eigenpairs of the centred Gram, for NCTI's PCA and the SA gate.
+    """Top eigenpairs of the centred Gram, for NCTI's PCA and the SA gate (float64).
 
     ``evals`` ascending (B, t): the t = min(TOP_EIGENPAIRS, k) largest. Primal
     (N > D): ``vecs`` (B, D, t) eigenvectors of Xc^T Xc. Dual (N <= D): ``vecs``
     (B, N, t) eigenvectors of Xc Xc^T, whose nonzero eigenvalues are the same;
     the PCA scores are then U sqrt(lambda) directly, and the D x D problem (D^3)
-    is never solved.
+    is never solved. The eigensolver runs in float64 also for a float32 Gram
+    (``precision="fast"``): a float32 solver's noise (D eps32 lambda_max) is
+    above the smallest real variances of raw-pixel features.
     """
     evals: torch.Tensor
     vecs: torch.Tensor
@@ -145,20 +153,20 @@ class Spectrum:
         return Spectrum(self.evals[idx], self.vecs[idx], self.dual)
 
     def pca_scores(self, x: torch.Tensor, xbar: torch.Tensor, n_comp: int) -> torch.Tensor:
-        """Scores on the top ``n_comp`` principal axes (B, N, n_comp), up to signs."""
+        """Scores on the top ``n_comp`` principal axes (B, N, n_comp) in x's dtype, up to signs."""
         if self.dual:
             lam = self.evals.flip(-1)[:, :n_comp].clamp(min=0)
-            return self.vecs.flip(-1)[:, :, :n_comp] * lam.sqrt()[:, None, :]
-        return linalg.matmul(x - xbar[:, None, :], self.vecs.flip(-1)[:, :, :n_comp])
+            return (self.vecs.flip(-1)[:, :, :n_comp] * lam.sqrt()[:, None, :]).to(x.dtype)
+        return linalg.matmul(x - xbar[:, None, :], self.vecs.flip(-1)[:, :, :n_comp].to(x.dtype))
 
 
 def spectrum(x: torch.Tensor, st: BatchStats, top: int = TOP_EIGENPAIRS) -> Spectrum:
     """The centred Gram's top eigenpairs, through the smaller of the two Grams."""
     b, n, d = x.shape
     if n <= d:
-        return Spectrum(*linalg.eigh_top(linalg.gram(x - st.xbar[:, None, :], samples=True), top),
-                        dual=True)
-    return Spectrum(*linalg.eigh_top(st.gram_c, top), dual=False)
+        g = linalg.gram(x - st.xbar[:, None, :], samples=True)
+        return Spectrum(*linalg.eigh_top(g.to(torch.float64), top), dual=True)
+    return Spectrum(*linalg.eigh_top(st.gram_c.to(torch.float64), top), dual=False)
 
 
 def shrink(s: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:

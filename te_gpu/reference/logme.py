@@ -19,10 +19,13 @@ where :math:`\sigma_i` are the eigenvalues of :math:`X^TX`. With
 :math:`|\tau_{new}-\tau|/\tau\le10^{-3}`. LogME is the mean of :math:`\mathcal L/N`
 over classes (one-hot targets) or target columns (regression).
 
-Known upstream defect (thuml/LogME issue 23): when X has rank k < D the sum
-over :math:`\log(\alpha+\beta\sigma_i)` runs over k terms only, omitting
-:math:`(D-k)\log\alpha`. ``corrected=False`` (default) reproduces the released
-value; ``corrected=True`` adds the missing terms, which is the true evidence.
+Known upstream defect (thuml/LogME issue 23): when N <= D the thin SVD gives
+k = N eigenvalues and the sum over :math:`\log(\alpha+\beta\sigma_i)` runs over those
+only, omitting :math:`(D-N)\log\alpha`. ``corrected=False`` (default) reproduces the
+released value; ``corrected=True`` adds the missing terms (thuml/LogME PR #24
+pads sigma with zeros), which is the true evidence. For N > D every one of the
+D eigenvalues is a term, zero eigenvalues of a rank-deficient X included (as
+released: their computed values are rounding noise, kept).
 """
 from __future__ import annotations
 
@@ -37,27 +40,50 @@ _EPS = 1e-5
 _TOL = 1e-3
 
 
+def noise_floor(sigma_max: float, n: int, d: int, eps: float) -> float:
+    """Largest eigenvalue of a computed X^T X that is rounding noise.
+
+    An eigenvalue that is zero in exact arithmetic (a dead unit, a duplicated
+    or collinear column) comes out of the Gram product and the eigensolver as
+    ``O(max(N, D) eps sigma_max)``.
+    """
+    return max(n, d) * eps * max(sigma_max, 0.0)
+
+
 def spectrum(x: np.ndarray, targets: np.ndarray):
     """Eigenvalues ``sigma`` (k,) of X^T X and projections ``U^T targets`` (k x T).
 
-    N > D: eigendecompose the Gram matrix and keep ``sqrt(sigma) > 1e-10``
-    (the released code's rank rule) and, beyond it, ``sigma > D eps sigma_max``:
-    eigenvalues below that are rounding noise of a rank-deficient X (duplicated
-    or collinear columns), and dividing by their square roots made the released
-    score depend on rounding. Otherwise a thin SVD of X (k = N, no threshold).
+    Every eigenvalue the released code sums over is returned, so the evidence
+    has its ``log(alpha + beta sigma)`` term. Eigenvalues at rounding-noise
+    level (:func:`noise_floor`) come back as exact zeros with zero projections:
+    their term is then ``log(alpha)``, the exact-arithmetic value, where the
+    released code adds ``log(alpha + beta * noise)``, the same number to
+    rounding, and its projections of noise directions, which rounding decides.
+
+    N > D: eigendecompose the Gram matrix; the released rank rule
+    ``sqrt(sigma) > 1e-10`` drops an eigenvalue only where it is not noise (the
+    released code keeps noise eigenvalues, whose computed values are above
+    1e-20 unless X is tiny). N <= D: a thin SVD of X, k = N terms, no rule.
     """
     n, d = x.shape
+    eps = np.finfo(np.float64).eps
     if n > d:
         evals, v = np.linalg.eigh(x.T @ x)
         order = np.argsort(evals)[::-1]
         evals, v = evals[order], v[:, order]
-        noise = d * np.finfo(np.float64).eps * max(evals[0], 0.0)
-        keep = evals > max(1e-20, noise)  # sqrt(sigma) > 1e-10, and above rounding noise
-        sigma, v = evals[keep], v[:, keep]
-        proj = (v.T @ (x.T @ targets)) / np.sqrt(sigma)[:, None]
+        noise = evals <= noise_floor(evals[0], n, d, eps)
+        keep = noise | (evals > 1e-20)
+        sigma, v, noise = np.where(noise, 0.0, evals)[keep], v[:, keep], noise[keep]
+        root = np.sqrt(np.where(noise, 1.0, sigma))
+        proj = (v.T @ (x.T @ targets)) / root[:, None]
+        proj[noise] = 0.0
     else:
         u, s, _ = np.linalg.svd(x, full_matrices=False)
         sigma = s ** 2
+        # singular values at noise level (numpy's matrix_rank tolerance): a
+        # target's component along such a left null direction is residual either
+        # way; the zero makes the term log(alpha) exactly
+        sigma[s <= max(n, d) * eps * s[0]] = 0.0
         proj = u.T @ targets
     return sigma, proj
 
@@ -69,7 +95,9 @@ def evidence(sigma: np.ndarray, x: np.ndarray, t_sq: float, n: int, d: int,
     ``x`` = U^T t (k,), ``t_sq`` = |t|^2.
     """
     x2 = x * x
-    r0 = t_sq - x2.sum()
+    # |t|^2 minus its projection on the column space: a squared residual, >= 0;
+    # clamped so that rounding cannot make it negative when a target is fit exactly
+    r0 = max(t_sq - x2.sum(), 0.0)
     alpha, beta = 1.0, 1.0
     for _ in range(_MAX_ITER):
         t = alpha / beta

@@ -37,6 +37,21 @@ _SVD_TOL = 1e-4
 LDA_SCALINGS = ("n_minus_c", "n")
 
 
+def signal_components(explained: np.ndarray, n: int, d: int) -> np.ndarray:
+    """Which principal components carry variance: ``explained > max(N, D) eps explained[0]``.
+
+    A component of zero variance in exact arithmetic (a dead unit, a duplicated
+    column, all of them when D <= 64) comes out of an SVD or of the covariance's
+    eigendecomposition with scores of rounding size, and the 'svd' solver's
+    standardisation would scale that noise to unit variance and fit the LDA to
+    it. Its exact scores are zero, whose standard deviation the solver treats
+    as 1: the component then plays no part. Below this floor the covariance
+    route (scikit-learn's PCA for N >= 10 D, te_gpu's engine) cannot tell a
+    real variance from noise.
+    """
+    return explained > max(n, d) * np.finfo(np.float64).eps * explained[0]
+
+
 class _LinearDiscriminant:
     """The two scikit-learn LDA solvers NCTI uses, reduced to what it needs."""
 
@@ -102,6 +117,7 @@ def ncti_parts(features, labels, *, lda_scaling: str = "n_minus_c"):
     if n <= n_classes:
         raise ValueError(f"NCTI needs more samples ({n}) than classes ({n_classes})")
     z, explained, _ = exact_pca(x, min(PCA_DIM, n - 1, d))
+    z[:, ~signal_components(explained[:z.shape[1]], n, d)] = 0.0
     tau = max(float(np.exp(-explained[:32].sum())), 1e-10)
     lda_model = _LinearDiscriminant(z, codes, n_classes,
                                     None if tau == 1e-10 else tau, lda_scaling)
