@@ -1,0 +1,60 @@
+"""Leave-one-out kNN accuracy batched over models (maths: te_gpu.reference.knn).
+
+Query rows go ``chunk`` at a time: a (B, chunk, N) block of ranking keys,
+never the N x N matrix. The k nearest are found without sorting: the k-th
+smallest key t (from ``topk``; its order among ties does not matter here)
+splits each row into the keys below t, all taken, and those equal to t, taken
+in index order until k are chosen (the reference's stable-sort tie rule). The
+chosen set is a 0/1 mask whose product with the one-hot labels gives the
+votes; ``argmax`` returns the first maximum, i.e. the smallest class on a
+tied vote.
+"""
+from __future__ import annotations
+
+import torch
+
+from .stats import Labels, right
+
+CHUNK = 1024
+
+
+def _keys(q: torch.Tensor, x: torch.Tensor, sq: torch.Tensor | None) -> torch.Tensor:
+    """Ranking keys (B, q, N), smaller = nearer: |x_j|^2 - 2 q.x_j, or -q.x_j (unit rows)."""
+    dots = q @ x.mT
+    return -dots if sq is None else sq[:, None, :] - 2.0 * dots
+
+
+def _nearest_votes(keys: torch.Tensor, k: int, onehot: torch.Tensor) -> torch.Tensor:
+    """Votes (B, q, C) of the k smallest keys per row, ties at the k-th key by index."""
+    kth = torch.topk(keys, k, dim=-1, largest=False).values[..., -1:]   # faster than kthvalue
+    below = keys < kth
+    tied = keys == kth
+    room = k - below.sum(-1, keepdim=True)                 # tied slots still free
+    chosen = below | (tied & (torch.cumsum(tied, -1) <= room))
+    return right(chosen.to(onehot.dtype), onehot)
+
+
+def knn_batched(x: torch.Tensor, labels: Labels, *, k: int = 3, metric: str = "euclidean",
+                chunk: int = CHUNK) -> torch.Tensor:
+    """(B, N, D) features -> (B,) leave-one-out kNN accuracy, float64."""
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    if not 1 <= k < x.shape[1]:
+        raise ValueError(f"k = {k} neighbours need at least {k + 1} samples, got {x.shape[1]}")
+    b, n, _ = x.shape
+    if metric == "cosine":
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        x = x / torch.where(norm > 0, norm, 1.0)
+        sq = None
+    else:
+        sq = (x * x).sum(-1)
+    onehot = labels.onehot.to(x.dtype)
+    correct = torch.zeros(b, dtype=torch.float64, device=x.device)
+    for i0 in range(0, n, chunk):
+        i1 = min(i0 + chunk, n)
+        keys = _keys(x[:, i0:i1], x, sq)
+        rows = torch.arange(i1 - i0, device=x.device)
+        keys[:, rows, rows + i0] = float("inf")            # leave the sample out
+        pred = _nearest_votes(keys, k, onehot).argmax(-1)  # (B, q)
+        correct += (pred == labels.codes[i0:i1]).sum(-1)
+    return correct / n
