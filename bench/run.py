@@ -72,29 +72,12 @@ import zoo_synth  # noqa: E402
 
 import te_gpu  # noqa: E402
 import te_gpu.reference as ref  # noqa: E402
+from te_gpu import catalogue  # noqa: E402
+from te_gpu.catalogue import DEFAULT_METRICS, metric_names, resolve_sa  # noqa: E402
 from te_gpu.engine import linalg  # noqa: E402
-try:  # the engine's stage timer (synchronises CUDA at stage boundaries)
-    from te_gpu.engine.core import Timer  # noqa: E402
-except ImportError:  # pragma: no cover - keep the bench usable if the engine moves it
-    from contextlib import contextmanager
-
-    class Timer:
-        def __init__(self, device):
-            self.device, self.stages = device, {}
-
-        @contextmanager
-        def stage(self, name):
-            sync(self.device)
-            t0 = time.perf_counter()
-            try:
-                yield
-            finally:
-                sync(self.device)
-                self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - t0
+from te_gpu.engine.core import Timer  # noqa: E402  (synchronises CUDA at stage boundaries)
 from te_gpu.reference.ncti import minmax_combine  # noqa: E402
-from te_gpu.reference.sa import resolve_sa  # noqa: E402
 
-METRICS = ("logme", "sfda", "lda", "gbc", "ncti")
 PRECISION_DTYPE = {"exact": torch.float64, "fast": torch.float32}
 LINALG = ("default", "cusolver", "magma")
 
@@ -452,10 +435,7 @@ def run_reference(zoo: Zoo, metrics, sa_settings, subset) -> dict:
                 sa_info.setdefault(kw["variant"], {})[name] = info
             for m in metrics:
                 t = time.perf_counter()
-                if m == "ncti":
-                    v = ref.ncti_parts(feats, labels)
-                else:
-                    v = ref.score(feats, labels, metric=m)
+                v = catalogue.get(m).reference_fn()(feats, labels)  # NCTI: its parts
                 stages[m + label_sfx] = stages.get(m + label_sfx, 0.0) + time.perf_counter() - t
                 scores.setdefault(m + label_sfx, {})[name] = v
         per_model[name] = time.perf_counter() - t_model
@@ -736,7 +716,7 @@ def parse_args(argv=None):
     p.add_argument("--devices", default="cpu,cuda",
                    help="comma list; a device that is not present is skipped")
     p.add_argument("--precision", default="exact", help="comma list of exact (float64), fast (float32)")
-    p.add_argument("--metrics", default=",".join(METRICS))
+    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="catalogue names, or all")
     p.add_argument("--sa", default="none,released", help="comma list of SA settings (none = raw)")
     p.add_argument("--linalg", default="cusolver",
                    help="CUDA only: comma list of preferred_linalg_library backends "
@@ -766,9 +746,10 @@ def parse_args(argv=None):
     for lib in args.linalg.split(","):
         if lib not in LINALG:
             p.error(f"unknown linalg backend {lib!r}; choose from {LINALG}")
-    for m in args.metrics.split(","):
-        if m not in METRICS + ("nleep",):
-            p.error(f"unknown metric {m!r}")
+    try:
+        args.metrics = metric_names(args.metrics)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
 
 
@@ -776,7 +757,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    metrics = tuple(args.metrics.split(","))
+    metrics = args.metrics
     sa = _sa_list(args.sa)
     precisions = args.precision.split(",")
     devices, skipped = resolve_devices([d.strip() for d in args.devices.split(",") if d.strip()])

@@ -29,7 +29,7 @@ import te_gpu  # noqa: E402
 
 WIDTHS = (32, 64, 64, 48, 96)      # zoo (a)'s mix of widths, shrunk
 N, C, SEED = 1000, 10, 0
-METRICS = bench_run.METRICS
+METRICS = te_gpu.catalogue.DEFAULT_METRICS
 SA = [None, "released"]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 

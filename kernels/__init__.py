@@ -1,17 +1,18 @@
 """Triton kernels of te_gpu, installed as ``te_gpu.kernels``.
 
-Each kernel sits beside the torch function it must equal; the engine picks the
-kernel on CUDA where it measures faster and falls back to torch otherwise
-(te_gpu.engine.dispatch holds that policy).
+Each kernel equals a torch function of the engine (or, for the two standalone
+ops, a torch reference beside it); the engine picks the kernel on CUDA where it
+measures faster and falls back to torch otherwise (te_gpu.engine.dispatch holds
+that policy). The kernels import nothing of the engine.
 
 =====================  =================================================  ==========================
 module                 kernel launcher / torch path                       replaces in the engine
 =====================  =================================================  ==========================
 ``class_stats``        class_moments_triton / class_moments_torch         one-hot sums, centred
                        (counts, sums, centred sums of squares per class)  class variances (GBC, SA)
-``logme_fixed_point``  logme_evidence_triton / logme_evidence_torch       logme.fixed_point_evidence
-``spread_attract``     attract_delta_triton, perturb_triton / *_torch     sa.attract_delta, sa.perturb
-``gbc_pairwise``       gbc_pairwise_triton / gbc_pairwise_torch           gbc.bhattacharyya + sum
+``logme_fixed_point``  logme_evidence_triton                              evidence.fixed_point_evidence
+``spread_attract``     attract_delta_triton, perturb_triton               sa.attract_delta, sa.perturb
+``gbc_pairwise``       gbc_pairwise_triton                                gaussians.gbc_from_gaussians
 ``true_class_prob``    true_class_prob_triton / true_class_prob_torch     softmax + gather (SFDA, LDA)
 =====================  =================================================  ==========================
 

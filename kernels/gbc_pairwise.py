@@ -1,7 +1,7 @@
 """GBC's pairwise Bhattacharyya sum: -sum_{a != b} exp(-BD(a, b)) per model.
 
 Inputs are the class Gaussians the engine already has: means (B, C, D) and the
-floored unbiased variances var (B, C, D) (te_gpu.engine.gbc.class_variances).
+floored unbiased variances var (B, C, D) (te_gpu.engine.gbc.floored_variances).
 SPEC 5:
 
     spherical: s_c = mean_d var[c];  s = (s_a + s_b)/2
@@ -104,12 +104,3 @@ def gbc_pairwise_triton(means: torch.Tensor, var: torch.Tensor, spherical: bool,
                              SPHERICAL=bool(spherical), BLOCK_A=block_c, BLOCK_B=block_c,
                              BLOCK_D=bd, num_warps=num_warps)
     return -part.sum((-1, -2))
-
-
-def gbc_pairwise_torch(means: torch.Tensor, var: torch.Tensor, spherical: bool):
-    """The torch path: te_gpu.engine.gbc.bhattacharyya summed as gbc_batched sums it."""
-    from te_gpu.engine.gbc import bhattacharyya   # no import cycle with the engine
-
-    bd = bhattacharyya(means, var, spherical)
-    off = ~torch.eye(means.shape[1], dtype=torch.bool, device=means.device)
-    return -(torch.exp(-bd) * off).sum((-1, -2))

@@ -4,7 +4,7 @@ Input is the spectrum the engine already has (te_gpu.engine.logme.spectrum or
 spectrum_svd): sigma (B, k) and its validity mask, the projections
 proj = U^T Y (B, T, k) and the squared target norms t_sq (T,). Output is the
 maximised evidence / N for every pair, (B, T), equal to
-te_gpu.engine.logme.fixed_point_evidence up to the order of the sums over k.
+te_gpu.engine.evidence.fixed_point_evidence up to the order of the sums over k.
 
 Semantics (SPEC 1, and the engine's convergence mask): alpha = beta = 1; at
 most 11 updates; a pair freezes alpha, beta, m2 and res2 at the first update
@@ -149,11 +149,3 @@ def logme_evidence_triton(sigma: torch.Tensor, valid: torch.Tensor, proj: torch.
                         CORRECTED=bool(corrected), BLOCK_T=block_t, BLOCK_K=bk,
                         num_warps=num_warps)
     return out
-
-
-def logme_evidence_torch(sigma: torch.Tensor, valid: torch.Tensor, proj: torch.Tensor,
-                         t_sq: torch.Tensor, n: int, d: int, corrected: bool):
-    """The torch path: the engine's masked fixed point (te_gpu.engine.logme), unchanged."""
-    from te_gpu.engine.logme import fixed_point_evidence   # no import cycle with the engine
-
-    return fixed_point_evidence(sigma, valid, proj, t_sq, n, d, corrected)

@@ -194,26 +194,3 @@ def perturb_triton(z: torch.Tensor, codes: torch.Tensor, n_classes: int, *, alph
     delta = _attract(*_means_radius(spread, codes, n_classes), alpha, sigma, **blocks)
     out, moved2 = _update(z, codes, n_classes, means=means_z, delta=delta, sign=-1, force=force)
     return out, moved2.sqrt()
-
-
-def _labels(codes, n_classes, dtype):
-    from te_gpu.engine.stats import Labels   # no import cycle with the engine
-
-    return Labels.from_codes(codes, n_classes, dtype)
-
-
-def attract_delta_torch(z: torch.Tensor, codes: torch.Tensor, n_classes: int,
-                        alpha: float, sigma: float) -> torch.Tensor:
-    """The torch path: te_gpu.engine.sa.attract_delta, unchanged."""
-    from te_gpu.engine.sa import attract_delta
-
-    return attract_delta(z, _labels(codes, n_classes, z.dtype), alpha, sigma)
-
-
-def perturb_torch(z: torch.Tensor, codes: torch.Tensor, n_classes: int, *, alpha: float,
-                  sigma: float, force: float, variant: str):
-    """The torch path: te_gpu.engine.sa.perturb, unchanged."""
-    from te_gpu.engine.sa import perturb
-
-    return perturb(z, _labels(codes, n_classes, z.dtype), alpha=alpha, sigma=sigma,
-                   force=force, variant=variant)

@@ -183,9 +183,9 @@ def cmd_finetune(args):
     for spec in specs:
         if args.regime == "lft":
             model, _ = build_model(spec)
-            ftr, _ = model_features(model, spec, train, device=args.device, batch_size=args.batch_size,
+            ftr, _, _ = model_features(model, spec, train, device=args.device, batch_size=args.batch_size,
                                     amp=not args.no_amp, progress=_progress(args))
-            fte, _ = model_features(model, spec, test, device=args.device, batch_size=args.batch_size,
+            fte, _, _ = model_features(model, spec, test, device=args.device, batch_size=args.batch_size,
                                     amp=not args.no_amp, progress=_progress(args))
             res = linear_probe(ftr, train.labels, fte, test.labels,
                                wds=wds if args.wd_given else DEFAULT_WDS_PROBE, seed=args.seed)

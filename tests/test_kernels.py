@@ -18,8 +18,13 @@ import pytest
 import torch
 
 from te_gpu.engine import dispatch
-from te_gpu.engine.gbc import bhattacharyya, class_variances, gbc_batched
-from te_gpu.engine.logme import _EPS, _MAX_ITER, _TOL, fixed_point_evidence, spectrum, spectrum_svd
+from te_gpu.engine.evidence import EPS as _EPS
+from te_gpu.engine.evidence import MAX_ITER as _MAX_ITER
+from te_gpu.engine.evidence import TOL as _TOL
+from te_gpu.engine.evidence import fixed_point_evidence
+from te_gpu.engine.gaussians import bhattacharyya
+from te_gpu.engine.gbc import floored_variances as class_variances, gbc_batched
+from te_gpu.engine.logme import spectrum, spectrum_svd
 from te_gpu.engine.sa import attract_delta, perturb
 from te_gpu.engine.stats import Labels, class_means, softmax_true_class
 from te_gpu.kernels._compat import HAVE_TRITON

@@ -133,16 +133,16 @@ def test_feature_metric_engine_equals_reference(case, metric):
         assert rel(g, reference(m, y)) <= TOL
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 @pytest.mark.parametrize("case", ["n>d", "n<d", "binary", "imbalanced", "many-classes",
                                   "duplicated-columns", "digits-subset"])
 @pytest.mark.parametrize("k", [1, 4, 7])
-def test_knn_engine_equals_reference(case, metric, k):
+def test_knn_engine_equals_reference(case, distance, k):
     x, y = FEATURE_CASES[case]()
     models = zoo(x)
-    got = knn_batched(torch.as_tensor(models), labels_of(y), k=k, metric=metric, chunk=64)
+    got = knn_batched(torch.as_tensor(models), labels_of(y), k=k, distance=distance, chunk=64)
     for g, m in zip(got.tolist(), models):
-        assert g == knn(m, y, k=k, metric=metric)
+        assert g == knn(m, y, k=k, distance=distance)
 
 
 def test_hscore_engine_shares_batch_stats_and_widths_vary_across_calls():
@@ -229,8 +229,8 @@ def test_knn_cosine_zero_rows():
     x, y = class_features(16, n=60, d=6, c=2, spread=1.0)
     x[:5] = 0.0
     for k in (1, 3):
-        want = knn(x, y, k=k, metric="cosine")
-        got = knn_batched(torch.as_tensor(x)[None], labels_of(y), k=k, metric="cosine")
+        want = knn(x, y, k=k, distance="cosine")
+        got = knn_batched(torch.as_tensor(x)[None], labels_of(y), k=k, distance="cosine")
         assert got.item() == want
 
 
@@ -361,16 +361,16 @@ KNN_KNOWN = [
 ]
 
 
-@pytest.mark.parametrize("data,metric,counts", KNN_KNOWN, ids=[f"{d}-{m}" for d, m, _ in KNN_KNOWN])
-def test_knn_known_answer(data, metric, counts):
+@pytest.mark.parametrize("data,distance,counts", KNN_KNOWN, ids=[f"{d}-{m}" for d, m, _ in KNN_KNOWN])
+def test_knn_known_answer(data, distance, counts):
     x, y = {"digits": digits, "iris": iris}[data]()
     xt, lab = torch.as_tensor(x, dtype=torch.float64)[None], labels_of(y)
     for k, count in counts.items():
         want = count / y.size
         # transformer-ranker returns float32
         assert np.float32(want) == np.float32(count / y.size)
-        assert knn(x, y, k=k, metric=metric) == want
-        assert knn_batched(xt, lab, k=k, metric=metric, chunk=512).item() == want
+        assert knn(x, y, k=k, distance=distance) == want
+        assert knn_batched(xt, lab, k=k, distance=distance, chunk=512).item() == want
 
 
 # --------------------------------------------------------------------- bad input
@@ -392,8 +392,8 @@ def test_bad_options_and_inputs():
             transrate(x, y, eps=eps)
     with pytest.raises(ValueError, match="class_weights"):
         transrate(x, y, class_weights="size")
-    with pytest.raises(ValueError, match="metric"):
-        knn(x, y, metric="manhattan")
+    with pytest.raises(ValueError, match="distance"):
+        knn(x, y, distance="manhattan")
     for k in (0, 2.5, True):
         with pytest.raises(ValueError, match="k must"):
             knn(x, y, k=k)
@@ -434,8 +434,8 @@ def test_bad_predictions(fn):
 
 def test_engine_refuses_unknown_options():
     x, lab = torch.zeros((1, 6, 2), dtype=torch.float64), labels_of(np.array([0, 1] * 3))
-    with pytest.raises(ValueError, match="metric"):
-        knn_batched(x, lab, metric="manhattan")
+    with pytest.raises(ValueError, match="distance"):
+        knn_batched(x, lab, distance="manhattan")
     with pytest.raises(ValueError, match="at least 7 samples"):
         knn_batched(x, lab, k=6)
     with pytest.raises(ValueError, match="class_weights"):

@@ -223,9 +223,10 @@ def test_features_are_deterministic_and_stage_pooled():
     data = _images(n=12)
     spec = models.ModelSpec(arch="resnet10t", size=32, stage=2)
     m, _ = models.build_model(spec)
-    a, cfg = model_features(m, spec, data, batch_size=5, progress=False)
+    a, preds, cfg = model_features(m, spec, data, batch_size=5, progress=False)
+    assert preds is None  # an intermediate stage: no classifier output
     m2, _ = models.build_model(spec)
-    b, _ = model_features(m2, spec, data, batch_size=12, progress=False)
+    b, _, _ = model_features(m2, spec, data, batch_size=12, progress=False)
     assert a.shape == (12, 128) and cfg["size"] == 32
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -449,8 +450,10 @@ def test_extract_image_folder_files(tmp_path):
     data = datasets.load_data(str(tmp_path), split="all")
     spec = models.ModelSpec(arch="resnet10t", size=32)
     m, _ = models.build_model(spec)
-    feats, cfg = model_features(m, spec, data, batch_size=4, progress=False)
+    feats, preds, cfg = model_features(m, spec, data, batch_size=4, progress=False)
     assert feats.shape == (6, 512) and np.all(np.isfinite(feats))
+    # the model's own classifier (timm's 1000 ImageNet classes): its softmax comes along
+    assert preds.shape == (6, 1000) and np.allclose(preds.sum(1), 1.0, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -461,8 +464,8 @@ def test_gpu_extract_with_mixed_precision_and_scoring(tmp_path):
     data = _images(n=40)
     spec = models.ModelSpec(arch="resnet10t", size=32)
     m, _ = models.build_model(spec)
-    cpu, _ = model_features(m, spec, data, device="cpu", progress=False)
-    gpu, cfg = model_features(m, spec, data, device="cuda", amp=True, progress=False)
+    cpu, _, _ = model_features(m, spec, data, device="cpu", progress=False)
+    gpu, _, cfg = model_features(m, spec, data, device="cuda", amp=True, progress=False)
     assert cfg["amp"] in ("bfloat16", "float16") and gpu.dtype == np.float32
     assert np.corrcoef(cpu.ravel(), gpu.ravel())[0, 1] > 0.99
     specs = [spec, models.ModelSpec(arch="resnet10t", size=32, seed=1)]

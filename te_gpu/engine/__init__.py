@@ -1,4 +1,4 @@
 """The batched torch engine: statistics shared across metric heads, whole batches of models."""
-from .core import METRICS, score_batch
+from .core import score_batch, score_settings
 
-__all__ = ["METRICS", "score_batch"]
+__all__ = ["score_batch", "score_settings"]

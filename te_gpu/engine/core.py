@@ -1,10 +1,13 @@
 """One batch of same-width models through every requested metric head.
 
 ``score_settings`` is the unit the zoo engine and the single-model API share
-(``score_batch`` is its one-setting form): statistics and the centred Gram's
-spectrum are computed once per batch and handed to each head and every SA
-setting; the SA gate is decided per model, the open models' PCA scores go
-through the same heads, and the closed ones keep their raw scores.
+(``score_batch`` is its one-setting form). Each metric is declared in
+:mod:`te_gpu.catalogue`, whose entry names its engine head; heads read the
+batch's shared statistics from a :class:`Shared`, which computes each of them
+(class moments and Grams, the centred Gram's spectrum, the class index) on
+first use, once per batch, for every head and every SA setting. The SA gate is
+decided per model, the open models' PCA scores go through the same heads, and
+the closed ones keep their raw scores.
 """
 from __future__ import annotations
 
@@ -13,26 +16,25 @@ from contextlib import contextmanager
 
 import torch
 
+from .. import catalogue
 from . import dispatch
 from . import sa as sa_ops
-from .gbc import gbc_batched
-from .lda import lda_batched
-from .logme import logme_batched
-from .ncti import class_padding_index, ncti_parts_batched
-from .sfda import sfda_batched
+from .ncti import class_padding_index
 from .stats import BatchStats, Labels, batch_stats, spectrum
-
-METRICS = ("logme", "sfda", "lda", "gbc", "nleep", "ncti")
-DEFAULT_OPTIONS = dict(corrected=False, gaussian="spherical", components_per_class=5, seed=0,
-                       lda_scaling="n_minus_c")
 
 
 class Timer:
-    """Wall time per stage; synchronises CUDA at stage boundaries so times are real."""
+    """Wall time per stage; synchronises CUDA at stage boundaries so times are real.
+
+    Stages nest: a stage's time excludes the stages opened inside it (the shared
+    statistics a head computes on first use are counted as "stats", not as the
+    head's).
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
         self.stages: dict[str, float] = {}
+        self._inner: list[float] = []
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -42,52 +44,91 @@ class Timer:
     def stage(self, name: str):
         self._sync()
         t0 = time.perf_counter()
+        self._inner.append(0.0)
         try:
             yield
         finally:
             self._sync()
-            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            own = elapsed - self._inner.pop()
+            self.stages[name] = self.stages.get(name, 0.0) + own
+            if self._inner:
+                self._inner[-1] += elapsed
 
 
 def _null_timer():
     return Timer(torch.device("cpu"))
 
 
-def metric_heads(x: torch.Tensor, labels: Labels, metrics, opts: dict, *, st=None, eig=None,
-                 class_index=None, timer: Timer | None = None, prefix: str = "") -> dict:
-    """Every requested metric for a (B, N, D) batch: {metric: (B,) tensor or (seli, ncc, vc)}."""
-    timer = timer or _null_timer()
-    b, n, d = x.shape
-    out = {}
-    needs_stats = any(m in metrics for m in ("sfda", "ncti")) or ("logme" in metrics and n > d)
-    if st is None and (needs_stats or any(m in metrics for m in ("lda", "gbc"))):
-        with timer.stage(prefix + "stats"):
-            st = batch_stats(x, labels)
-    if "logme" in metrics:
-        with timer.stage(prefix + "logme"):
-            xty = st.class_sums(labels) if n > d else None
-            out["logme"] = logme_batched(x, labels.onehot, corrected=opts["corrected"],
-                                         gram=st.gram(n) if n > d else None, xty=xty)
-    if "lda" in metrics:
-        with timer.stage(prefix + "lda"):
-            out["lda"] = lda_batched(x, labels, st.means)
-    if "sfda" in metrics:
-        with timer.stage(prefix + "sfda"):
-            out["sfda"] = sfda_batched(x, labels, st.means, st.sw)
-    if "gbc" in metrics:
-        with timer.stage(prefix + "gbc"):
-            out["gbc"] = gbc_batched(x, labels, st.means, gaussian=opts["gaussian"])
-    if "ncti" in metrics:
-        with timer.stage(prefix + "ncti"):
-            out["ncti"] = ncti_parts_batched(x, labels, st, eig=eig, lda_scaling=opts["lda_scaling"],
-                                             class_index=class_index)
-    if "nleep" in metrics:
-        from .nleep import nleep_batched
+class Shared:
+    """The statistics of one (B, N, D) batch that heads share, each computed on first use.
 
-        with timer.stage(prefix + "nleep"):
-            out["nleep"] = nleep_batched(x, labels.codes, labels.c,
-                                         components_per_class=opts["components_per_class"],
-                                         seed=opts["seed"])
+    ``stats`` (class means, centred Gram, within scatter), ``spectrum`` (the
+    centred Gram's top eigenpairs), ``class_index`` (NCTI's per-class gather;
+    labels only, so the zoo passes one in). ``targets``: real-valued targets
+    (N, T) for regression, else None. ``used`` records what heads read, which
+    the tests hold against each metric's declared ``needs``.
+    """
+
+    def __init__(self, x: torch.Tensor, labels: Labels, timer: Timer | None = None, *,
+                 stats: BatchStats | None = None, eig=None, class_index=None, targets=None,
+                 prefix: str = ""):
+        self.x, self.labels, self.targets = x, labels, targets
+        self.timer = timer or _null_timer()
+        self.prefix = prefix
+        self._stats, self._eig, self._class_index = stats, eig, class_index
+        self.used: set = set()
+
+    def _stats_now(self) -> BatchStats:
+        if self._stats is None:
+            with self.timer.stage(self.prefix + "stats"):
+                self._stats = batch_stats(self.x, self.labels)
+        return self._stats
+
+    @property
+    def stats(self) -> BatchStats:
+        self.used.add("stats")
+        return self._stats_now()
+
+    @property
+    def spectrum(self):
+        self.used.add("spectrum")
+        if self._eig is None:
+            st = self._stats_now()
+            with self.timer.stage(self.prefix + "stats"):
+                self._eig = spectrum(self.x, st)
+        return self._eig
+
+    @property
+    def class_index(self):
+        self.used.add("class_index")
+        if self._class_index is None:
+            self._class_index = class_padding_index(self.labels.codes, self.labels.c)
+        return self._class_index
+
+    def subset(self, rows: list) -> "Shared":
+        """The same statistics for models ``rows`` of the batch (those computed so far)."""
+        idx = torch.as_tensor(rows, device=self.x.device)
+        st = self._stats
+        sub = None if st is None else BatchStats(st.means[idx], st.xbar[idx], st.gram_c[idx],
+                                                  st.sw[idx])
+        eig = None if self._eig is None else self._eig.subset(idx)
+        return Shared(self.x[idx], self.labels, self.timer, stats=sub, eig=eig,
+                      class_index=self._class_index, targets=self.targets, prefix=self.prefix)
+
+
+def metric_heads(shared: Shared, metrics, opts: dict, *, timer: Timer | None = None,
+                 prefix: str = "") -> dict:
+    """Every requested metric for the batch in ``shared``: {metric: (B,) tensor or parts}.
+
+    ``opts``: {metric: resolved options} (:func:`te_gpu.catalogue.resolve_options`).
+    """
+    timer = timer or shared.timer
+    out = {}
+    for name in metrics:
+        head = catalogue.get(name).engine_fn()
+        with timer.stage(prefix + name):
+            out[name] = head(shared.x, shared.labels, shared, **opts[name])
     return out
 
 
@@ -128,49 +169,36 @@ def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, eig, pca_float32: 
     return open_mask, z_out, infos
 
 
-def _subset_stats(st: BatchStats, eig, idx: torch.Tensor):
-    sub = BatchStats(st.means[idx], st.xbar[idx], st.gram_c[idx], st.sw[idx])
-    return sub, (None if eig is None else eig.subset(idx))
-
-
 def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: dict,
                    pca_float32: bool = False, timer: Timer | None = None, class_index=None):
     """Scores of B same-width models for several SA settings at once.
 
-    ``settings``: a list of None (raw features) and resolved SA option dicts.
-    Returns one ``({metric: per-model values}, sa infos or None)`` per setting.
-    The work is shared: one set of batch statistics (and one eigendecomposition
-    of the centred Gram) serves the raw metrics, NCTI's PCA and every SA gate;
-    a model whose gate stays closed reuses its raw scores.
+    ``settings``: a list of None (raw features) and resolved SA option dicts;
+    ``opts``: {metric: resolved options}. Returns one ``({metric: per-model
+    values}, sa infos or None)`` per setting. The work is shared: one
+    :class:`Shared` serves the raw metrics, NCTI's PCA and every SA gate; a
+    model whose gate stays closed reuses its raw scores.
     """
     timer = timer or _null_timer()
+    opts = _per_metric(metrics, opts)
     b = x.shape[0]
-    if class_index is None and "ncti" in metrics:
-        class_index = class_padding_index(labels.codes, labels.c)
-    any_sa = any(s is not None for s in settings)
-    with timer.stage("stats"):
-        st = batch_stats(x, labels)
-        eig = spectrum(x, st) if (any_sa or "ncti" in metrics) else None
+    shared = Shared(x, labels, timer, class_index=class_index)
     raw = None  # per-model raw values, computed once if any setting needs them
 
     def raw_lists(rows=None):
         nonlocal raw
         if raw is None and (rows is None or len(rows) == b):
-            raw = _to_lists(metric_heads(x, labels, metrics, opts, st=st, eig=eig, timer=timer,
-                                         class_index=class_index), b)
+            raw = _to_lists(metric_heads(shared, metrics, opts, timer=timer), b)
         if raw is not None:
             return raw if rows is None else {m: [v[i] for i in rows] for m, v in raw.items()}
-        idx = torch.as_tensor(rows, device=x.device)
-        sub, sub_eig = _subset_stats(st, eig, idx)
-        return _to_lists(metric_heads(x[idx], labels, metrics, opts, st=sub, eig=sub_eig,
-                                      timer=timer, class_index=class_index), len(rows))
+        return _to_lists(metric_heads(shared.subset(rows), metrics, opts, timer=timer), len(rows))
 
     out = []
     for sa_kw in settings:
         if sa_kw is None:
             out.append((raw_lists(), None))
             continue
-        open_mask, z, infos = sa_split(x, labels, sa_kw, eig=eig,
+        open_mask, z, infos = sa_split(x, labels, sa_kw, eig=shared.spectrum,
                                        pca_float32=pca_float32, timer=timer)
         per_model = [None] * b
         closed = [i for i, o in enumerate(open_mask) if not o]
@@ -180,8 +208,9 @@ def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: 
             for j, i in enumerate(closed):
                 per_model[i] = {m: v[j] for m, v in res.items()}
         if opened:
-            res = _to_lists(metric_heads(z, labels, metrics, opts, timer=timer,
-                                         class_index=class_index, prefix="sa_"), len(opened))
+            sa_shared = Shared(z, labels, timer, class_index=shared._class_index, prefix="sa_")
+            res = _to_lists(metric_heads(sa_shared, metrics, opts, timer=timer, prefix="sa_"),
+                            len(opened))
             for j, i in enumerate(opened):
                 per_model[i] = {m: v[j] for m, v in res.items()}
         out.append(({m: [pm[m] for pm in per_model] for m in metrics}, infos))
@@ -196,6 +225,17 @@ def score_batch(x: torch.Tensor, labels: Labels, metrics, *, sa_kw: dict | None,
     """
     return score_settings(x, labels, metrics, [sa_kw], opts=opts, pca_float32=pca_float32,
                           timer=timer, class_index=class_index)[0]
+
+
+# TEMPORARY while te_gpu.zoo moves to per-metric options: a flat {option: value} dict
+METRICS = tuple(catalogue.METRICS)
+
+
+def _per_metric(metrics, opts: dict) -> dict:
+    if all(m in opts for m in metrics):
+        return opts
+    return {m: {o.name: opts.get(o.name, o.default) for o in catalogue.get(m).options}
+            for m in metrics}
 
 
 def _to_lists(res: dict, b: int) -> dict:

@@ -7,10 +7,10 @@ torch path returns (up to the stated rounding tolerance when a kernel runs):
 op                  function                                             torch path
 ==================  ===================================================  ======================
 class_moments       class_moments(x, codes, C) -> counts, sums, sumsq    one-hot matmuls
-logme_evidence      logme_evidence(sigma, valid, proj, t_sq, n, d, corr) logme.fixed_point_evidence
+logme_evidence      logme_evidence(sigma, valid, proj, t_sq, n, d, corr) evidence.fixed_point_evidence
 attract_delta       attract_delta(z, labels, alpha, sigma)               sa.attract_delta
 perturb             perturb(z, labels, alpha=, sigma=, force=, variant=)  sa.perturb
-gbc_pairwise        gbc_pairwise(means, var, spherical) -> (B,) GBC      gbc.bhattacharyya, summed
+gbc_pairwise        gbc_pairwise(means, var, spherical) -> (B,) GBC      gaussians.gbc_from_gaussians
 true_class_prob     true_class_prob(x, coef, intercept, codes)           softmax + gather
 ==================  ===================================================  ======================
 
@@ -27,7 +27,9 @@ policy, and raises if it cannot launch (no Triton, or CPU tensors while the
 kernels were not decorated under TRITON_INTERPRET=1). Tests use True with the
 interpreter on CPU; benchmarks use it or ``TE_GPU_KERNELS``.
 
-The only module-level state is the read-only policy below.
+The only module-level state is the read-only policy below. The torch paths
+live in engine modules that do not import this one, and the kernels import
+nothing of the engine: no import cycles.
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ from types import MappingProxyType
 
 import torch
 
+from . import sa
+from .evidence import fixed_point_evidence
+from .gaussians import gbc_from_gaussians
 from .stats import Labels
 
 # A kernel is switched on here only after a measurement on an H100/H200 shows
@@ -104,13 +109,11 @@ def class_moments(x: torch.Tensor, codes: torch.Tensor, n_classes: int, *, force
 
 def logme_evidence(sigma: torch.Tensor, valid: torch.Tensor, proj: torch.Tensor,
                    t_sq: torch.Tensor, n: int, d: int, corrected: bool, *, force_kernel=None):
-    """Maximised evidence / N (B, T), as te_gpu.engine.logme.fixed_point_evidence."""
+    """Maximised evidence / N (B, T), as te_gpu.engine.evidence.fixed_point_evidence."""
     k = _module("logme_fixed_point")
     if _use_kernel("logme_evidence", k._logme_kernel, (sigma, valid, proj, t_sq),
                    force_kernel):
         return k.logme_evidence_triton(sigma, valid, proj, t_sq, n, d, corrected)
-    from .logme import fixed_point_evidence
-
     return fixed_point_evidence(sigma, valid, proj, t_sq, n, d, corrected)
 
 
@@ -120,9 +123,7 @@ def attract_delta(z: torch.Tensor, labels: Labels, alpha: float, sigma: float, *
     k = _module("spread_attract")
     if _use_kernel("attract_delta", k._attract_kernel, (z, labels.codes), force_kernel):
         return k.attract_delta_triton(z, labels.codes, labels.c, alpha, sigma)
-    from .sa import attract_delta as torch_path
-
-    return torch_path(z, labels, alpha, sigma)
+    return sa.attract_delta(z, labels, alpha, sigma)
 
 
 def perturb(z: torch.Tensor, labels: Labels, *, alpha: float, sigma: float, force: float,
@@ -132,9 +133,7 @@ def perturb(z: torch.Tensor, labels: Labels, *, alpha: float, sigma: float, forc
     if _use_kernel("perturb", k._sa_update_kernel, (z, labels.codes), force_kernel):
         return k.perturb_triton(z, labels.codes, labels.c, alpha=alpha, sigma=sigma, force=force,
                                 variant=variant)
-    from .sa import perturb as torch_path
-
-    return torch_path(z, labels, alpha=alpha, sigma=sigma, force=force, variant=variant)
+    return sa.perturb(z, labels, alpha=alpha, sigma=sigma, force=force, variant=variant)
 
 
 def gbc_pairwise(means: torch.Tensor, var: torch.Tensor, spherical: bool, *,
@@ -143,7 +142,7 @@ def gbc_pairwise(means: torch.Tensor, var: torch.Tensor, spherical: bool, *,
     k = _module("gbc_pairwise")
     if _use_kernel("gbc_pairwise", k._gbc_kernel, (means, var), force_kernel):
         return k.gbc_pairwise_triton(means, var, spherical)
-    return k.gbc_pairwise_torch(means, var, spherical)
+    return gbc_from_gaussians(means, var, spherical)
 
 
 def true_class_prob(x: torch.Tensor, coef: torch.Tensor, intercept: torch.Tensor,

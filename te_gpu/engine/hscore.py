@@ -78,3 +78,13 @@ def regularized_hscore_batched(x: torch.Tensor, labels: Labels, *,
     evals, w2 = _projections(means, xbar, gram_c, labels)
     shrunk = (1 - alpha)[:, None] * evals / n + (alpha * m)[:, None]
     return (1 - alpha) * _pinv_sum(shrunk, w2, rcond) / (n - 1)
+
+
+def head(x: torch.Tensor, labels: Labels, shared, *, rcond: float) -> torch.Tensor:
+    """The catalogue's H-score head."""
+    return hscore_batched(x, labels, st=shared.stats, rcond=rcond)
+
+
+def regularized_head(x: torch.Tensor, labels: Labels, shared, *, rcond: float) -> torch.Tensor:
+    """The catalogue's regularized H-score head."""
+    return regularized_hscore_batched(x, labels, st=shared.stats, rcond=rcond)

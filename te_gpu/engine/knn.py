@@ -34,15 +34,15 @@ def _nearest_votes(keys: torch.Tensor, k: int, onehot: torch.Tensor) -> torch.Te
     return right(chosen.to(onehot.dtype), onehot)
 
 
-def knn_batched(x: torch.Tensor, labels: Labels, *, k: int = 3, metric: str = "euclidean",
+def knn_batched(x: torch.Tensor, labels: Labels, *, k: int = 3, distance: str = "euclidean",
                 chunk: int = CHUNK) -> torch.Tensor:
     """(B, N, D) features -> (B,) leave-one-out kNN accuracy, float64."""
-    if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    if distance not in ("euclidean", "cosine"):
+        raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
     if not 1 <= k < x.shape[1]:
         raise ValueError(f"k = {k} neighbours need at least {k + 1} samples, got {x.shape[1]}")
     b, n, _ = x.shape
-    if metric == "cosine":
+    if distance == "cosine":
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         x = x / torch.where(norm > 0, norm, 1.0)
         sq = None
@@ -58,3 +58,8 @@ def knn_batched(x: torch.Tensor, labels: Labels, *, k: int = 3, metric: str = "e
         pred = _nearest_votes(keys, k, onehot).argmax(-1)  # (B, q)
         correct += (pred == labels.codes[i0:i1]).sum(-1)
     return correct / n
+
+
+def head(x: torch.Tensor, labels: Labels, shared, *, k: int, distance: str) -> torch.Tensor:
+    """The catalogue's kNN head."""
+    return knn_batched(x, labels, k=k, distance=distance)

@@ -12,3 +12,8 @@ def lda_batched(x: torch.Tensor, labels: Labels, means: torch.Tensor) -> torch.T
     prior = torch.log(labels.counts / labels.n)
     logits = linalg.matmul(x, means.mT) - 0.5 * (means * means).sum(-1)[:, None, :] + prior
     return softmax_true_class(logits, labels.codes)
+
+
+def head(x: torch.Tensor, labels: Labels, shared) -> torch.Tensor:
+    """The catalogue's LDA-score head."""
+    return lda_batched(x, labels, shared.stats.means)

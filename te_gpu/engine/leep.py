@@ -33,3 +33,13 @@ def nce_batched(probs: torch.Tensor, labels: Labels) -> torch.Tensor:
     pz = joint.sum(1, keepdim=True)
     ratio = joint / torch.where(pz > 0, pz, 1.0)
     return torch.xlogy(joint, ratio).sum((-2, -1))
+
+
+def head(probs: torch.Tensor, labels: Labels, shared) -> torch.Tensor:
+    """The catalogue's LEEP head (input: the source model's predictions)."""
+    return leep_batched(probs, labels)
+
+
+def nce_head(probs: torch.Tensor, labels: Labels, shared) -> torch.Tensor:
+    """The catalogue's NCE head (input: the source model's predictions)."""
+    return nce_batched(probs, labels)

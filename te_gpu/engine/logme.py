@@ -1,22 +1,17 @@
 """LogME for all classes of all models at once (SPEC 1; maths in te_gpu.reference.logme).
 
 The spectrum comes from the batch's Gram matrix (N > D) or a thin SVD (N <= D);
-the fixed point then runs on (B, T, k) tensors - every (model, target) pair at
-once - with a convergence mask that freezes each pair at the iteration where
-the released code would have stopped. Eleven fixed iterations, no host sync.
+the fixed point (te_gpu.engine.evidence, or its Triton kernel) then runs on
+(B, T, k) tensors - every (model, target) pair at once - with a convergence
+mask that freezes each pair at the iteration where the released code would
+have stopped. Eleven fixed iterations, no host sync.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
 from . import dispatch, linalg
 from .stats import left
-
-_MAX_ITER = 11
-_EPS = 1e-5
-_TOL = 1e-3
 
 
 def _noise_floor(sigma_max: torch.Tensor, n: int, d: int) -> torch.Tensor:
@@ -62,47 +57,6 @@ def spectrum_svd(x: torch.Tensor, targets: torch.Tensor):
     return sigma, torch.ones_like(sigma, dtype=torch.bool), proj
 
 
-def fixed_point_evidence(sigma, valid, proj, t_sq, n: int, d: int, corrected: bool):
-    """Maximised evidence / N for every (model, target): (B, T).
-
-    sigma, valid: (B, k); proj: (B, T, k); t_sq: (T,) squared target norms.
-    """
-    dtype = sigma.dtype
-    sig = sigma[:, None, :]                               # (B, 1, k)
-    x2 = proj * proj                                      # (B, T, k)
-    r0 = (t_sq[None, :] - x2.sum(-1)).clamp(min=0)        # (B, T) a squared residual, >= 0
-    shape = x2.shape[:2]
-    alpha = torch.ones(shape, dtype=dtype, device=sigma.device)
-    beta = torch.ones_like(alpha)
-    m2 = torch.zeros_like(alpha)
-    res2 = torch.zeros_like(alpha)
-    done = torch.zeros(shape, dtype=torch.bool, device=sigma.device)
-    for _ in range(_MAX_ITER):
-        t = (alpha / beta)[..., None]                     # (B, T, 1)
-        gamma = (sig / (sig + t)).sum(-1)
-        # N - gamma without cancellation (see te_gpu.reference.logme.evidence);
-        # masked entries have sigma = 0 and add 1 to both terms, so they cancel
-        rest = (n - sig.shape[-1]) + (t / (sig + t)).sum(-1)
-        m2_new = (sig * x2 / (t + sig) ** 2).sum(-1)
-        res2_new = (x2 / (1 + sig / t) ** 2).sum(-1) + r0
-        a_new = gamma / (m2_new + _EPS)
-        b_new = rest / (res2_new + _EPS)
-        conv = (a_new / b_new - t[..., 0]).abs() / t[..., 0] <= _TOL
-        alpha = torch.where(done, alpha, a_new)
-        beta = torch.where(done, beta, b_new)
-        m2 = torch.where(done, m2, m2_new)
-        res2 = torch.where(done, res2, res2_new)
-        done = done | conv
-    logdet = torch.where(valid[:, None, :], torch.log(alpha[..., None] + beta[..., None] * sig),
-                         torch.zeros((), dtype=dtype, device=sigma.device)).sum(-1)
-    ev = (d / 2.0 * torch.log(alpha) + n / 2.0 * torch.log(beta) - 0.5 * logdet
-          - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * math.log(2 * math.pi))
-    if corrected:
-        k = valid.sum(-1).to(dtype)[:, None]
-        ev = ev - 0.5 * (d - k) * torch.log(alpha)
-    return ev / n
-
-
 def logme_batched(x: torch.Tensor, targets: torch.Tensor, *, corrected: bool = False,
                   gram: torch.Tensor | None = None, xty: torch.Tensor | None = None) -> torch.Tensor:
     """LogME of B models (B, N, D) for targets (N, T) (one-hot for classes): (B,) float64.
@@ -125,3 +79,17 @@ def logme_batched(x: torch.Tensor, targets: torch.Tensor, *, corrected: bool = F
     t_sq = (targets.to(torch.float64) ** 2).sum(0)
     # Triton kernel on CUDA where enabled (te_gpu.engine.dispatch), else fixed_point_evidence
     return dispatch.logme_evidence(sigma, valid, proj, t_sq, n, d, corrected).mean(-1)
+
+
+def head(x: torch.Tensor, labels, shared, *, corrected: bool) -> torch.Tensor:
+    """The catalogue's LogME head: one evidence per class (one-hot targets), or per
+    column of ``shared.targets`` (regression). For N > D the spectrum comes from
+    the batch's shared Gram and class sums."""
+    b, n, d = x.shape
+    if shared.targets is not None:
+        return logme_batched(x, shared.targets, corrected=corrected)
+    if n > d:
+        st = shared.stats
+        return logme_batched(x, labels.onehot, corrected=corrected, gram=st.gram(n),
+                             xty=st.class_sums(labels))
+    return logme_batched(x, labels.onehot, corrected=corrected)

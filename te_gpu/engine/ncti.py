@@ -17,7 +17,7 @@ from . import linalg
 from .stats import (TOP_EIGENPAIRS, BatchStats, Labels, class_sums, shrink, spectrum, true_class,
                     weighted_rows, within_from_gram)
 
-PCA_DIM = TOP_EIGENPAIRS  # 64 (SPEC 6)
+PCA_DIM = TOP_EIGENPAIRS  # 64 (SPEC 4)
 _SVD_TOL = 1e-4
 
 
@@ -176,3 +176,9 @@ def minmax_combine(seli: torch.Tensor, ncc: torch.Tensor, vc: torch.Tensor,
                          "min-max normalisation is undefined")
     mm = (parts - lo) / (hi - lo)
     return mm[:, 1] + mm[:, 0] - mm[:, 2]
+
+
+def head(x: torch.Tensor, labels: Labels, shared, *, lda_scaling: str):
+    """The catalogue's NCTI head: the per-model parts (seli, ncc, vc), each (B,)."""
+    return ncti_parts_batched(x, labels, shared.stats, eig=shared.spectrum,
+                              lda_scaling=lda_scaling, class_index=shared.class_index)

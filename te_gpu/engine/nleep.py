@@ -361,3 +361,11 @@ def nleep_batched(x: torch.Tensor, codes: torch.Tensor, n_classes: int, *,
         q = gmm_posteriors_batched(z, dims, k, u=u)
         out.append(nleep_from_posteriors_batched(q, codes, n_classes))
     return torch.cat(out)
+
+
+def head(x: torch.Tensor, labels, shared, *, components_per_class: int, seed: int) -> torch.Tensor:
+    """The catalogue's NLEEP head, in float64 under either precision: the mixture's
+    covariance regularisation (reg_covar = 1e-6) is at float32's resolution of
+    unit-scale variances, and float32 Cholesky factors fail there."""
+    return nleep_batched(x.to(torch.float64), labels.codes, labels.c,
+                         components_per_class=components_per_class, seed=seed)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import linalg
-from .stats import Labels, class_sums
+from .stats import Labels, class_sums, class_variances
 
 GATE_THRESHOLD = 9.0 * math.log(10.0) / 5.0
 SA_PCA_SEED = 1919
@@ -69,17 +69,14 @@ def drop_noise_components(z: torch.Tensor, d: int) -> torch.Tensor:
     return z * (s > floor)[:, None, :].to(z.dtype)
 
 
-def _class_moments(z: torch.Tensor, labels: Labels):
-    means = class_sums(z, labels) / labels.counts[None, :, None]
-    dev = z - means[:, labels.codes]
-    var = class_sums(dev * dev, labels) / labels.counts[None, :, None]
-    return means, dev, var
+def _class_means(z: torch.Tensor, labels: Labels) -> torch.Tensor:
+    return class_sums(z, labels) / labels.counts[None, :, None]
 
 
 def attract_delta(z: torch.Tensor, labels: Labels, alpha: float, sigma: float) -> torch.Tensor:
     """Per-class displacement (B, C, n) of the released Attract."""
-    means, _, var = _class_moments(z, labels)
-    radius = var.sum(-1).sqrt()                            # (B, C)
+    means = _class_means(z, labels)
+    radius = class_variances(z, labels, means).sum(-1).sqrt()  # (B, C), population variances
     # direct differences (not the |a|^2+|b|^2-2ab expansion), so equal means give 0 exactly
     dist = torch.cdist(means, means, compute_mode="donot_use_mm_for_euclid_dist")
     safe = torch.where(dist > 0, dist, torch.ones_like(dist))
@@ -89,7 +86,7 @@ def attract_delta(z: torch.Tensor, labels: Labels, alpha: float, sigma: float) -
 
 
 def spread(z: torch.Tensor, labels: Labels, force: float) -> torch.Tensor:
-    _, dev, _ = _class_moments(z, labels)
+    dev = z - _class_means(z, labels)[:, labels.codes]
     norm = torch.linalg.vector_norm(dev, dim=-1, keepdim=True)
     step = torch.where(norm > 0, dev / torch.where(norm > 0, norm, 1), torch.zeros_like(dev))
     return z + force * step

@@ -114,6 +114,17 @@ def class_means(x: torch.Tensor, labels: Labels):
     return means, xbar
 
 
+def class_variances(x: torch.Tensor, labels: Labels, means: torch.Tensor, ddof: int = 0) -> torch.Tensor:
+    """Per-dimension class variances (B, C, D) about the class means, 1/(n_k - ddof).
+
+    A second pass over the deviations rather than E[x^2] - mu^2, which cancels
+    catastrophically when the means are large. The one class-moments routine of
+    the engine (SA's radii: ddof 0; GBC: ddof 1), besides its Triton kernel.
+    """
+    dev = x - means[:, labels.codes]
+    return class_sums(dev * dev, labels) / (labels.counts - ddof)[None, :, None]
+
+
 def within_from_gram(gram_c, means, xbar, labels: Labels) -> torch.Tensor:
     """S_w from an exactly symmetric centred Gram (:func:`linalg.gram`).
 

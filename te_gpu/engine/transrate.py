@@ -88,3 +88,9 @@ def transrate_batched(x: torch.Tensor, labels: Labels, *, eps: float = EPS,
         rates = block_rates(zp[:, idx], counts[cls], eps)  # (B, P)
         total = total - rates @ weights[cls]
     return total
+
+
+def head(x: torch.Tensor, labels: Labels, shared, *, eps: float, class_weights: str) -> torch.Tensor:
+    """The catalogue's TransRate head (reads the shared centred Gram when N >= D)."""
+    gram_c = shared.stats.gram_c if x.shape[1] >= x.shape[2] else None
+    return transrate_batched(x, labels, eps=eps, class_weights=class_weights, gram_c=gram_c)

@@ -114,10 +114,18 @@ def resolve_device(device: str | None):
     return dev
 
 
-def pooled_features(model, x, stage):
-    """Penultimate features, or the globally pooled output of feature stage ``stage``."""
+def pooled_features(model, x, stage, with_predictions: bool = False):
+    """Penultimate features, or the globally pooled output of feature stage ``stage``.
+
+    With ``with_predictions`` (final features only): also the softmax of the
+    model's own classifier, the input of LEEP and NCE; else None beside them.
+    """
     if stage is None:
-        return model.forward_head(model.forward_features(x), pre_logits=True)
+        fmap = model.forward_features(x)
+        feats = model.forward_head(fmap, pre_logits=True)
+        if not with_predictions:
+            return feats
+        return feats, model.forward_head(fmap).float().softmax(-1)
     out = model.forward_intermediates(x, indices=[stage], intermediates_only=True,
                                       stop_early=True)[0]
     if out.ndim == 4:
@@ -127,9 +135,16 @@ def pooled_features(model, x, stage):
     return out.flatten(1)
 
 
+def has_classifier(model, spec: ModelSpec) -> bool:
+    """Whether the model's own softmax is written beside its features (final features
+    of a model with a classification head)."""
+    return spec.stage is None and int(getattr(model, "num_classes", 0) or 0) > 0
+
+
 def model_features(model, spec: ModelSpec, data: ImageSet, *, device=None, batch_size: int = 64,
                    amp: bool = True, workers: int = 0, progress: bool = True):
-    """N x D float32 features of ``data`` for one built model -> (features, input config).
+    """Features of ``data`` for one built model -> (N x D float32 features, N x K float32
+    softmax of its own classifier or None, input config).
 
     On a GPU the forward passes run under autocast (bfloat16 where supported,
     else float16) in channels-last layout when ``amp``; on a CPU in float32.
@@ -147,7 +162,8 @@ def model_features(model, spec: ModelSpec, data: ImageSet, *, device=None, batch
     model = model.to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    chunks = []
+    chunks, pred_chunks = [], []
+    predict = has_classifier(model, spec)
     bar = _tqdm(total=len(data), unit="img", desc=f"extract {spec.name}", leave=False,
                 disable=not progress)
     try:
@@ -158,15 +174,20 @@ def model_features(model, spec: ModelSpec, data: ImageSet, *, device=None, batch
                 if dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
-                    f = pooled_features(model, x, spec.stage)
+                    f = pooled_features(model, x, spec.stage, with_predictions=predict)
+                if predict:
+                    f, p = f
+                    pred_chunks.append(p.float().cpu())
                 chunks.append(f.float().cpu())
                 bar.update(x.shape[0])
     finally:
         bar.close()
     feats = torch.cat(chunks).numpy().astype(np.float32, copy=False)
-    if not np.all(np.isfinite(feats)):
-        raise PipelineError(f"{spec.name}: non-finite features (try without mixed precision: --no-amp)")
-    return feats, dict(cfg, amp=str(amp_dtype).replace("torch.", "") if use_amp else None,
+    preds = torch.cat(pred_chunks).numpy().astype(np.float32, copy=False) if predict else None
+    for what, arr in (("features", feats), ("predictions", preds)):
+        if arr is not None and not np.all(np.isfinite(arr)):
+            raise PipelineError(f"{spec.name}: non-finite {what} (try without mixed precision: --no-amp)")
+    return feats, preds, dict(cfg, amp=str(amp_dtype).replace("torch.", "") if use_amp else None,
                        device=str(dev))
 
 
@@ -198,12 +219,19 @@ def _paths(directory: Path, model: str, dataset: str):
     return (directory / f"{model}_{dataset}_feature.npy", directory / f"{model}_{dataset}_label.npy")
 
 
+def prediction_path(directory, model: str, dataset: str) -> Path:
+    """Where a model's own softmax (N x K float32) lies beside its features."""
+    return Path(directory) / f"{model}_{dataset}_prediction.npy"
+
+
 def _cached(directory: Path, entry: dict | None, record: dict, model: str, dataset: str,
             labels: np.ndarray) -> bool:
     if entry is None or entry.get("spec") != record:
         return False
     feat, lab = _paths(directory, model, dataset)
     if not (feat.is_file() and lab.is_file()):
+        return False
+    if entry.get("classes") and not prediction_path(directory, model, dataset).is_file():
         return False
     try:
         return np.array_equal(np.load(lab, allow_pickle=False), labels)
@@ -219,7 +247,7 @@ def extract_zoo(specs, data: ImageSet, out, *, dataset: str | None = None, devic
     Returns ``{model: "extracted" | "cached"}``. Each model is written (atomically)
     as soon as it is done; models whose record and samples are unchanged are skipped.
     """
-    from te_gpu.io import save_zoo
+    from te_gpu.io import atomic_write, save_zoo
 
     out = Path(out)
     dataset = safe_dataset_name(dataset or data.name)
@@ -244,13 +272,17 @@ def extract_zoo(specs, data: ImageSet, out, *, dataset: str | None = None, devic
             continue
         t0 = time.perf_counter()
         model, how = build_model(spec)
-        feats, cfg = model_features(model, spec, data, device=device, batch_size=batch_size,
-                                    amp=amp, workers=workers, progress=progress)
+        feats, preds, cfg = model_features(model, spec, data, device=device, batch_size=batch_size,
+                                           amp=amp, workers=workers, progress=progress)
         del model
+        if preds is not None:  # before the features: a model is complete once they are written
+            atomic_write(prediction_path(out, spec.name, dataset),
+                         lambda fh: np.save(fh, preds, allow_pickle=False))
         save_zoo(out, dataset, {spec.name: feats}, labels)
         seconds = time.perf_counter() - t0
         ds["models"][spec.name] = dict(spec=record, weights=how, dim=int(feats.shape[1]),
-                                      n=int(feats.shape[0]), seconds=round(seconds, 3), **cfg)
+                                      n=int(feats.shape[0]), seconds=round(seconds, 3),
+                                      classes=None if preds is None else int(preds.shape[1]), **cfg)
         write_manifest(out, manifest)
         status[spec.name] = "extracted"
         log(f"  {spec.name}: {feats.shape[1]}-d features of {feats.shape[0]} images "

@@ -24,17 +24,17 @@ import numpy as np
 
 from .._checks import as_features, as_labels
 
-METRICS = ("euclidean", "cosine")
+DISTANCES = ("euclidean", "cosine")
 CHUNK = 1024
 
 
-def check_options(k, metric, chunk, n: int | None = None) -> None:
+def check_options(k, distance, chunk, n: int | None = None) -> None:
     """Validate kNN's options (k against N when N is known)."""
     for name, v in (("k", k), ("chunk", chunk)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
     if n is not None and k > n - 1:
         raise ValueError(f"k = {k} neighbours need at least {k + 1} samples, got {n}")
 
@@ -45,7 +45,7 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
-def knn(features, labels, *, k: int = 3, metric: str = "euclidean", chunk: int = CHUNK,
+def knn(features, labels, *, k: int = 3, distance: str = "euclidean", chunk: int = CHUNK,
         regression: bool = False) -> float:
     """Leave-one-out kNN accuracy of one model (higher is better)."""
     if regression:
@@ -54,14 +54,14 @@ def knn(features, labels, *, k: int = 3, metric: str = "euclidean", chunk: int =
     x = as_features(features)
     codes, classes = as_labels(labels, x.shape[0])
     n = x.shape[0]
-    check_options(k, metric, chunk, n)
-    if metric == "cosine":
+    check_options(k, distance, chunk, n)
+    if distance == "cosine":
         x = unit_rows(x)
     sq = (x * x).sum(axis=1)
     correct = 0
     for i0 in range(0, n, chunk):
         i1 = min(i0 + chunk, n)
-        if metric == "euclidean":
+        if distance == "euclidean":
             s = sq[None, :] - 2.0 * (x[i0:i1] @ x.T)
         else:
             s = -(x[i0:i1] @ x.T)

@@ -21,16 +21,11 @@ PCA's effect from Attract's.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .._checks import as_features, as_labels
+from ..catalogue import GATE_THRESHOLD, resolve_sa
 from .pca import randomized_pca
-
-GATE_THRESHOLD = 9.0 * math.log(10.0) / 5.0  # 4.14465316738928
-VARIANTS = ("released", "described", "pca-only")
-DEFAULTS = dict(alpha=0.005, sigma=0.6, force=1.0, pca_dim=64, gate=True, variant="released")
 
 
 def gate_value(x: np.ndarray) -> float:
@@ -96,13 +91,9 @@ def spread_attract(features, labels, *, alpha: float = 0.005, sigma: float = 0.6
     Spread and Attract together; 0 when not applied).
     When the gate is closed the raw features come back (as float64).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown SA variant {variant!r}; choose one of {VARIANTS}")
-    for name, v in (("alpha", alpha), ("sigma", sigma), ("force", force)):
-        if not np.isfinite(v):
-            raise ValueError(f"SA option {name} must be finite, got {v}")
-    if int(pca_dim) != pca_dim or pca_dim < 1:
-        raise ValueError(f"pca_dim must be a positive integer, got {pca_dim}")
+    kw = resolve_sa(dict(alpha=alpha, sigma=sigma, force=force, pca_dim=pca_dim, gate=gate,
+                         variant=variant))  # validated once, by the catalogue's declaration
+    alpha, sigma, force, pca_dim, gate = (kw[k] for k in ("alpha", "sigma", "force", "pca_dim", "gate"))
     # float32 input keeps a float32 PCA (as scikit-learn, and so the released code)
     is_f32 = str(getattr(features, "dtype", "")).replace("torch.", "") == "float32"
     x = as_features(features)
@@ -127,29 +118,3 @@ def spread_attract(features, labels, *, alpha: float = 0.005, sigma: float = 0.6
     out = out + (delta if variant == "released" else -delta)[codes]
     info["displacement_norm"] = float(np.linalg.norm(out - z))
     return out, info
-
-
-def resolve_sa(sa):
-    """Normalise the ``sa`` argument: None | variant name | dict of options -> kwargs or None."""
-    if sa is None or sa is False:
-        return None
-    if sa is True:
-        return dict(DEFAULTS)
-    if isinstance(sa, str):
-        if sa not in VARIANTS:
-            raise ValueError(f"unknown SA variant {sa!r}; choose one of {VARIANTS}")
-        return dict(DEFAULTS, variant=sa)
-    if isinstance(sa, dict):
-        unknown = set(sa) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown SA option(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
-        out = dict(DEFAULTS, **sa)
-        if out["variant"] not in VARIANTS:
-            raise ValueError(f"unknown SA variant {out['variant']!r}; choose one of {VARIANTS}")
-        for name in ("alpha", "sigma", "force"):
-            if not isinstance(out[name], (int, float)) or not np.isfinite(out[name]):
-                raise ValueError(f"SA option {name} must be a finite number, got {out[name]!r}")
-        if isinstance(out["pca_dim"], bool) or int(out["pca_dim"]) != out["pca_dim"] or out["pca_dim"] < 1:
-            raise ValueError(f"pca_dim must be a positive integer, got {out['pca_dim']!r}")
-        return out
-    raise TypeError(f"sa must be None, a variant name or a dict of options, got {type(sa).__name__}")

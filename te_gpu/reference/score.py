@@ -1,39 +1,42 @@
-"""One entry point for every per-model metric, with optional Spread/Attract (SPEC 7.5)."""
+"""One entry point for every per-model metric of the catalogue, with optional
+Spread/Attract (SPEC 7.5)."""
 from __future__ import annotations
 
-from .gbc import gbc
-from .lda import lda
-from .logme import logme
-from .nleep import nleep
+from .. import catalogue
 from .sa import resolve_sa, spread_attract
-from .sfda import sfda
-
-METRICS = {"logme": logme, "sfda": sfda, "lda": lda, "gbc": gbc, "nleep": nleep}
 
 
 def get_metric(metric: str):
-    """Look a metric function up by (case-insensitive) name."""
-    if not isinstance(metric, str):
-        raise TypeError(f"metric must be a name, got {type(metric).__name__}")
-    key = metric.lower()
-    if key == "ncti":
-        raise ValueError("NCTI is a zoo-level score (min-max over models): use "
-                         "ncti(zoo, labels) or ncti_parts(features, labels)")
-    if key not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)} (or ncti)")
-    return METRICS[key]
+    """The reference function of a per-model metric, by (case-insensitive) name."""
+    m = catalogue.get(metric)
+    if m.zoo_level:
+        raise ValueError(f"{m.title} is a zoo-level score (min-max over models): use "
+                         f"{m.name}(zoo, labels) or {m.name}_parts(features, labels)")
+    return m.reference_fn()
 
 
 def score(features, labels, *, metric: str, sa=None, **metric_options) -> float:
-    """Score one model's features with ``metric``, optionally after SA.
+    """Score one model with ``metric`` (features, or the source model's predictions for
+    LEEP and NCE), optionally after SA.
 
     ``sa``: None (raw features), a variant name (``"released"``,
     ``"described"``, ``"pca-only"``) with the default options, or a dict of
-    :func:`spread_attract` options. Extra keywords go to the metric
-    (e.g. ``gaussian="diagonal"`` for GBC, ``seed`` for NLEEP).
+    :func:`spread_attract` options. Extra keywords are the metric's options
+    (e.g. ``gaussian="diagonal"`` for GBC, ``seed`` for NLEEP) and, for LogME,
+    ``regression``.
     """
     fn = get_metric(metric)
+    m = catalogue.get(metric)
+    regression = metric_options.pop("regression", False)
+    if regression and not m.regression:
+        raise ValueError(f"{m.title} is defined for class labels only; it has no regression form")
+    options = m.resolve(metric_options)
     sa_kw = resolve_sa(sa)
     if sa_kw is not None:
+        if not m.sa:
+            raise ValueError(f"Spread/Attract perturbs features; {m.title} reads the source "
+                             "model's predictions")
         features, _ = spread_attract(features, labels, **sa_kw)
-    return fn(features, labels, **metric_options)
+    if regression:
+        return fn(features, labels, regression=True, **options)
+    return fn(features, labels, **options)
