@@ -3,35 +3,70 @@
 Models are grouped by feature width (and input precision, which SA's PCA
 follows), each group is cut into batches sized from the device's memory, and
 each batch goes through :func:`te_gpu.engine.core.score_settings` (all SA
-settings at once, sharing the batch statistics) while the next batch is read (from arrays or memory-mapped ``.npy``
-files) into pinned host memory by a worker thread. NCTI's min-max runs over
-the whole zoo at the end. An out-of-memory error halves the batch and retries
-it; with ``checkpoint`` nothing already scored is lost to an interruption.
+settings at once, sharing the batch statistics) while the next batch is read
+(from arrays or memory-mapped ``.npy`` files) into pinned host memory by a
+worker thread. NCTI's min-max runs over the whole zoo at the end. An
+out-of-memory error halves the batch and retries it.
+
+With ``checkpoint``, the scores of each finished batch are written to a JSON
+file, per model and per *score key* (metric, SA setting, the options that
+metric reads, precision), beside a fingerprint of the model's content (a
+SHA-256 of its bytes). A rerun reuses a model's scores only after re-hashing
+its features; a model whose features changed is rescored, and only the keys
+a rerun asks for that are not yet there are computed. On the CPU, batches hold
+a few seconds of work at most (batching gains little beyond that there), and the
+first ones of each width 1, 2, 4, ... models, so an interruption loses little.
+A lock file beside the checkpoint keeps a second run off it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
+import warnings
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ._checks import as_labels
-from ._loader import BatchReader
+from ._loader import BatchReader, content_fingerprint, shape_and_dtype
 from .engine import core
 from .engine._tensor import resolve_device, working_dtype
 from .engine.ncti import class_padding_index, minmax_combine
 from .engine.stats import Labels
+from .io import exclusive_lock
 from .reference.sa import resolve_sa
 from .results import ZooResult
 
 DEFAULT_METRICS = ("logme", "sfda", "lda", "gbc", "ncti")
 
 
+# the options each metric's head reads (engine.core.metric_heads): a stored score is
+# reused only under the same values of these (of all options, for a metric not
+# listed); SA settings and precision count for all
+METRIC_OPTIONS = {"logme": ("corrected",), "sfda": (), "lda": (), "gbc": ("gaussian",),
+                  "ncti": ("lda_scaling",), "nleep": ("components_per_class", "seed")}
+CHECKPOINT_FORMAT = "te_gpu.checkpoint/2"
+# CPU batch budget in units of _model_work: 8 models of 2,000 x 768 x 100 classes,
+# 3 of 10,000 x 768. On the 2-core Xeon of bench/RESULTS.md ("Checkpoint"), 16
+# models of 2,000 x 768 took 12.8 s one per batch, 7.5-8.0 s eight per batch and
+# 6.6-7.0 s sixteen per batch with 2 threads (7.1-8.4 s for all three with 1
+# thread): larger batches gain little, and a batch is what an interruption loses
+CPU_BATCH_WORK = 6.4e10
+
+
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed: unreadable, or from another zoo or settings."""
+    """A checkpoint that cannot be resumed: unreadable, older format, or other labels."""
+
+
+class CheckpointWarning(UserWarning):
+    """A model's features differ from those its checkpointed scores were computed on."""
 
 
 def _open(name, item):
@@ -68,6 +103,10 @@ def _batch_size(device: torch.device, n: int, d: int, c: int, dtype: torch.dtype
     can change the last bits of a score (reduction orders), and reruns must be
     bit-identical. If other work leaves too little free, the out-of-memory retry
     halves the batch.
+
+    On the CPU the batch is also capped at a few seconds of work
+    (``CPU_BATCH_WORK``), so checkpoints come often; the cap depends on shapes
+    only, so batches stay the same from run to run.
     """
     item = torch.finfo(dtype).bits // 8
     per_model = item * (6 * n * d + 8 * d * d + 6 * n * c + 4 * n * 64)
@@ -79,7 +118,18 @@ def _batch_size(device: torch.device, n: int, d: int, c: int, dtype: torch.dtype
             budget = 0.25 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             budget = 2 * 2 ** 30
-    return int(min(256, max(1, budget // per_model)))
+    size = int(min(256, max(1, budget // per_model)))
+    return size if device.type == "cuda" else min(size, _cpu_batch_cap(n, d, c))
+
+
+def _cpu_batch_cap(n: int, d: int, c: int) -> int:
+    """The most models a CPU batch holds: ``CPU_BATCH_WORK`` of work, at least one model."""
+    return int(max(1, CPU_BATCH_WORK // _model_work(n, d, c)))
+
+
+def _model_work(n: int, d: int, c: int) -> int:
+    """Rough flops of scoring one model: Grams (2 N D^2), eigensolves (~10 D^3), N x D x C heads."""
+    return 2 * n * d * d + 10 * d ** 3 + 4 * n * d * c
 
 
 def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None,
@@ -98,15 +148,25 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
         such settings (``[None, "released"]`` scores both).
     device : None (the first tensor's device, else CPU), ``"cpu"``, ``"cuda"``, ...
     precision : ``"exact"`` (float64) or ``"fast"`` (float32).
-    batch_size : models per batch; None sizes batches from free memory.
+    batch_size : models per batch; None sizes batches from the device's memory.
+        On the CPU, batches are also capped at a few seconds of work (beyond that
+        batching gains little there and an interruption loses more), and the
+        first ones of each width ramp up (1, 2, 4, ... models) to that size.
     checkpoint : optional path of a JSON file written (atomically) after every
-        batch. A rerun with the same zoo, labels and settings skips the models it
-        holds, so a killed run resumes and ends with the same scores.
+        batch, holding each model's scores with a fingerprint of its features.
+        A rerun with the same labels reuses the scores of every model whose
+        features are unchanged (it re-reads and hashes them to check), rescores
+        the models whose features changed (a :class:`CheckpointWarning` says so),
+        and computes only the metrics / SA settings / options not there yet; so a
+        killed run resumes and ends with the same scores. Other labels raise
+        :class:`CheckpointError`. A second run on the same checkpoint raises
+        :class:`te_gpu.io.LockError` while the first is alive.
 
     Returns
     -------
     ZooResult with ``scores[label][model]`` (label ``metric`` or ``metric+variant``),
-    NCTI parts, SA diagnostics per model and timings per stage.
+    NCTI parts, SA diagnostics per model and timings per stage; ``timings["total"]``
+    adds up every run on the checkpoint, ``timings["run"]`` is this run alone.
     """
     t_start = time.perf_counter()
     if labels is None and isinstance(zoo, tuple) and len(zoo) == 2:
@@ -145,145 +205,332 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
     if "gbc" in metrics and np.bincount(codes_np).min() < 2:
         raise ValueError("GBC (unbiased class variances) needs at least 2 samples per class")
     dev = resolve_device(device, *(a for a, _, _ in entries.values()))
-    codes = torch.as_tensor(codes_np, device=dev)
-    lab = Labels.from_codes(codes, classes.size, dtype)
-    class_index = class_padding_index(codes, classes.size) if "ncti" in metrics else None
     opts = dict(corrected=corrected, gaussian=gaussian, components_per_class=components_per_class,
                 seed=seed, lda_scaling=lda_scaling)
-
-    timer = core.Timer(dev)
-    labels_of = [ZooResult.label(m, s) for s in settings for m in metrics]
     result = ZooResult(models=list(entries), device=str(dev), precision=precision,
                        options=dict(opts, metrics=list(metrics),
                                     sa=[s for s in settings]))
-    raw_scores = {lbl: {} for lbl in labels_of}
-    sa_info = {s["variant"]: {} for s in settings if s is not None}
-    fingerprint = _fingerprint(result, n, codes_np, entries, zoo)
+    job = _Job(entries=entries, n=n, codes=codes_np, c=classes.size, device=dev, dtype=dtype,
+               metrics=metrics, settings=settings, opts=opts, precision=precision,
+               batch_size=batch_size)
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    done = _load_checkpoint(ckpt, fingerprint, raw_scores, sa_info) if ckpt else set()
+    lock = (exclusive_lock(ckpt.with_name(ckpt.name + ".lock"), f"checkpoint {ckpt}")
+            if ckpt is not None else nullcontext())
+    timer = core.Timer(dev)
+    with lock:
+        book = _Checkpoint.open(ckpt, n, codes_np)
+        book.describe(job)
+        bar = _progress(len(entries), progress)
+        try:
+            with timer.stage("verify"):
+                missing, verified = _plan_models(book, job, bar)
+            _score_missing(book, job, missing, verified, timer, bar, t_start)
+        finally:
+            bar.close()
 
+    _fill_result(result, book, job)
+    run = time.perf_counter() - t_start
+    result.timings = dict(timer.stages, run=run, total=book.elapsed + run)
+    result.check_finite()
+    return result
+
+
+@dataclass
+class _Job:
+    """What one score_zoo call scores, and how; ``keys``/``sa_keys`` name its scores in a checkpoint."""
+    entries: dict
+    n: int
+    codes: np.ndarray
+    c: int
+    device: torch.device
+    dtype: torch.dtype
+    metrics: tuple
+    settings: list
+    opts: dict
+    precision: str
+    batch_size: int | None
+
+    def __post_init__(self):
+        self.keys = _score_keys(self.metrics, self.settings, self.opts, self.precision)
+        self.sa_keys = {i: _sa_key(s, self.precision) for i, s in enumerate(self.settings)
+                        if s is not None}
+
+
+def _score_missing(book, job: _Job, missing: dict, verified: set, timer, bar, t_start) -> None:
+    """Score, batch by batch, every model that misses a score key; checkpoint after each batch."""
+    dev, n, c = job.device, job.n, job.c
+    codes = torch.as_tensor(job.codes, device=dev)
+    lab = Labels.from_codes(codes, c, job.dtype)
+    class_index = class_padding_index(codes, c) if "ncti" in job.metrics else None
     groups: dict = {}  # (width, float32 input) -> models
-    for name, (arr, shape, f32) in entries.items():
+    for name, (arr, shape, f32) in job.entries.items():
         groups.setdefault((shape[1], f32), []).append(name)
 
     def plan(names, bs):
-        """Batches of one group, cut at fixed places; those finished before are skipped."""
-        chunks = [names[i:i + bs] for i in range(0, len(names), bs)]
-        return [c for c in chunks if not all(m in done for m in c)]
+        """Batches of one group, cut at fixed places (so no score depends on what a
+        checkpoint held); a batch with nothing missing is skipped."""
+        chunks = _cut(names, bs, ramp=dev.type != "cuda")
+        return [ch for ch in chunks if any(missing[m] for m in ch)]
 
     queue = deque()  # (group key, models, batch size)
     for key, names in groups.items():
-        bs = batch_size or _batch_size(dev, n, key[0], classes.size, dtype)
-        queue.extend((key, c, bs) for c in plan(names, bs))
+        bs = job.batch_size or _batch_size(dev, n, key[0], c, job.dtype)
+        if dev.type != "cuda":   # a given size too: larger CPU batches gain little, lose more
+            bs = min(bs, _cpu_batch_cap(n, key[0], c))
+        queue.extend((key, ch, bs) for ch in plan(names, bs))
 
-    reader = BatchReader(entries, n, dev, dtype)
-    bar = _progress(len(entries), progress)
-    bar.update(len(done))
+    # fingerprints only matter to a checkpoint; verified models have theirs already
+    reader = BatchReader(job.entries, n, dev, job.dtype,
+                         fingerprint=frozenset(job.entries) - verified if book.path else frozenset())
     try:
         ahead = reader.prefetch(queue[0][1], *queue[0][0]) if queue else None
         while queue:
             (d, f32), chunk, bs = queue.popleft()
             staged = ahead
             ahead = reader.prefetch(queue[0][1], *queue[0][0]) if queue else None
+            # only the scores some model of the batch lacks (metrics x settings covering them)
+            wanted = set().union(*(missing[m] for m in chunk))
+            metrics = [m for m in job.metrics if any(k[0] == m for k in wanted)]
+            settings = [i for i in range(len(job.settings)) if any(k[1] == i for k in wanted)]
             try:
                 with timer.stage("load"):
-                    x = reader.to_device(staged, chunk, d)
-                outputs = core.score_settings(x, lab, metrics, settings, opts=opts,
-                                              pca_float32=f32, timer=timer,
+                    x, prints = reader.to_device(staged, chunk, d)
+                outputs = core.score_settings(x, lab, metrics, [job.settings[i] for i in settings],
+                                              opts=job.opts, pca_float32=f32, timer=timer,
                                               class_index=class_index)
-                for s, (lists, infos) in zip(settings, outputs):
-                    for m in metrics:
-                        lbl = ZooResult.label(m, s)
-                        for name, v in zip(chunk, lists[m]):
-                            if not np.all(np.isfinite(v)):
-                                raise FloatingPointError(
-                                    f"{lbl} of model {name!r} is not finite ({v}); "
-                                    "this is a bug or an input te_gpu failed to reject")
-                            raw_scores[lbl][name] = v
-                    if infos is not None:
-                        for name, info in zip(chunk, infos):
-                            sa_info[s["variant"]][name] = info
             except (torch.OutOfMemoryError, MemoryError):
                 x = None
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
-                if bs == 1:
+                if len(chunk) == 1:
                     raise MemoryError(f"one model of width {d} (N={n}) does not fit in the "
                                       f"memory of {dev}") from None
-                # re-cut this batch and the rest of its group at half the size
-                rest = [c for k, c, _ in queue if k == (d, f32)]
+                # re-cut this batch and the rest of its group at half its size
+                rest = [ch for k, ch, _ in queue if k == (d, f32)]
                 others = [item for item in queue if item[0] != (d, f32)]
-                left = [m for c in [chunk] + rest for m in c]
-                queue = deque([((d, f32), c, max(1, bs // 2)) for c in plan(left, max(1, bs // 2))]
-                              + others)
+                left = [m for ch in [chunk] + rest for m in ch]
+                half = max(1, len(chunk) // 2)
+                queue = deque([((d, f32), ch, half) for ch in plan(left, half)] + others)
                 if ahead is not None:
                     ahead.cancel()
                 ahead = reader.prefetch(queue[0][1], *queue[0][0]) if queue else None
                 continue
-            bar.update(len([m for m in chunk if m not in done]))
-            if ckpt is not None:
-                _save_checkpoint(ckpt, fingerprint, raw_scores, sa_info)
+            for name, fp in prints.items():
+                book.bind(name, fp)
+            for i, (lists, infos) in zip(settings, outputs):
+                _store(book, job, chunk, i, metrics, lists, infos)
+            newly = [m for m in chunk if missing[m]]
+            for m in newly:
+                missing[m] = set()
+            bar.update(len(newly))
+            book.save(time.perf_counter() - t_start)
     finally:
-        bar.close()
         reader.close()
 
-    for lbl in labels_of:
-        vals = raw_scores[lbl]
-        if lbl.split("+")[0] == "ncti":
-            names = result.models
-            parts = torch.tensor([vals[m] for m in names], dtype=torch.float64)
-            combined = minmax_combine(parts[:, 0], parts[:, 1], parts[:, 2])
-            result.ncti_parts[lbl] = {m: tuple(vals[m]) for m in names}
-            result.scores[lbl] = {m: float(v) for m, v in zip(names, combined.tolist())}
+
+def _cut(names: list, size: int, ramp: bool) -> list:
+    """``names`` in batches of ``size``; with ``ramp`` the first ones hold 1, 2, 4, ...
+    models, so the first checkpoint (and move of the progress bar) comes after one."""
+    chunks, i, step = [], 0, 1 if ramp else size
+    while i < len(names):
+        chunks.append(names[i:i + step])
+        i, step = i + step, min(size, 2 * step)
+    return chunks
+
+
+def _store(book, job: _Job, chunk, i: int, metrics, lists, infos) -> None:
+    """One SA setting's scores of a batch into the checkpoint, refusing non-finite values."""
+    for m in metrics:
+        for name, v in zip(chunk, lists[m]):
+            if not np.all(np.isfinite(v)):
+                raise FloatingPointError(
+                    f"{ZooResult.label(m, job.settings[i])} of model {name!r} is not finite ({v}); "
+                    "this is a bug or an input te_gpu failed to reject")
+            book.put(name, job.keys[(m, i)], v)
+    if infos is not None:
+        for name, info in zip(chunk, infos):
+            book.put_sa(name, job.sa_keys[i], info)
+
+
+def _fill_result(result: ZooResult, book, job: _Job) -> None:
+    """Scores of the zoo's models from the checkpoint's entries; NCTI's min-max over
+    exactly these models, recomputed every time from their raw parts."""
+    names = result.models
+    for i, s in enumerate(job.settings):
+        for m in job.metrics:
+            lbl, key = ZooResult.label(m, s), job.keys[(m, i)]
+            vals = {name: book.models[name]["scores"][key] for name in names}
+            if m == "ncti":
+                parts = torch.tensor([vals[name] for name in names], dtype=torch.float64)
+                combined = minmax_combine(parts[:, 0], parts[:, 1], parts[:, 2])
+                result.ncti_parts[lbl] = {name: tuple(vals[name]) for name in names}
+                result.scores[lbl] = {name: float(v) for name, v in zip(names, combined.tolist())}
+            else:
+                result.scores[lbl] = {name: float(vals[name]) for name in names}
+        if s is not None:
+            result.sa[s["variant"]] = {name: book.models[name]["sa"][job.sa_keys[i]] for name in names}
+
+
+# --------------------------------------------------------------------------
+# the checkpoint: per model, a content fingerprint and scores by key
+# --------------------------------------------------------------------------
+
+def _digest(spec) -> str:
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def _canonical_sa(s):
+    """An SA setting with numbers in one spelling (alpha=1 and alpha=1.0 are one setting)."""
+    if s is None:
+        return None
+    return {k: float(v) if k in ("alpha", "sigma", "force") else int(v) if k == "pca_dim" else v
+            for k, v in s.items()}
+
+
+def _score_keys(metrics, settings, opts: dict, precision: str) -> dict:
+    """{(metric, setting index): key}: ``label@hash`` of all a score depends on."""
+    keys = {}
+    for i, s in enumerate(settings):
+        for m in metrics:
+            spec = dict(metric=m, sa=_canonical_sa(s), precision=precision,
+                        options=_options_of(m, opts))
+            keys[(m, i)] = f"{ZooResult.label(m, s)}@{_digest(spec)}"
+    return keys
+
+
+def _options_of(metric: str, opts: dict) -> dict:
+    """The options ``metric`` reads, which key its stored scores."""
+    own = opts.get(metric)
+    if isinstance(own, dict):   # options given per metric, {metric: {name: value}}
+        return dict(own)
+    names = METRIC_OPTIONS.get(metric)
+    return dict(opts) if names is None else {k: opts[k] for k in names}
+
+
+def _sa_key(s, precision: str) -> str:
+    """Key of one SA setting's diagnostics (gate value, displacement, ...)."""
+    return f"{s['variant']}@{_digest(dict(sa=_canonical_sa(s), precision=precision))}"
+
+
+def _plan_models(book, job: _Job, bar) -> tuple:
+    """({model: score keys (metric, setting) it still needs}, models verified against the checkpoint).
+
+    A model the checkpoint holds scores of is re-read and hashed (in parallel
+    threads: reading is far cheaper than scoring); a model whose shape, dtype or
+    digest changed is rescored whole.
+    """
+    wanted, entries = set(job.keys), job.entries
+    missing, to_verify = {}, []
+    for name, (arr, shape, f32) in entries.items():
+        entry = book.models.get(name)
+        have = {k for k in wanted if entry and _holds(entry, job, k)}
+        missing[name] = wanted - have
+        if not have:
+            continue
+        old = entry["content"]
+        if [old["shape"], old["dtype"]] != list(shape_and_dtype(arr)):  # fast check: certainly changed
+            _changed(book, name, f"shape/dtype {old['shape']} {old['dtype']} -> "
+                                 f"{list(shape)} {shape_and_dtype(arr)[1]}")
+            missing[name] = set(wanted)
         else:
-            result.scores[lbl] = {m: float(vals[m]) for m in result.models}
-    result.sa = sa_info
-    result.timings = dict(timer.stages, total=time.perf_counter() - t_start)
-    result.check_finite()
-    return result
+            to_verify.append(name)
+    verified = set()
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for name, fp in zip(to_verify, pool.map(lambda m: content_fingerprint(entries[m][0]), to_verify)):
+            if fp == book.models[name]["content"]:
+                verified.add(name)
+                bar.update(0 if missing[name] else 1)
+            else:
+                _changed(book, name, "content")
+                missing[name] = set(wanted)
+    return missing, verified
 
 
-def _fingerprint(result: ZooResult, n: int, codes: np.ndarray, entries: dict, zoo) -> dict:
-    """What a checkpoint must agree on to be resumed: settings, labels, model shapes,
-    and for models given as files their size and modification time."""
-    import hashlib
-
-    files = {m: [os.stat(item).st_size, os.stat(item).st_mtime_ns]
-             for m, item in zoo.items() if isinstance(item, (str, os.PathLike))}
-    return dict(options=result.options, precision=result.precision, n=n,
-                labels_sha1=hashlib.sha1(np.ascontiguousarray(codes).tobytes()).hexdigest(),
-                shapes={m: list(shape) for m, (_, shape, _) in entries.items()}, files=files)
+def _holds(entry: dict, job: _Job, key: tuple) -> bool:
+    """The entry has the score ``key`` (metric, setting), and that setting's SA diagnostics."""
+    sa_key = job.sa_keys.get(key[1])
+    return job.keys[key] in entry["scores"] and (sa_key is None or sa_key in entry["sa"])
 
 
-def _load_checkpoint(path: Path, fingerprint: dict, raw_scores: dict, sa_info: dict) -> set:
-    """Fill raw_scores/sa_info from a matching checkpoint; return the models it holds."""
-    import json
-
-    if not path.exists():
-        return set()
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); delete it to start afresh") from None
-    if saved.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-        raise CheckpointError(f"checkpoint {path} was written for another zoo, labels or settings; "
-                         "delete it or choose another path")
-    done = None
-    for lbl, vals in saved["scores"].items():
-        raw_scores[lbl].update({m: tuple(v) if isinstance(v, list) else v for m, v in vals.items()})
-        done = set(vals) if done is None else done & set(vals)
-    for variant, infos in saved.get("sa", {}).items():
-        sa_info[variant].update(infos)
-    return done or set()
+def _changed(book, name: str, what: str) -> None:
+    warnings.warn(f"model {name!r}: features changed since checkpoint {book.path} was written "
+                  f"({what}); rescoring it", CheckpointWarning, stacklevel=4)
+    del book.models[name]
 
 
-def _save_checkpoint(path: Path, fingerprint: dict, raw_scores: dict, sa_info: dict) -> None:
-    import json
+def _well_formed(entry) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("content"), dict)
+            and {"shape", "dtype", "sha256"} <= set(entry["content"])
+            and isinstance(entry.get("scores"), dict) and isinstance(entry.get("sa"), dict))
 
-    from .io import atomic_write
 
-    text = json.dumps(dict(fingerprint=fingerprint, scores=raw_scores, sa=sa_info), allow_nan=False)
-    atomic_write(path, lambda fh: fh.write(text.encode()))
+class _Checkpoint:
+    """What a run has scored: per model, its content fingerprint, its scores by key
+    and its SA diagnostics by key; the labels they were computed with; the
+    seconds earlier runs spent. Kept in memory; written only when ``path`` is set."""
+
+    def __init__(self, path, n: int, labels_sha1: str):
+        self.path, self.n, self.labels_sha1 = path, n, labels_sha1
+        self.models: dict = {}
+        self.settings: dict = {}   # key -> what it stands for, for people reading the file
+        self.elapsed = 0.0         # seconds of earlier runs
+
+    @classmethod
+    def open(cls, path, n: int, codes: np.ndarray) -> "_Checkpoint":
+        book = cls(path, n, hashlib.sha1(np.ascontiguousarray(codes).tobytes()).hexdigest())
+        if path is None or not path.exists():
+            return book
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); delete it to start "
+                                  "afresh") from None
+        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint {path} was written by an earlier te_gpu (or is not a "
+                                  "te_gpu checkpoint) and cannot be resumed; delete it to start afresh")
+        if saved.get("n") != n or saved.get("labels_sha1") != book.labels_sha1:
+            raise CheckpointError(f"checkpoint {path} holds scores for other labels (N = {saved.get('n')}"
+                                  f", here {n}); delete it or choose another path")
+        models = saved.get("models")
+        if not isinstance(models, dict) or not all(_well_formed(e) for e in models.values()):
+            raise CheckpointError(f"checkpoint {path} is malformed; delete it to start afresh")
+        book.models = models
+        book.settings = saved.get("settings", {})
+        book.elapsed = float(saved.get("elapsed", 0.0))
+        return book
+
+    def describe(self, job: _Job) -> None:
+        for (m, i), key in job.keys.items():
+            self.settings[key] = dict(metric=m, sa=job.settings[i], precision=job.precision,
+                                      options=_options_of(m, job.opts))
+
+    def bind(self, name: str, fingerprint: dict) -> None:
+        """The model's entry is for these contents: drop what was computed on others."""
+        entry = self.models.get(name)
+        if entry is None or entry["content"] != fingerprint:
+            self.models[name] = dict(content=fingerprint, scores={}, sa={})
+
+    def _entry(self, name: str) -> dict:
+        # without a file, models are never fingerprinted (bound): nothing to check them against
+        return self.models.setdefault(name, dict(content=None, scores={}, sa={}))
+
+    def put(self, name: str, key: str, value) -> None:
+        self._entry(name)["scores"][key] = list(value) if isinstance(value, tuple) else value
+
+    def put_sa(self, name: str, key: str, info: dict) -> None:
+        self._entry(name)["sa"][key] = info
+
+    def save(self, run_seconds: float) -> None:
+        """Write it (atomically: a reader sees the old file or the new one)."""
+        if self.path is None:
+            return
+        from .io import atomic_write
+
+        text = json.dumps(dict(format=CHECKPOINT_FORMAT, n=self.n, labels_sha1=self.labels_sha1,
+                               elapsed=self.elapsed + run_seconds, settings=self.settings,
+                               models=self.models), allow_nan=False)
+        atomic_write(self.path, lambda fh: fh.write(text.encode()))
 
 
 class _NoBar:

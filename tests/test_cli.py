@@ -4,6 +4,7 @@ every subcommand's --help, a real run of each on tiny inputs (random-init timm m
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -98,10 +99,21 @@ def test_score_outputs_and_resume(pipeline, capsys):
     code, text, err = run(capsys, "score", str(pipeline / "zoo"), "--metrics", "logme,sfda,lda,ncti",
                           "--sa", "none,released,pca-only", "--out", str(out))
     assert code == 0 and "already scored" in text and "rank" in text
-    # other SA numbers are refused until --restart
-    code, _, err = run(capsys, "score", str(pipeline / "zoo"), "--metrics", "logme", "--alpha", "0.2",
-                       "--out", str(out))
-    assert code == 2 and "--restart" in err
+    # other SA numbers in a copy of the folder: the raw scores are reused, SA's computed anew
+    other = pipeline / "scores_alpha"
+    shutil.copytree(out, other)
+    code, text, err = run(capsys, "score", str(pipeline / "zoo"), "--metrics", "logme",
+                          "--alpha", "0.2", "--out", str(other))
+    assert code == 0 and "already scored" in text
+    assert read_scores(other / "logme.json")[0] == read_scores(out / "logme.json")[0]
+    res = json.loads((other / "result.json").read_text())
+    assert res["options"]["sa_options"]["alpha"] == 0.2
+    assert set(res["scores"]) == {"logme", "logme+released"}
+    # a second run while the folder's lock is held by a live process is refused
+    holder = dict(pid=os.getpid(), host=socket.gethostname(), time=0)
+    (other / ".te-gpu-score.lock").write_text(json.dumps(holder))
+    code, _, err = run(capsys, "score", str(pipeline / "zoo"), "--out", str(other))
+    assert code == 2 and "in use by another run" in err
 
 
 def test_score_presets_and_options(pipeline, capsys):

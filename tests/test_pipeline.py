@@ -327,7 +327,8 @@ def test_score_directory_resumes_and_matches_score_zoo(tmp_path, monkeypatch):
     files, _, _ = _outputs(tmp_path / "whole")
     assert set(files) == {f"{lbl}.json" for lbl in ref.labels} and set(files["ncti+released.json"]) == set(zoo)
 
-    # a run interrupted after its first batch (2 of 5 models) resumes with the other two
+    # a run interrupted after its first batch (1 of 5 models: CPU batches ramp up 1, 2, ...)
+    # resumes with the other two
     real, calls = core.score_settings, []
 
     def score_settings(x, *a, **k):
@@ -345,32 +346,34 @@ def test_score_directory_resumes_and_matches_score_zoo(tmp_path, monkeypatch):
     seen = []
     score_directory(tmp_path / "zoo", out, **dict(kw, log=seen.append))
     assert any("already scored" in s for s in seen)
-    assert calls == [2, 1]  # m2, m3 then m4: the batches are cut where they were
+    assert calls == [2, 2]  # m1, m2 then m3, m4: the batches are cut where they were
     assert _outputs(out) == _outputs(tmp_path / "whole")
     # a complete run reruns from its checkpoint alone
     calls[:] = []
     score_directory(tmp_path / "zoo", out, **kw)
     assert calls == [] and _outputs(out) == _outputs(tmp_path / "whole")
 
-    # other SA numbers: refused unless restart
+    # other SA numbers: the raw scores are reused and only the SA ones computed; restart redoes all
     other = dict(kw, sa_opts=dict(alpha=0.1, sigma=0.6, force=1.0, pca_dim=64, gate=True))
-    with pytest.raises(PipelineError, match="other settings.*--restart"):
-        score_directory(tmp_path / "zoo", out, **other)
+    alt = score_directory(tmp_path / "zoo", out, **other)
+    assert calls == [1, 2, 2] and alt.scores["logme"] == res.scores["logme"]
     again = score_directory(tmp_path / "zoo", out, restart=True, **other)
-    assert again.options["sa_options"]["alpha"] == 0.1 and calls == [2, 2, 1]
+    assert again.options["sa_options"]["alpha"] == 0.1 and calls == [1, 2, 2, 1, 2, 2]
+    for lbl in again.labels:
+        assert again.scores[lbl] == pytest.approx(alt.scores[lbl], rel=1e-12, abs=1e-12)
 
 
-def test_score_directory_refuses_changed_features_until_restart(tmp_path):
+def test_score_directory_rescores_changed_features(tmp_path):
     from te_gpu.pipeline.scoring import score_directory
 
     zoo, y = _zoo(tmp_path, 3)
-    kw = dict(metrics=("logme",), sa=[None], progress=False, log=lambda *a: None)
+    seen = []
+    kw = dict(metrics=("logme",), sa=[None], progress=False, log=seen.append)
     first = score_directory(tmp_path / "zoo", tmp_path / "s", **kw)
     x, _ = class_features(99, n=90, d=12, c=3, spread=3.0)
     save_zoo(tmp_path / "zoo", "toy", {"m0": x}, y)
-    with pytest.raises(PipelineError, match="feature files.*--restart"):
-        score_directory(tmp_path / "zoo", tmp_path / "s", **kw)
-    second = score_directory(tmp_path / "zoo", tmp_path / "s", restart=True, **kw)
+    second = score_directory(tmp_path / "zoo", tmp_path / "s", **kw)
+    assert sum("'m0'" in s and "rescoring" in s for s in seen) == 1
     assert second.scores["logme"]["m0"] != first.scores["logme"]["m0"]
     assert second.scores["logme"]["m1"] == first.scores["logme"]["m1"]
 

@@ -57,7 +57,7 @@ def test_bad_names_and_zoos(api):
     lib = APIS[api]
     x, y = base()
     with pytest.raises(ValueError, match="unknown metric"):
-        lib.score(x, y, metric="leep")
+        lib.score(x, y, metric="leap")
     with pytest.raises(ValueError, match="unknown SA variant"):
         lib.score(x, y, metric="lda", sa="spread")
     with pytest.raises(ValueError, match="unknown SA option"):
@@ -177,7 +177,7 @@ def test_zoo_reruns_bit_identical_and_batch_size_changes_last_bits_only():
 def test_simulated_out_of_memory_retries_with_smaller_batches(monkeypatch):
     from te_gpu.engine import core
 
-    zoo, y = _zoo()
+    zoo, y = _zoo(widths=(6,) * 6)   # one width: batches of 1, 2 and 3 on a CPU (they ramp up)
     want = te_gpu.score_zoo(zoo, y, batch_size=1, progress=False)
     real = core.score_settings
     seen = []
@@ -223,6 +223,12 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def _n_scored(ckpt, label="logme"):
+    """Models whose score ``label`` (raw features) the checkpoint holds."""
+    models = json.loads(ckpt.read_text())["models"]
+    return sum(any(k.startswith(label + "@") for k in e["scores"]) for e in models.values())
+
+
 def test_killed_run_resumes_to_the_same_json(tmp_path):
     zoo, y = _zoo(seed=4, widths=(6, 8, 6, 8, 6, 8, 6, 8))
     te_gpu.save_zoo(tmp_path, "toy", zoo, y)
@@ -236,20 +242,24 @@ def test_killed_run_resumes_to_the_same_json(tmp_path):
     ckpt = tmp_path / "ck.json"
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(ckpt),
                              str(tmp_path / "never.json"), "1"], env=env)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if ckpt.exists() and len(json.loads(ckpt.read_text())["scores"]["logme"]) >= 2:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    partial = len(json.loads(ckpt.read_text())["scores"]["logme"])
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if ckpt.exists() and _n_scored(ckpt) >= 2:
+                break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    partial = _n_scored(ckpt)
     assert 2 <= partial < len(zoo), "the run must be killed part-way"
     assert not (tmp_path / "never.json").exists()
+    assert (tmp_path / "ck.json.lock").exists()  # the killed run's lock: stale, taken over below
 
     resumed = tmp_path / "resumed.json"
-    subprocess.run([sys.executable, str(script), str(tmp_path), str(ckpt), str(resumed), "0"],
-                   check=True, env=env, timeout=300)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), str(ckpt), str(resumed), "0"],
+                          check=True, env=env, timeout=300, capture_output=True, text=True)
+    assert "no longer running" in done.stderr and not (tmp_path / "ck.json.lock").exists()
     a, b = json.loads(full.read_text()), json.loads(resumed.read_text())
     for key in ("scores", "ncti_parts", "sa", "models"):
         assert a[key] == b[key]

@@ -2,16 +2,23 @@
 
 One ``score_zoo`` call over the whole zoo, with its checkpoint in the output
 folder (``checkpoint.json``, written after every batch of at most ``chunk``
-models): a rerun with the same settings and feature files skips the batches
-already scored; other settings or changed files need ``restart``.
+models; on a CPU at most a few seconds of work, and the first batches hold 1,
+2, 4, ... models). A rerun in the same folder reuses every score already there
+whose model's features are unchanged (checked by hashing them), rescores models
+whose features changed, and computes only the metrics / SA settings / options
+that are new. Other labels (or N) are refused until ``restart``. A lock file
+(``.te-gpu-score.lock``) keeps a second run out of the folder while one runs.
 
 Outputs, in ``out``: ``{label}.json`` per metric (the public format
-``{model: score, ..., "duration": s}``), ``scores.csv``, ``result.json``
-(te_gpu's full result: scores, NCTI parts, SA diagnostics, options).
+``{model: score, ..., "duration": s}``, the seconds of all runs on the
+checkpoint), ``scores.csv``, ``result.json`` (te_gpu's full result: scores, NCTI
+parts, SA diagnostics, options), and ``checkpoint.json``.
 """
 from __future__ import annotations
 
 import json
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +35,7 @@ PRESETS = {
 }
 PRESET_ALIASES = {"group1": "supervised", "group2": "self-supervised"}
 CHECKPOINT = "checkpoint.json"  # te_gpu.score_zoo's, in the output folder
+FOLDER_LOCK = ".te-gpu-score.lock"  # held while a run writes the output folder
 
 
 def parse_metrics(text) -> tuple:
@@ -88,14 +96,14 @@ def score_directory(zoo_dir, out, *, dataset=None, metrics=("logme", "sfda", "ld
     """Score a zoo directory into ``out`` with :func:`te_gpu.score_zoo` (resuming) -> ZooResult.
 
     ``chunk`` caps the models per batch, hence between two checkpoints; ``restart``
-    discards the checkpoint of an earlier run.
+    discards the checkpoint of an earlier run. Warnings about the checkpoint (a
+    model whose features changed, a stale lock taken over) go to ``log``.
     """
     import torch
 
-    from te_gpu import score_zoo
-    from te_gpu.zoo import CheckpointError
+    from te_gpu.io import LockError, exclusive_lock
 
-    from .extract import _paths, open_zoo
+    from .extract import open_zoo
 
     zoo, labels, dataset = open_zoo(zoo_dir, dataset, models=models)
     if "ncti" in metrics and len(zoo) < 2:
@@ -112,29 +120,67 @@ def score_directory(zoo_dir, out, *, dataset=None, metrics=("logme", "sfda", "ld
     if out.exists() and not out.is_dir():
         raise PipelineError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        with _warnings_to(log), exclusive_lock(out / FOLDER_LOCK, f"output folder {out}"):
+            result = _score_into(out, zoo_dir, zoo, labels, dataset, restart=restart, log=log,
+                                 metrics=tuple(metrics), sa=sa, sa_opts=sa_opts, device=device,
+                                 precision=precision, progress=progress,
+                                 batch_size=min(batch_size or chunk, chunk),
+                                 lda_scaling=lda_scaling, corrected=corrected, seed=seed)
+    except LockError as exc:
+        raise PipelineError(str(exc)) from None
+    return result
+
+
+def _score_into(out: Path, zoo_dir, zoo, labels, dataset, *, restart, log, sa, sa_opts, **kw):
+    """score_zoo on the zoo's feature files with the checkpoint in ``out``, then the outputs."""
+    from te_gpu import score_zoo
+    from te_gpu.zoo import CheckpointError
+
+    from .extract import _paths
+
     ckpt = out / CHECKPOINT
     if restart:
         ckpt.unlink(missing_ok=True)
     elif ckpt.is_file():
-        log(f"{ckpt} found: models already scored there are skipped")
+        log(f"{ckpt} found: what is already scored there is reused once each model's features "
+            "are checked unchanged (hashed); only what is missing is computed")
     try:
-        # paths, not arrays: the checkpoint then covers each feature file's size and mtime
+        # paths, not arrays: files are memory-mapped and read batch by batch
         result = score_zoo({m: _paths(Path(zoo_dir), m, dataset)[0] for m in zoo}, labels,
-                           metrics=tuple(metrics), sa=[None if v is None else dict(sa_opts, variant=v)
-                                                       for v in sa],
-                           device=device, precision=precision, progress=progress,
-                           batch_size=min(batch_size or chunk, chunk), checkpoint=ckpt,
-                           lda_scaling=lda_scaling, corrected=corrected, seed=seed)
-    except CheckpointError:
-        raise PipelineError(f"{out} holds a checkpoint of other settings, models or feature files "
-                            "(or an unreadable one); pass --restart to discard it, or choose "
-                            "another --out") from None
+                           sa=[None if v is None else dict(sa_opts, variant=v) for v in sa],
+                           checkpoint=ckpt, **kw)
+    except CheckpointError as exc:
+        raise PipelineError(f"{exc} (te-gpu score: pass --restart to discard it, or choose another "
+                            "--out)") from None
     result.options.update(sa=list(sa), sa_options=sa_opts, dataset=dataset, zoo=str(zoo_dir))
     for lbl in result.labels:
         result.to_public_json(lbl, out / f"{lbl}.json")
     result.to_csv(out / "scores.csv")
     result.to_json(out / "result.json")
     return result
+
+
+@contextmanager
+def _warnings_to(log):
+    """te_gpu's checkpoint and lock warnings as one ``log`` line each, as they happen."""
+    from te_gpu.io import StaleLockWarning
+    from te_gpu.zoo import CheckpointWarning
+
+    ours = (CheckpointWarning, StaleLockWarning)
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, ours):
+                log(f"warning: {message}")
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        for category in ours:
+            warnings.simplefilter("always", category)
+        yield
 
 
 # --------------------------------------------------------------------------

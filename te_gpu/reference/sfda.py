@@ -44,6 +44,9 @@ def fit_logits(x: np.ndarray, codes: np.ndarray, n_classes: int, lam: float | No
         raise ValueError("SFDA: the shrunk within-class scatter is not positive definite "
                          "(features have no within-class variance)") from None
     coef = scipy.linalg.cho_solve(chol, means.T, check_finite=False).T  # C x D
+    if not np.all(np.isfinite(coef)):  # a subnormal scatter factors, but its inverse overflows
+        raise ValueError("SFDA: the shrunk within-class scatter is not positive definite "
+                         "(features have no within-class variance)")
     intercept = -0.5 * np.einsum("kd,kd->k", means, coef) + np.log(counts / n)
     return x @ coef.T + intercept, lam, means
 
