@@ -95,7 +95,7 @@ def ncti(zoo, labels, *, lda_scaling: str = "n_minus_c", sa=None, device=None,
     from .zoo import score_zoo
 
     res = score_zoo(zoo, labels, metrics=("ncti",), sa=sa, device=device, precision=precision,
-                    lda_scaling=lda_scaling, progress=False)
+                    options={"ncti": {"lda_scaling": lda_scaling}}, progress=False)
     return res.scores[res.label("ncti", sa)]
 
 

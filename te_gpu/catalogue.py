@@ -237,6 +237,28 @@ def resolve_options(metrics, options: dict | None = None) -> dict:
     return {m: get(m).resolve(given.get(m)) for m in metrics}
 
 
+def parse_option_texts(texts) -> dict:
+    """``["gbc.gaussian=diagonal", "knn.k=5"]`` -> {metric: {option: value}}, checked."""
+    out: dict = {}
+    for text in texts or ():
+        key, eq, value = str(text).partition("=")
+        name, dot, option = key.strip().partition(".")
+        if not (eq and dot and option):
+            raise ValueError(f"an option is METRIC.OPTION=VALUE (e.g. gbc.gaussian=diagonal), got {text!r}")
+        m = get(name)
+        out.setdefault(m.name, {})[option.strip()] = m.option(option.strip()).parse(value, m.name)
+    return out
+
+
+def describe_options() -> str:
+    """Every metric's options, one per line, for command-line help."""
+    lines = []
+    for m in METRICS.values():
+        for o in m.options:
+            lines.append(f"{m.name}.{o.describe()}")
+    return "\n".join(lines)
+
+
 def label(metric: str, sa_setting) -> str:
     """The result label of a metric under an SA setting: ``logme`` or ``logme+released``."""
     if sa_setting is None:

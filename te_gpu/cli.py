@@ -115,6 +115,29 @@ def _add_device(p, amp=True):
                        help="no mixed precision on GPU (float32 forward passes)")
 
 
+def _add_metrics(p, default="all"):
+    from te_gpu import catalogue
+
+    p.add_argument("--metrics", default=default,
+                   help=f"comma-separated: {', '.join(catalogue.METRICS)}, or all "
+                        f"(leep and nce need the models' own predictions; see te-gpu extract)")
+    p.add_argument("--opt", action="append", default=[], metavar="METRIC.OPTION=VALUE",
+                   help="a metric option, repeatable; the options are: "
+                        + "; ".join(catalogue.describe_options().splitlines()))
+
+
+def _metric_options(args, metrics) -> dict:
+    """--opt METRIC.OPTION=VALUE texts -> {metric: {option: value}}, checked against ``metrics``."""
+    from te_gpu import catalogue
+
+    try:
+        options = catalogue.parse_option_texts(args.opt)
+        catalogue.resolve_options(metrics, options)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
+    return options
+
+
 def _add_sa(p):
     g = p.add_argument_group("Spread/Attract (SA)")
     g.add_argument("--sa", default="none,released",
@@ -216,6 +239,7 @@ def cmd_score(args):
     log = _log(args)
     metrics = parse_metrics(args.metrics)
     sa = parse_sa(args.sa)
+    options = _metric_options(args, metrics)
     models = _csv_list(args.models, str, "model") if args.models else None
     out = args.out
     if out is None:
@@ -226,7 +250,7 @@ def cmd_score(args):
     result = score_directory(args.zoo, out, dataset=args.dataset, metrics=metrics, sa=sa,
                              sa_opts=_sa_opts(args), precision=args.precision, device=args.device,
                              batch_size=args.batch_size, chunk=args.chunk, restart=args.restart,
-                             progress=_progress(args), lda_scaling=args.lda_scaling, models=models,
+                             progress=_progress(args), options=options, models=models,
                              log=log)
     print(format_tables(result.scores, result.models))
     for variant, infos in result.sa.items():
@@ -493,17 +517,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "te-gpu score results_f/group1 --dataset cifar10 --preset supervised "
                            "--metrics logme,sfda,ncti",
                            "te-gpu score results_f/group2 --dataset pets --preset self-supervised --sa all",
-                           "te-gpu score zoo --sa none,described --alpha 0.1 --pca-dim 32 --out my_scores"))
+                           "te-gpu score zoo --sa none,described --alpha 0.1 --pca-dim 32 --out my_scores",
+                           "te-gpu score zoo --metrics gbc,knn,ncti --opt gbc.gaussian=diagonal "
+                           "--opt knn.k=5 --opt ncti.lda_scaling=n"))
     s.add_argument("zoo", help="directory of {model}_{dataset}_feature.npy / _label.npy files")
     s.add_argument("--dataset", default=None, help="data set of the zoo (needed if it holds several)")
     s.add_argument("--models", default=None, help="comma-separated subset of the models")
-    s.add_argument("--metrics", default="all",
-                   help="comma-separated: logme, sfda, lda, gbc, nleep, ncti, or all")
+    _add_metrics(s)
     _add_sa(s)
     s.add_argument("--precision", choices=["exact", "fast"], default="exact",
-                   help="exact = float64 (equals the reference), fast = float32")
-    s.add_argument("--lda-scaling", choices=["n_minus_c", "n"], default="n_minus_c",
-                   help="NCTI's LDA scaling (scikit-learn 1.0 = n_minus_c, current = n)")
+                   help="exact = float64 (equals the reference), fast = float32 features")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if present)")
     s.add_argument("--batch-size", type=int, default=None, help="models per batch (default: from free memory)")
     s.add_argument("--chunk", type=int, default=16, help="models scored between two checkpoints")

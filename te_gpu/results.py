@@ -24,13 +24,13 @@ class ZooResult:
     device: str = "cpu"
     precision: str = "exact"
     options: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)      # label -> model -> why it has no score
 
     @staticmethod
     def label(metric: str, sa=None) -> str:
-        from .reference.sa import resolve_sa
+        from .catalogue import label, resolve_sa
 
-        kw = resolve_sa(sa)
-        return metric if kw is None else f"{metric}+{kw['variant']}"
+        return label(metric, resolve_sa(sa))
 
     def __getitem__(self, label: str) -> dict:
         return self.scores[label]
@@ -47,7 +47,7 @@ class ZooResult:
         return dict(models=list(self.models), scores=self.scores,
                     ncti_parts={k: {m: list(v) for m, v in d.items()} for k, d in self.ncti_parts.items()},
                     sa=self.sa, timings=self.timings, device=self.device,
-                    precision=self.precision, options=self.options)
+                    precision=self.precision, options=self.options, skipped=self.skipped)
 
     def to_json(self, path) -> None:
         """All of it as te_gpu's JSON (atomic write)."""
@@ -67,7 +67,9 @@ class ZooResult:
         labels = self.labels
         w.writerow(["model", *labels])
         for m in self.models:
-            w.writerow([m, *(repr(self.scores[l][m]) for l in labels)])
+            # a model skipped for a metric (no predictions for LEEP, say) has an empty cell
+            w.writerow([m, *(repr(self.scores[l][m]) if m in self.scores[l] else ""
+                             for l in labels)])
         text = buf.getvalue()
         if path is not None:
             atomic_write(Path(path), lambda fh: fh.write(text.encode()))

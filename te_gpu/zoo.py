@@ -34,24 +34,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._checks import as_labels
+from . import catalogue
+from ._checks import as_labels, check_min_class_size
 from ._loader import BatchReader, content_fingerprint, shape_and_dtype
 from .engine import core
 from .engine._tensor import resolve_device, working_dtype
 from .engine.ncti import class_padding_index, minmax_combine
 from .engine.stats import Labels
 from .io import exclusive_lock
-from .reference.sa import resolve_sa
+from .catalogue import resolve_sa
 from .results import ZooResult
 
-DEFAULT_METRICS = ("logme", "sfda", "lda", "gbc", "ncti")
+DEFAULT_METRICS = catalogue.DEFAULT_METRICS
 
 
-# the options each metric's head reads (engine.core.metric_heads): a stored score is
-# reused only under the same values of these (of all options, for a metric not
-# listed); SA settings and precision count for all
-METRIC_OPTIONS = {"logme": ("corrected",), "sfda": (), "lda": (), "gbc": ("gaussian",),
-                  "ncti": ("lda_scaling",), "nleep": ("components_per_class", "seed")}
 CHECKPOINT_FORMAT = "te_gpu.checkpoint/2"
 # CPU batch budget in units of _model_work: 8 models of 2,000 x 768 x 100 classes,
 # 3 of 10,000 x 768. On the 2-core Xeon of bench/RESULTS.md ("Checkpoint"), 16
@@ -132,10 +128,10 @@ def _model_work(n: int, d: int, c: int) -> int:
     return 2 * n * d * d + 10 * d ** 3 + 4 * n * d * c
 
 
-def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None,
+def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, device=None,
               precision: str = "exact", batch_size: int | None = None, progress: bool = True,
-              corrected: bool = False, gaussian: str = "spherical", components_per_class: int = 5,
-              seed: int = 0, lda_scaling: str = "n_minus_c", checkpoint=None) -> ZooResult:
+              options: dict | None = None, predictions: dict | None = None,
+              checkpoint=None) -> ZooResult:
     """Score every model of ``zoo`` with every metric in ``metrics``.
 
     Parameters
@@ -143,11 +139,16 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
     zoo : mapping model name -> features (N x D array, tensor, or path to a ``.npy``),
         or the ``(zoo, labels)`` pair that :func:`te_gpu.load_zoo` returns.
     labels : N integer class ids shared by every model.
-    metrics : names among ``logme, sfda, lda, gbc, nleep, ncti``.
+    metrics : names of :mod:`te_gpu.catalogue` metrics, or ``"all"``.
     sa : None (raw features), an SA variant name or options dict, or a list of
         such settings (``[None, "released"]`` scores both).
     device : None (the first tensor's device, else CPU), ``"cpu"``, ``"cuda"``, ...
-    precision : ``"exact"`` (float64) or ``"fast"`` (float32).
+    precision : ``"exact"`` (float64) or ``"fast"`` (float32 features).
+    options : {metric: {option: value}}, e.g. ``{"gbc": {"gaussian": "diagonal"}}``;
+        every option not given takes its catalogue default.
+    predictions : {model: N x K softmax of the model's own classifier (array,
+        tensor or ``.npy`` path)}, the input of LEEP and NCE. A model without
+        them is skipped for those metrics, its reason in ``result.skipped``.
     batch_size : models per batch; None sizes batches from the device's memory.
         On the CPU, batches are also capped at a few seconds of work (beyond that
         batching gains little there and an interruption loses more), and the
@@ -175,18 +176,14 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
         raise TypeError("zoo must be a mapping of model name -> features")
     if len(zoo) == 0:
         raise ValueError("the zoo is empty")
-    if isinstance(metrics, str):
-        metrics = (metrics,)
-    metrics = tuple(m.lower() for m in metrics)
-    unknown = [m for m in metrics if m not in core.METRICS]
-    if unknown or not metrics:
-        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(core.METRICS)}")
-    if "ncti" in metrics and len(zoo) < 2:
-        raise ValueError("NCTI normalises across a zoo: it needs at least 2 models")
-    if gaussian not in ("spherical", "diagonal"):
-        raise ValueError(f"gaussian must be 'spherical' or 'diagonal', got {gaussian!r}")
-    if lda_scaling not in ("n_minus_c", "n"):
-        raise ValueError(f"lda_scaling must be 'n_minus_c' or 'n', got {lda_scaling!r}")
+    names = catalogue.metric_names(metrics)
+    opts = catalogue.resolve_options(names, options)
+    metrics = tuple(m for m in names if catalogue.get(m).inputs == "features")
+    from_predictions = tuple(m for m in names if catalogue.get(m).inputs == "predictions")
+    for m in names:
+        if catalogue.get(m).zoo_level and len(zoo) < 2:
+            raise ValueError(f"{catalogue.get(m).title} normalises across a zoo: it needs at "
+                             "least 2 models")
     settings = _sa_settings(sa)
     dtype = working_dtype(precision)
 
@@ -202,14 +199,11 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
         raise ValueError(f"models disagree on the number of samples N: {detail}")
     n = sizes.pop()
     codes_np, classes = as_labels(labels, n)
-    if "gbc" in metrics and np.bincount(codes_np).min() < 2:
-        raise ValueError("GBC (unbiased class variances) needs at least 2 samples per class")
+    for m in names:
+        check_min_class_size(codes_np, catalogue.get(m).min_class_size, catalogue.get(m).title)
     dev = resolve_device(device, *(a for a, _, _ in entries.values()))
-    opts = dict(corrected=corrected, gaussian=gaussian, components_per_class=components_per_class,
-                seed=seed, lda_scaling=lda_scaling)
     result = ZooResult(models=list(entries), device=str(dev), precision=precision,
-                       options=dict(opts, metrics=list(metrics),
-                                    sa=[s for s in settings]))
+                       options=dict(metrics=list(names), options=opts, sa=list(settings)))
     job = _Job(entries=entries, n=n, codes=codes_np, c=classes.size, device=dev, dtype=dtype,
                metrics=metrics, settings=settings, opts=opts, precision=precision,
                batch_size=batch_size)
@@ -229,6 +223,10 @@ def score_zoo(zoo, labels=None, *, metrics=DEFAULT_METRICS, sa=None, device=None
             bar.close()
 
     _fill_result(result, book, job)
+    if from_predictions:
+        with timer.stage("predictions"):
+            _score_predictions(result, from_predictions, predictions or {}, codes_np, classes.size,
+                               dev, opts)
     run = time.perf_counter() - t_start
     result.timings = dict(timer.stages, run=run, total=book.elapsed + run)
     result.check_finite()
@@ -261,7 +259,8 @@ def _score_missing(book, job: _Job, missing: dict, verified: set, timer, bar, t_
     dev, n, c = job.device, job.n, job.c
     codes = torch.as_tensor(job.codes, device=dev)
     lab = Labels.from_codes(codes, c, job.dtype)
-    class_index = class_padding_index(codes, c) if "ncti" in job.metrics else None
+    class_index = (class_padding_index(codes, c)
+                   if any("class_index" in catalogue.get(m).needs for m in job.metrics) else None)
     groups: dict = {}  # (width, float32 input) -> models
     for name, (arr, shape, f32) in job.entries.items():
         groups.setdefault((shape[1], f32), []).append(name)
@@ -328,6 +327,37 @@ def _score_missing(book, job: _Job, missing: dict, verified: set, timer, bar, t_
         reader.close()
 
 
+def _score_predictions(result: ZooResult, metrics, predictions: dict, codes: np.ndarray, c: int,
+                       dev, opts: dict) -> None:
+    """Metrics of the source models' own predictions (LEEP, NCE), model by model in float64
+    (a C x K table each: no batching needed); models without predictions are skipped."""
+    from .reference.leep import as_probabilities
+
+    unknown = set(predictions) - set(result.models)
+    if unknown:
+        raise ValueError(f"predictions given for model(s) not in the zoo: {sorted(unknown)}")
+    lab = Labels.from_codes(torch.as_tensor(codes, device=dev), c, torch.float64)
+    probs = {}
+    for name in result.models:
+        if name in predictions:
+            arr, shape, _ = _open(name, predictions[name])
+            p = as_probabilities(np.asarray(arr), codes.size, f"predictions of model {name!r}")
+            probs[name] = torch.as_tensor(p, dtype=torch.float64, device=dev)[None]
+    for m in metrics:
+        head = catalogue.get(m).engine_fn()
+        label = ZooResult.label(m, None)
+        result.scores[label] = {name: float(head(p, lab, None, **opts[m])[0])
+                                for name, p in probs.items()}
+        absent = {name: f"no predictions of the model's own classifier ({catalogue.get(m).title} "
+                        "reads them; te-gpu extract writes {model}_{dataset}_prediction.npy "
+                        "for models with a classification head)"
+                  for name in result.models if name not in probs}
+        if absent:
+            result.skipped[label] = absent
+        if not result.scores[label]:
+            del result.scores[label]
+
+
 def _cut(names: list, size: int, ramp: bool) -> list:
     """``names`` in batches of ``size``; with ``ramp`` the first ones hold 1, 2, 4, ...
     models, so the first checkpoint (and move of the progress bar) comes after one."""
@@ -360,7 +390,7 @@ def _fill_result(result: ZooResult, book, job: _Job) -> None:
         for m in job.metrics:
             lbl, key = ZooResult.label(m, s), job.keys[(m, i)]
             vals = {name: book.models[name]["scores"][key] for name in names}
-            if m == "ncti":
+            if catalogue.get(m).zoo_level:   # NCTI: min-max of its parts over the zoo
                 parts = torch.tensor([vals[name] for name in names], dtype=torch.float64)
                 combined = minmax_combine(parts[:, 0], parts[:, 1], parts[:, 2])
                 result.ncti_parts[lbl] = {name: tuple(vals[name]) for name in names}
@@ -400,12 +430,8 @@ def _score_keys(metrics, settings, opts: dict, precision: str) -> dict:
 
 
 def _options_of(metric: str, opts: dict) -> dict:
-    """The options ``metric`` reads, which key its stored scores."""
-    own = opts.get(metric)
-    if isinstance(own, dict):   # options given per metric, {metric: {name: value}}
-        return dict(own)
-    names = METRIC_OPTIONS.get(metric)
-    return dict(opts) if names is None else {k: opts[k] for k in names}
+    """The options ``metric`` reads (its catalogue options), which key its stored scores."""
+    return dict(opts[metric])
 
 
 def _sa_key(s, precision: str) -> str:

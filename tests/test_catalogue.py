@@ -217,3 +217,48 @@ def test_generated_api_functions_follow_the_catalogue():
             assert params[o.name].default == o.default
         assert ("regression" in params) == m.regression
         assert getattr(ref, name) is m.reference_fn()
+
+
+# ------------------------------------------------------------------ the zoo reads it too
+
+def _zoo_with_predictions():
+    x, y = CASES["n>d"]()
+    zoo = {f"m{i}": x * (1 + 0.3 * i) + 0.1 * i * np.sin(x) for i in range(3)}
+    preds = {"m0": predictions(5, n=x.shape[0], k=4)[0], "m1": predictions(6, n=x.shape[0], k=7)[0]}
+    return zoo, y, preds
+
+
+def test_score_zoo_reads_the_catalogue():
+    zoo, y, preds = _zoo_with_predictions()
+    options = {"gbc": {"gaussian": "diagonal"}, "knn": {"k": 5, "distance": "cosine"},
+               "nleep": {"components_per_class": 1}}
+    res = te_gpu.score_zoo(zoo, y, metrics="all", options=options, predictions=preds,
+                           sa=[None, "released"], progress=False)
+    for m in FEATURE_METRICS:
+        for variant in ("", "+released"):
+            assert set(res.scores[m.name + variant]) == set(zoo)
+        want = te_gpu.score(zoo["m1"], y, metric=m.name, **options.get(m.name, {}))
+        assert rel(res.scores[m.name]["m1"], want) <= 1e-9, m.name
+    for m in PREDICTION_METRICS:
+        assert set(res.scores[m.name]) == {"m0", "m1"} and m.name + "+released" not in res.scores
+        assert rel(res.scores[m.name]["m1"], ref.score(preds["m1"], y, metric=m.name)) <= m.tolerance
+        assert "no predictions" in res.skipped[m.name]["m2"]
+    assert set(res.ncti_parts["ncti"]) == set(zoo)
+    assert res.to_csv().splitlines()[3].count(",,") >= 1   # m2 has empty LEEP and NCE cells
+
+
+def test_score_zoo_refuses_bad_options_and_predictions():
+    zoo, y, preds = _zoo_with_predictions()
+    kw = dict(progress=False)
+    with pytest.raises(ValueError, match="not among"):
+        te_gpu.score_zoo(zoo, y, metrics=("logme",), options={"gbc": {"gaussian": "diagonal"}}, **kw)
+    with pytest.raises(ValueError, match="unknown option"):
+        te_gpu.score_zoo(zoo, y, metrics=("gbc",), options={"gbc": {"gausian": "diagonal"}}, **kw)
+    with pytest.raises(ValueError, match="gaussian"):
+        te_gpu.score_zoo(zoo, y, metrics=("gbc",), options={"gbc": {"gaussian": "full"}}, **kw)
+    with pytest.raises(ValueError, match="not in the zoo"):
+        te_gpu.score_zoo(zoo, y, metrics=("leep",), predictions={"m9": preds["m0"]}, **kw)
+    with pytest.raises(ValueError, match="rows"):
+        te_gpu.score_zoo(zoo, y, metrics=("leep",), predictions={"m0": preds["m0"][:-1]}, **kw)
+    with pytest.raises(ValueError, match="logits"):
+        te_gpu.score_zoo(zoo, y, metrics=("nce",), predictions={"m0": np.log(preds["m0"])}, **kw)

@@ -216,9 +216,9 @@ def test_changed_options_recompute_only_the_metrics_that_read_them(tmp_path, sco
     kw = dict(metrics=("logme", "gbc", "sfda"), sa=None, progress=False)
     te_gpu.score_zoo(zoo, y, checkpoint=ckpt, **kw)
     scored.clear()
-    diag = te_gpu.score_zoo(zoo, y, gaussian="diagonal", checkpoint=ckpt, **kw)
+    diag = te_gpu.score_zoo(zoo, y, options={"gbc": {"gaussian": "diagonal"}}, checkpoint=ckpt, **kw)
     assert {ms for _, ms, _ in scored} == {("gbc",)}
-    assert diag.scores["gbc"] == te_gpu.score_zoo(zoo, y, gaussian="diagonal", **kw).scores["gbc"]
+    assert diag.scores["gbc"] == te_gpu.score_zoo(zoo, y, options={"gbc": {"gaussian": "diagonal"}}, **kw).scores["gbc"]
     scored.clear()
     te_gpu.score_zoo(zoo, y, metrics=("logme",), sa={"variant": "released", "alpha": 0.1},
                      progress=False, checkpoint=ckpt)

@@ -70,6 +70,26 @@ def pipeline(tmp_path_factory):
     return root
 
 
+def test_score_every_catalogue_metric_with_options(pipeline, capsys):
+    # extract wrote the models' own softmax beside the final features (not the stage-2 ones)
+    zoo_dir, out = pipeline / "zoo", pipeline / "scores_all"
+    preds = sorted(p.name for p in zoo_dir.glob("*_prediction.npy"))
+    assert preds == ["mobilenetv3_small_050-random-32px_digits_prediction.npy",
+                     "resnet10t-random-32px_digits_prediction.npy"]
+    code, text, err = run(capsys, "score", str(zoo_dir), "--metrics", "all", "--sa", "none",
+                          "--opt", "knn.k=5", "--opt", "gbc.gaussian=diagonal",
+                          "--opt", "nleep.components_per_class=1", "--out", str(out))
+    assert code == 0, err
+    from te_gpu import catalogue
+
+    result = json.loads((out / "result.json").read_text())
+    assert set(result["scores"]) == set(catalogue.METRICS)
+    assert set(result["scores"]["leep"]) == {"mobilenetv3_small_050-random-32px", "resnet10t-random-32px"}
+    assert "r10-s2" in result["skipped"]["nce"] and "nce skipped for 1 model" in text
+    assert result["options"]["options"]["knn"] == {"k": 5, "distance": "euclidean"}
+    assert result["options"]["options"]["gbc"] == {"gaussian": "diagonal"}
+
+
 def test_extract_writes_public_layout_and_caches(pipeline, capsys):
     from te_gpu import load_zoo
 
@@ -212,7 +232,9 @@ def test_bench_cpu(capsys, tmp_path):
     (["extract", "--data", "digits", "--model", "not_a_model_xyz,size=32"], "unknown timm architecture"),
     (["extract", "--data", "digits", "--model", "resnet10t,checkpoint=/no/ckpt.pth"], "no such file"),
     (["extract", "--data", "digits", "--model", "resnet10t,colour=red"], "unknown model option"),
-    (["score", ".", "--metrics", "leep"], "unknown metric"),
+    (["score", ".", "--metrics", "leap"], "unknown metric"),
+    (["score", ".", "--opt", "gbc.gausian=diagonal"], "unknown option"),
+    (["score", ".", "--opt", "knn.k=two"], "knn option k"),
     (["correlate", "/no/scores.json", "--truth", "group1"], "no such file"),
     (["correlate", "--truth", "group1"], "give score files"),
     (["bench", "--models", "0"], "must be positive"),

@@ -381,11 +381,14 @@ def test_score_directory_rescores_changed_features(tmp_path):
 def test_parse_options():
     from te_gpu.pipeline.scoring import parse_metrics, parse_sa, sa_options
 
-    assert parse_metrics("all") == ("logme", "sfda", "lda", "gbc", "nleep", "ncti")
+    from te_gpu import catalogue
+
+    assert parse_metrics("all") == tuple(catalogue.METRICS)
+    assert parse_metrics("LogME, sfda,logme") == ("logme", "sfda")
     assert parse_sa("none,released") == [None, "released"]
     assert sa_options("group2")["alpha"] == 0.1
     assert sa_options("supervised", alpha=0.3)["alpha"] == 0.3
-    for bad in (lambda: parse_metrics("logme,leep"), lambda: parse_sa("spread"),
+    for bad in (lambda: parse_metrics("logme,leap"), lambda: parse_sa("spread"),
                 lambda: sa_options("nope"), lambda: sa_options(pca_dim=0)):
         with pytest.raises(PipelineError):
             bad()

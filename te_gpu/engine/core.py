@@ -180,7 +180,6 @@ def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: 
     model whose gate stays closed reuses its raw scores.
     """
     timer = timer or _null_timer()
-    opts = _per_metric(metrics, opts)
     b = x.shape[0]
     shared = Shared(x, labels, timer, class_index=class_index)
     raw = None  # per-model raw values, computed once if any setting needs them
@@ -225,17 +224,6 @@ def score_batch(x: torch.Tensor, labels: Labels, metrics, *, sa_kw: dict | None,
     """
     return score_settings(x, labels, metrics, [sa_kw], opts=opts, pca_float32=pca_float32,
                           timer=timer, class_index=class_index)[0]
-
-
-# TEMPORARY while te_gpu.zoo moves to per-metric options: a flat {option: value} dict
-METRICS = tuple(catalogue.METRICS)
-
-
-def _per_metric(metrics, opts: dict) -> dict:
-    if all(m in opts for m in metrics):
-        return opts
-    return {m: {o.name: opts.get(o.name, o.default) for o in catalogue.get(m).options}
-            for m in metrics}
 
 
 def _to_lists(res: dict, b: int) -> dict:

@@ -21,31 +21,20 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
+from te_gpu import catalogue
 
 from . import PipelineError
 
-METRICS = ("logme", "sfda", "lda", "gbc", "nleep", "ncti")
-VARIANTS = ("released", "described", "pca-only")
-SA_DEFAULTS = dict(alpha=0.005, sigma=0.6, force=1.0, pca_dim=64, gate=True)
-# the public scripts' SA settings for the two zoos of the papers (SPEC 7)
-PRESETS = {
-    "supervised": dict(alpha=0.005, sigma=0.6, force=1.0, pca_dim=64),
-    "self-supervised": dict(alpha=0.1, sigma=0.6, force=1.0, pca_dim=64),
-}
-PRESET_ALIASES = {"group1": "supervised", "group2": "self-supervised"}
 CHECKPOINT = "checkpoint.json"  # te_gpu.score_zoo's, in the output folder
 FOLDER_LOCK = ".te-gpu-score.lock"  # held while a run writes the output folder
 
 
 def parse_metrics(text) -> tuple:
-    items = [m.strip().lower() for m in str(text).split(",") if m.strip()]
-    if items == ["all"]:
-        return METRICS
-    bad = [m for m in items if m not in METRICS]
-    if bad or not items:
-        raise PipelineError(f"unknown metric(s) {bad or text!r}; choose from {', '.join(METRICS)} or all")
-    return tuple(dict.fromkeys(items))
+    """``logme,sfda`` or ``all`` -> metric names of the catalogue."""
+    try:
+        return catalogue.metric_names(str(text))
+    except ValueError as exc:
+        raise PipelineError(f"{exc} (or all)") from None
 
 
 def parse_sa(text) -> list:
@@ -55,49 +44,42 @@ def parse_sa(text) -> list:
     for s in items:
         if s in ("none", "raw", "off"):
             out.append(None)
-        elif s in VARIANTS:
+        elif s in catalogue.SA_VARIANTS:
             out.append(s)
         elif s == "all":
-            out += [None, *VARIANTS]
+            out += [None, *catalogue.SA_VARIANTS]
         else:
-            raise PipelineError(f"unknown SA setting {s!r}; choose from none, {', '.join(VARIANTS)}, all")
+            raise PipelineError(f"unknown SA setting {s!r}; choose from none, "
+                                f"{', '.join(catalogue.SA_VARIANTS)}, all")
     if not out:
         raise PipelineError("--sa is empty; use none for raw features only")
     return list(dict.fromkeys(out))
 
 
 def sa_options(preset=None, **given) -> dict:
-    """SA numbers: defaults, then the preset, then the options given (None = not given)."""
-    opts = dict(SA_DEFAULTS)
-    if preset:
-        key = PRESET_ALIASES.get(preset, preset)
-        if key not in PRESETS:
-            raise PipelineError(f"unknown preset {preset!r}; choose from "
-                                f"{', '.join(list(PRESETS) + list(PRESET_ALIASES))}")
-        opts.update(PRESETS[key])
-    opts.update({k: v for k, v in given.items() if v is not None})
-    for k in ("alpha", "sigma", "force"):
-        if not np.isfinite(opts[k]):
-            raise PipelineError(f"--{k} must be finite")
-    if int(opts["pca_dim"]) != opts["pca_dim"] or opts["pca_dim"] < 1:
-        raise PipelineError("--pca-dim must be a positive integer")
-    opts["pca_dim"] = int(opts["pca_dim"])
+    """SA numbers (no variant): defaults, then the preset, then the options given (None = not given)."""
+    try:
+        opts = catalogue.sa_preset(preset) if preset else {}
+        opts.update({k: v for k, v in given.items() if v is not None})
+        opts = catalogue.resolve_sa(opts)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
+    opts.pop("variant")
     return opts
 
 
-def label_of(metric: str, variant) -> str:
-    return metric if variant is None else f"{metric}+{variant}"
-
-
-def score_directory(zoo_dir, out, *, dataset=None, metrics=("logme", "sfda", "lda", "gbc", "ncti"),
+def score_directory(zoo_dir, out, *, dataset=None, metrics=catalogue.DEFAULT_METRICS,
                     sa=(None, "released"), sa_opts=None, precision="exact", device=None,
-                    batch_size=None, chunk=16, restart=False, progress=True, lda_scaling="n_minus_c",
-                    corrected=False, seed=0, models=None, log=print):
+                    batch_size=None, chunk=16, restart=False, progress=True, options=None,
+                    models=None, log=print):
     """Score a zoo directory into ``out`` with :func:`te_gpu.score_zoo` (resuming) -> ZooResult.
 
-    ``chunk`` caps the models per batch, hence between two checkpoints; ``restart``
-    discards the checkpoint of an earlier run. Warnings about the checkpoint (a
-    model whose features changed, a stale lock taken over) go to ``log``.
+    ``options``: {metric: {option: value}} (see :mod:`te_gpu.catalogue`). The
+    models' own predictions (``{model}_{dataset}_prediction.npy``) are read
+    where present, for LEEP and NCE. ``chunk`` caps the models per batch, hence
+    between two checkpoints; ``restart`` discards the checkpoint of an earlier
+    run. Warnings about the checkpoint (a model whose features changed, a stale
+    lock taken over) and metrics skipped for want of an input go to ``log``.
     """
     import torch
 
@@ -106,16 +88,18 @@ def score_directory(zoo_dir, out, *, dataset=None, metrics=("logme", "sfda", "ld
     from .extract import open_zoo
 
     zoo, labels, dataset = open_zoo(zoo_dir, dataset, models=models)
-    if "ncti" in metrics and len(zoo) < 2:
-        metrics = tuple(m for m in metrics if m != "ncti")
+    zoo_level = [catalogue.get(m).title for m in metrics if catalogue.get(m).zoo_level]
+    if zoo_level and len(zoo) < 2:
+        metrics = tuple(m for m in metrics if not catalogue.get(m).zoo_level)
+        what = " and ".join(zoo_level)
         if not metrics:
-            raise PipelineError("NCTI normalises over a zoo and needs at least 2 models")
-        log("warning: NCTI needs at least 2 models; scoring without it")
+            raise PipelineError(f"{what} normalises over a zoo and needs at least 2 models")
+        log(f"warning: {what} needs at least 2 models; scoring without it")
     if chunk < 1:
         raise PipelineError("--chunk must be at least 1")
     if device in (None, "", "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    sa_opts = dict(sa_opts or SA_DEFAULTS)
+    sa_opts = sa_options(**(sa_opts or {}))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PipelineError(f"--out {out} exists and is not a directory")
@@ -125,8 +109,7 @@ def score_directory(zoo_dir, out, *, dataset=None, metrics=("logme", "sfda", "ld
             result = _score_into(out, zoo_dir, zoo, labels, dataset, restart=restart, log=log,
                                  metrics=tuple(metrics), sa=sa, sa_opts=sa_opts, device=device,
                                  precision=precision, progress=progress,
-                                 batch_size=min(batch_size or chunk, chunk),
-                                 lda_scaling=lda_scaling, corrected=corrected, seed=seed)
+                                 batch_size=min(batch_size or chunk, chunk), options=options)
     except LockError as exc:
         raise PipelineError(str(exc)) from None
     return result
@@ -137,7 +120,7 @@ def _score_into(out: Path, zoo_dir, zoo, labels, dataset, *, restart, log, sa, s
     from te_gpu import score_zoo
     from te_gpu.zoo import CheckpointError
 
-    from .extract import _paths
+    from .extract import _paths, prediction_path
 
     ckpt = out / CHECKPOINT
     if restart:
@@ -147,12 +130,15 @@ def _score_into(out: Path, zoo_dir, zoo, labels, dataset, *, restart, log, sa, s
             "are checked unchanged (hashed); only what is missing is computed")
     try:
         # paths, not arrays: files are memory-mapped and read batch by batch
+        predictions = {m: p for m in zoo if (p := prediction_path(zoo_dir, m, dataset)).is_file()}
         result = score_zoo({m: _paths(Path(zoo_dir), m, dataset)[0] for m in zoo}, labels,
                            sa=[None if v is None else dict(sa_opts, variant=v) for v in sa],
-                           checkpoint=ckpt, **kw)
+                           predictions=predictions, checkpoint=ckpt, **kw)
     except CheckpointError as exc:
         raise PipelineError(f"{exc} (te-gpu score: pass --restart to discard it, or choose another "
                             "--out)") from None
+    for lbl, reasons in result.skipped.items():
+        log(f"note: {lbl} skipped for {len(reasons)} model(s): {next(iter(reasons.values()))}")
     result.options.update(sa=list(sa), sa_options=sa_opts, dataset=dataset, zoo=str(zoo_dir))
     for lbl in result.labels:
         result.to_public_json(lbl, out / f"{lbl}.json")
@@ -235,11 +221,13 @@ def format_table(result_scores: dict, models: list, order_label: str | None = No
     """A plain-text table: one row per model (best first by ``order_label``), one column per label."""
     labels = list(result_scores)
     order_label = order_label or labels[0]
-    rows = sorted(models, key=lambda m: -result_scores[order_label][m])
+    # a model without a score (LEEP and NCE need the model's own predictions) sorts last
+    rows = sorted(models, key=lambda m: -result_scores[order_label].get(m, -float("inf")))
     head = ["rank", "model"] + labels + ([extra_name] if extra else [])
     body = []
     for i, m in enumerate(rows, 1):
-        cells = [str(i), m] + [f"{result_scores[l][m]:.5g}" for l in labels]
+        cells = [str(i), m] + [f"{result_scores[l][m]:.5g}" if m in result_scores[l] else "-"
+                               for l in labels]
         if extra:
             v = extra.get(m)
             cells.append("-" if v is None else f"{v:.2f}")
