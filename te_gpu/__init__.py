@@ -5,14 +5,37 @@ The top-level functions (``logme``, ``sfda``, ..., one per metric of
 engine on any device; ``te_gpu.reference`` holds the float64 numpy/scipy
 oracle of every score; ``te_gpu.rank`` the ranking measures and shipped ground
 truth; ``load_zoo`` and friends read and write the public file layout.
+
+Names are imported on first use (PEP 562), so that ``te-gpu --help`` and the
+commands that need no torch start in a fraction of a second.
 """
-from . import api, catalogue, rank, reference
-from .api import *  # noqa: F401,F403  (one function per catalogue metric)
-from .io import load_zoo, read_scores, save_zoo, write_scores
-from .results import ZooResult
-from .zoo import score_zoo
+import importlib
+
+from . import catalogue
 
 __version__ = "0.1.0"
 
-__all__ = [*api.__all__, "score_zoo", "ZooResult", "catalogue", "reference", "rank", "load_zoo",
-           "save_zoo", "read_scores", "write_scores"]
+# public name -> the module that defines it ("" for a submodule)
+_WHERE = {
+    **{(m.name + "_parts" if m.zoo_level else m.name): "api" for m in catalogue.METRICS.values()},
+    "ncti": "api", "spread_attract": "api", "score": "api",
+    "score_zoo": "zoo", "ZooResult": "results",
+    "load_zoo": "io", "save_zoo": "io", "read_scores": "io", "write_scores": "io",
+    "api": "", "reference": "", "rank": "", "catalogue": "",
+}
+
+__all__ = [name for name in _WHERE if name != "api"]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'te_gpu' has no attribute {name!r}")
+    where = _WHERE[name]
+    value = (importlib.import_module(f"{__name__}.{name}") if not where
+             else getattr(importlib.import_module(f"{__name__}.{where}"), name))
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

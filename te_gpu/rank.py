@@ -26,7 +26,6 @@ import warnings
 from importlib import resources
 
 import numpy as np
-from scipy import stats
 
 from te_gpu._checks import _to_numpy
 
@@ -204,7 +203,17 @@ def kendall_tau(scores, accuracies) -> float:
     s, a = _pair(scores, accuracies)
     if np.all(s == s[0]) or np.all(a == a[0]):
         _constant("Kendall tau")
-    return float(stats.kendalltau(s, a).statistic)
+    # the pairwise signs directly (O(n^2) memory in blocks of rows): exact integer
+    # counts, and no scipy.stats import, which alone took 0.5 s of te-gpu correlate
+    concordance, ties_s, ties_a = 0, 0, 0
+    for i0 in range(0, s.size, 512):
+        ds = np.sign(s[i0:i0 + 512, None] - s[None, :])
+        da = np.sign(a[i0:i0 + 512, None] - a[None, :])
+        concordance += int((ds * da).sum())
+        ties_s += int((ds == 0).sum())
+        ties_a += int((da == 0).sum())
+    n0 = s.size * (s.size - 1)                # ordered pairs; every count above is doubled
+    return float(concordance / np.sqrt(float(n0 - (ties_s - s.size)) * float(n0 - (ties_a - s.size))))
 
 
 def weighted_pearson(scores, accuracies, weights=None) -> float:

@@ -44,6 +44,22 @@ def test_installed_script_help():
     assert "no such directory" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_help_and_correlate_import_neither_torch_nor_scipy_stats(tmp_path):
+    # start-up time is import time: te-gpu --help and correlate took 3 s and 1 s with torch
+    # and scipy.stats imported eagerly (0.1 s and 0.2 s without, bench/RESULTS.md)
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"a": 0.9, "b": 0.5, "c": 0.7}))
+    (tmp_path / "logme.json").write_text(json.dumps({"a": 1.0, "b": 0.2, "c": 0.4}))
+    code = ("import sys; from te_gpu.cli import main; rc = main(sys.argv[1:]); "
+            "heavy = [m for m in ('torch', 'scipy.stats', 'timm') if m in sys.modules]; "
+            "print('HEAVY', heavy); sys.exit(rc)")
+    for argv in (["--help"], ["correlate", str(tmp_path / "logme.json"), "--truth", str(truth)]):
+        res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert "HEAVY []" in res.stdout, (argv, res.stdout[-300:])
+
+
 @pytest.mark.parametrize("sub", SUBCOMMANDS + ["plot scores", "plot features"])
 def test_every_subcommand_has_help_with_examples(capsys, sub):
     code, out, _ = run(capsys, *sub.split(), "--help")
