@@ -397,7 +397,7 @@ def cmd_plot_features(args):
 
     from te_gpu import spread_attract
     from te_gpu.pipeline.extract import open_zoo
-    from te_gpu.pipeline.plots import embedding_figure, pca_2d
+    from te_gpu.pipeline.plots import embedding_figure, pca_2d, sa_caption, sa_summary
 
     zoo, labels, dataset = open_zoo(args.zoo, args.dataset, models=[args.model])
     x = np.asarray(zoo[args.model], dtype=np.float64)
@@ -405,13 +405,11 @@ def cmd_plot_features(args):
     variant = args.variant
     z, info = spread_attract(x, labels, variant=variant, **opts)
     z = z.detach().cpu().numpy()
-    out = embedding_figure([("raw features (PCA)", pca_2d(x)),
-                            (f"after SA {variant} (alpha={opts['alpha']:g}; applied: {info['applied']})",
-                             pca_2d(z))],
+    out = embedding_figure([("raw features (PCA)", pca_2d(x)), (sa_caption(variant, info), pca_2d(z))],
                            labels, args.out,
-                           suptitle=f"{args.model} on {dataset}: features before and after SA")
-    print(f"wrote {out} (SA gate value {info['gate_value']:.3g}, threshold "
-          f"{info['gate_threshold']:.3g}; displacement {info['displacement_norm']:.3g})")
+                           suptitle=f"{args.model} on {dataset}: features before and after SA "
+                                    f"(alpha = {opts['alpha']:g})")
+    print(f"wrote {out}: {sa_summary(info)}")
     return 0
 
 

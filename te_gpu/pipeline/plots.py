@@ -238,6 +238,27 @@ def pca_2d(x) -> np.ndarray:
     return z * signs
 
 
+def sa_caption(variant: str, info: dict) -> str:
+    """A panel title saying in plain words what Spread/Attract did to these features."""
+    if not info["applied"]:
+        return (f"SA ({variant}) not applied: spread too small for its gate, "
+                "raw features shown")
+    return f"after Spread/Attract ({variant}); points moved {info['displacement_norm']:.3g} in all"
+
+
+def sa_summary(info: dict) -> str:
+    """One sentence for the terminal: why SA did or did not apply, and how far it moved points."""
+    passes = info["gate_value"] > info["gate_threshold"]
+    head = (f"the mean of the features' two largest variances is {info['gate_value']:.3g}, "
+            f"{'above' if passes else 'at or below'} the {info['gate_threshold']:.3g} that SA's "
+            "gate requires")
+    if not info["applied"]:
+        return f"SA left the features as they are: {head}"
+    gate = "" if passes else ", applied anyway: the gate was off"
+    return (f"SA applied ({head}{gate}); it moved the points by {info['displacement_norm']:.3g} "
+            "in all (the Frobenius norm of the move, in PCA space)")
+
+
 def embedding_figure(panels, labels, out, *, class_names=None, suptitle="", max_points=2000,
                      seed=0, size=520) -> Path:
     """2-D views ``[(title, N x 2)]`` coloured by class, side by side."""
