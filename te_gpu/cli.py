@@ -245,8 +245,10 @@ def cmd_finetune(args):
 # --------------------------------------------------------------------------
 
 def cmd_score(args):
+    from contextlib import nullcontext
     from pathlib import Path
 
+    from te_gpu import distributed
     from te_gpu.pipeline.scoring import format_tables, parse_metrics, parse_sa, score_directory
 
     log = _log(args)
@@ -256,15 +258,29 @@ def cmd_score(args):
     models = _csv_list(args.models, str, "model") if args.models else None
     out = args.out
     if out is None:
-        from te_gpu.pipeline.extract import open_zoo
+        from te_gpu.pipeline.extract import datasets_in, open_zoo
 
-        _, _, ds = open_zoo(args.zoo, args.dataset, models=models)
+        # the folder's listing names the data set; open_zoo (which reads every model's labels,
+        # on every rank under torchrun) only to say what is wrong with the folder
+        found = [args.dataset] if args.dataset else (
+            datasets_in(Path(args.zoo)) if Path(args.zoo).is_dir() else [])
+        ds = found[0] if len(found) == 1 else open_zoo(args.zoo, args.dataset, models=models)[2]
         out = str(Path("scores") / ds)
-    result = score_directory(args.zoo, out, dataset=args.dataset, metrics=metrics, sa=sa,
-                             sa_opts=_sa_opts(args), precision=args.precision, device=args.device,
-                             batch_size=args.batch_size, chunk=args.chunk, restart=args.restart,
-                             progress=_progress(args), options=options, models=models,
-                             log=log)
+    # under torchrun every rank runs this command: rank 0 alone prints and writes, and a
+    # survivor stopped by torchrun (SIGTERM) still releases its locks
+    rank0 = distributed.launch_rank() == 0
+    try:
+        with distributed.terminated_as_exit() if distributed.launched() else nullcontext():
+            result = score_directory(args.zoo, out, dataset=args.dataset, metrics=metrics, sa=sa,
+                                     sa_opts=_sa_opts(args), precision=args.precision,
+                                     device=args.device, batch_size=args.batch_size,
+                                     chunk=args.chunk, restart=args.restart,
+                                     progress=_progress(args), options=options, models=models,
+                                     log=log)
+    except distributed.DistributedError as exc:
+        raise PipelineError(str(exc)) from None
+    if not rank0:
+        return 0
     print(format_tables(result.scores, result.models))
     for variant, infos in result.sa.items():
         applied = sum(1 for i in infos.values() if i and i.get("applied"))

@@ -17,17 +17,27 @@ a rerun asks for that are not yet there are computed. On the CPU, batches hold
 a few seconds of work at most (batching gains little beyond that there), and the
 first ones of each width 1, 2, 4, ... models, so an interruption loses little.
 A lock file beside the checkpoint keeps a second run off it.
+
+In a job of several processes (torchrun, srun, or a process group the caller
+initialised; :mod:`te_gpu.distributed`), every rank calls ``score_zoo`` with the
+same arguments: the models are shared out by estimated cost, each rank opens and
+scores only its own, the per-model results are gathered, NCTI's min-max runs on
+the whole zoo, and every rank returns the same result. Rank 0 alone holds the
+checkpoint (and its lock); the other ranks write their progress to shard files
+beside it, ``<checkpoint>.rank<k>``, which the next run takes in, whatever its
+number of ranks.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import time
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +53,7 @@ from .engine.ncti import class_padding_index, minmax_combine
 from .engine.stats import Labels
 from .io import exclusive_lock
 from .catalogue import resolve_sa
+from .distributed import joined
 from .results import ZooResult
 
 DEFAULT_METRICS = catalogue.DEFAULT_METRICS
@@ -131,7 +142,7 @@ def _model_work(n: int, d: int, c: int) -> int:
 def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, device=None,
               precision: str = "exact", batch_size: int | None = None, progress: bool = True,
               options: dict | None = None, predictions: dict | None = None,
-              checkpoint=None) -> ZooResult:
+              checkpoint=None, distributed: bool | None = None) -> ZooResult:
     """Score every model of ``zoo`` with every metric in ``metrics``.
 
     Parameters
@@ -162,6 +173,11 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
         killed run resumes and ends with the same scores. Other labels raise
         :class:`CheckpointError`. A second run on the same checkpoint raises
         :class:`te_gpu.io.LockError` while the first is alive.
+    distributed : None: share the zoo out between the ranks of an initialised process
+        group, or of the torchrun environment (then initialise gloo, with NCCL on
+        CUDA, and destroy it on the way out); every rank must call ``score_zoo``.
+        False: this process scores the whole zoo alone (a call made by one rank only).
+        Pass ``.npy`` paths (or memory maps) so that each rank reads only its models.
 
     Returns
     -------
@@ -184,53 +200,135 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
         if catalogue.get(m).zoo_level and len(zoo) < 2:
             raise ValueError(f"{catalogue.get(m).title} normalises across a zoo: it needs at "
                              "least 2 models")
+    unknown = set(predictions or {}) - set(zoo) if from_predictions else set()
+    if unknown:
+        raise ValueError(f"predictions given for model(s) not in the zoo: {sorted(unknown)}")
     settings = _sa_settings(sa)
     dtype = working_dtype(precision)
-
-    entries = {}
-    for name, item in zoo.items():
-        arr, shape, f32 = _open(name, item)
-        if len(shape) != 2:
-            raise ValueError(f"features of model {name!r} must be 2-D (N x D), got shape {shape}")
-        entries[name] = (arr, shape, f32)
-    sizes = {shape[0] for _, shape, _ in entries.values()}
-    if len(sizes) != 1:
-        detail = {name: shape[0] for name, (_, shape, _) in entries.items()}
-        raise ValueError(f"models disagree on the number of samples N: {detail}")
-    n = sizes.pop()
-    codes_np, classes = as_labels(labels, n)
-    for m in names:
-        check_min_class_size(codes_np, catalogue.get(m).min_class_size, catalogue.get(m).title)
-    dev = resolve_device(device, *(a for a, _, _ in entries.values()))
-    result = ZooResult(models=list(entries), device=str(dev), precision=precision,
-                       options=dict(metrics=list(names), options=opts, sa=list(settings)))
-    job = _Job(entries=entries, n=n, codes=codes_np, c=classes.size, device=dev, dtype=dtype,
-               metrics=metrics, settings=settings, opts=opts, precision=precision,
-               batch_size=batch_size)
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    lock = (exclusive_lock(ckpt.with_name(ckpt.name + ".lock"), f"checkpoint {ckpt}")
-            if ckpt is not None else nullcontext())
-    timer = core.Timer(dev)
-    with lock:
-        book = _Checkpoint.open(ckpt, n, codes_np)
-        book.describe(job)
-        bar = _progress(len(entries), progress)
-        try:
-            with timer.stage("verify"):
-                missing, verified = _plan_models(book, job, bar)
-            _score_missing(book, job, missing, verified, timer, bar, t_start)
-        finally:
-            bar.close()
+    dev = resolve_device(device, *(v for v in zoo.values() if isinstance(v, torch.Tensor)))
+    with joined(dev, enabled=distributed is not False) as world:
+        dev = world.device(dev)
+        codes_np, classes = as_labels(labels)
+        costs = [_work_estimate(item, codes_np.size) for item in zoo.values()] if world.size > 1 else []
+        # before any work: the ranks must agree on what they share out, or they would deadlock
+        world.check_same(labels=_labels_sha1(codes_np), zoo=_digest([list(zoo), costs]),
+                         settings=_digest(sorted(_score_keys(metrics, settings, opts,
+                                                             precision).values())))
+        mine = world.shard(list(zoo), costs) if world.size > 1 else list(zoo)
+        entries, n = _open_models(world, zoo, mine)
+        if codes_np.size != n:
+            raise ValueError(f"labels has {codes_np.size} entries but features have {n} rows")
+        for m in names:
+            check_min_class_size(codes_np, catalogue.get(m).min_class_size, catalogue.get(m).title)
+        result = ZooResult(models=list(zoo), device=str(dev), precision=precision,
+                           options=dict(metrics=list(names), options=opts, sa=list(settings)))
+        job = _Job(entries=entries, n=n, codes=codes_np, c=classes.size, device=dev, dtype=dtype,
+                   metrics=metrics, settings=settings, opts=opts, precision=precision,
+                   batch_size=batch_size)
+        timer = core.Timer(dev)
+        with ExitStack() as held:   # rank 0 holds the checkpoint's lock to the end
+            book = _open_checkpoint(world, held, checkpoint, n, codes_np, mine)
+            book.describe(job)
+            shards = world.gather("gathering the scores", lambda: dict(
+                models=_score_shard(book, job, timer, progress and world.rank == 0, t_start),
+                predictions=_prediction_scores(mine, from_predictions, predictions or {}, job,
+                                               timer)))
+            _merge_shards(world, book, [s["models"] for s in shards], t_start)
 
     _fill_result(result, book, job)
     if from_predictions:
-        with timer.stage("predictions"):
-            _score_predictions(result, from_predictions, predictions or {}, codes_np, classes.size,
-                               dev, opts)
+        _fill_predictions(result, from_predictions, [s["predictions"] for s in shards])
     run = time.perf_counter() - t_start
     result.timings = dict(timer.stages, run=run, total=book.elapsed + run)
     result.check_finite()
     return result
+
+
+def _work_estimate(item, n: int) -> float:
+    """Cost of scoring a model, about N D^2 + D^3, for sharing a zoo out between ranks.
+
+    From the shape of an array, and from the size of a ``.npy`` file taken as float32
+    (``os.stat``: a rank opens no file of another rank's shard). Only who scores what
+    depends on it, never a score.
+    """
+    if isinstance(item, (str, os.PathLike)):
+        try:
+            d = os.stat(item).st_size / (4 * max(n, 1))
+        except OSError:
+            d = 0.0   # missing: the rank that owns it says so
+    else:
+        shape = tuple(item.shape) if hasattr(item, "shape") else np.shape(item)
+        d = float(shape[1]) if len(shape) == 2 else 0.0
+    return n * d * d + d ** 3
+
+
+def _open_models(world, zoo, mine: list) -> tuple:
+    """(this rank's models opened - files memory-mapped, not read - and N), N being the number
+    of rows every model of the zoo shares (all ranks' shapes are gathered to check it)."""
+    entries = {}
+
+    def open_mine():
+        for name in mine:
+            arr, shape, f32 = _open(name, zoo[name])
+            if len(shape) != 2:
+                raise ValueError(f"features of model {name!r} must be 2-D (N x D), got shape {shape}")
+            entries[name] = (arr, shape, f32)
+        return {name: shape for name, (_, shape, _) in entries.items()}
+
+    shapes = {}
+    for part in world.gather("opening the models", open_mine):
+        shapes.update(part)
+    sizes = {shape[0] for shape in shapes.values()}
+    if len(sizes) != 1:
+        detail = {name: shapes[name][0] for name in zoo}
+        raise ValueError(f"models disagree on the number of samples N: {detail}")
+    return entries, sizes.pop()
+
+
+def _open_checkpoint(world, held, checkpoint, n: int, codes: np.ndarray, mine: list):
+    """The checkpoint, opened (and locked, in ``held``) by rank 0, which merges in what the ranks
+    of an interrupted run left in their shard files; every other rank gets its models' entries
+    and writes its progress to its own shard file, ``<checkpoint>.rank<k>``."""
+    path = Path(checkpoint) if checkpoint is not None else None
+
+    def on_rank0():
+        if path is not None:
+            held.enter_context(exclusive_lock(path.with_name(path.name + ".lock"),
+                                              f"checkpoint {path}"))
+        book = _Checkpoint.open(path, n, codes)
+        book.absorb_shards()
+        return book
+
+    book = world.share("reading the checkpoint", on_rank0)
+    if world.rank != 0:
+        book.path = _shard_path(path, world.rank) if path is not None else None
+        book.models = {name: book.models[name] for name in mine if name in book.models}
+    return book
+
+
+def _score_shard(book, job: "_Job", timer, show_progress: bool, t_start: float) -> dict:
+    """Score what this rank's models miss (checkpointing as it goes) -> their entries."""
+    bar = _progress(len(job.entries), show_progress)
+    try:
+        with timer.stage("verify"):
+            missing, verified = _plan_models(book, job, bar)
+        _score_missing(book, job, missing, verified, timer, bar, t_start)
+    finally:
+        bar.close()
+    # (a run of prediction metrics only has no entries)
+    return {name: book.models[name] for name in job.entries if name in book.models}
+
+
+def _merge_shards(world, book, shards: list, t_start: float) -> None:
+    """Every rank's entries into every rank's book (the result is made from it); rank 0 writes
+    the whole checkpoint, then removes the shard files it now holds."""
+    if world.size == 1:
+        return
+    for entries in shards:
+        book.models.update(entries)
+    if world.rank == 0 and book.path is not None:
+        book.save(time.perf_counter() - t_start)
+        book.remove_shards()
 
 
 @dataclass
@@ -327,31 +425,41 @@ def _score_missing(book, job: _Job, missing: dict, verified: set, timer, bar, t_
         reader.close()
 
 
-def _score_predictions(result: ZooResult, metrics, predictions: dict, codes: np.ndarray, c: int,
-                       dev, opts: dict) -> None:
-    """Metrics of the source models' own predictions (LEEP, NCE), model by model in float64
-    (a C x K table each: no batching needed); models without predictions are skipped."""
+def _prediction_scores(names, metrics, predictions: dict, job: "_Job", timer) -> dict:
+    """{label: {model: score}} of the metrics of the source models' own predictions (LEEP,
+    NCE) for the models ``names`` that have them, model by model in float64 (a C x K table
+    each: no batching needed)."""
     from .reference.leep import as_probabilities
 
-    unknown = set(predictions) - set(result.models)
-    if unknown:
-        raise ValueError(f"predictions given for model(s) not in the zoo: {sorted(unknown)}")
-    lab = Labels.from_codes(torch.as_tensor(codes, device=dev), c, torch.float64)
-    probs = {}
-    for name in result.models:
-        if name in predictions:
-            arr, shape, _ = _open(name, predictions[name])
-            p = as_probabilities(np.asarray(arr), codes.size, f"predictions of model {name!r}")
-            probs[name] = torch.as_tensor(p, dtype=torch.float64, device=dev)[None]
+    if not metrics:
+        return {}
+    with timer.stage("predictions"):
+        lab = Labels.from_codes(torch.as_tensor(job.codes, device=job.device), job.c, torch.float64)
+        probs = {}
+        for name in names:
+            if name in predictions:
+                arr, shape, _ = _open(name, predictions[name])
+                p = as_probabilities(np.asarray(arr), job.codes.size, f"predictions of model {name!r}")
+                probs[name] = torch.as_tensor(p, dtype=torch.float64, device=job.device)[None]
+        scores = {}
+        for m in metrics:
+            head = catalogue.get(m).engine_fn()
+            scores[ZooResult.label(m, None)] = {name: float(head(p, lab, None, **job.opts[m])[0])
+                                                for name, p in probs.items()}
+    return scores
+
+
+def _fill_predictions(result: ZooResult, metrics, shards: list) -> None:
+    """The prediction metrics' scores of all shards into ``result``; models without
+    predictions are skipped, with the reason."""
     for m in metrics:
-        head = catalogue.get(m).engine_fn()
         label = ZooResult.label(m, None)
-        result.scores[label] = {name: float(head(p, lab, None, **opts[m])[0])
-                                for name, p in probs.items()}
+        scored = {name: v for part in shards for name, v in part[label].items()}
+        result.scores[label] = {name: scored[name] for name in result.models if name in scored}
         absent = {name: f"no predictions of the model's own classifier ({catalogue.get(m).title} "
                         "reads them; te-gpu extract writes {model}_{dataset}_prediction.npy "
                         "for models with a classification head)"
-                  for name in result.models if name not in probs}
+                  for name in result.models if name not in scored}
         if absent:
             result.skipped[label] = absent
         if not result.scores[label]:
@@ -491,6 +599,30 @@ def _well_formed(entry) -> bool:
             and isinstance(entry.get("scores"), dict) and isinstance(entry.get("sa"), dict))
 
 
+def checkpoint_files(path) -> list:
+    """The checkpoint ``path`` and, beside it, the shard files an interrupted distributed run
+    left (``<path>.rank<k>``): those that exist. ``te-gpu score --restart`` removes them all."""
+    path = Path(path)
+    return ([path] if path.is_file() else []) + _shard_files(path)
+
+
+def _labels_sha1(codes: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(codes).tobytes()).hexdigest()
+
+
+def _shard_path(path: Path, rank: int) -> Path:
+    """Where rank ``rank`` > 0 of a distributed run keeps its progress beside ``path``."""
+    return path.with_name(f"{path.name}.rank{rank}")
+
+
+def _shard_files(path: Path) -> list:
+    """The shard files beside the checkpoint ``path`` (not their locks or temporary files)."""
+    pattern = re.compile(re.escape(path.name) + r"\.rank\d+")
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
+
+
 class _Checkpoint:
     """What a run has scored: per model, its content fingerprint, its scores by key
     and its SA diagnostics by key; the labels they were computed with; the
@@ -504,9 +636,14 @@ class _Checkpoint:
 
     @classmethod
     def open(cls, path, n: int, codes: np.ndarray) -> "_Checkpoint":
-        book = cls(path, n, hashlib.sha1(np.ascontiguousarray(codes).tobytes()).hexdigest())
+        book = cls(path, n, _labels_sha1(codes))
         if path is None or not path.exists():
             return book
+        book.models, book.settings, book.elapsed = book._read(path)
+        return book
+
+    def _read(self, path) -> tuple:
+        """(models, settings, elapsed) of a checkpoint file written for these labels."""
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -515,16 +652,35 @@ class _Checkpoint:
         if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"checkpoint {path} was written by an earlier te_gpu (or is not a "
                                   "te_gpu checkpoint) and cannot be resumed; delete it to start afresh")
-        if saved.get("n") != n or saved.get("labels_sha1") != book.labels_sha1:
+        if saved.get("n") != self.n or saved.get("labels_sha1") != self.labels_sha1:
             raise CheckpointError(f"checkpoint {path} holds scores for other labels (N = {saved.get('n')}"
-                                  f", here {n}); delete it or choose another path")
+                                  f", here {self.n}); delete it or choose another path")
         models = saved.get("models")
         if not isinstance(models, dict) or not all(_well_formed(e) for e in models.values()):
             raise CheckpointError(f"checkpoint {path} is malformed; delete it to start afresh")
-        book.models = models
-        book.settings = saved.get("settings", {})
-        book.elapsed = float(saved.get("elapsed", 0.0))
-        return book
+        return models, saved.get("settings", {}), float(saved.get("elapsed", 0.0))
+
+    def absorb_shards(self) -> None:
+        """Take in the shard files ``<path>.rank<k>`` that the ranks of an interrupted
+        distributed run wrote (any number of ranks), write the merged file, remove them.
+
+        A shard's entry replaces the file's: a rank started from the file's entry and
+        saved it with what it added. Whatever is taken in, each model's content is
+        still checked against its fingerprint before its scores are reused.
+        """
+        shards = _shard_files(self.path) if self.path is not None else []
+        for shard in shards:
+            models, settings, elapsed = self._read(shard)
+            self.models.update(models)
+            self.settings.update(settings)
+            self.elapsed = max(self.elapsed, elapsed)   # the ranks ran at the same time
+        if shards:
+            self.save(0.0)
+            self.remove_shards()
+
+    def remove_shards(self) -> None:
+        for shard in _shard_files(self.path):
+            shard.unlink(missing_ok=True)
 
     def describe(self, job: _Job) -> None:
         for (m, i), key in job.keys.items():

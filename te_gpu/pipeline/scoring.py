@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from te_gpu import catalogue
@@ -80,12 +80,47 @@ def score_directory(zoo_dir, out, *, dataset=None, metrics=catalogue.DEFAULT_MET
     between two checkpoints; ``restart`` discards the checkpoint of an earlier
     run. Warnings about the checkpoint (a model whose features changed, a stale
     lock taken over) and metrics skipped for want of an input go to ``log``.
+
+    Under torchrun (or in an initialised process group) every rank calls it:
+    rank 0 reads the zoo's listing and labels, takes the folder's lock and
+    writes the outputs; each rank scores its share of the models (see
+    :mod:`te_gpu.distributed`) and logs only its own warnings, prefixed ``rank k:``.
     """
     import torch
 
-    from te_gpu.io import LockError, exclusive_lock
+    from te_gpu import distributed
+    from te_gpu.io import LockError
 
-    from .extract import open_zoo
+    if chunk < 1:
+        raise PipelineError("--chunk must be at least 1")
+    if device in (None, "", "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    sa_opts = sa_options(**(sa_opts or {}))
+    out = Path(out)
+    try:
+        with distributed.joined(device) as world, ExitStack() as held:
+            rank = world.rank
+            held.enter_context(_warnings_to(log if rank == 0 else
+                                            (lambda msg: log(f"rank {rank}: {msg}"))))
+            zoo = world.share("opening the zoo", lambda: _open_on_rank0(
+                zoo_dir, out, dataset, metrics, models, restart, log, held))
+            result = _score_into(out, zoo_dir, zoo, writes=rank == 0, log=log, sa=sa,
+                                 sa_opts=sa_opts, device=device, precision=precision,
+                                 progress=progress, batch_size=min(batch_size or chunk, chunk),
+                                 options=options)
+    except LockError as exc:
+        raise PipelineError(str(exc)) from None
+    return result
+
+
+def _open_on_rank0(zoo_dir, out: Path, dataset, metrics, models, restart, log, held) -> dict:
+    """The zoo's models, labels, data set, the metrics it can take and its prediction files;
+    the output folder made and locked (the lock in ``held``), an old checkpoint removed on
+    ``restart``. Run by rank 0 alone; the other ranks get what it returns."""
+    from te_gpu.io import exclusive_lock
+    from te_gpu.zoo import checkpoint_files
+
+    from .extract import open_zoo, prediction_path
 
     zoo, labels, dataset = open_zoo(zoo_dir, dataset, models=models)
     zoo_level = [catalogue.get(m).title for m in metrics if catalogue.get(m).zoo_level]
@@ -95,51 +130,45 @@ def score_directory(zoo_dir, out, *, dataset=None, metrics=catalogue.DEFAULT_MET
         if not metrics:
             raise PipelineError(f"{what} normalises over a zoo and needs at least 2 models")
         log(f"warning: {what} needs at least 2 models; scoring without it")
-    if chunk < 1:
-        raise PipelineError("--chunk must be at least 1")
-    if device in (None, "", "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    sa_opts = sa_options(**(sa_opts or {}))
-    out = Path(out)
     if out.exists() and not out.is_dir():
         raise PipelineError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        with _warnings_to(log), exclusive_lock(out / FOLDER_LOCK, f"output folder {out}"):
-            result = _score_into(out, zoo_dir, zoo, labels, dataset, restart=restart, log=log,
-                                 metrics=tuple(metrics), sa=sa, sa_opts=sa_opts, device=device,
-                                 precision=precision, progress=progress,
-                                 batch_size=min(batch_size or chunk, chunk), options=options)
-    except LockError as exc:
-        raise PipelineError(str(exc)) from None
-    return result
+    held.enter_context(exclusive_lock(out / FOLDER_LOCK, f"output folder {out}"))
+    found = checkpoint_files(out / CHECKPOINT)
+    if restart:
+        for f in found:
+            f.unlink(missing_ok=True)
+    elif found:
+        log(f"{found[0]} found: what is already scored there is reused once each model's features "
+            "are checked unchanged (hashed); only what is missing is computed")
+    # paths, not arrays: each rank memory-maps its models' files and reads them batch by batch
+    predictions = {m: p for m in zoo if (p := prediction_path(zoo_dir, m, dataset)).is_file()}
+    return dict(models=list(zoo), labels=labels, dataset=dataset, metrics=tuple(metrics),
+                predictions=predictions)
 
 
-def _score_into(out: Path, zoo_dir, zoo, labels, dataset, *, restart, log, sa, sa_opts, **kw):
-    """score_zoo on the zoo's feature files with the checkpoint in ``out``, then the outputs."""
+def _score_into(out: Path, zoo_dir, zoo: dict, *, writes: bool, log, sa, sa_opts, **kw):
+    """score_zoo on the zoo's feature files with the checkpoint in ``out``; then, where
+    ``writes`` (rank 0), the outputs."""
     from te_gpu import score_zoo
     from te_gpu.zoo import CheckpointError
 
-    from .extract import _paths, prediction_path
+    from .extract import _paths
 
-    ckpt = out / CHECKPOINT
-    if restart:
-        ckpt.unlink(missing_ok=True)
-    elif ckpt.is_file():
-        log(f"{ckpt} found: what is already scored there is reused once each model's features "
-            "are checked unchanged (hashed); only what is missing is computed")
+    dataset = zoo["dataset"]
     try:
-        # paths, not arrays: files are memory-mapped and read batch by batch
-        predictions = {m: p for m in zoo if (p := prediction_path(zoo_dir, m, dataset)).is_file()}
-        result = score_zoo({m: _paths(Path(zoo_dir), m, dataset)[0] for m in zoo}, labels,
+        result = score_zoo({m: _paths(Path(zoo_dir), m, dataset)[0] for m in zoo["models"]},
+                           zoo["labels"], metrics=zoo["metrics"],
                            sa=[None if v is None else dict(sa_opts, variant=v) for v in sa],
-                           predictions=predictions, checkpoint=ckpt, **kw)
+                           predictions=zoo["predictions"], checkpoint=out / CHECKPOINT, **kw)
     except CheckpointError as exc:
         raise PipelineError(f"{exc} (te-gpu score: pass --restart to discard it, or choose another "
                             "--out)") from None
+    result.options.update(sa=list(sa), sa_options=sa_opts, dataset=dataset, zoo=str(zoo_dir))
+    if not writes:
+        return result
     for lbl, reasons in result.skipped.items():
         log(f"note: {lbl} skipped for {len(reasons)} model(s): {next(iter(reasons.values()))}")
-    result.options.update(sa=list(sa), sa_options=sa_opts, dataset=dataset, zoo=str(zoo_dir))
     for lbl in result.labels:
         result.to_public_json(lbl, out / f"{lbl}.json")
     result.to_csv(out / "scores.csv")
