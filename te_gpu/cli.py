@@ -281,7 +281,7 @@ def cmd_score(args):
         raise PipelineError(str(exc)) from None
     if not rank0:
         return 0
-    print(format_tables(result.scores, result.models))
+    log(format_tables(result.scores, result.models))   # --quiet: the files only
     for variant, infos in result.sa.items():
         applied = sum(1 for i in infos.values() if i and i.get("applied"))
         log(f"SA {variant}: applied to {applied} of {len(infos)} models (the rest failed the gate "
@@ -580,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", "-o", default=None, help="output folder (default: scores/DATASET)")
     s.add_argument("--csv", default=None, help="also write the table as CSV here")
     s.add_argument("--restart", action="store_true", help="discard scores of an earlier run in --out")
-    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar, messages or tables: the output files only")
     s.set_defaults(func=cmd_score)
 
     # correlate

@@ -152,6 +152,15 @@ def test_score_outputs_and_resume(pipeline, capsys):
     assert code == 2 and "in use by another run" in err
 
 
+def test_score_quiet_prints_nothing_and_writes_everything(pipeline, capsys):
+    out = pipeline / "scores_quiet"
+    code, text, err = run(capsys, "score", str(pipeline / "zoo"), "--metrics", "logme,sfda",
+                          "--sa", "none,released", "--out", str(out), "--quiet")
+    assert code == 0 and text == "" and err == ""
+    assert {"logme.json", "sfda+released.json", "scores.csv", "result.json"} <= {
+        p.name for p in out.iterdir()}
+
+
 def test_score_presets_and_options(pipeline, capsys):
     code, out, _ = run(capsys, "score", str(pipeline / "zoo"), "--metrics", "logme,gbc",
                        "--sa", "described", "--preset", "self-supervised", "--pca-dim", "16",

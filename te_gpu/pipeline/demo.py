@@ -119,7 +119,7 @@ def run_demo(out="te_gpu_demo", *, data="auto", n_train=500, n_test=500, size=64
 def draw_plots(result, accuracy, rows, out, dataset, train, sa, log=print) -> list:
     from te_gpu import spread_attract
 
-    from .plots import embedding_figure, pca_2d, score_figure
+    from .plots import embedding_figure, pca_2d, sa_caption, score_figure
 
     tau = {r["label"]: r["tau_w"] for r in rows}
     files = []
@@ -143,8 +143,7 @@ def draw_plots(result, accuracy, rows, out, dataset, train, sa, log=print) -> li
     z, info = spread_attract(x, labels, variant=variant)
     z = z.detach().cpu().numpy() if hasattr(z, "detach") else np.asarray(z)
     f = embedding_figure([("raw features (PCA)", pca_2d(x)),
-                          (f"after SA ({variant}; applied: {info['applied']}, moved "
-                           f"{info['displacement_norm']:.3g})", pca_2d(z))],
+                          (sa_caption(variant, info), pca_2d(z))],
                          labels, out / "plots" / f"features_{best}.png", class_names=train.classes,
                          suptitle=f"{best} on {dataset}: features before and after SA")
     files.append(f)
