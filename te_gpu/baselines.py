@@ -223,11 +223,9 @@ def weighted_tau_of_orders(scores: np.ndarray, accuracies) -> np.ndarray:
         raise ValueError(f"need R x n scores and n >= 2 accuracies, got {s_all.shape} and {a.shape}")
     n = a.size
     sign_a = (np.greater(a[:, None], a).astype(np.int8) - np.less(a[:, None], a))
-    equal_a = a[:, None] == a
-    untied_a = n - equal_a.sum(axis=1)
+    untied_a = n - (a[:, None] == a).sum(axis=1)
     if not untied_a.any():
         raise ValueError("weighted tau is undefined: all accuracies are equal")
-    greater_a = (a[None, :] > a[:, None]).sum(axis=1)          # models more accurate than i
     untied_s = np.full(n, n - 1, dtype=np.float64)
     out = np.empty(s_all.shape[0], dtype=np.float64)
     step = max(1, _COMPARISONS_PER_BLOCK // (n * n))
@@ -239,8 +237,12 @@ def weighted_tau_of_orders(scores: np.ndarray, accuracies) -> np.ndarray:
         sign_s = (np.greater(s[:, :, None], s[:, None, :]).astype(np.int8)
                   - np.less(s[:, :, None], s[:, None, :]))
         concordance = np.einsum("rij,ij->ri", sign_s, sign_a, dtype=np.int64).astype(np.float64)
-        rank_by_score = (sign_s == -1).sum(axis=2)                 # models scored above i
-        rank_by_accuracy = greater_a + ((sign_s == -1) & equal_a).sum(axis=2)
+        rows = np.arange(s.shape[0])[:, None]
+        rank_by_score = np.empty(s.shape, dtype=np.int64)          # models scored above i
+        rank_by_score[rows, np.argsort(-s, axis=1)] = np.arange(n)
+        # models more accurate than i, then those as accurate and scored above it
+        rank_by_accuracy = np.empty(s.shape, dtype=np.int64)
+        rank_by_accuracy[rows, np.lexsort((-s, np.broadcast_to(-a, s.shape)), axis=-1)] = np.arange(n)
         halves = []
         for rank_ in (rank_by_score, rank_by_accuracy):
             w = 1.0 / (rank_ + 1.0)

@@ -80,14 +80,14 @@ def format_rows(rows: list) -> str:
 # --------------------------------------------------------------------------
 
 RANDOM_DRAWS = 10000           # permutations behind a random ranking's mean and spread
-_RANDOM_WORK = 2 * 10 ** 8     # at most draws x models^2 sign comparisons (about a second)
+_RANDOM_WORK = 10 ** 8         # at most draws x models^2 sign comparisons (about a second)
 PRIOR_HINT = ("give --prior FILE.json ({model: value}, higher = better, e.g. ImageNet top-1) "
               "to compare with a ranking that never looks at the target data")
 
 
 def random_draws(n_models: int) -> int:
     """RANDOM_DRAWS, fewer for zoos so large that they would take more than about a second."""
-    return int(max(200, min(RANDOM_DRAWS, _RANDOM_WORK // max(1, n_models) ** 2)))
+    return int(max(100, min(RANDOM_DRAWS, _RANDOM_WORK // max(1, n_models) ** 2)))
 
 
 def read_prior_file(path) -> dict:
