@@ -1,6 +1,6 @@
 """``te-gpu``: transferability estimation for a model zoo, from images to a ranking.
 
-Subcommands: extract, finetune, score, correlate, bench, plot, demo. Each is a
+Subcommands: extract, finetune, score, correlate, baselines, bench, plot, demo. Each is a
 thin layer over te_gpu's API and ``te_gpu.pipeline``; ``te-gpu CMD --help``
 shows its options and examples. Works offline: weights come from local files.
 """
@@ -250,6 +250,7 @@ def cmd_score(args):
 
     from te_gpu import distributed
     from te_gpu.pipeline.scoring import format_tables, parse_metrics, parse_sa, score_directory
+    from te_gpu.ties import tie_lines
 
     log = _log(args)
     metrics = parse_metrics(args.metrics)
@@ -282,6 +283,8 @@ def cmd_score(args):
     if not rank0:
         return 0
     log(format_tables(result.scores, result.models))   # --quiet: the files only
+    for line in tie_lines(result.scores):
+        log(line)
     for variant, infos in result.sa.items():
         applied = sum(1 for i in infos.values() if i and i.get("applied"))
         log(f"SA {variant}: applied to {applied} of {len(infos)} models (the rest failed the gate "
@@ -328,8 +331,9 @@ def _truth(args, inferred=None):
 
 def cmd_correlate(args):
     from te_gpu import rank
-    from te_gpu.pipeline.correlation import correlate_all, format_rows
+    from te_gpu.pipeline.correlation import add_baselines, correlate_all, format_rows, read_prior_file
     from te_gpu.pipeline.scoring import read_score_inputs
+    from te_gpu.ties import tie_lines
 
     if args.list:
         for group, d in rank.list_ground_truth().items():
@@ -351,9 +355,12 @@ def cmd_correlate(args):
     accuracy, info = _truth(args, inferred)
     ks = tuple(_csv_list(args.k, int, "k"))
     rows = correlate_all(scores, accuracy, info, k=ks)
+    baseline_notes = add_baselines(rows, accuracy, info, read_prior_file(args.prior) if args.prior else None)
     where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)
     print(f"ground truth: {where or args.truth} ({len(accuracy)} models)")
     print(format_rows(rows))
+    for line in baseline_notes + tie_lines(scores, {r["label"]: r["models"] for r in rows}):
+        print(line)
     for r in rows:
         for msg in r["dropped"]:
             print(f"note ({r['label']}): {msg}", file=sys.stderr)
@@ -361,6 +368,24 @@ def cmd_correlate(args):
         print("published tau_w: the metric without SA, from the papers' tables (their features).")
     if args.json:
         _write_json(args.json, dict(truth=info, rows=rows))
+    return 0
+
+
+# --------------------------------------------------------------------------
+# baselines
+# --------------------------------------------------------------------------
+
+def cmd_baselines(args):
+    from te_gpu.pipeline.correlation import baselines_report, read_prior_file
+
+    if not args.truth:
+        raise PipelineError("--truth is required: group1, group2 (shipped tables) or a JSON file")
+    prior = read_prior_file(args.prior) if args.prior else None
+    report, text = baselines_report(args.truth, regime=args.regime, dataset=args.dataset,
+                                    group=args.group, prior=prior, draws=args.draws, seed=args.seed)
+    print(text)
+    if args.json:
+        _write_json(args.json, report)
     return 0
 
 
@@ -606,7 +631,36 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--k", default="1,3", help="cut-offs of rel@k and recall@k")
     c.add_argument("--json", default=None, help="also write the table as JSON here")
     c.add_argument("--list", action="store_true", help="list the shipped ground-truth tables")
+    c.add_argument("--prior", default=None, metavar="FILE.json",
+                   help="a static ranking to compare with: {model: value}, higher = better "
+                        "(e.g. ImageNet top-1); shown beside the shipped model facts")
     c.set_defaults(func=cmd_correlate)
+
+    # baselines
+    bl = sub.add_parser("baselines", formatter_class=_Formatter,
+                        help="static rankings (ImageNet top-1, size, width, a prior) against ground truth",
+                        description="The weighted tau of rankings that never look at the target data - "
+                                    "by ImageNet top-1 accuracy, parameter count, feature width (shipped "
+                                    "model facts) or your prior - per data set and its mean, beside a "
+                                    "random ranking's mean and spread. A transferability metric should "
+                                    "beat them.",
+                        epilog=_examples("te-gpu baselines --truth group1",
+                                         "te-gpu baselines --truth group1 --regime lft",
+                                         "te-gpu baselines --truth group2 --prior ssl_imagenet_linear.json",
+                                         "te-gpu baselines --truth my_truth.json --prior my_prior.json"))
+    bl.add_argument("--truth", "-t", default=None,
+                    help="group1 | group2 (shipped tables, every data set) | a JSON file (as correlate)")
+    bl.add_argument("--regime", default=None, help="finetune (default for shipped tables), lbft, lft")
+    bl.add_argument("--dataset", default=None, help="only this data set")
+    bl.add_argument("--group", default=None, help="group inside a te-gpu finetune file")
+    bl.add_argument("--prior", default=None, metavar="FILE.json",
+                    help="your own static ranking: {model: value}, higher = better")
+    bl.add_argument("--draws", type=int, default=None,
+                    help="random permutations behind the random ranking (default 10000, fewer for "
+                         "zoos of hundreds of models)")
+    bl.add_argument("--seed", type=int, default=0, help="seed of the random permutations")
+    bl.add_argument("--json", default=None, help="also write the table as JSON here")
+    bl.set_defaults(func=cmd_baselines)
 
     # bench
     b = sub.add_parser("bench", formatter_class=_Formatter,

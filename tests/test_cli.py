@@ -164,7 +164,7 @@ def test_score_quiet_prints_nothing_and_writes_everything(pipeline, capsys):
 def test_score_presets_and_options(pipeline, capsys):
     code, out, _ = run(capsys, "score", str(pipeline / "zoo"), "--metrics", "logme,gbc",
                        "--sa", "described", "--preset", "self-supervised", "--pca-dim", "16",
-                       "--out", str(pipeline / "s2"), "--csv", str(pipeline / "s2.csv"), "-q")
+                       "--out", str(pipeline / "s2"), "--csv", str(pipeline / "s2.csv"))
     assert code == 0 and "gbc+described" in out
     res = json.loads((pipeline / "s2" / "result.json").read_text())
     assert res["options"]["sa_options"]["alpha"] == 0.1 and res["options"]["sa_options"]["pca_dim"] == 16
@@ -238,7 +238,7 @@ def test_extract_from_npz_and_store_is_scorable(tmp_path, capsys):
                          "--out", str(tmp_path / "zoo"), "-q")
     assert code == 0, err
     code, out, err = run(capsys, "score", str(tmp_path / "zoo"), "--metrics", "logme,lda", "--sa", "none",
-                         "--out", str(tmp_path / "s"), "-q")
+                         "--out", str(tmp_path / "s"))
     assert code == 0, err
     assert "logme" in out and "logme+" not in out
 

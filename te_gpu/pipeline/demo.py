@@ -28,6 +28,8 @@ def run_demo(out="te_gpu_demo", *, data="auto", n_train=500, n_test=500, size=64
              metrics=("logme", "sfda", "lda", "gbc", "nleep", "ncti"), sa=(None, "released"),
              device=None, batch_size=100, precision="exact", plots=True, progress=True, seed=0,
              log=print) -> dict:
+    from te_gpu.ties import tie_lines
+
     from .correlation import correlate_all, format_rows
     from .finetune import linear_probe, read_ground_truth, write_ground_truth
     from .scoring import format_tables, score_directory
@@ -102,6 +104,8 @@ def run_demo(out="te_gpu_demo", *, data="auto", n_train=500, n_test=500, size=64
     rows = correlate_all(result.scores, accuracy, info, k=(1, 3))
     log("\nAgreement with the linear-probe ranking (weighted tau and friends):\n")
     log(format_rows(rows))
+    for line in tie_lines(result.scores, {r["label"]: r["models"] for r in rows}):
+        log(line)
     summary = {"dataset": dataset, "models": names, "accuracy": accuracy,
                "correlation": {r["label"]: {k: v for k, v in r.items() if k not in ("label", "dropped")}
                                for r in rows}}
