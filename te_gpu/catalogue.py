@@ -111,6 +111,8 @@ class Metric:
     tolerance: float = 1e-6             # engine (float64) vs reference, relative
     default: bool = False               # in the default set of score_zoo / te-gpu score
     min_class_size: int = 1             # samples each class needs
+    bounds: tuple = ()                  # ((value, "maximum" | "minimum"), ...) it cannot pass
+    bound_note: str = ""                # a bound that depends on the data (te_gpu.ties says it)
     cite: str = ""
 
     def option(self, name: str) -> Option:
@@ -152,13 +154,16 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            needs=frozenset({"stats"}), regression=True, tolerance=1e-8, default=True,
            cite="You et al., ICML 2021"),
     Metric("sfda", "SFDA", "SPEC 2", "te_gpu.reference.sfda:sfda", "te_gpu.engine.sfda:head",
-           needs=frozenset({"stats"}), default=True, cite="Shao et al., ECCV 2022"),
+           needs=frozenset({"stats"}), default=True, bounds=((1.0, "maximum"),),
+           cite="Shao et al., ECCV 2022"),
     Metric("lda", "LDA score", "SPEC 3", "te_gpu.reference.lda:lda", "te_gpu.engine.lda:head",
-           needs=frozenset({"stats"}), default=True, cite="Khoba et al., WACV 2025 (released code)"),
+           needs=frozenset({"stats"}), default=True, bounds=((1.0, "maximum"),),
+           cite="Khoba et al., WACV 2025 (released code)"),
     Metric("gbc", "GBC", "SPEC 5", "te_gpu.reference.gbc:gbc", "te_gpu.engine.gbc:head",
            options=(_opt("gaussian", "spherical", "class covariance model",
                          kind=str, choices=("spherical", "diagonal")),),
-           needs=frozenset({"stats"}), default=True, min_class_size=2, cite="Pandy et al., CVPR 2022"),
+           needs=frozenset({"stats"}), default=True, min_class_size=2, bounds=((0.0, "maximum"),),
+           cite="Pandy et al., CVPR 2022"),
     Metric("ncti", "NCTI", "SPEC 4", "te_gpu.reference.ncti:ncti_parts", "te_gpu.engine.ncti:head",
            options=(_opt("lda_scaling", "n_minus_c", "scale of the 'svd' LDA: 1/(N-C) as "
                          "scikit-learn 1.0.x (the paper's), or 1/N as current scikit-learn",
@@ -170,10 +175,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
                          kind=int, minimum=1),
                     _opt("seed", 0, "seed of the mixture's k-means initialisation",
                          kind=int, minimum=0)),
-           cite="Li et al., CVPR 2021"),
+           bounds=((1.0, "maximum"),), cite="Li et al., CVPR 2021"),
     Metric("hscore", "H-score", "SPEC 10.1", "te_gpu.reference.hscore:h_score",
            "te_gpu.engine.hscore:head", options=(_RCOND,), needs=frozenset({"stats"}),
-           tolerance=1e-8, cite="Bao et al., ICIP 2019"),
+           tolerance=1e-8, bound_note="H-score's maximum is C - 1, which every model reaches "
+           "when N <= D", cite="Bao et al., ICIP 2019"),
     Metric("reg_hscore", "regularized H-score", "SPEC 10.2",
            "te_gpu.reference.hscore:regularized_h_score", "te_gpu.engine.hscore:regularized_head",
            options=(_RCOND,), needs=frozenset({"stats"}), tolerance=1e-8,
@@ -189,11 +195,14 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            options=(_opt("k", 3, "neighbours voting", kind=int, minimum=1),
                     _opt("distance", "euclidean", "distance between samples", kind=str,
                          choices=("euclidean", "cosine"))),
-           tolerance=1e-12, cite="leave-one-out, as transformer-ranker's NearestNeighbors"),
+           tolerance=1e-12, bounds=((0.0, "minimum"), (1.0, "maximum")),
+           cite="leave-one-out, as transformer-ranker's NearestNeighbors"),
     Metric("leep", "LEEP", "SPEC 10.5", "te_gpu.reference.leep:leep", "te_gpu.engine.leep:head",
-           inputs="predictions", sa=False, tolerance=1e-10, cite="Nguyen et al., ICML 2020"),
+           inputs="predictions", sa=False, tolerance=1e-10, bounds=((0.0, "maximum"),),
+           cite="Nguyen et al., ICML 2020"),
     Metric("nce", "NCE", "SPEC 10.6", "te_gpu.reference.leep:nce", "te_gpu.engine.leep:nce_head",
-           inputs="predictions", sa=False, tolerance=1e-10, cite="Tran et al., ICCV 2019"),
+           inputs="predictions", sa=False, tolerance=1e-10, bounds=((0.0, "maximum"),),
+           cite="Tran et al., ICCV 2019"),
 )}
 
 DEFAULT_METRICS = tuple(m.name for m in METRICS.values() if m.default)

@@ -14,7 +14,7 @@ Definition. For the scores :math:`s_1..s_n` one metric gives n models, let
 closer than or equal to :math:`\epsilon` belong to one group (single linkage);
 a group of two or more models is a *tie*. It is *saturated* when every score
 of the group is within :math:`\epsilon` of a known bound of the metric
-(:data:`KNOWN_BOUNDS`).
+(declared in :mod:`te_gpu.catalogue`, ``Metric.bounds``).
 
 Why :math:`10^{-6}` of the largest magnitude: te_gpu's engine agrees with its
 float64 reference to 1e-6 relative (the catalogue's default parity tolerance;
@@ -29,23 +29,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["RELATIVE_TOLERANCE", "KNOWN_BOUNDS", "Tie", "find_ties", "tie_line", "tie_lines"]
+__all__ = ["RELATIVE_TOLERANCE", "Tie", "find_ties", "tie_line", "tie_lines"]
 
 RELATIVE_TOLERANCE = 1e-6
-
-# metric -> ((bound, "maximum" | "minimum"), ...): values the metric cannot pass
-KNOWN_BOUNDS = {
-    "sfda": ((1.0, "maximum"),),                       # mean probability of the true class
-    "lda": ((1.0, "maximum"),),                        # idem, nearest-class-mean softmax
-    "nleep": ((1.0, "maximum"),),                      # mean of sum_z Q_iz p(y_i|z)
-    "knn": ((0.0, "minimum"), (1.0, "maximum")),       # an accuracy
-    "gbc": ((0.0, "maximum"),),                        # -sum exp(-BD)
-    "leep": ((0.0, "maximum"),),                       # mean log-probability
-    "nce": ((0.0, "maximum"),),                        # negative conditional entropy
-}
-
-# what else to know about a metric's ties
-_NOTES = {"hscore": "H-score's maximum is C - 1, which every model reaches when N <= D"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +41,13 @@ class Tie:
     low: float
     high: float
     bound: str | None = None     # e.g. "maximum 1" when saturated
+
+
+def _declared(metric):
+    """The catalogue's declaration of ``metric`` (its bounds), or None for a name it lacks."""
+    from te_gpu import catalogue
+
+    return catalogue.METRICS.get(str(metric).lower()) if metric else None
 
 
 def _metric_of(label: str) -> str:
@@ -87,7 +80,7 @@ def find_ties(scores: dict, *, metric: str | None = None, rtol: float = RELATIVE
             groups.append(current)
             current = [model]
     groups.append(current)
-    bounds = KNOWN_BOUNDS.get(metric.lower(), ()) if metric else ()
+    bounds = _declared(metric).bounds if _declared(metric) else ()
     ties = []
     for group in reversed(groups):
         if len(group) < 2:
@@ -129,7 +122,8 @@ def tie_line(label: str, scores: dict, models=None, *, rtol: float = RELATIVE_TO
         helps = "more samples (N > D) or a smaller SA dimension (--pca-dim)"
     else:
         helps = "SA (--sa released: PCA to 64 dimensions first), more samples (N > D) or PCA"
-    note = f" ({_NOTES[metric]})" if metric in _NOTES else ""
+    declared = _declared(metric)
+    note = f" ({declared.bound_note})" if declared and declared.bound_note else ""
     return (f"ties: {label} gives " + "; ".join(_describe(t, rtol) for t in ties)
             + f"{note}; it cannot order them. Try {helps}.")
 
