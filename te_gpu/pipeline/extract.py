@@ -20,6 +20,11 @@ Resume: the store is written one forward pass (one model) at a time, each file
 atomically, and the manifest lists a model only once all its files are written,
 so a killed extraction keeps every finished model and never takes a half-written
 file for a finished one; a rerun extracts only what is missing.
+
+Each model's manifest entry says, besides its spec and input: ``dim`` (the feature
+width D), ``params`` (the parameters of the network that ran), ``n``, ``classes``
+(of its own softmax, if written) and ``shared_pass`` (the candidates of its pass
+and its times).
 """
 from __future__ import annotations
 
@@ -374,6 +379,7 @@ class PassResult:
     cpu_seconds: float        # CPU time of this process over the same span (all threads)
     forward_seconds: float    # the batches alone: what images/s is measured on
     names: list = field(default_factory=list)
+    params: int = 0           # parameters of the whole network that ran (every depth's)
 
     @property
     def images_per_s(self) -> float:
@@ -453,7 +459,8 @@ def run_pass(specs, data: ImageSet, *, images: ImageCache | None = None, model=N
                   device=str(dev), channels_last=layout, batch_size=int(batch_size))
     return PassResult(features=features, predictions=predictions, config=config, weights=how,
                       seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
-                      forward_seconds=forward_seconds, names=names)
+                      forward_seconds=forward_seconds, names=names,
+                      params=sum(p.numel() for p in model.parameters()))
 
 
 def model_features(model, spec: ModelSpec, data: ImageSet, *, device=None, batch_size: int | None = 64,
@@ -548,8 +555,9 @@ def _entry(spec: ModelSpec, res: PassResult) -> dict:
     shared = dict(candidates=res.names, seconds=round(res.seconds, 3),
                   cpu_seconds=round(res.cpu_seconds, 3), forward_seconds=round(res.forward_seconds, 3),
                   images_per_s=round(res.images_per_s, 1))
+    # dim: the feature width D; params: the parameters of the whole network that ran
     return dict(spec=spec.record(), weights=res.weights, dim=int(feats.shape[1]),
-                n=int(feats.shape[0]), seconds=round(res.seconds, 3),
+                params=int(res.params), n=int(feats.shape[0]), seconds=round(res.seconds, 3),
                 classes=None if preds is None else int(preds.shape[1]), **res.config,
                 shared_pass=shared)
 
