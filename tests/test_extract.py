@@ -136,7 +136,7 @@ def test_extract_zoo_one_pass_per_model(tmp_path, monkeypatch):
     # feature width and parameter count (issue 13): params counts the whole network that ran
     params = sum(p.numel() for p in real(specs[-1])[0].parameters())
     assert [entries[m]["params"] for m in ("r-stage1", "r", "other")] == [params] * 3
-    assert entries["r"]["dim"] == 512
+    assert entries["r"]["dim"] == 512 and entries["r"]["shared_pass"]["ranks"] == 1
     preds = sorted(p.name for p in tmp_path.glob("*_prediction.npy"))
     assert preds == ["other_toy_prediction.npy", "r_toy_prediction.npy"]
     # a depth added later: only it is extracted, the others stay cached
