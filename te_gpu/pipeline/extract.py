@@ -640,6 +640,9 @@ def extract_zoo(specs, data: ImageSet, out, *, dataset: str | None = None, devic
         return (_run_split if plan.owners is None else _run_shared)(job, plan)
 
 
+_SHARED_OUT = "--out must be a folder every rank sees (on a file system shared by the nodes)"
+
+
 def _silent(*args, **kwargs) -> None:
     pass
 
@@ -844,6 +847,10 @@ def _merge(job: _Job, plan: _Plan, book: "_Book", results: list) -> None:
     """Rank 0: the other ranks' models into the manifest, listed in the order one process
     would list them; the manifest written, then the ranks' shard files removed."""
     for rank, result in enumerate(results[1:], start=1):
+        unseen = [n for n in result["entries"] if not _paths(job.out, n, job.dataset)[0].is_file()]
+        if unseen:
+            raise PipelineError(f"rank {rank} wrote {', '.join(unseen)} where rank 0 does not see "
+                                f"it: {_SHARED_OUT}")
         book.models.update(result["entries"])
         for line in result["lines"]:
             job.log(f"  rank {rank}: {line.strip()}")
@@ -893,31 +900,40 @@ def _run_slice(job: _Job, group: list, rows: ImageSet, images: ImageCache, part:
 
 def _write_joined(job: _Job, book: "_Book", group: list, own: PassResult, timings: list,
                   index: int, t0: float) -> None:
-    """Rank 0: the pass on all images (its own slice, then the other ranks' in rank order),
-    written and listed like one process's."""
+    """Rank 0: the pass on all images, written and listed like one process's."""
+    ranks = [r for r, t in enumerate(timings) if t is not None]
+    features, predictions = _joined_slices(job, own, ranks, index)
+    used = [timings[r] for r in ranks]
+    res = replace(own, features=features, predictions=predictions,
+                  seconds=time.perf_counter() - t0, cpu_seconds=sum(t["cpu_seconds"] for t in used),
+                  forward_seconds=max(t["forward_seconds"] for t in used), ranks=len(used))
+    _write_pass(job.out, job.dataset, res, job.labels)
+    book.record({s.name: _entry(s, res) for s in group})
+    job.log(_describe_pass(res))
+
+
+def _joined_slices(job: _Job, own: PassResult, ranks: list, index: int) -> tuple:
+    """Rank 0's slice, then those of the other ``ranks`` (their part files, read and removed),
+    in rank order -> ({name: features}, {name: softmax}) of all images."""
     features = {n: [a] for n, a in own.features.items()}
     predictions = {n: [a] for n, a in own.predictions.items()}
-    ranks = [r for r, t in enumerate(timings) if t is not None]
     for rank in ranks[1:]:
         path = _part_path(job.out, index, rank)
+        if not path.is_file():
+            raise PipelineError(f"rank {rank}'s slice of {own.names[0]} is not in {job.out} as rank 0 "
+                                f"sees it: {_SHARED_OUT}")
         with np.load(path, allow_pickle=False) as part:
             for name, chunks in features.items():
                 chunks.append(part[f"features.{name}"])
             for name, chunks in predictions.items():
                 chunks.append(part[f"predictions.{name}"])
         path.unlink()
-    used = [timings[r] for r in ranks]
-    res = replace(own, features={n: np.concatenate(v) for n, v in features.items()},
-                  predictions={n: np.concatenate(v) for n, v in predictions.items()},
-                  seconds=time.perf_counter() - t0, cpu_seconds=sum(t["cpu_seconds"] for t in used),
-                  forward_seconds=max(t["forward_seconds"] for t in used), ranks=len(used))
-    rows = next(iter(res.features.values())).shape[0]
+    features = {n: np.concatenate(v) for n, v in features.items()}
+    rows = next(iter(features.values())).shape[0]
     if rows != len(job.data):
         raise PipelineError(f"the ranks' slices of {own.names[0]} hold {rows} images, not "
                             f"{len(job.data)}")
-    _write_pass(job.out, job.dataset, res, job.labels)
-    book.record({s.name: _entry(s, res) for s in group})
-    job.log(_describe_pass(res))
+    return features, {n: np.concatenate(v) for n, v in predictions.items()}
 
 
 def _save_part(path: Path, res: PassResult) -> None:
