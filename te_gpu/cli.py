@@ -169,18 +169,27 @@ def _sa_opts(args):
 # --------------------------------------------------------------------------
 
 def cmd_extract(args):
+    from contextlib import nullcontext
+
+    from te_gpu import distributed
     from te_gpu.pipeline.datasets import load_data
     from te_gpu.pipeline.extract import extract_zoo, plan_passes
 
-    log = _log(args)
+    # under torchrun every rank runs this command and loads the data; rank 0 alone prints
+    rank0 = distributed.launch_rank() == 0
+    log = _log(args) if rank0 else (lambda *a, **k: None)
     specs = _specs(args)
     data = load_data(args.data, split=args.split, n=args.n, seed=args.seed)
     passes = len(plan_passes(specs))
     log(f"extracting {len(specs)} model(s) in {passes} forward pass(es) on {data.name} "
         f"({args.split}, {len(data)} images, {len(data.classes)} classes) into {args.out}/")
-    extract_zoo(specs, data, args.out, dataset=args.dataset, device=args.device,
-                batch_size=args.batch_size, amp=not args.no_amp, workers=args.workers,
-                overwrite=args.overwrite, progress=_progress(args), log=log)
+    try:   # a survivor stopped by torchrun (SIGTERM) still removes its temporary files
+        with distributed.terminated_as_exit() if distributed.launched() else nullcontext():
+            extract_zoo(specs, data, args.out, dataset=args.dataset, device=args.device,
+                        batch_size=args.batch_size, amp=not args.no_amp, workers=args.workers,
+                        overwrite=args.overwrite, progress=_progress(args), log=log)
+    except distributed.DistributedError as exc:
+        raise PipelineError(str(exc)) from None
     log(f"done: {args.out}/ (public layout + te_gpu_manifest.json); next: te-gpu score {args.out}")
     return 0
 
@@ -509,18 +518,24 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and write them in the public layout ({model}_{dataset}_feature.npy) "
                                    "with te_gpu's manifest. The depths of one model (stages=) come "
                                    "from one forward pass; models already extracted are skipped, so "
-                                   "an interrupted run resumes.",
+                                   "an interrupted run resumes. Under torchrun (or srun) the ranks "
+                                   "share the forward passes out, or split the images of a zoo of "
+                                   "fewer passes than ranks; --out must be a folder every rank sees.",
                        epilog=_examples(
                            "te-gpu extract --data digits --model resnet18,checkpoint=resnet18.pth --out zoo",
                            "te-gpu extract --data ./flowers --zoo-file zoo.json --out zoo --n 2000",
                            "te-gpu extract --data fashion-mnist --demo-zoo --out zoo",
                            "te-gpu extract --data digits --model resnet10t,size=32 --out zoo   # random init",
-                           "te-gpu extract --data digits --model resnet10t,size=32,stages=2,3,final --out zoo"))
+                           "te-gpu extract --data digits --model resnet10t,size=32,stages=2,3,final --out zoo",
+                           "torchrun --standalone --nproc-per-node=8 -m te_gpu extract --data ./flowers "
+                           "--zoo-file zoo.json --out zoo"))
     _add_models(e)
     _add_data(e)
     e.add_argument("--split", choices=["train", "test", "all"], default="train",
                    help="which split of the data (sets without one: a seeded 70/30 hold-out)")
-    e.add_argument("--n", type=int, default=None, help="at most this many images (class-balanced)")
+    # --n-images: under torchrun, whose parser reads --n as an ambiguous abbreviation of its own
+    e.add_argument("--n", "--n-images", type=int, default=None,
+                   help="at most this many images (class-balanced; write --n-images under torchrun)")
     e.add_argument("--dataset", default=None, help="data set name in the file names (default: the data's)")
     e.add_argument("--out", "-o", default="features", help="the zoo directory to write")
     e.add_argument("--batch-size", type=int, default=None,

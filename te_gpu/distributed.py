@@ -165,8 +165,8 @@ class World:
     def _broken(self, what: str, mark: str, exc: Exception) -> str:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         head = f"{what} failed on rank {self.rank} of {self.size}"
-        tail = (" Whatever each rank had finished is in its checkpoint file, if the run has one: "
-                f"rerun the same command to resume. ({reason})")
+        tail = (" Whatever each rank had finished is kept in its checkpoint or manifest shard, if "
+                f"the run writes one: rerun the same command to resume. ({reason})")
         if self.store is None:
             return f"{head}: another rank stopped or lost its connection.{tail}"
         try:

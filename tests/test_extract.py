@@ -133,6 +133,10 @@ def test_extract_zoo_one_pass_per_model(tmp_path, monkeypatch):
     assert entries["other"]["shared_pass"]["candidates"] == ["other"]
     assert entries["r-stage1"]["dim"] == 64 and entries["r"]["classes"] == 1000
     assert entries["r-stage1"]["classes"] is None and entries["r"]["shared_pass"]["images_per_s"] > 0
+    # feature width and parameter count (issue 13): params counts the whole network that ran
+    params = sum(p.numel() for p in real(specs[-1])[0].parameters())
+    assert [entries[m]["params"] for m in ("r-stage1", "r", "other")] == [params] * 3
+    assert entries["r"]["dim"] == 512 and entries["r"]["shared_pass"]["ranks"] == 1
     preds = sorted(p.name for p in tmp_path.glob("*_prediction.npy"))
     assert preds == ["other_toy_prediction.npy", "r_toy_prediction.npy"]
     # a depth added later: only it is extracted, the others stay cached

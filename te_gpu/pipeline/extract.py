@@ -20,14 +20,29 @@ Resume: the store is written one forward pass (one model) at a time, each file
 atomically, and the manifest lists a model only once all its files are written,
 so a killed extraction keeps every finished model and never takes a half-written
 file for a finished one; a rerun extracts only what is missing.
+
+Each model's manifest entry says, besides its spec and input: ``dim`` (the feature
+width D), ``params`` (the parameters of the network that ran), ``n``, ``classes``
+(of its own softmax, if written) and ``shared_pass`` (the candidates of its pass,
+its times, and ``ranks``: the processes that split its images).
+
+Many processes (torchrun, srun, an initialised process group; ``te_gpu.distributed``):
+rank 0 reads the store and plans; with at least as many forward passes as ranks,
+whole passes are shared out by estimated FLOPs, each rank writes its passes' files
+and lists them in its shard of the manifest (``te_gpu_manifest.json.rank<k>``),
+which rank 0 merges at the end, or the next run - of any number of ranks - at its
+start; with fewer, every rank runs a slice of each pass (whole batches: on a CPU
+the same bits as one process) and rank 0 joins the slices. A rank that dies stops
+the job with a message naming it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -374,6 +389,8 @@ class PassResult:
     cpu_seconds: float        # CPU time of this process over the same span (all threads)
     forward_seconds: float    # the batches alone: what images/s is measured on
     names: list = field(default_factory=list)
+    params: int = 0           # parameters of the whole network that ran (every depth's)
+    ranks: int = 1            # processes that each ran a slice of the images
 
     @property
     def images_per_s(self) -> float:
@@ -453,7 +470,8 @@ def run_pass(specs, data: ImageSet, *, images: ImageCache | None = None, model=N
                   device=str(dev), channels_last=layout, batch_size=int(batch_size))
     return PassResult(features=features, predictions=predictions, config=config, weights=how,
                       seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
-                      forward_seconds=forward_seconds, names=names)
+                      forward_seconds=forward_seconds, names=names,
+                      params=sum(p.numel() for p in model.parameters()))
 
 
 def model_features(model, spec: ModelSpec, data: ImageSet, *, device=None, batch_size: int | None = 64,
@@ -497,7 +515,11 @@ def plan_passes(specs) -> list:
 # --------------------------------------------------------------------------
 
 def read_manifest(directory) -> dict | None:
-    path = Path(directory) / MANIFEST
+    return _read_book(Path(directory) / MANIFEST)
+
+
+def _read_book(path: Path) -> dict | None:
+    """A manifest, or a rank's shard of one (the same format); None where there is no file."""
     if not path.is_file():
         return None
     try:
@@ -510,11 +532,15 @@ def read_manifest(directory) -> dict | None:
 
 
 def write_manifest(directory, manifest: dict) -> None:
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    _write_book(Path(directory) / MANIFEST, manifest)
+
+
+def _write_book(path: Path, manifest: dict) -> None:
     from te_gpu.io import atomic_write
 
     text = json.dumps(manifest, indent=1, allow_nan=False) + "\n"
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    atomic_write(Path(directory) / MANIFEST, lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _paths(directory: Path, model: str, dataset: str):
@@ -547,9 +573,10 @@ def _entry(spec: ModelSpec, res: PassResult) -> dict:
     # every candidate of the pass names the others: their seconds are one pass, not a sum
     shared = dict(candidates=res.names, seconds=round(res.seconds, 3),
                   cpu_seconds=round(res.cpu_seconds, 3), forward_seconds=round(res.forward_seconds, 3),
-                  images_per_s=round(res.images_per_s, 1))
+                  images_per_s=round(res.images_per_s, 1), ranks=res.ranks)
+    # dim: the feature width D; params: the parameters of the whole network that ran
     return dict(spec=spec.record(), weights=res.weights, dim=int(feats.shape[1]),
-                n=int(feats.shape[0]), seconds=round(res.seconds, 3),
+                params=int(res.params), n=int(feats.shape[0]), seconds=round(res.seconds, 3),
                 classes=None if preds is None else int(preds.shape[1]), **res.config,
                 shared_pass=shared)
 
@@ -579,54 +606,434 @@ def _describe_pass(res: PassResult) -> str:
 def extract_zoo(specs, data: ImageSet, out, *, dataset: str | None = None, device=None,
                 batch_size: int | None = None, amp: bool = True, workers: int = 0,
                 overwrite: bool = False, progress: bool = True, channels_last: bool | None = None,
-                log=print) -> dict:
+                distributed: bool | None = None, log=print) -> dict:
     """Extract, for each spec, the features of ``data`` into the store ``out``.
 
     Returns ``{model: "extracted" | "cached"}``. Candidates of one network and input
     size are read from one forward pass; each pass is written (atomically) as soon
     as it is done; models whose record and samples are unchanged are skipped. The
     folder is created only when something is written into it.
+
+    ``distributed``: None shares the work out between the ranks of a torchrun or srun
+    job, or of a process group the caller initialised (:mod:`te_gpu.distributed`):
+    every rank calls ``extract_zoo`` with the same arguments, ``out`` is a folder
+    every rank sees, rank 0 alone logs, and every rank returns the whole status (see
+    :func:`_share_out` for who runs what). False: this process extracts everything.
     """
+    from te_gpu.distributed import joined
+
     out = Path(out)
-    dataset = safe_dataset_name(dataset or data.name)
     if out.exists() and not out.is_dir():
         raise PipelineError(f"--out {out} exists and is not a directory")
-    manifest = (read_manifest(out) if out.is_dir() else None) or \
-        {"format": FORMAT, "version": 1, "datasets": {}}
-    ds = manifest["datasets"].setdefault(dataset, {"models": {}})
-    described = data.describe()
+    dev = resolve_device(device)
+    with joined(dev, enabled=distributed is not False) as world:
+        rank0 = world.rank == 0
+        job = _Job(specs=list(specs), data=data, out=out,
+                   dataset=safe_dataset_name(dataset or data.name),
+                   labels=data.labels.astype(np.int64), world=world, device=world.device(dev),
+                   run=dict(batch_size=batch_size, amp=amp, workers=workers,
+                            channels_last=channels_last, progress=progress and rank0),
+                   log=log if rank0 else _silent)
+        if world.size > 1:   # before any work: ranks given other inputs would extract other things
+            world.check_same(**_input_digests(job, overwrite))
+        plan = world.share("reading the store", lambda: _plan(job, overwrite))
+        return (_run_split if plan.owners is None else _run_shared)(job, plan)
+
+
+_SHARED_OUT = "--out must be a folder every rank sees (on a file system shared by the nodes)"
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+@dataclass
+class _Job:
+    """One extract_zoo call, as one rank sees it."""
+    specs: list
+    data: ImageSet
+    out: Path
+    dataset: str
+    labels: np.ndarray
+    world: object         # te_gpu.distributed.World
+    device: object        # this rank's torch.device
+    run: dict             # run_pass's keywords
+    log: object
+
+    def group(self, names) -> list:
+        """The specs of a pass, from their names."""
+        by_name = {s.name: s for s in self.specs}
+        return [by_name[n] for n in names]
+
+    def image_cache(self) -> ImageCache:
+        """This rank's decoded images (each rank decodes what its passes read)."""
+        return ImageCache(workers=self.run["workers"], pin=self.device.type == "cuda")
+
+
+@dataclass
+class _Plan:
+    """What a job extracts and which rank runs what: decided by rank 0, shared with every rank."""
+    manifest: dict            # the store's, with what an interrupted job's ranks listed taken in
+    status: dict              # {model: "cached"}
+    passes: list              # the forward passes to run: lists of model names, in order
+    owners: list | None       # the rank that runs each pass; None: each rank a slice of each pass
+    rows: list = field(default_factory=list)   # (start, stop): each rank's slice of the images
+
+
+def _plan(job: _Job, overwrite: bool) -> _Plan:
+    """Rank 0: read the store (with the shards an interrupted job left), keep what is cached,
+    plan the rest in forward passes and share them out."""
+    _remove_leftovers(job.out)
+    manifest = (read_manifest(job.out) if job.out.is_dir() else None) or _new_manifest()
+    shards = _absorb_shards(job.out, manifest)
+    ds = manifest["datasets"].setdefault(job.dataset, {"models": {}})
+    described = job.data.describe()
     if ds.get("data") not in (None, described):
         # other samples than before: the old features no longer match
-        log(f"note: the samples of {dataset!r} changed; re-extracting every model")
+        job.log(f"note: the samples of {job.dataset!r} changed; re-extracting every model")
         ds["models"] = {}
     ds["data"] = described
-    labels = data.labels.astype(np.int64)
     status, pending = {}, []
-    for spec in specs:
-        if not overwrite and _cached(out, ds["models"].get(spec.name), spec.record(), spec.name,
-                                     dataset, labels):
+    for spec in job.specs:
+        if not overwrite and _cached(job.out, ds["models"].get(spec.name), spec.record(), spec.name,
+                                     job.dataset, job.labels):
             status[spec.name] = "cached"
-            log(f"  {spec.name}: cached ({ds['models'][spec.name]['dim']}-d)")
+            job.log(f"  {spec.name}: cached ({ds['models'][spec.name]['dim']}-d)")
         else:
             pending.append(spec)
-    images = ImageCache(workers=workers, pin=resolve_device(device).type == "cuda")
-    for group in plan_passes(pending):
-        stale = [s.name for s in group if s.name in ds["models"]]
-        if stale:  # unlisted before their files are rewritten: a kill in between leaves no stale entry
-            for name in stale:
-                del ds["models"][name]
-            write_manifest(out, manifest)
-        res = run_pass(group, data, images=images, device=device, batch_size=batch_size, amp=amp,
-                       workers=workers, channels_last=channels_last, progress=progress)
-        _write_pass(out, dataset, res, labels)
-        for spec in group:
-            ds["models"][spec.name] = _entry(spec, res)
-            status[spec.name] = "extracted"
-        write_manifest(out, manifest)
-        log(_describe_pass(res))
+    # several ranks: every entry to be rewritten is unlisted before any rank rewrites a file
+    # (one process unlists a pass's entries when it comes to the pass)
+    stale = [s.name for s in pending if s.name in ds["models"]] if job.world.size > 1 else []
+    for name in stale:
+        del ds["models"][name]
+    if shards or stale:
+        write_manifest(job.out, manifest)
+        for shard in shards:   # only once the manifest holds what they listed
+            shard.unlink(missing_ok=True)
+    passes = plan_passes(pending)
+    owners, rows = _share_out(job, passes)
+    return _Plan(manifest=manifest, status=status, passes=[[s.name for s in g] for g in passes],
+                 owners=owners, rows=rows)
+
+
+def _share_out(job: _Job, passes: list) -> tuple:
+    """(the owner rank of each pass, []) or (None, each rank's rows of the images).
+
+    At least as many passes as ranks: whole passes, by estimated FLOPs (:func:`forward_flops`;
+    the images are the same for every pass), longest first onto the least loaded rank. Fewer:
+    every pass runs on every rank, each on a slice of the images, so that no rank idles
+    while one extracts a large model alone.
+    """
+    from te_gpu.distributed import assign
+
+    size = job.world.size
+    if size == 1 or not passes:
+        return [0] * len(passes), []
+    if len(passes) >= size:
+        job.log(f"sharing {len(passes)} forward passes across {size} ranks by estimated FLOPs")
+        return assign(pass_costs(passes), size), []
+    job.log(f"{len(passes)} forward pass(es) for {size} ranks: each rank extracts a slice of the "
+            "images of each pass")
+    return None, _slices(len(job.data), job.run["batch_size"] or CPU_BATCH, size)
+
+
+def _slices(n: int, batch: int, size: int) -> list:
+    """(start, stop) of each rank's images: whole batches, so that on a CPU each rank runs
+    exactly the batches one process would (the same bits); the lower ranks take the extra."""
+    batches = -(-n // batch)
+    base, extra = divmod(batches, size)
+    rows, start = [], 0
+    for rank in range(size):
+        stop = min(n, start + (base + (rank < extra)) * batch)
+        rows.append((start, stop))
+        start = stop
+    return rows
+
+
+def pass_costs(passes) -> list:
+    """Estimated FLOPs of one image through each pass (lists of specs), for sharing passes out;
+    a pass that cannot be estimated gets the median of the others. Only who runs a pass
+    depends on it, never a feature."""
+    memo: dict = {}
+    costs = []
+    for group in passes:
+        key = (group[0].arch, group[0].size, tuple(sorted(str(s.stage) for s in group)))
+        if key not in memo:
+            memo[key] = forward_flops(group)
+        costs.append(memo[key])
+    known = [c for c in costs if c is not None]
+    fill = float(np.median(known)) if known else 1.0
+    return [fill if c is None else c for c in costs]
+
+
+def forward_flops(specs) -> float | None:
+    """FLOPs of one image through the pass of ``specs`` (one network), counted by torch's
+    FlopCounterMode on the meta device: no memory, no weights, the calls of run_pass.
+
+    Where the model does not run there: 2 x parameters x pixels / 256, what a ViT of
+    16-pixel patches costs (the FLOPs of ViTs, 1-8x those of CNNs with as many parameters).
+    None where even building it fails: its owner will say why.
+    """
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(specs[0].arch, pretrained=False)
+        size = input_config(model, specs[0])["size"]
+    except Exception:
+        return None
+    model.eval()
+    try:
+        indices = sorted({stage_index(model, s) for s in specs if s.stage is not None})
+        final = any(s.stage is None for s in specs)
+        with torch.device("meta"), torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            depth_outputs(model, torch.empty(1, 3, size, size), indices, final, final)
+        return float(counter.get_total_flops())
+    except Exception:
+        return 2.0 * sum(p.numel() for p in model.parameters()) * size * size / 256
+
+
+def _input_digests(job: _Job, overwrite: bool) -> dict:
+    """What every rank must have been given alike, as digests (for World.check_same)."""
+    data = job.data
+    samples = [data.describe(), hashlib.sha1(job.labels.tobytes()).hexdigest(),
+               data.paths if data.paths is not None else list(np.shape(data.arrays))]
+    settings = [job.dataset, overwrite, {k: v for k, v in job.run.items() if k != "progress"}]
+    return dict(samples=_digest(samples), models=_digest([s.record() for s in job.specs]),
+                settings=_digest(settings))
+
+
+def _digest(obj) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------
+# running the plan: whole passes per rank, or slices of the images
+# --------------------------------------------------------------------------
+
+def _run_shared(job: _Job, plan: _Plan) -> dict:
+    """Each rank runs its passes (a lone process all of them), writing each pass's files and
+    listing them in its book; rank 0 then lists every rank's models in the manifest."""
+    world = job.world
+    book = _Book.of(job, plan.manifest)
+    mine = [names for names, owner in zip(plan.passes, plan.owners) if owner == world.rank]
+    images = job.image_cache()
+
+    def extract_mine() -> dict:
+        entries, lines = {}, []
+        for names in mine:
+            group = job.group(names)
+            book.unlist(names)   # before their files are rewritten: a kill leaves no stale entry
+            res = run_pass(group, job.data, images=images, device=job.device, **job.run)
+            _write_pass(job.out, job.dataset, res, job.labels)
+            done = {s.name: _entry(s, res) for s in group}
+            book.record(done)
+            entries.update(done)
+            lines.append(_describe_pass(res))
+            job.log(lines[-1])
+        return dict(entries=entries, lines=lines)
+
+    # a rank that fails sends its error here, so every rank stops with it
+    results = world.gather("extracting the models", extract_mine)
+    if world.rank == 0:
+        _merge(job, plan, book, results)
+    return dict(plan.status, **{name: "extracted" for names in plan.passes for name in names})
+
+
+def _merge(job: _Job, plan: _Plan, book: "_Book", results: list) -> None:
+    """Rank 0: the other ranks' models into the manifest, listed in the order one process
+    would list them; the manifest written, then the ranks' shard files removed."""
+    for rank, result in enumerate(results[1:], start=1):
+        unseen = [n for n in result["entries"] if not _paths(job.out, n, job.dataset)[0].is_file()]
+        if unseen:
+            raise PipelineError(f"rank {rank} wrote {', '.join(unseen)} where rank 0 does not see "
+                                f"it: {_SHARED_OUT}")
+        book.models.update(result["entries"])
+        for line in result["lines"]:
+            job.log(f"  rank {rank}: {line.strip()}")
+    for names in plan.passes:
+        for name in names:
+            book.models[name] = book.models.pop(name)
+    if job.out.is_dir():
+        book.save()
+    for shard in _shard_files(job.out):
+        shard.unlink(missing_ok=True)
+
+
+def _run_split(job: _Job, plan: _Plan) -> dict:
+    """Every pass on every rank, each on its slice of the images, one pass after another:
+    the other ranks save their rows to a part file, rank 0 joins them, writes and lists the pass."""
+    world = job.world
+    start, stop = plan.rows[world.rank]
+    mine = job.data.subset(np.arange(start, stop))
+    images = job.image_cache()
+    book = _Book.of(job, plan.manifest)   # rank 0's: the manifest
+    for index, names in enumerate(plan.passes):
+        group, part, held = job.group(names), _part_path(job.out, index, world.rank), {}
+        t0 = time.perf_counter()
+        try:
+            timings = world.gather(f"extracting {names[0]}",
+                                   lambda: _run_slice(job, group, mine, images, part, held))
+            world.share(f"writing {names[0]}",
+                        lambda: _write_joined(job, book, group, held["res"], timings, index, t0))
+        finally:   # rank 0 read it (or the job failed): no slice outlives its pass
+            part.unlink(missing_ok=True)
+    if world.rank == 0 and job.out.is_dir():
+        book.save()
+    return dict(plan.status, **{name: "extracted" for names in plan.passes for name in names})
+
+
+def _run_slice(job: _Job, group: list, rows: ImageSet, images: ImageCache, part: Path,
+               held: dict) -> dict | None:
+    """This rank's rows of a pass: rank 0 keeps them (in ``held``), the others save them to
+    ``part`` for rank 0 -> their timings (None: this rank has no rows)."""
+    if len(rows) == 0:
+        return None
+    res = held["res"] = run_pass(group, rows, images=images, device=job.device, **job.run)
+    if job.world.rank > 0:
+        _save_part(part, res)
+    return dict(cpu_seconds=res.cpu_seconds, forward_seconds=res.forward_seconds)
+
+
+def _write_joined(job: _Job, book: "_Book", group: list, own: PassResult, timings: list,
+                  index: int, t0: float) -> None:
+    """Rank 0: the pass on all images, written and listed like one process's."""
+    ranks = [r for r, t in enumerate(timings) if t is not None]
+    features, predictions = _joined_slices(job, own, ranks, index)
+    used = [timings[r] for r in ranks]
+    res = replace(own, features=features, predictions=predictions,
+                  seconds=time.perf_counter() - t0, cpu_seconds=sum(t["cpu_seconds"] for t in used),
+                  forward_seconds=max(t["forward_seconds"] for t in used), ranks=len(used))
+    _write_pass(job.out, job.dataset, res, job.labels)
+    book.record({s.name: _entry(s, res) for s in group})
+    job.log(_describe_pass(res))
+
+
+def _joined_slices(job: _Job, own: PassResult, ranks: list, index: int) -> tuple:
+    """Rank 0's slice, then those of the other ``ranks`` (their part files, read and removed),
+    in rank order -> ({name: features}, {name: softmax}) of all images."""
+    features = {n: [a] for n, a in own.features.items()}
+    predictions = {n: [a] for n, a in own.predictions.items()}
+    for rank in ranks[1:]:
+        path = _part_path(job.out, index, rank)
+        if not path.is_file():
+            raise PipelineError(f"rank {rank}'s slice of {own.names[0]} is not in {job.out} as rank 0 "
+                                f"sees it: {_SHARED_OUT}")
+        with np.load(path, allow_pickle=False) as part:
+            for name, chunks in features.items():
+                chunks.append(part[f"features.{name}"])
+            for name, chunks in predictions.items():
+                chunks.append(part[f"predictions.{name}"])
+        path.unlink()
+    features = {n: np.concatenate(v) for n, v in features.items()}
+    rows = next(iter(features.values())).shape[0]
+    if rows != len(job.data):
+        raise PipelineError(f"the ranks' slices of {own.names[0]} hold {rows} images, not "
+                            f"{len(job.data)}")
+    return features, {n: np.concatenate(v) for n, v in predictions.items()}
+
+
+def _save_part(path: Path, res: PassResult) -> None:
+    from te_gpu.io import atomic_write
+
+    arrays = {f"features.{n}": a for n, a in res.features.items()}
+    arrays.update({f"predictions.{n}": a for n, a in res.predictions.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
+# --------------------------------------------------------------------------
+# where ranks list what they wrote: the manifest, and a shard file per rank
+# --------------------------------------------------------------------------
+
+class _Book:
+    """Where a rank lists the models whose files it has written: rank 0 (or a lone process)
+    in the manifest; rank k > 0 in its shard file beside it, ``te_gpu_manifest.json.rank<k>``
+    (the same format), which rank 0 takes in at the end of the job, or the next run at its
+    start if the job died."""
+
+    def __init__(self, path: Path, manifest: dict, dataset: str):
+        self.path, self.manifest, self.dataset = path, manifest, dataset
+
+    @classmethod
+    def of(cls, job: _Job, manifest: dict) -> "_Book":
+        if job.world.rank == 0:
+            return cls(job.out / MANIFEST, manifest, job.dataset)
+        samples = manifest["datasets"][job.dataset]["data"]
+        shard = dict(_new_manifest(), datasets={job.dataset: {"models": {}, "data": samples}})
+        return cls(_shard_path(job.out, job.world.rank), shard, job.dataset)
+
+    @property
+    def models(self) -> dict:
+        return self.manifest["datasets"][self.dataset]["models"]
+
+    def unlist(self, names) -> None:
+        stale = [n for n in names if n in self.models]
+        for name in stale:
+            del self.models[name]
+        if stale:
+            self.save()
+
+    def record(self, entries: dict) -> None:
+        self.models.update(entries)
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _write_book(self.path, self.manifest)
+
+
+def _new_manifest() -> dict:
+    return {"format": FORMAT, "version": 1, "datasets": {}}
+
+
+def _shard_path(out: Path, rank: int) -> Path:
+    return out / f"{MANIFEST}.rank{rank}"
+
+
+def _part_path(out: Path, index: int, rank: int) -> Path:
+    """Where rank ``rank`` leaves its slice of pass ``index`` for rank 0 (hidden: not a store file)."""
+    return out / f".te_gpu_part.{index}.rank{rank}.npz"
+
+
+_SHARD = re.compile(re.escape(MANIFEST) + r"\.rank\d+")
+_LEFTOVER = re.compile(r"\.te_gpu_part\.\d+\.rank\d+\.npz"     # a slice of a split pass
+                       r"|\..+\.[0-9a-f]{32}\.tmp")           # te_gpu.io.atomic_write's temporary
+
+
+def _shard_files(out: Path) -> list:
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if _SHARD.fullmatch(p.name))
+
+
+def _remove_leftovers(out: Path) -> None:
+    """What a killed job left beside the store and nobody reads: slices of a pass split
+    across ranks, files being written (one extraction at a time writes a store)."""
     if out.is_dir():
-        write_manifest(out, manifest)
-    return status
+        for path in out.iterdir():
+            if _LEFTOVER.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+
+
+def _absorb_shards(out: Path, manifest: dict) -> list:
+    """Take into ``manifest`` the models the ranks of an interrupted job (any number of them)
+    listed in their shard files -> those files, to remove once the manifest is written.
+
+    Only models of the samples the manifest names are taken; each is still checked like
+    any other (record, files, labels) before it counts as cached.
+    """
+    shards = _shard_files(out)
+    for path in shards:
+        for name, part in (_read_book(path) or {}).get("datasets", {}).items():
+            ds = manifest["datasets"].setdefault(name, {"models": {}})
+            if ds.get("data") in (None, part.get("data")):
+                ds["data"] = part.get("data")
+                ds["models"].update(part.get("models") or {})
+    return shards
 
 
 def find_cached(stores, spec: ModelSpec, data: ImageSet):
