@@ -372,3 +372,20 @@ def test_cli_help_and_failed_extract_leave_no_folder(tmp_path, monkeypatch, caps
     assert main(["extract", "--data", "digits", "--model", "resnet10t,size=32,stage=9"]) == 2
     assert "stage 9 does not exist" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no empty features/ folder
+
+
+def test_a_store_being_written_is_refused_to_a_second_run(tmp_path):
+    import socket
+
+    out = tmp_path / "zoo"
+    out.mkdir()
+    holder = dict(pid=os.getpid(), host=socket.gethostname(), time=0)
+    (out / extract.STORE_LOCK).write_text(json.dumps(holder))   # a live run holds it
+    spec = models.parse_spec("resnet10t,size=32")
+    with pytest.raises(PipelineError, match="in use by another run"):
+        extract.extract_zoo([spec], _images(n=8), out, progress=False, log=lambda *a: None)
+    assert sorted(p.name for p in out.iterdir()) == [extract.STORE_LOCK]   # nothing written
+    (out / extract.STORE_LOCK).unlink()
+    assert extract.extract_zoo([spec], _images(n=8), out, progress=False,
+                               log=lambda *a: None) == {spec.name: "extracted"}
+    assert not (out / extract.STORE_LOCK).exists()   # released at the end

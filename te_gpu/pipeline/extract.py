@@ -42,6 +42,7 @@ import json
 import os
 import re
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from .datasets import ImageSet
 from .models import ModelSpec, build_model, check_stages, input_config, stage_index
 
 MANIFEST = "te_gpu_manifest.json"
+STORE_LOCK = ".te-gpu-extract.lock"   # held by the run writing the store
 FORMAT = "te_gpu-store"
 CPU_BATCH = 64          # images per forward pass on a CPU when none is asked for
 MAX_GPU_BATCH = 1024    # the most images per forward pass chosen from free memory
@@ -626,7 +628,7 @@ def extract_zoo(specs, data: ImageSet, out, *, dataset: str | None = None, devic
     if out.exists() and not out.is_dir():
         raise PipelineError(f"--out {out} exists and is not a directory")
     dev = resolve_device(device)
-    with joined(dev, enabled=distributed is not False) as world:
+    with joined(dev, enabled=distributed is not False) as world, ExitStack() as held:
         rank0 = world.rank == 0
         job = _Job(specs=list(specs), data=data, out=out,
                    dataset=safe_dataset_name(dataset or data.name),
@@ -636,7 +638,7 @@ def extract_zoo(specs, data: ImageSet, out, *, dataset: str | None = None, devic
                    log=log if rank0 else _silent)
         if world.size > 1:   # before any work: ranks given other inputs would extract other things
             world.check_same(**_input_digests(job, overwrite))
-        plan = world.share("reading the store", lambda: _plan(job, overwrite))
+        plan = world.share("reading the store", lambda: _plan(job, overwrite, held))
         return (_run_split if plan.owners is None else _run_shared)(job, plan)
 
 
@@ -680,9 +682,11 @@ class _Plan:
     rows: list = field(default_factory=list)   # (start, stop): each rank's slice of the images
 
 
-def _plan(job: _Job, overwrite: bool) -> _Plan:
-    """Rank 0: read the store (with the shards an interrupted job left), keep what is cached,
-    plan the rest in forward passes and share them out."""
+def _plan(job: _Job, overwrite: bool, held: ExitStack) -> _Plan:
+    """Rank 0: lock the store for the run (in ``held``), read it (with the shards an
+    interrupted job left), keep what is cached, plan the rest in forward passes and share
+    them out."""
+    _lock_store(job.out, held)
     _remove_leftovers(job.out)
     manifest = (read_manifest(job.out) if job.out.is_dir() else None) or _new_manifest()
     shards = _absorb_shards(job.out, manifest)
@@ -1008,6 +1012,29 @@ def _shard_files(out: Path) -> list:
     if not out.is_dir():
         return []
     return sorted(p for p in out.iterdir() if _SHARD.fullmatch(p.name))
+
+
+def _lock_store(out: Path, held: ExitStack) -> None:
+    """Keep a second extraction off ``out`` while this one runs (its temporary files would be
+    taken for leftovers); a folder made only to hold the lock is removed again if nothing
+    was written into it (a failed extraction leaves no empty folder)."""
+    from te_gpu.io import LockError, exclusive_lock
+
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    if made:
+        held.callback(_remove_if_empty, out)
+    try:
+        held.enter_context(exclusive_lock(out / STORE_LOCK, f"feature store {out}"))
+    except LockError as exc:
+        raise PipelineError(str(exc)) from None
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:   # not empty: something was written
+        pass
 
 
 def _remove_leftovers(out: Path) -> None:
