@@ -264,6 +264,17 @@ def test_progress_bar_names_the_split(monkeypatch):
     assert seen == ["train r (+1 depths)", "test r (+1 depths)"]
 
 
+def test_log_line_of_a_pass_names_the_split(tmp_path):
+    lines = []
+    data = _images(n=4)
+    for split in ("train", "test"):
+        data.split = split
+        extract.extract_zoo(models.parse_specs("resnet10t,size=32,name=r"), data, tmp_path / split,
+                            progress=False, log=lines.append)
+    assert [line.split(" (")[0] for line in lines] == ["  r 512-d: 4 train images",
+                                                       "  r 512-d: 4 test images"]
+
+
 def test_killed_extraction_keeps_finished_models(tmp_path, monkeypatch):
     data = _images()
     specs = [models.ModelSpec(arch="resnet10t", size=32, name="a"),

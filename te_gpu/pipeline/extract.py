@@ -597,11 +597,12 @@ def _write_pass(out: Path, dataset: str, res: PassResult, labels: np.ndarray) ->
     save_zoo(out, dataset, res.features, labels)
 
 
-def _describe_pass(res: PassResult) -> str:
+def _describe_pass(res: PassResult, split: str) -> str:
+    """One log line per pass; it names the split, so a train and a test run read apart."""
     dims = ", ".join(f"{n} {f.shape[1]}-d" for n, f in res.features.items())
     n = next(iter(res.features.values())).shape[0]
     shared = f"one pass for {len(res.names)} depths, " if len(res.names) > 1 else ""
-    return (f"  {dims}: {n} images ({res.weights}, {res.config['size']} px, {shared}"
+    return (f"  {dims}: {n} {split} images ({res.weights}, {res.config['size']} px, {shared}"
             f"{res.seconds:.1f} s, {res.images_per_s:.0f} img/s, CPU {res.cpu_seconds:.1f} s)")
 
 
@@ -836,7 +837,7 @@ def _run_shared(job: _Job, plan: _Plan) -> dict:
             done = {s.name: _entry(s, res) for s in group}
             book.record(done)
             entries.update(done)
-            lines.append(_describe_pass(res))
+            lines.append(_describe_pass(res, job.data.split))
             job.log(lines[-1])
         return dict(entries=entries, lines=lines)
 
@@ -913,7 +914,7 @@ def _write_joined(job: _Job, book: "_Book", group: list, own: PassResult, timing
                   forward_seconds=max(t["forward_seconds"] for t in used), ranks=len(used))
     _write_pass(job.out, job.dataset, res, job.labels)
     book.record({s.name: _entry(s, res) for s in group})
-    job.log(_describe_pass(res))
+    job.log(_describe_pass(res, job.data.split))
 
 
 def _joined_slices(job: _Job, own: PassResult, ranks: list, index: int) -> tuple:
