@@ -20,7 +20,7 @@ _WHERE = {
     **{(m.name + "_parts" if m.zoo_level else m.name): "api" for m in catalogue.METRICS.values()},
     "ncti": "api", "spread_attract": "api", "score": "api",
     "score_zoo": "zoo", "ZooResult": "results",
-    "load_zoo": "io", "save_zoo": "io", "read_scores": "io", "write_scores": "io",
+    "load_zoo": "io", "load_predictions": "io", "save_zoo": "io", "read_scores": "io", "write_scores": "io",
     "api": "", "reference": "", "rank": "", "catalogue": "",
 }
 

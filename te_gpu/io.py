@@ -387,6 +387,30 @@ def load_zoo(directory, dataset: str, *, models=None, mmap: bool = False):
     return zoo, _collapse_labels(labels, label_path)
 
 
+def prediction_path(directory, model: str, dataset: str) -> Path:
+    """Where a model's own softmax (N x K float32) lies beside its features:
+    ``{model}_{dataset}_prediction.npy`` (written by te-gpu extract; LEEP and NCE read it)."""
+    return Path(directory) / f"{model}_{dataset}_prediction.npy"
+
+
+def load_predictions(directory, dataset: str, *, models=None, mmap: bool = False) -> dict:
+    """``{model: N x K array}``: the softmax of each model's own classifier on ``dataset``,
+    for the models (default: every model with a feature file) that have a prediction file.
+
+    The result is ``score_zoo``'s ``predictions=`` argument; a model without one is left
+    out, and ``score_zoo`` skips it for LEEP and NCE with its reason. Shapes and values are
+    checked by the metrics (N rows, probabilities).
+    """
+    directory = Path(directory)
+    dataset = _check_name(dataset, "dataset")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"zoo directory {directory} does not exist or is not a directory")
+    names = _discover(directory, dataset) if models is None else \
+        [_check_name(m, "model name") for m in ([models] if isinstance(models, str) else models)]
+    found = {m: prediction_path(directory, m, dataset) for m in names}
+    return {m: _load_npy(path, mmap) for m, path in found.items() if path.is_file()}
+
+
 def _labels_for_saving(labels) -> np.ndarray:
     """Labels as int64 (N or N x T); floats only if integral."""
     arr = np.asarray(labels)

@@ -184,3 +184,38 @@ def test_read_scores_errors(tmp_path):
     path.write_text('{"a": "high"}')
     with pytest.raises(ValueError, match="'a'"):
         read_scores(path)
+
+
+def test_load_predictions_reads_the_models_that_have_them(tmp_path):
+    from te_gpu.io import load_predictions, prediction_path
+
+    rng = np.random.default_rng(0)
+    y = np.arange(30) % 3
+    save_zoo(tmp_path, "toy", {m: rng.normal(size=(30, 4)) for m in ("a", "b", "c")}, y)
+    probs = {m: rng.dirichlet(np.ones(5), size=30).astype(np.float32) for m in ("a", "c")}
+    for m, p in probs.items():
+        np.save(prediction_path(tmp_path, m, "toy"), p)
+    got = load_predictions(tmp_path, "toy")
+    assert sorted(got) == ["a", "c"]                      # b has no classifier's softmax
+    assert all(np.array_equal(got[m], probs[m]) for m in got)
+    assert list(load_predictions(tmp_path, "toy", models="c", mmap=True)) == ["c"]
+    assert load_predictions(tmp_path, "other") == {}
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_predictions(tmp_path / "nope", "toy")
+
+
+def test_load_predictions_feeds_score_zoo(tmp_path):
+    pytest.importorskip("torch")
+    import te_gpu
+    from te_gpu.io import load_predictions, prediction_path
+
+    rng = np.random.default_rng(1)
+    y = np.arange(40) % 4
+    save_zoo(tmp_path, "toy", {m: rng.normal(size=(40, 6)) for m in ("a", "b")}, y)
+    p = rng.dirichlet(np.ones(7), size=40)
+    np.save(prediction_path(tmp_path, "a", "toy"), p)
+    zoo, labels = te_gpu.load_zoo(tmp_path, "toy")
+    res = te_gpu.score_zoo(zoo, labels, metrics=("leep",), predictions=load_predictions(tmp_path, "toy"),
+                           progress=False)
+    assert res.scores["leep"]["a"] == pytest.approx(te_gpu.reference.leep(p, labels), rel=1e-12)
+    assert "b" not in res.scores["leep"] and "b" in res.skipped["leep"]

@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from te_gpu.io import prediction_path
+
 from . import PipelineError
 from .datasets import ImageSet
 from .models import ModelSpec, build_model, check_stages, input_config, stage_index
@@ -547,11 +549,6 @@ def _write_book(path: Path, manifest: dict) -> None:
 
 def _paths(directory: Path, model: str, dataset: str):
     return (directory / f"{model}_{dataset}_feature.npy", directory / f"{model}_{dataset}_label.npy")
-
-
-def prediction_path(directory, model: str, dataset: str) -> Path:
-    """Where a model's own softmax (N x K float32) lies beside its features."""
-    return Path(directory) / f"{model}_{dataset}_prediction.npy"
 
 
 def _cached(directory: Path, entry: dict | None, record: dict, model: str, dataset: str,

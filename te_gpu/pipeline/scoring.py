@@ -117,10 +117,10 @@ def _open_on_rank0(zoo_dir, out: Path, dataset, metrics, models, restart, log, h
     """The zoo's models, labels, data set, the metrics it can take and its prediction files;
     the output folder made and locked (the lock in ``held``), an old checkpoint removed on
     ``restart``. Run by rank 0 alone; the other ranks get what it returns."""
-    from te_gpu.io import exclusive_lock
+    from te_gpu.io import exclusive_lock, prediction_path
     from te_gpu.zoo import checkpoint_files
 
-    from .extract import open_zoo, prediction_path
+    from .extract import open_zoo
 
     zoo, labels, dataset = open_zoo(zoo_dir, dataset, models=models)
     zoo_level = [catalogue.get(m).title for m in metrics if catalogue.get(m).zoo_level]
