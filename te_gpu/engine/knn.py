@@ -8,6 +8,11 @@ in index order until k are chosen (the reference's stable-sort tie rule). The
 chosen set is a 0/1 mask whose product with the one-hot labels gives the
 votes; ``argmax`` returns the first maximum, i.e. the smallest class on a
 tied vote.
+
+``groups`` (B, N), optional: rows with equal ids are copies of one sample (the
+rows of a bootstrap resample, :mod:`te_gpu.bootstrap`), and a query leaves out
+its whole group, not only itself: a copy at distance 0 would otherwise vote for
+the query's own class. None: each row its own group (plain leave-one-out).
 """
 from __future__ import annotations
 
@@ -35,8 +40,8 @@ def _nearest_votes(keys: torch.Tensor, k: int, onehot: torch.Tensor) -> torch.Te
 
 
 def knn_batched(x: torch.Tensor, labels: Labels, *, k: int = 3, distance: str = "euclidean",
-                chunk: int = CHUNK) -> torch.Tensor:
-    """(B, N, D) features -> (B,) leave-one-out kNN accuracy, float64."""
+                chunk: int = CHUNK, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, N, D) features -> (B,) leave-one-out kNN accuracy, float64 (``groups``: see above)."""
     if distance not in ("euclidean", "cosine"):
         raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
     if not 1 <= k < x.shape[1]:
@@ -54,12 +59,19 @@ def knn_batched(x: torch.Tensor, labels: Labels, *, k: int = 3, distance: str = 
         i1 = min(i0 + chunk, n)
         keys = _keys(x[:, i0:i1], x, sq)
         rows = torch.arange(i1 - i0, device=x.device)
-        keys[:, rows, rows + i0] = float("inf")            # leave the sample out
+        if groups is None:
+            keys[:, rows, rows + i0] = float("inf")        # leave the sample out
+        else:                                              # leave its group out
+            keys.masked_fill_(groups[:, i0:i1, None] == groups[:, None, :], float("inf"))
+            if bool(torch.isinf(torch.topk(keys, k, dim=-1, largest=False).values[..., -1]).any()):
+                raise ValueError(f"kNN with k = {k}: a sample has fewer than {k} neighbours "
+                                 "outside its group of copies")
         pred = _nearest_votes(keys, k, onehot).argmax(-1)  # (B, q)
         correct += (pred == labels.codes[i0:i1]).sum(-1)
     return correct / n
 
 
 def head(x: torch.Tensor, labels: Labels, shared, *, k: int, distance: str) -> torch.Tensor:
-    """The catalogue's kNN head."""
-    return knn_batched(x, labels, k=k, distance=distance)
+    """The catalogue's kNN head; rows of a bootstrap resample leave their copies out
+    (``shared.groups``)."""
+    return knn_batched(x, labels, k=k, distance=distance, groups=getattr(shared, "groups", None))
