@@ -71,6 +71,10 @@ __all__ = ["BootstrapResult", "bootstrap_zoo", "resample_indices", "tau_w_interv
            "DEFAULT_REPLICATES", "DEFAULT_LEVEL"]
 
 DEFAULT_REPLICATES = 200
+# (model, redraw) rows per CPU batch when not given: on the 2-core Xeon of bench/RESULTS.md
+# ("Bootstrap"), 8 models x 20 redraws of 1,000 x 256 took 3.2-3.6 s of CPU at 4-16 rows per
+# batch and 3.8-4.4 s in one batch of 160 (memory traffic of the large batch)
+CPU_BATCH_ROWS = 16
 DEFAULT_LEVEL = 0.95
 METHODS = ("centred", "percentile")
 
@@ -326,8 +330,7 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
                              options=dict(metrics=list(names), options=opts,
                                           sa=list(settings), precision=precision))
     timer = _timer(dev)
-    bar = zoo_mod._progress(len(zoo) * replicates, progress)
-    _describe_bar(bar)
+    bar = _progress(len(zoo) * replicates, progress)
     try:
         if feature_metrics:
             raw = _feature_pass(zoo, idx, lab, feature_metrics, settings, opts, dtype, dev,
@@ -343,10 +346,16 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     return result
 
 
-def _describe_bar(bar) -> None:
-    if hasattr(bar, "set_description"):
-        bar.unit = "redraw"
-        bar.set_description("bootstrap")
+def _progress(total: int, enabled: bool):
+    from .zoo import _NoBar
+
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, unit="redraw", desc="bootstrap", leave=False)
 
 
 def _timer(dev):
@@ -378,6 +387,8 @@ def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size
     out = {}
     for (d, f32), names in groups.items():
         size = batch_size or zoo_mod._batch_size(dev, n, d, c, dtype)
+        if batch_size is None and dev.type != "cuda":
+            size = min(size, CPU_BATCH_ROWS)
         pairs = [(name, r) for name in names for r in range(b)]
         last = {name: i for i, (name, _) in enumerate(pairs)}
         loaded: dict = {}
