@@ -1,7 +1,7 @@
 """Cost of a bootstrap redraw against one plain scoring pass, on the CPU.
 
 python bench/bootstrap_cost.py OUT.json --threads 1 --models 8 --n 1000 --dim 256 \
-    --classes 10 --replicates 50 --repeats 3 --metrics logme,sfda,lda [--naive 10]
+    --classes 10 --replicates 50 --repeats 3 --metrics logme,sfda,lda [--naive 10] [--device cuda]
 (from the repository root)
 
 Per repeat, in this order:
@@ -34,6 +34,7 @@ ap.add_argument("--repeats", type=int, default=3)
 ap.add_argument("--metrics", default="logme,sfda,lda")
 ap.add_argument("--sa", default="none")
 ap.add_argument("--naive", type=int, default=0)
+ap.add_argument("--device", default="cpu")
 args = ap.parse_args()
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(args.threads)
@@ -50,7 +51,7 @@ from te_gpu.pipeline.scoring import parse_sa  # noqa: E402
 zoo, y = zs.make_zoo([args.dim] * args.models, args.n, args.classes, seed=0, dtype=np.float64)
 metrics = args.metrics.split(",")
 sa = parse_sa(args.sa)
-KW = dict(metrics=metrics, sa=sa, device="cpu", progress=False)
+KW = dict(metrics=metrics, sa=sa, device=args.device, progress=False)
 rows = []
 
 

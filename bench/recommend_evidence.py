@@ -148,19 +148,26 @@ if args.demo:
 out["seconds"] = time.perf_counter() - t_start
 
 
+Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")   # the raw numbers first
+
+
+def _stat(fn, values):
+    return float(fn(values)) if len(values) else float("nan")
+
+
 def table(keys, field):
     rows = {}
     for key in keys:
         vals = {z: d[field][key] for z, d in out["zoos"].items() if key in d[field]}
         syn = [v for z, v in vals.items() if z.startswith("synthetic")]
         rows[key] = dict(
-            tau_w_mean=float(np.mean([v["tau_w"] for v in syn])),
-            tau_w_min=float(np.min([v["tau_w"] for v in syn])),
-            top1=float(np.mean([v["top1"] for v in syn])),
-            rel1=float(np.mean([v["rel1"] for v in syn])),
+            tau_w_mean=_stat(np.mean, [v["tau_w"] for v in syn]),
+            tau_w_min=_stat(np.min, [v["tau_w"] for v in syn]),
+            top1=_stat(np.mean, [v["top1"] for v in syn]),
+            rel1=_stat(np.mean, [v["rel1"] for v in syn]),
             demo=vals.get("demo"))
         if field == "sets":
-            rows[key]["p_best_first"] = float(np.mean([v["p_best_first"] for v in syn]))
+            rows[key]["p_best_first"] = _stat(np.mean, [v["p_best_first"] for v in syn])
     return rows
 
 
@@ -168,20 +175,26 @@ labels = list(next(iter(out["zoos"].values()))["per_label"])
 out["summary_metrics"] = table(labels, "per_label")
 out["summary_sets"] = table(list(next(iter(out["zoos"].values()))["sets"]), "sets")
 for lb in labels:
-    out["summary_metrics"][lb]["boot_share_of_best"] = float(np.mean(
+    out["summary_metrics"][lb]["boot_share_of_best"] = _stat(np.mean,
         [d["boot_share_of_best"][lb] for z, d in out["zoos"].items()
-         if z.startswith("synthetic") and lb in d["boot_share_of_best"]])) \
+         if z.startswith("synthetic") and lb in d["boot_share_of_best"]]) \
         if lb in next(iter(out["zoos"].values()))["boot_share_of_best"] else None
 Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
+
+
+def _order(r):
+    return -(r["tau_w_mean"] if r["tau_w_mean"] == r["tau_w_mean"] else (r["demo"] or {}).get("tau_w", 0))
+
+
 print(f"{'metric':22s} tau_w mean   min  top1  rel@1  P(best 1st)  demo tau_w top1")
-for lb, r in sorted(out["summary_metrics"].items(), key=lambda kv: -kv[1]["tau_w_mean"]):
+for lb, r in sorted(out["summary_metrics"].items(), key=lambda kv: _order(kv[1])):
     demo = r["demo"] or {}
     share = r["boot_share_of_best"]
     print(f"{lb:22s} {r['tau_w_mean']:6.3f} {r['tau_w_min']:6.3f} {r['top1']:5.2f} {r['rel1']:6.3f}"
           f"  {share if share is None else round(share, 3)!s:>10}  {demo.get('tau_w', float('nan')):6.3f}"
           f" {demo.get('top1', float('nan')):4.1f}")
 print(f"\n{'set (mean rank)':32s} tau_w mean   min  top1  rel@1 P(best 1st) demo tau_w top1")
-for key, r in sorted(out["summary_sets"].items(), key=lambda kv: -kv[1]["tau_w_mean"])[:25]:
+for key, r in sorted(out["summary_sets"].items(), key=lambda kv: _order(kv[1]))[:25]:
     demo = r["demo"] or {}
     print(f"{key:32s} {r['tau_w_mean']:6.3f} {r['tau_w_min']:6.3f} {r['top1']:5.2f} {r['rel1']:6.3f}"
           f" {r['p_best_first']:8.3f}  {demo.get('tau_w', float('nan')):6.3f} {demo.get('top1', float('nan')):4.1f}")

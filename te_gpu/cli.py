@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports timm
 from te_gpu.pipeline import PipelineError  # noqa: E402
 
 PROG = "te-gpu"
-RECOMMEND_METRICS = "logme,sfda,ncti"   # te_gpu.recommend.DEFAULT_METRICS
+RECOMMEND_METRICS = "lda,ncti,knn"      # te_gpu.recommend.DEFAULT_METRICS
 RECOMMEND_REPLICATES = 200               # te_gpu.bootstrap.DEFAULT_REPLICATES
 RECOMMEND_LEVEL = 0.95                   # te_gpu.bootstrap.DEFAULT_LEVEL
 

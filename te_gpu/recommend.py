@@ -20,7 +20,7 @@ from .bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES, BootstrapResult, _firs
 
 __all__ = ["DEFAULT_METRICS", "Recommendation", "recommend", "verdict", "format_recommendation"]
 
-DEFAULT_METRICS = ("logme", "sfda", "ncti")
+DEFAULT_METRICS = ("lda", "ncti", "knn")
 CLEAR = 0.5          # a first-place share below this is "no clear winner"
 COVER = 0.9          # the top-k named when there is no clear winner hold the first place this often
 

@@ -3,6 +3,7 @@ for every metric and SA, the shares and intervals by hand, tau_w's interval, and
 known-answer test on synthetic zoos whose true order is known."""
 import numpy as np
 import pytest
+import torch
 
 import te_gpu
 import te_gpu.reference as ref
@@ -86,14 +87,19 @@ def test_knn_grouped_is_knn_with_singleton_groups_and_refuses_too_few_neighbours
 
 # ------------------------------------------------------------------ engine = reference
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                      reason="no CUDA device"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("case", list(CASES))
-def test_each_redraw_equals_the_reference_on_the_resampled_features(case):
+def test_each_redraw_equals_the_reference_on_the_resampled_features(case, device):
     x, y = CASES[case]()
     zoo = _zoo_of(x, 1)
     b, seed = 3, 11
     res = bootstrap_zoo(zoo, y, metrics=FEATURE_METRICS, replicates=b,
                         seed=seed, sa=[None, "released"], options=CHEAP, progress=False,
-                        batch_size=4)   # batches cut across models and redraws
+                        batch_size=4, device=device)   # batches cut across models and redraws
     idx, codes = resample_indices(y, b, seed)
     for sa in (None, "released"):
         for m in FEATURE_METRICS:
@@ -125,7 +131,7 @@ def test_each_redraw_equals_the_reference_on_the_resampled_features(case):
                             (case, lbl, r, got, want)
     # the point estimates are score_zoo's
     plain = te_gpu.score_zoo(zoo, y, metrics=FEATURE_METRICS, sa=[None, "released"],
-                             options=CHEAP, progress=False)
+                             options=CHEAP, progress=False, device=device)
     assert res.point == plain.scores
 
 

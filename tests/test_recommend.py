@@ -65,7 +65,7 @@ def test_recommend_finds_the_clearly_best_model():
     rec = recommend(zoo, y, replicates=30, seed=3, progress=False)
     assert rec.best == "strong" and rec.p_first["strong"] > 0.9
     assert rec.lines[0].startswith("strong: first in ") and "the metrics agree" in rec.lines[0]
-    assert rec.labels == ["logme", "sfda", "ncti"]
+    assert rec.labels == ["lda", "ncti", "knn"]
     assert set(rec.to_dict()["p_first"]) == set(zoo)
 
 
@@ -96,7 +96,7 @@ def test_recommend_command(zoo_dir, capsys):
     assert "alpha: first in " in out and "the metrics agree" in out
     saved = json.loads((tmp / "rec.json").read_text())
     assert saved["best"] == "alpha" and saved["dataset"] == "toy"
-    assert len(saved["bootstrap"]["samples"]["logme"]["beta"]) == 20
+    assert len(saved["bootstrap"]["samples"]["knn"]["beta"]) == 20
     (tmp / "base.json").write_text(json.dumps({"ImageNet top-1": 0.2, "parameters": -0.4}))
     code, out, err = run(capsys, "recommend", str(tmp / "zoo"), "-B", "20", "-q", "--metrics", "lda,knn",
                          "--truth", str(tmp / "truth.json"), "--regime", "lft",
