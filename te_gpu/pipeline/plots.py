@@ -57,6 +57,8 @@ def nice_ticks(lo: float, hi: float, count: int = 5):
 
 def _fmt(v: float, step: float) -> str:
     decimals = max(0, -int(math.floor(math.log10(step))) if step > 0 else 0)
+    while decimals < 6 and step > 0 and abs(round(step, decimals) - step) > 1e-9 * step:
+        decimals += 1                    # a step of 0.25 needs 2 decimals, not 1 ("0.2")
     if abs(v) >= 1e5 or (abs(v) < 1e-3 and v != 0 and decimals > 6):
         return f"{v:.2g}"
     return f"{v:.{min(decimals, 6)}f}"
@@ -372,7 +374,10 @@ def tau_figure(rows, out, *, baselines=None, title="", ylabel="weighted tau (tau
     lo_all, hi_all = min(values + [0.0]), max(values + [0.0])
     pad = 0.08 * ((hi_all - lo_all) or 1.0)
     names_w = max([len(n) for n in baselines] + [0]) * 7 + (16 if baselines else 0)
-    width = width or max(480, 90 * len(rows) + 140 + names_w)
+    from PIL import ImageDraw
+
+    title_w = _text_size(ImageDraw.Draw(Image.new("RGB", (1, 1))), title, _font(15))[0] + 40
+    width = width or max(480, 90 * len(rows) + 140 + names_w, title_w)
     image = Image.new("RGB", (width, height), "white")
     ax = Axes(image, (5, 5, width - 10 - names_w, height - 5), (-0.5, len(rows) - 0.5),
               (max(-1.0, lo_all - pad), min(1.0, hi_all + pad)), title=title, ylabel=ylabel,
