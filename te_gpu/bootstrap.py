@@ -72,12 +72,12 @@ __all__ = ["BootstrapResult", "bootstrap_zoo", "resample_indices", "tau_w_interv
            "DEFAULT_REPLICATES", "DEFAULT_LEVEL"]
 
 DEFAULT_REPLICATES = 200
+DEFAULT_LEVEL = 0.95
+METHODS = ("centred", "percentile")
 # (model, redraw) rows per CPU batch when not given: on the 2-core Xeon of bench/RESULTS.md
 # ("Bootstrap"), 8 models x 20 redraws of 1,000 x 256 took 3.2-3.6 s of CPU at 4-16 rows per
 # batch and 3.8-4.4 s in one batch of 160 (memory traffic of the large batch)
 CPU_BATCH_ROWS = 16
-DEFAULT_LEVEL = 0.95
-METHODS = ("centred", "percentile")
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -285,7 +285,7 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     ``method`` : ``"centred"`` (default) or ``"percentile"``: how intervals and shares
         read the redraws (the module's docstring says why centred);
     ``batch_size`` : (model, redraw) pairs per engine batch; None sizes batches
-        from the device's memory (on a CPU also capped at a few seconds of work);
+        from the device's memory (on a CPU at most ``CPU_BATCH_ROWS``);
     ``progress`` : a progress bar over the redraws.
 
     One process (no sharing between the ranks of a distributed job); no checkpoint.

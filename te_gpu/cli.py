@@ -824,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_numbers(args):
     for name in ("n", "n_train", "n_test", "batch_size", "epochs", "models", "dim", "classes",
-                 "repeat", "size", "chunk", "workers", "replicates", "top", "k"):
+                 "repeat", "size", "chunk", "workers", "replicates", "top"):
         v = getattr(args, name, None)
         if v is not None and v < (0 if name == "workers" else 1):
             raise PipelineError(f"--{name.replace('_', '-')} must be positive, got {v}")

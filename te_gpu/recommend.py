@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from .bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES, BootstrapResult, _first_share
+from .bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES, BootstrapResult, _ahead, _first_share
 
 __all__ = ["DEFAULT_METRICS", "Recommendation", "recommend", "verdict", "format_recommendation"]
 
@@ -77,8 +75,7 @@ def from_bootstrap(boot: BootstrapResult, labels=None, *, k: int = 3) -> Recomme
     labels = list(labels or boot.labels)
     models, samples, point = boot.consensus(labels)
     share = dict(zip(models, _first_share(samples).mean(1).tolist()))
-    ahead = _ahead_counts(samples)
-    top = dict(zip(models, (ahead < k).mean(1).tolist()))
+    top = dict(zip(models, (_ahead(samples) < k).mean(1).tolist()))
     # the consensus on the target set; equal mean ranks: the one first more often
     order = sorted(models, key=lambda m: (-point[m], -share[m], models.index(m)))
     picks = {lb: max(boot.point[lb], key=lambda m: (boot.point[lb][m], -boot.models.index(m)))
@@ -87,12 +84,6 @@ def from_bootstrap(boot: BootstrapResult, labels=None, *, k: int = 3) -> Recomme
                          picks=picks)
     rec.lines = verdict(rec)
     return rec
-
-
-def _ahead_counts(s: np.ndarray) -> np.ndarray:
-    from .bootstrap import _ahead
-
-    return _ahead(s)
 
 
 def _pct(p: float) -> str:

@@ -112,6 +112,8 @@ def test_recommend_command(zoo_dir, capsys):
     (["--plots", "p"], "give --truth too"),
     (["-B", "1"], "replicates must be an integer >= 2"),
     (["--level", "95"], "level must be a number between 0 and 1"),
+    (["--k", "0"], "k must be an integer >= 1"),
+    (["--top", "0"], "--top must be positive"),
     (["--metrics", "nope"], "unknown metric"),
     (["--baselines", "/no/such.json", "--truth", "x.json", "--plots", "p"], "--baselines"),
 ])
