@@ -5,12 +5,13 @@
 #   bash bench/gpu_session.sh tests    # CUDA parity tests, compiled Triton kernels, ptxas check
 #   bash bench/gpu_session.sh zoo_a    # zoo a full size: exact/fast, cuSOLVER/default, kernels off/on
 #   bash bench/gpu_session.sh zoo_b    # zoo b full size from disk (writes 15.4 GB to $TMPDIR once)
+#   bash bench/gpu_session.sh bootstrap  # redraws on CUDA = reference; cost per redraw (RESULTS "Bootstrap")
 #
 # The device machines have torch, triton, scipy and scikit-learn but no network:
 # te_gpu is installed from this tree without dependencies. Outside the device
 # tool, OUT defaults to bench/results/gpu.
 set -u
-stage=${1:?usage: bash bench/gpu_session.sh tests|zoo_a|zoo_b}
+stage=${1:?usage: bash bench/gpu_session.sh tests|zoo_a|zoo_b|bootstrap}
 OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 export HF_HUB_OFFLINE=1
@@ -56,6 +57,15 @@ zoo_b)
     timeout 560 python bench/run.py --zoo b --scale 1 --devices cuda --precision exact,fast \
         --warmup-models 100 --out "$OUT/zoo_b_h100.json" > "$OUT/zoo_b_h100.txt" 2>&1
     grep -E "te_gpu|floor|target|read" "$OUT/zoo_b_h100.txt" | tail -20
+    ;;
+bootstrap)
+    (cd "$test_cwd" && timeout 240 python -m pytest -q -p no:cacheprovider -rs \
+        "$repo/tests/test_bootstrap.py" -k "reference") > "$OUT/bootstrap_tests.txt" 2>&1
+    echo "pytest rc=$?" >> "$OUT/bootstrap_tests.txt"
+    timeout 300 python bench/bootstrap_cost.py "$OUT/bootstrap_cost_cuda.json" --device cuda \
+        --threads 4 --models 11 --n 5000 --dim 1024 --classes 100 --replicates 200 --repeats 2 \
+        --metrics logme,sfda,ncti --naive 20 > "$OUT/bootstrap_cost_cuda.txt" 2>&1
+    tail -3 "$OUT/bootstrap_tests.txt"; tail -6 "$OUT/bootstrap_cost_cuda.txt"
     ;;
 *)
     echo "unknown stage $stage (tests, zoo_a, zoo_b)"; exit 2 ;;

@@ -20,8 +20,10 @@ _WHERE = {
     **{(m.name + "_parts" if m.zoo_level else m.name): "api" for m in catalogue.METRICS.values()},
     "ncti": "api", "spread_attract": "api", "score": "api",
     "score_zoo": "zoo", "ZooResult": "results",
-    "load_zoo": "io", "load_predictions": "io", "save_zoo": "io", "read_scores": "io", "write_scores": "io",
-    "api": "", "reference": "", "rank": "", "catalogue": "",
+    "bootstrap_zoo": "bootstrap", "tau_w_interval": "bootstrap",
+    "load_zoo": "io", "load_predictions": "io", "save_zoo": "io", "read_scores": "io",
+    "write_scores": "io",
+    "api": "", "reference": "", "rank": "", "catalogue": "", "bootstrap": "",
 }
 
 __all__ = [name for name in _WHERE if name != "api"]

@@ -1,6 +1,6 @@
 """``te-gpu``: transferability estimation for a model zoo, from images to a ranking.
 
-Subcommands: extract, finetune, score, correlate, baselines, bench, plot, demo. Each is a
+Subcommands: extract, finetune, score, correlate, baselines, recommend, bench, plot, demo. Each is a
 thin layer over te_gpu's API and ``te_gpu.pipeline``; ``te-gpu CMD --help``
 shows its options and examples. Works offline: weights come from local files.
 """
@@ -17,6 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports timm
 from te_gpu.pipeline import PipelineError  # noqa: E402
 
 PROG = "te-gpu"
+RECOMMEND_METRICS = "lda,ncti,knn"      # te_gpu.recommend.DEFAULT_METRICS
+RECOMMEND_REPLICATES = 200               # te_gpu.bootstrap.DEFAULT_REPLICATES
+RECOMMEND_LEVEL = 0.95                   # te_gpu.bootstrap.DEFAULT_LEVEL
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -399,6 +402,72 @@ def cmd_baselines(args):
 
 
 # --------------------------------------------------------------------------
+# recommend
+# --------------------------------------------------------------------------
+
+def cmd_recommend(args):
+    from pathlib import Path
+
+    from te_gpu import catalogue
+    from te_gpu.pipeline.extract import open_zoo, prediction_path
+    from te_gpu.pipeline.scoring import parse_metrics, parse_sa
+    from te_gpu.recommend import (against_truth, draw, format_recommendation, format_truth,
+                                  recommend)
+
+    log = _log(args)
+    metrics = parse_metrics(args.metrics)
+    options = _metric_options(args, metrics)
+    sa_opts = _sa_opts(args)
+    sa = [None if v is None else dict(sa_opts, variant=v) for v in parse_sa(args.sa)]
+    if args.plots and not args.truth:
+        raise PipelineError("--plots draws scores against accuracies: give --truth too")
+    baselines = None
+    if args.baselines:
+        try:
+            baselines = {str(k): float(v) for k, v in json.loads(Path(args.baselines).read_text()).items()}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise PipelineError(f"--baselines {args.baselines}: expected a JSON {{name: tau_w}} ({exc})") from None
+    models = _csv_list(args.models, str, "model") if args.models else None
+    zoo, labels, dataset = open_zoo(args.zoo, args.dataset, models=models)
+    if len(zoo) < 2:
+        raise PipelineError(f"zoo {args.zoo}: {len(zoo)} model; a recommendation needs at least 2")
+    predictions = {m: p for m in zoo if (p := prediction_path(args.zoo, m, dataset)).is_file()} \
+        if any(catalogue.get(m).inputs == "predictions" for m in metrics) else None
+    device = args.device
+    if device in (None, "", "auto"):
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    log(f"{len(zoo)} models on {dataset} (N = {labels.size}), {', '.join(metrics)}"
+        f"{'' if parse_sa(args.sa) == [None] else ', SA ' + args.sa}: {args.replicates} "
+        f"resamples of the target set (class by class, seed {args.seed}) on {device}")
+    rec = recommend(zoo, labels, metrics=metrics, replicates=args.replicates, seed=args.seed,
+                    level=args.level, sa=sa, options=options, predictions=predictions,
+                    device=device, precision=args.precision, batch_size=args.batch_size,
+                    k=args.k, progress=_progress(args))
+    for lbl, reasons in rec.boot.skipped.items():
+        log(f"note: {lbl} skipped for {len(reasons)} model(s): {next(iter(reasons.values()))}")
+    print(format_recommendation(rec, top=args.top))
+    out = dict(dataset=dataset, zoo=str(args.zoo), **rec.to_dict(samples=True))
+    if args.truth:
+        accuracy, info = _truth(args, dataset)
+        rows = against_truth(rec, accuracy)
+        print()
+        print(format_truth(rows, rec.boot.level))
+        out["truth"] = dict(info=info, rows=[{k: (v.tolist() if hasattr(v, "tolist") else v)
+                                             for k, v in r.items()} for r in rows])
+        if args.plots:
+            where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)
+            for f in draw(rec, accuracy, args.plots, regime=info.get("regime"),
+                          baselines=baselines, where=where):
+                log(f"wrote {f}")
+    if args.json:
+        _write_json(args.json, out)
+        log(f"wrote {args.json}")
+    return 0
+
+
+# --------------------------------------------------------------------------
 # bench
 # --------------------------------------------------------------------------
 
@@ -431,7 +500,7 @@ def cmd_bench(args):
 
 def cmd_plot_scores(args):
     from te_gpu import rank
-    from te_gpu.pipeline.plots import score_figure
+    from te_gpu.pipeline.plots import accuracy_label, score_figure
     from te_gpu.pipeline.scoring import read_score_inputs
 
     scores = read_score_inputs(args.scores)
@@ -450,7 +519,8 @@ def cmd_plot_scores(args):
         sa = "no SA" if "+" not in lbl else f"SA {lbl.split('+', 1)[1]}"
         panels.append((f"{metric}, {sa}: tau_w = {tau:+.3f}", common))
     where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)
-    out = score_figure(panels, accuracy, args.out, suptitle=f"{metric} against {where or 'accuracy'}")
+    out = score_figure(panels, accuracy, args.out, suptitle=f"{metric} against {where or 'accuracy'}",
+                       xlabel=accuracy_label(info.get("regime")))
     print(f"wrote {out}")
     return 0
 
@@ -677,6 +747,51 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--json", default=None, help="also write the table as JSON here")
     bl.set_defaults(func=cmd_baselines)
 
+    # recommend (its defaults are te_gpu.recommend's, written out: importing it loads numpy,
+    # which te-gpu --help does without; tests/test_recommend.py holds them equal)
+    r = sub.add_parser("recommend", formatter_class=_Formatter,
+                       help="which model to fine-tune, with how sure to be: no accuracies needed",
+                       description="Rank a zoo directory by the consensus (mean rank) of a few metrics "
+                                   "and redo it on resamples of the target set (drawn with replacement "
+                                   "class by class): prints the top models with each metric's interval, "
+                                   "how often each comes first and in the top k, and a plain verdict. "
+                                   "With --truth also tau_w with its interval per metric, and --plots "
+                                   "draws them. The default metrics and why: bench/RESULTS.md.",
+                       epilog=_examples(
+                           "te-gpu recommend zoo",
+                           "te-gpu recommend results_f/group1 --dataset cifar10 --replicates 500 --device cuda",
+                           "te-gpu recommend te_gpu_demo/features --truth te_gpu_demo/ground_truth.json "
+                           "--regime lft --plots plots/",
+                           "te-gpu recommend zoo --metrics logme,sfda,lda,knn --sa none,released"))
+    r.add_argument("zoo", help="directory of {model}_{dataset}_feature.npy / _label.npy files")
+    r.add_argument("--dataset", default=None, help="data set of the zoo (needed if it holds several)")
+    r.add_argument("--models", default=None, help="comma-separated subset of the models")
+    _add_metrics(r, default=RECOMMEND_METRICS)
+    _add_sa(r)
+    r.set_defaults(sa="none")
+    r.add_argument("--replicates", "-B", type=int, default=RECOMMEND_REPLICATES,
+                   help="resamples of the target set")
+    r.add_argument("--seed", type=int, default=0, help="seed of the resamples")
+    r.add_argument("--level", type=float, default=RECOMMEND_LEVEL, help="level of the intervals")
+    r.add_argument("--k", type=int, default=3, help="the top k whose share is given")
+    r.add_argument("--top", type=int, default=5, help="models listed")
+    r.add_argument("--precision", choices=["exact", "fast"], default="exact",
+                   help="exact = float64, fast = float32 features")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if present)")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="(model, resample) pairs per batch (default: from memory)")
+    r.add_argument("--truth", "-t", default=None,
+                   help="optional accuracies to judge against: group1 | group2 | a JSON file (as correlate)")
+    r.add_argument("--regime", default=None, help="regime of the truth table (as correlate)")
+    r.add_argument("--group", default=None, help="group inside a te-gpu finetune file")
+    r.add_argument("--plots", default=None, metavar="DIR",
+                   help="with --truth: PNGs of each score against accuracy with intervals, and tau_w per metric")
+    r.add_argument("--baselines", default=None, metavar="JSON",
+                   help="with --plots: {name: tau_w} of static rankings, drawn as lines")
+    r.add_argument("--json", default=None, help="also write everything (with the resample scores) here")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages")
+    r.set_defaults(func=cmd_recommend)
+
     # bench
     b = sub.add_parser("bench", formatter_class=_Formatter,
                        help="time CPU against GPU scoring of a synthetic zoo",
@@ -778,7 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_numbers(args):
     for name in ("n", "n_train", "n_test", "batch_size", "epochs", "models", "dim", "classes",
-                 "repeat", "size", "chunk", "workers"):
+                 "repeat", "size", "chunk", "workers", "replicates", "top"):
         v = getattr(args, name, None)
         if v is not None and v < (0 if name == "workers" else 1):
             raise PipelineError(f"--{name.replace('_', '-')} must be positive, got {v}")

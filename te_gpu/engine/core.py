@@ -67,13 +67,15 @@ class Shared:
     centred Gram's top eigenpairs), ``class_index`` (NCTI's per-class gather;
     labels only, so the zoo passes one in). ``targets``: real-valued targets
     (N, T) for regression, else None. ``used`` records what heads read, which
-    the tests hold against each metric's declared ``needs``.
+    the tests hold against each metric's declared ``needs``. ``groups``: (B, N) ids
+    of the rows that are copies of one sample (a bootstrap resample), read by the
+    kNN head to leave a query's copies out; None for ordinary features.
     """
 
     def __init__(self, x: torch.Tensor, labels: Labels, timer: Timer | None = None, *,
                  stats: BatchStats | None = None, eig=None, class_index=None, targets=None,
-                 prefix: str = ""):
-        self.x, self.labels, self.targets = x, labels, targets
+                 prefix: str = "", groups: torch.Tensor | None = None):
+        self.x, self.labels, self.targets, self.groups = x, labels, targets, groups
         self.timer = timer or _null_timer()
         self.prefix = prefix
         self._stats, self._eig, self._class_index = stats, eig, class_index
@@ -114,7 +116,8 @@ class Shared:
                                                   st.sw[idx])
         eig = None if self._eig is None else self._eig.subset(idx)
         return Shared(self.x[idx], self.labels, self.timer, stats=sub, eig=eig,
-                      class_index=self._class_index, targets=self.targets, prefix=self.prefix)
+                      class_index=self._class_index, targets=self.targets, prefix=self.prefix,
+                      groups=None if self.groups is None else self.groups[idx])
 
 
 def metric_heads(shared: Shared, metrics, opts: dict, *, timer: Timer | None = None,
@@ -170,18 +173,19 @@ def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, eig, pca_float32: 
 
 
 def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: dict,
-                   pca_float32: bool = False, timer: Timer | None = None, class_index=None):
+                   pca_float32: bool = False, timer: Timer | None = None, class_index=None,
+                   groups: torch.Tensor | None = None):
     """Scores of B same-width models for several SA settings at once.
 
     ``settings``: a list of None (raw features) and resolved SA option dicts;
     ``opts``: {metric: resolved options}. Returns one ``({metric: per-model
     values}, sa infos or None)`` per setting. The work is shared: one
     :class:`Shared` serves the raw metrics, NCTI's PCA and every SA gate; a
-    model whose gate stays closed reuses its raw scores.
+    model whose gate stays closed reuses its raw scores. ``groups``: see :class:`Shared`.
     """
     timer = timer or _null_timer()
     b = x.shape[0]
-    shared = Shared(x, labels, timer, class_index=class_index)
+    shared = Shared(x, labels, timer, class_index=class_index, groups=groups)
     raw = None  # per-model raw values, computed once if any setting needs them
 
     def raw_lists(rows=None):
@@ -207,7 +211,8 @@ def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: 
             for j, i in enumerate(closed):
                 per_model[i] = {m: v[j] for m, v in res.items()}
         if opened:
-            sa_shared = Shared(z, labels, timer, class_index=shared._class_index, prefix="sa_")
+            sa_shared = Shared(z, labels, timer, class_index=shared._class_index, prefix="sa_",
+                               groups=None if groups is None else groups[opened])
             res = _to_lists(metric_heads(sa_shared, metrics, opts, timer=timer, prefix="sa_"),
                             len(opened))
             for j, i in enumerate(opened):

@@ -2,7 +2,11 @@
 
 * :func:`score_figure` -- score against fine-tune accuracy, one point per model,
   before and after SA side by side (the SA paper's teaser panels d/e), weighted
-  tau in each panel's title;
+  tau in each panel's title; optionally bootstrap error bars and model names
+  placed so that they do not cover each other;
+* :func:`tau_figure` -- weighted tau per metric with its bootstrap interval, and
+  baselines (static rankings) as horizontal lines;
+* :func:`accuracy_label` -- the accuracy axis' name for the truth's regime;
 * :func:`embedding_figure` -- a 2-D PCA view of one model's features before and
   after SA, coloured by class (panels b/c).
 """
@@ -18,6 +22,7 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 MARKERS = ("circle", "square", "triangle", "diamond", "down", "cross", "plus", "star")
 INK = (30, 30, 30)
 GRID = (225, 225, 225)
+GRID_DARK = (150, 150, 150)
 
 
 def _font(size: int):
@@ -52,6 +57,8 @@ def nice_ticks(lo: float, hi: float, count: int = 5):
 
 def _fmt(v: float, step: float) -> str:
     decimals = max(0, -int(math.floor(math.log10(step))) if step > 0 else 0)
+    while decimals < 6 and step > 0 and abs(round(step, decimals) - step) > 1e-9 * step:
+        decimals += 1                    # a step of 0.25 needs 2 decimals, not 1 ("0.2")
     if abs(v) >= 1e5 or (abs(v) < 1e-3 and v != 0 and decimals > 6):
         return f"{v:.2g}"
     return f"{v:.{min(decimals, 6)}f}"
@@ -85,10 +92,69 @@ def draw_marker(draw, x, y, r, shape, fill, outline=INK):
         draw.line([x, y - r, x, y + r], fill=fill, width=w)
 
 
-class Axes:
-    """A rectangular plot area with linear x and y scales."""
+ACCURACY_LABELS = {"finetune": "fine-tune accuracy (%)",
+                   "lbft": "last-block fine-tune accuracy (%)",
+                   "lft": "linear-probe accuracy (%)"}
 
-    def __init__(self, image, box, xlim, ylim, *, title="", xlabel="", ylabel="", font=12):
+
+def accuracy_label(regime) -> str:
+    """The axis name of accuracies measured in ``regime`` (finetune, lbft, lft); a regime
+    not known (a user's own table): "accuracy (%)"."""
+    return ACCURACY_LABELS.get(regime, "accuracy (%)")
+
+
+def place_labels(boxes, bounds, step=2, obstacles=()):
+    """Positions of text boxes that cover neither each other nor ``obstacles``, greedily,
+    in the order given.
+
+    ``boxes``: [(x, y, w, h)] wanted top-left corners and sizes (pixels), optionally with a
+    5th item, the x of the mirror position (e.g. left of the point instead of right);
+    ``bounds``: (x0, y0, x1, y1) they must stay in; ``obstacles``: [(x, y, w, h)] already
+    taken (markers, error bars). Each box tries its wanted place, then its mirror, then
+    moves up or down - nearest first, wanted side before mirror - to the first place that
+    overlaps nothing placed before it. Where nothing is free it keeps its wanted place.
+    Returns [(x, y)].
+    """
+    placed, out = list(obstacles), []
+    x0, y0, x1, y1 = bounds
+
+    def clamp_x(x, w):
+        return min(max(x, x0), max(x0, x1 - w))
+
+    def free(x, y, w, h, others):
+        return not any(x < px + pw and px < x + w and y < py + ph and py < y + h
+                       for px, py, pw, ph in others)
+
+    for item in boxes:
+        x, y, w, h = item[:4]
+        sides = [clamp_x(x, w)] + ([clamp_x(item[4], w)] if len(item) > 4 else [])
+        if x + w > x1 and len(sides) > 1:
+            sides.reverse()                      # the wanted side runs out of the plot
+        top_limit, bottom_limit = y0, max(y0, y1 - h)
+        found = None
+        for k in range(0, 2 * int((y1 - y0) / step) + 2):
+            yy = y + (k + 1) // 2 * step * (1 if k % 2 else -1)   # 0, +s, -s, +2s, ...
+            if yy < top_limit or yy > bottom_limit:
+                continue
+            for xx in sides:
+                if free(xx, yy, w, h, placed):
+                    found = (xx, yy)
+                    break
+            if found:
+                break
+        if found is None:
+            found = (sides[0], min(max(y, top_limit), bottom_limit))
+        placed.append((*found, w, h))
+        out.append(found)
+    return out
+
+
+class Axes:
+    """A rectangular plot area with linear x and y scales; ``xticklabels`` [(value,
+    text)] replaces the numeric x ticks (a categorical axis)."""
+
+    def __init__(self, image, box, xlim, ylim, *, title="", xlabel="", ylabel="", font=12,
+                 xticklabels=None):
         from PIL import ImageDraw
 
         self.image = image
@@ -96,7 +162,12 @@ class Axes:
         self.font = _font(font)
         self.title_font = _font(font + 3)
         x0, y0, x1, y1 = box
-        self.xticks, xlo, xhi = nice_ticks(*xlim)
+        self.xticklabels = xticklabels
+        self.taken = []   # boxes (x, y, w, h) that names placed later keep off
+        if xticklabels is None:
+            self.xticks, xlo, xhi = nice_ticks(*xlim)
+        else:
+            self.xticks, (xlo, xhi) = [v for v, _ in xticklabels], xlim
         self.yticks, ylo, yhi = nice_ticks(*ylim)
         ytl = max(_text_size(self.draw, _fmt(t, self._step(self.yticks)), self.font)[0]
                   for t in self.yticks)
@@ -105,7 +176,7 @@ class Axes:
         self.px0 = x0 + ytl + fh + 18
         self.px1 = x1 - 8
         self.py0 = y0 + (_text_size(self.draw, "Ag", self.title_font)[1] + 14 if title else 8)
-        self.py1 = y1 - 2 * fh - 18
+        self.py1 = y1 - 2 * fh - 18 - (fh + 4 if xticklabels is not None else 0)
         self.xlo, self.xhi, self.ylo, self.yhi = xlo, xhi, ylo, yhi
         self._frame(title, xlabel, ylabel, fh)
 
@@ -122,13 +193,18 @@ class Axes:
     def _frame(self, title, xlabel, ylabel, fh):
         d = self.draw
         xs, ys = self._step(self.xticks), self._step(self.yticks)
+        names = dict(self.xticklabels) if self.xticklabels is not None else None
+        right_end = -math.inf
         for t in self.xticks:
             X = self.x(t)
             d.line([X, self.py0, X, self.py1], fill=GRID)
             d.line([X, self.py1, X, self.py1 + 4], fill=INK)
-            s = _fmt(t, xs)
+            s = _fmt(t, xs) if names is None else names[t]
             w, _ = _text_size(d, s, self.font)
-            d.text((X - w / 2, self.py1 + 6), s, fill=INK, font=self.font)
+            # categorical names too wide for their place go one line lower
+            lower = names is not None and X - w / 2 < right_end + 4
+            d.text((X - w / 2, self.py1 + 6 + (fh + 4 if lower else 0)), s, fill=INK, font=self.font)
+            right_end = right_end if lower else X + w / 2
         for t in self.yticks:
             Y = self.y(t)
             d.line([self.px0, Y, self.px1, Y], fill=GRID)
@@ -143,7 +219,8 @@ class Axes:
                    font=self.title_font)
         if xlabel:
             w, _ = _text_size(d, xlabel, self.font)
-            d.text(((self.px0 + self.px1) / 2 - w / 2, self.py1 + fh + 12), xlabel, fill=INK,
+            below = fh + 12 + (fh + 4 if self.xticklabels is not None else 0)
+            d.text(((self.px0 + self.px1) / 2 - w / 2, self.py1 + below), xlabel, fill=INK,
                    font=self.font)
         if ylabel:
             self._vertical_text(ylabel, self.px0 - 10 - max(
@@ -163,6 +240,42 @@ class Axes:
     def scatter(self, xs, ys, *, color, marker="circle", r=5, outline=INK):
         for a, b in zip(xs, ys):
             draw_marker(self.draw, self.x(a), self.y(b), r, marker, color, outline)
+
+    def error_bar(self, xv, lo, hi, *, color=INK, cap=4, width=2):
+        """A vertical bar from ``lo`` to ``hi`` at ``xv``, with caps."""
+        X, Y0, Y1 = self.x(xv), self.y(lo), self.y(hi)
+        self.taken.append((X - cap, min(Y0, Y1), 2 * cap, abs(Y0 - Y1)))   # names keep off it
+        self.draw.line([X, Y0, X, Y1], fill=color, width=width)
+        for Y in (Y0, Y1):
+            self.draw.line([X - cap, Y, X + cap, Y], fill=color, width=width)
+
+    def hline(self, yv, *, color=INK, dash=6, width=1):
+        """A dashed horizontal line across the plot at ``yv``."""
+        Y = self.y(yv)
+        x = self.px0
+        while x < self.px1:
+            self.draw.line([x, Y, min(x + dash, self.px1), Y], fill=color, width=width)
+            x += 2 * dash
+
+    def names(self, points, *, colors=None):
+        """Model names beside their points [(xv, yv, text)], moved up or down where they
+        would cover another name (:func:`place_labels`), with a thin line back to the
+        point when moved."""
+        boxes, taken = [], list(self.taken)
+        for xv, yv, text in points:
+            X, Y = self.x(xv), self.y(yv)
+            w, h = _text_size(self.draw, text, self.font)
+            boxes.append((X + 9, Y - h / 2 - 2, w, h + 3, X - 9 - w))
+            taken.append((X - 7, Y - 7, 14, 14))            # the markers
+        where = place_labels(boxes, (self.px0 + 2, self.py0 + 2, self.px1 - 2, self.py1 - 2),
+                             obstacles=taken)
+        for (xv, yv, text), (bx, by), box in zip(points, where, boxes):
+            color = (colors or {}).get(text, INK)
+            X, Y = self.x(xv), self.y(yv)
+            if abs(by - box[1]) > 1:
+                anchor_x = bx if bx > X else bx + box[2]
+                self.draw.line([X, Y, anchor_x, by + box[3] / 2], fill=GRID_DARK)
+            self.draw.text((bx, by), text, fill=color, font=self.font)
 
     def label(self, xv, yv, text, color=INK):
         X, Y = self.x(xv), self.y(yv)
@@ -193,8 +306,16 @@ def _spread(values):
 
 
 def score_figure(panels, accuracy: dict, out, *, suptitle="", xlabel="fine-tune accuracy (%)",
-                 width_per_panel=560, height=520) -> Path:
-    """Score vs accuracy, one panel per ``(title, {model: score})`` in ``panels``."""
+                 width_per_panel=560, height=520, intervals=None, names=False) -> Path:
+    """Score vs accuracy, one panel per ``(title, {model: score})`` in ``panels``.
+
+    ``intervals``: one ``{model: (lo, hi)}`` (or None) per panel, drawn as error bars
+    (e.g. :meth:`te_gpu.bootstrap.BootstrapResult.interval`); ``names``: write each
+    model's name beside its point, placed so that names do not cover each other.
+    ``xlabel``: :func:`accuracy_label` of the truth's regime.
+    """
+    if intervals is not None and len(intervals) != len(panels):
+        raise ValueError(f"intervals: one per panel ({len(panels)}), got {len(intervals)}")
     from PIL import Image, ImageDraw
 
     models = [m for m in accuracy if all(m in sc for _, sc in panels)]
@@ -213,13 +334,68 @@ def score_figure(panels, accuracy: dict, out, *, suptitle="", xlabel="fine-tune 
     xs = [accuracy[m] for m in models]
     for k, (title, scores) in enumerate(panels):
         ys = [scores[m] for m in models]
+        bars = (intervals[k] or {}) if intervals is not None else {}
+        span = ys + [v for m in models if m in bars for v in bars[m]]
         ax = Axes(image, (k * width_per_panel + 5, top, (k + 1) * width_per_panel - 10, top + height - 5),
-                  _spread(xs), _spread(ys), title=title, xlabel=xlabel, ylabel="score")
+                  _spread(xs), _spread(span), title=title, xlabel=xlabel, ylabel="score")
+        for m, a in zip(models, xs):
+            if m in bars:
+                ax.error_bar(a, *bars[m], color=style[m][0])
         for m, a, b in zip(models, xs, ys):
             color, marker = style[m]
             ax.scatter([a], [b], color=color, marker=marker, r=6)
+        if names:
+            order = sorted(range(len(models)), key=lambda i: -ys[i])   # from the top down
+            ax.names([(xs[i], ys[i], models[i]) for i in order])
     _legend(image, [(m, *style[m]) for m in sorted(models, key=lambda m: -accuracy[m])],
             width_per_panel * len(panels) + 4, top + 30)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    return out
+
+
+def tau_figure(rows, out, *, baselines=None, title="", ylabel="weighted tau (tau_w)",
+               width=None, height=460) -> Path:
+    """Weighted tau per metric with its interval, and baselines as horizontal lines.
+
+    ``rows``: [(metric label, tau_w, lo, hi)] (lo/hi None: no bar), drawn left to right;
+    ``baselines``: {name: tau_w} of static rankings (ImageNet accuracy, parameter count,
+    ...), each a dashed line named at the right, names kept apart.
+    """
+    from PIL import Image
+
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no metric to draw")
+    baselines = dict(baselines or {})
+    values = [v for _, t, lo, hi in rows for v in (t, lo, hi) if v is not None]
+    values += list(baselines.values())
+    lo_all, hi_all = min(values + [0.0]), max(values + [0.0])
+    pad = 0.08 * ((hi_all - lo_all) or 1.0)
+    names_w = max([len(n) for n in baselines] + [0]) * 7 + (16 if baselines else 0)
+    from PIL import ImageDraw
+
+    title_w = _text_size(ImageDraw.Draw(Image.new("RGB", (1, 1))), title, _font(15))[0] + 40
+    width = width or max(480, 90 * len(rows) + 140 + names_w, title_w)
+    image = Image.new("RGB", (width, height), "white")
+    ax = Axes(image, (5, 5, width - 10 - names_w, height - 5), (-0.5, len(rows) - 0.5),
+              (max(-1.0, lo_all - pad), min(1.0, hi_all + pad)), title=title, ylabel=ylabel,
+              xlabel="metric", xticklabels=[(i, r[0]) for i, r in enumerate(rows)])
+    ax.hline(0.0, color=GRID_DARK, dash=2)
+    label_boxes = []
+    for j, (name, v) in enumerate(baselines.items()):
+        color = PALETTE[(j + 3) % len(PALETTE)]
+        ax.hline(v, color=color, width=2)
+        w, h = _text_size(ax.draw, name, ax.font)
+        label_boxes.append((ax.px1 + 6, ax.y(v) - h / 2 - 2, w, h + 3))
+    for (x, y), (name, v), j in zip(place_labels(label_boxes, (ax.px1 + 6, ax.py0, width - 2, ax.py1)),
+                                    baselines.items(), range(len(baselines))):
+        ax.draw.text((x, y), name, fill=PALETTE[(j + 3) % len(PALETTE)], font=ax.font)
+    for i, (name, t, lo, hi) in enumerate(rows):
+        if lo is not None and hi is not None:
+            ax.error_bar(i, lo, hi, color=PALETTE[0], cap=6)
+        ax.scatter([i], [t], color=PALETTE[0], marker="circle", r=6)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)

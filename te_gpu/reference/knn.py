@@ -17,6 +17,10 @@ smallest class (as ``torch.mode`` in transformer-ranker and scikit-learn's
 is O(chunk N). transformer-ranker returns micro-F1, which is this accuracy for
 C > 2 but the positive class's F1 for C = 2; te_gpu always returns accuracy.
 Classification only.
+
+:func:`knn_grouped` is the same with groups of rows that are copies of one
+sample (a bootstrap resample, :mod:`te_gpu.bootstrap`): a query leaves its whole
+group out, so that a copy at distance 0 does not vote for its own class.
 """
 from __future__ import annotations
 
@@ -53,6 +57,22 @@ def knn(features, labels, *, k: int = 3, distance: str = "euclidean", chunk: int
                          "te_gpu has no regression form of it")
     x = as_features(features)
     codes, classes = as_labels(labels, x.shape[0])
+    return _loo_accuracy(x, codes, classes.size, k, distance, chunk, None)
+
+
+def knn_grouped(features, labels, groups, *, k: int = 3, distance: str = "euclidean",
+                chunk: int = CHUNK) -> float:
+    """kNN accuracy leaving out, for each sample, every sample of its group (``groups``:
+    N ids, equal for copies of one sample); ``groups = arange(N)`` is :func:`knn`."""
+    x = as_features(features)
+    codes, classes = as_labels(labels, x.shape[0])
+    groups = np.asarray(groups)
+    if groups.shape != (x.shape[0],):
+        raise ValueError(f"groups must have one id per sample ({x.shape[0]}), got shape {groups.shape}")
+    return _loo_accuracy(x, codes, classes.size, k, distance, chunk, groups)
+
+
+def _loo_accuracy(x, codes, n_classes, k, distance, chunk, groups) -> float:
     n = x.shape[0]
     check_options(k, distance, chunk, n)
     if distance == "cosine":
@@ -65,9 +85,15 @@ def knn(features, labels, *, k: int = 3, distance: str = "euclidean", chunk: int
             s = sq[None, :] - 2.0 * (x[i0:i1] @ x.T)
         else:
             s = -(x[i0:i1] @ x.T)
-        s[np.arange(i1 - i0), np.arange(i0, i1)] = np.inf      # leave the sample out
+        if groups is None:
+            s[np.arange(i1 - i0), np.arange(i0, i1)] = np.inf  # leave the sample out
+        else:
+            s[groups[i0:i1, None] == groups[None, :]] = np.inf  # leave its copies out
         nearest = np.argsort(s, axis=1, kind="stable")[:, :k]  # stable: lower index first
-        votes = np.zeros((i1 - i0, classes.size), dtype=np.int64)
+        if groups is not None and np.isinf(np.take_along_axis(s, nearest, 1)).any():
+            raise ValueError(f"kNN with k = {k}: a sample has fewer than {k} neighbours "
+                             "outside its group of copies")
+        votes = np.zeros((i1 - i0, n_classes), dtype=np.int64)
         np.add.at(votes, (np.repeat(np.arange(i1 - i0), k), codes[nearest].ravel()), 1)
         correct += int((votes.argmax(axis=1) == codes[i0:i1]).sum())  # first max: smallest class
     return correct / n

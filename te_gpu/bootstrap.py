@@ -1,0 +1,566 @@
+r"""How stable is a zoo's ranking? A class-stratified bootstrap over the target samples.
+
+A transferability score is computed from one finite target set; another draw of
+the same size from the same task would give other scores, and perhaps another
+order. :func:`bootstrap_zoo` measures that: it redraws the target set ``B``
+times with replacement and rescores every model on every redraw, giving each
+model's score a percentile interval, and each model the share of redraws in
+which it comes first (``p_first``) and in the top 3 (``p_top``).
+:func:`tau_w_interval` turns the redraws into an interval of the weighted
+Kendall tau against known accuracies, with the probability that a redraw's
+recommended model is the truly best one and that the truly best is in its top 3.
+
+The resample. Within each class c, draw n_c rows with replacement from that
+class's rows, and lay the classes out one after another: every redraw then has
+the same label vector (n_0 zeros, n_1 ones, ...), so the redraws of one model
+are models of one batch for the engine, sharing its labels and everything that
+depends on labels alone (one-hot, counts, NCTI's class index), and they share
+batches with the redraws of other models of the same width. Each model's
+features are read once; the (models x redraws, N, D) batches are gathered on the
+device from them (``x[idx]``), in chunks sized from the device's memory, and go
+through the same engine heads as :func:`te_gpu.score_zoo`. Redraw ``r`` uses
+``numpy.random.default_rng([seed, r])`` (:func:`resample_indices`), the same
+rows for every model (so that models are compared on the same redraw), and does
+not depend on how many redraws are asked for.
+
+What each metric does on a redraw (all: the engine's value on the resampled
+features, equal to the float64 reference on ``x[idx], y[idx]``; tested):
+
+* LogME, SFDA, LDA, GBC, H-score, regularized H-score, TransRate: scored as any
+  features are. Repeated rows are ordinary rows to them (a GBC class whose
+  redraw repeats one row has variance 0 there, floored at 1e-4 as released).
+* kNN: leave-one-out would find the query's own copies at distance 0, and they
+  vote for its class (the score drifts towards 1). On a redraw a query leaves
+  out every copy of its source sample (``te_gpu.reference.knn.knn_grouped``).
+* NLEEP: its seeded random stream does not depend on the data, so every redraw
+  is fitted with the same seed, as ``nleep(x[idx], y[idx], seed=...)``.
+* NCTI: min-max normalised over the zoo within each redraw (its parts of every
+  model on redraw r, then the zoo's min and max on redraw r).
+* SA: gate, PCA and Attract are recomputed on each redraw (the gate may open on
+  some redraws and not others; ``sa_applied`` gives the share per model).
+* LEEP, NCE: the rows of the model's own predictions are resampled the same way.
+
+Point estimates (``point``) are the scores on the target set as given
+(:func:`te_gpu.score_zoo`). Repeated rows shift most scores: a redraw holds about
+63 % of the distinct samples, so TransRate's coding rate drops, in-sample fits
+(LogME, SFDA, regularized H-score) look tighter, and a plain percentile interval
+of the redraws misses the score's expectation at this N (at a nominal 90 %, on
+synthetic zoos of known order: TransRate's covered it in 18 % of cases,
+regularized H-score's in 66 %, LogME's in 74 %; bench/RESULTS.md, "Bootstrap").
+The default ``method="centred"`` therefore keeps the redraws' spread and their
+correlation across models but moves each model's redraws so that their mean is
+its point score: interval = point + (percentile - mean of the redraws). It covered
+the expectation in 83-98 % of cases for every metric measured;
+``method="percentile"`` gives the raw redraws. ``p_first``, ``p_top``,
+the consensus and :func:`tau_w_interval` read the same (centred) redraws. Ties
+in a redraw share the first place equally in ``p_first``; ``p_top(k)`` counts a
+model whose redraw has fewer than k models strictly ahead.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import catalogue
+
+__all__ = ["BootstrapResult", "bootstrap_zoo", "resample_indices", "tau_w_interval",
+           "DEFAULT_REPLICATES", "DEFAULT_LEVEL"]
+
+DEFAULT_REPLICATES = 200
+DEFAULT_LEVEL = 0.95
+METHODS = ("centred", "percentile")
+# (model, redraw) rows per CPU batch when not given: on the 2-core Xeon of bench/RESULTS.md
+# ("Bootstrap"), 8 models x 20 redraws of 1,000 x 256 took 3.2-3.6 s of CPU at 4-16 rows per
+# batch and 3.8-4.4 s in one batch of 160 (memory traffic of the large batch)
+CPU_BATCH_ROWS = 16
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_level(level) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ValueError(f"level must be a number between 0 and 1 (e.g. 0.95), got {level!r}")
+    return float(level)
+
+
+def resample_indices(labels, replicates: int, seed: int = 0, *, first: int = 0):
+    """The rows of ``replicates`` class-stratified redraws, and their common labels.
+
+    Returns ``(idx, codes)``: ``idx`` (replicates, N) int64 row indices into the
+    target set, ``codes`` (N,) the class codes 0..C-1 (of the sorted unique labels)
+    of every redraw, class by class. Redraw ``first + j`` draws, with
+    ``numpy.random.default_rng([seed, first + j])``, for each position of class c
+    one of the n_c rows of class c (uniformly, with replacement).
+    """
+    from ._checks import as_labels
+
+    replicates = _check_int(replicates, "replicates", 1)
+    seed = _check_int(seed, "seed", 0)
+    first = _check_int(first, "first", 0)
+    codes, classes = as_labels(labels)
+    counts = np.bincount(codes, minlength=classes.size)
+    order = np.argsort(codes, kind="stable")            # the rows of each class, in order
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    high = np.repeat(counts, counts)
+    idx = np.empty((replicates, codes.size), dtype=np.int64)
+    for j in range(replicates):
+        rng = np.random.default_rng([seed, first + j])
+        idx[j] = order[starts + rng.integers(0, high)]
+    return idx, np.repeat(np.arange(classes.size), counts)
+
+
+@dataclass
+class BootstrapResult:
+    """Scores of a zoo on B redraws of its target set.
+
+    ``point[label][model]``: the score on the target set as given;
+    ``samples[label][model]``: its B redraw scores as computed (redraw r is the same
+    rows for every model); ``method``: how intervals and shares read them
+    (``"centred"``: moved to the point score's level; ``"percentile"``: as they
+    are; see the module's docstring). Labels are ``metric`` or ``metric+variant`` as in
+    :class:`te_gpu.ZooResult`. ``sa_applied[variant][model]``: the share of
+    redraws on which SA's gate opened. ``skipped[label][model]``: why a model has
+    no score (LEEP/NCE without predictions).
+    """
+    models: list
+    replicates: int
+    seed: int
+    level: float
+    method: str = "centred"
+    point: dict = field(default_factory=dict)
+    samples: dict = field(default_factory=dict)
+    sa_applied: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list:
+        return list(self.samples)
+
+    def _method(self, method) -> str:
+        method = self.method if method is None else method
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        return method
+
+    def matrix(self, label: str, method: str | None = None):
+        """(models scored for ``label``, their redraw scores as an (L, B) array), centred
+        on the point scores (``method="centred"``) or as computed (``"percentile"``)."""
+        if label not in self.samples:
+            raise ValueError(f"no bootstrap of {label!r}; have {', '.join(self.samples)}")
+        models = [m for m in self.models if m in self.samples[label]]
+        s = np.stack([np.asarray(self.samples[label][m], dtype=np.float64) for m in models])
+        if self._method(method) == "centred":
+            s = s - s.mean(1, keepdims=True) + np.array([self.point[label][m] for m in models])[:, None]
+        return models, s
+
+    def interval(self, label: str, level: float | None = None, method: str | None = None) -> dict:
+        """{model: (lo, hi)}: the (1 - level)/2 and (1 + level)/2 quantiles (numpy's default
+        linear interpolation) of its redraw scores, read as ``method`` says; ``level``
+        defaults to the result's."""
+        a = 1.0 - _check_level(self.level if level is None else level)
+        models, s = self.matrix(label, method)
+        q = np.quantile(s, [a / 2, 1 - a / 2], axis=1)
+        return {m: (float(q[0, i]), float(q[1, i])) for i, m in enumerate(models)}
+
+    def p_first(self, label: str, method: str | None = None) -> dict:
+        """{model: share of redraws on which it scores highest} (ties share the place)."""
+        models, s = self.matrix(label, method)
+        return dict(zip(models, _first_share(s).mean(1).tolist()))
+
+    def p_top(self, label: str, k: int = 3, method: str | None = None) -> dict:
+        """{model: share of redraws on which fewer than k models score strictly higher}."""
+        models, s = self.matrix(label, method)
+        k = _check_int(k, "k", 1)
+        return dict(zip(models, (_ahead(s) < k).mean(1).tolist()))
+
+    def consensus(self, labels=None, method: str | None = None):
+        """(models, (L, B) array, {model: point value}): minus the mean rank over ``labels``
+        (default all) on each redraw and on the target set, 0 = first (ties: average
+        ranks). Models missing from a label are left out."""
+        labels = list(labels or self.labels)
+        if not labels:
+            raise ValueError("no label to combine")
+        common = [m for m in self.models if all(m in self.samples[lb] for lb in labels)]
+        if len(common) < 2:
+            raise ValueError(f"fewer than 2 models are scored by every one of {labels}")
+        ranks = np.zeros((len(common), self.replicates))
+        point = np.zeros(len(common))
+        for lb in labels:
+            models, s = self.matrix(lb, method)
+            ranks += _average_ranks(s[[models.index(m) for m in common]])
+            point += _average_ranks(np.array([[self.point[lb][m]] for m in common]))[:, 0]
+        n = len(labels)
+        return common, -ranks / n, dict(zip(common, (-point / n).tolist()))
+
+    def summary(self, label: str, k: int = 3) -> list:
+        """Rows {model, score, lo, hi, p_first, p_top} ordered by the point score."""
+        iv, pf, pt = self.interval(label), self.p_first(label), self.p_top(label, k)
+        rows = [dict(model=m, score=self.point[label][m], lo=iv[m][0], hi=iv[m][1],
+                     p_first=pf[m], p_top=pt[m]) for m in iv]
+        return sorted(rows, key=lambda r: -r["score"])
+
+    def to_dict(self, samples: bool = True) -> dict:
+        out = dict(models=list(self.models), replicates=self.replicates, seed=self.seed,
+                   level=self.level, method=self.method, point=self.point,
+                   intervals={lb: {m: list(v) for m, v in self.interval(lb).items()}
+                              for lb in self.labels},
+                   p_first={lb: self.p_first(lb) for lb in self.labels},
+                   p_top3={lb: self.p_top(lb, 3) for lb in self.labels},
+                   sa_applied=self.sa_applied, skipped=self.skipped, timings=self.timings,
+                   options=self.options)
+        if samples:
+            out["samples"] = {lb: {m: np.asarray(v, dtype=np.float64).tolist()
+                                   for m, v in d.items()} for lb, d in self.samples.items()}
+        return out
+
+    def to_json(self, path, samples: bool = True) -> None:
+        from .io import atomic_write
+
+        text = json.dumps(self.to_dict(samples), indent=1, allow_nan=False)
+        atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BootstrapResult":
+        """A result written by :meth:`to_dict` (with its samples)."""
+        if "samples" not in d:
+            raise ValueError("this bootstrap file holds no redraw scores (written with samples=False)")
+        return cls(models=list(d["models"]), replicates=int(d["replicates"]), seed=int(d["seed"]),
+                   level=float(d["level"]), method=d.get("method", "centred"), point=d["point"],
+                   samples={lb: {m: np.asarray(v, dtype=np.float64) for m, v in s.items()}
+                            for lb, s in d["samples"].items()},
+                   sa_applied=d.get("sa_applied", {}), skipped=d.get("skipped", {}),
+                   timings=d.get("timings", {}), options=d.get("options", {}))
+
+
+def _first_share(s: np.ndarray) -> np.ndarray:
+    """(L, B) -> (L, B): 1/t for the t models tied at a redraw's highest score, else 0."""
+    top = s == s.max(0, keepdims=True)
+    return top / top.sum(0, keepdims=True)
+
+
+def _ahead(s: np.ndarray) -> np.ndarray:
+    """(L, B) -> (L, B) int: how many models score strictly higher on each redraw."""
+    srt = np.sort(s, axis=0)
+    out = np.empty(s.shape, dtype=np.int64)
+    for r in range(s.shape[1]):
+        out[:, r] = s.shape[0] - np.searchsorted(srt[:, r], s[:, r], side="right")
+    return out
+
+
+def _average_ranks(s: np.ndarray) -> np.ndarray:
+    """(L, B) -> (L, B): 0-based rank of each model on each redraw, best first, ties averaged."""
+    ahead = _ahead(s)
+    tied = s.shape[0] - ahead - _ahead(-s)       # models scoring exactly the same, itself included
+    return ahead + (tied - 1) / 2.0
+
+
+# --------------------------------------------------------------------------
+# the engine pass
+# --------------------------------------------------------------------------
+
+def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
+                  replicates: int = DEFAULT_REPLICATES, seed: int = 0,
+                  level: float = DEFAULT_LEVEL, method: str = "centred", sa=None,
+                  options: dict | None = None,
+                  predictions: dict | None = None, device=None, precision: str = "exact",
+                  batch_size: int | None = None, progress: bool = True) -> BootstrapResult:
+    """Every model of ``zoo`` scored on ``replicates`` class-stratified redraws of its targets.
+
+    Parameters as :func:`te_gpu.score_zoo` (``zoo``, ``labels``, ``metrics``, ``sa``,
+    ``options``, ``predictions``, ``device``, ``precision``), plus
+    ``replicates`` : redraws B (>= 2);
+    ``seed`` : redraw r uses ``numpy.random.default_rng([seed, r])`` (:func:`resample_indices`);
+    ``level`` : of the intervals (0.95: from the 2.5 and 97.5 percentiles);
+    ``method`` : ``"centred"`` (default) or ``"percentile"``: how intervals and shares
+        read the redraws (the module's docstring says why centred);
+    ``batch_size`` : (model, redraw) pairs per engine batch; None sizes batches
+        from the device's memory (on a CPU at most ``CPU_BATCH_ROWS``);
+    ``progress`` : a progress bar over the redraws.
+
+    One process (no sharing between the ranks of a distributed job); no checkpoint.
+    Returns a :class:`BootstrapResult`.
+    """
+    import torch
+
+    from . import zoo as zoo_mod
+    from ._checks import as_labels
+    from .engine._tensor import features_tensor, resolve_device, working_dtype
+    from .engine.stats import Labels
+
+    t0 = time.perf_counter()
+    replicates = _check_int(replicates, "replicates", 2)
+    seed = _check_int(seed, "seed", 0)
+    level = _check_level(level)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if labels is None and isinstance(zoo, tuple) and len(zoo) == 2:
+        zoo, labels = zoo
+    # the plain scores first: they validate everything (zoo, labels, metrics, options, class
+    # sizes, predictions) exactly as score_zoo does, and are the point estimates
+    point = zoo_mod.score_zoo(zoo, labels, metrics=metrics, sa=sa, options=options,
+                              predictions=predictions, device=device, precision=precision,
+                              progress=False, distributed=False)
+    t_point = time.perf_counter() - t0
+    names = catalogue.metric_names(metrics)
+    opts = catalogue.resolve_options(names, options)
+    feature_metrics = tuple(m for m in names if catalogue.get(m).inputs == "features")
+    pred_metrics = tuple(m for m in names if catalogue.get(m).inputs == "predictions")
+    settings = zoo_mod._sa_settings(sa)
+    dtype = working_dtype(precision)
+    dev = resolve_device(device, *(v for v in zoo.values() if isinstance(v, torch.Tensor)))
+
+    codes_np, classes = as_labels(labels)
+    n, c = codes_np.size, classes.size
+    idx_np, rcodes = resample_indices(codes_np, replicates, seed)
+    idx = torch.as_tensor(idx_np, device=dev)
+    lab = Labels.from_codes(torch.as_tensor(rcodes, device=dev), c, dtype)
+
+    result = BootstrapResult(models=list(zoo), replicates=replicates, seed=seed, level=level,
+                             method=method, point=dict(point.scores), skipped=dict(point.skipped),
+                             options=dict(metrics=list(names), options=opts,
+                                          sa=list(settings), precision=precision))
+    timer = _timer(dev)
+    bar = _progress(len(zoo) * replicates, progress)
+    try:
+        if feature_metrics:
+            raw = _feature_pass(zoo, idx, lab, feature_metrics, settings, opts, dtype, dev,
+                                batch_size, timer, bar, features_tensor)
+            _fill(result, raw, feature_metrics, settings, replicates)
+        if pred_metrics:
+            _prediction_pass(result, zoo, predictions or {}, idx, rcodes, c, pred_metrics, opts,
+                             dev, timer, bar if not feature_metrics else None)
+    finally:
+        bar.close()
+    run = time.perf_counter() - t0
+    result.timings = dict(timer.stages, point=t_point, bootstrap=run - t_point, total=run)
+    return result
+
+
+def _progress(total: int, enabled: bool):
+    from .zoo import _NoBar
+
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, unit="redraw", desc="bootstrap", leave=False)
+
+
+def _timer(dev):
+    from .engine.core import Timer
+
+    return Timer(dev)
+
+
+def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size, timer, bar,
+                  features_tensor) -> dict:
+    """{(model, setting index): ({metric: per-redraw values}, SA gate openings)}."""
+    import torch
+
+    from . import zoo as zoo_mod
+    from .engine import core
+
+    b, n = idx.shape
+    c = lab.c
+    entries = {name: zoo_mod._open(name, item) for name, item in zoo.items()}
+    groups: dict = {}
+    for name, (_, shape, f32) in entries.items():
+        groups.setdefault((shape[1], f32), []).append(name)
+    class_index = None
+    if any("class_index" in catalogue.get(m).needs for m in metrics):
+        from .engine.ncti import class_padding_index
+
+        class_index = class_padding_index(lab.codes, c)
+    knn = any(catalogue.get(m).name == "knn" for m in metrics)
+    out = {}
+    for (d, f32), names in groups.items():
+        size = batch_size or zoo_mod._batch_size(dev, n, d, c, dtype)
+        if batch_size is None and dev.type != "cuda":
+            size = min(size, CPU_BATCH_ROWS)
+        pairs = [(name, r) for name in names for r in range(b)]
+        last = {name: i for i, (name, _) in enumerate(pairs)}
+        loaded: dict = {}
+        pos = 0
+        while pos < len(pairs):
+            chunk = pairs[pos:pos + size]
+            try:
+                with timer.stage("load"):
+                    for name, _ in chunk:
+                        if name not in loaded:   # each model's features are read once
+                            loaded[name] = features_tensor(entries[name][0], dev, dtype,
+                                                           name=f"features of model {name!r}")
+                with timer.stage("gather"):
+                    rows = torch.as_tensor([r for _, r in chunk], device=dev)
+                    ii = idx[rows]                                      # (chunk, N)
+                    x = torch.empty((len(chunk), n, d), dtype=dtype, device=dev)
+                    j = 0
+                    for name, run in _runs(chunk):
+                        torch.index_select(loaded[name], 0, ii[j:j + run].reshape(-1),
+                                           out=x[j:j + run].view(-1, d))
+                        j += run
+                outputs = core.score_settings(x, lab, metrics, settings, opts=opts,
+                                              pca_float32=f32, timer=timer,
+                                              class_index=class_index,
+                                              groups=ii if knn else None)
+            except (torch.OutOfMemoryError, MemoryError):
+                x = None
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                if size == 1:
+                    raise MemoryError(f"one redraw of a model of width {d} (N={n}) does not fit "
+                                      f"in the memory of {dev}") from None
+                size = max(1, size // 2)
+                continue
+            for i, (lists, infos) in enumerate(outputs):
+                for j, (name, r) in enumerate(chunk):
+                    vals, opened = out.setdefault((name, i), ({m: [None] * b for m in metrics},
+                                                              [False] * b))
+                    for m in metrics:
+                        vals[m][r] = lists[m][j]
+                    if infos is not None:
+                        opened[r] = bool(infos[j]["applied"])
+            pos += len(chunk)
+            for name in [m for m in loaded if last[m] < pos]:
+                del loaded[name]                                    # done with this model
+            bar.update(len(chunk))
+    return out
+
+
+def _runs(chunk):
+    """[(model, number of consecutive pairs)] of a model-major chunk of (model, redraw) pairs."""
+    runs = []
+    for name, _ in chunk:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    return [(name, k) for name, k in runs]
+
+
+def _fill(result: BootstrapResult, raw: dict, metrics, settings, b: int) -> None:
+    """Redraw scores into ``result``: per-model metrics as they are, NCTI min-max per redraw."""
+    import torch
+
+    from .engine.ncti import minmax_combine
+    from .results import ZooResult
+
+    names = result.models
+    for i, s in enumerate(settings):
+        for m in metrics:
+            lbl = ZooResult.label(m, s)
+            if catalogue.get(m).zoo_level:
+                parts = torch.tensor([[list(raw[(nm, i)][0][m][r]) for r in range(b)]
+                                      for nm in names], dtype=torch.float64)   # (L, B, 3)
+                vals = np.empty((len(names), b))
+                for r in range(b):
+                    try:
+                        vals[:, r] = minmax_combine(parts[:, r, 0], parts[:, r, 1],
+                                                    parts[:, r, 2]).numpy()
+                    except ValueError as exc:
+                        raise ValueError(f"{lbl} on redraw {r}: {exc}") from None
+                result.samples[lbl] = {nm: vals[k] for k, nm in enumerate(names)}
+            else:
+                result.samples[lbl] = {nm: np.asarray(raw[(nm, i)][0][m], dtype=np.float64)
+                                       for nm in names}
+            for nm, v in result.samples[lbl].items():
+                if not np.all(np.isfinite(v)):
+                    raise FloatingPointError(f"{lbl} of model {nm!r} is not finite on "
+                                             f"{int((~np.isfinite(v)).sum())} redraw(s)")
+        if s is not None:
+            result.sa_applied[s["variant"]] = {nm: float(np.mean(raw[(nm, i)][1])) for nm in names}
+
+
+def _prediction_pass(result, zoo, predictions, idx, rcodes, c, metrics, opts, dev, timer,
+                     bar) -> None:
+    """LEEP/NCE on the resampled rows of each model's own predictions (models without
+    predictions are skipped, as in score_zoo)."""
+    import torch
+
+    from . import zoo as zoo_mod
+    from .engine.stats import Labels
+    from .reference.leep import as_probabilities
+    from .results import ZooResult
+
+    b, n = idx.shape
+    lab = Labels.from_codes(torch.as_tensor(rcodes, device=dev), c, torch.float64)
+    with timer.stage("predictions"):
+        for name in zoo:
+            if name not in predictions:
+                continue
+            arr, _, _ = zoo_mod._open(name, predictions[name])
+            p = torch.as_tensor(as_probabilities(np.asarray(arr), n, f"predictions of model {name!r}"),
+                                dtype=torch.float64, device=dev)
+            step = max(1, int(2 ** 27 // max(1, p.numel())))   # about 1 GiB of float64 at a time
+            for m in metrics:
+                head = catalogue.get(m).engine_fn()
+                vals = torch.cat([head(p[idx[r0:r0 + step]], lab, None, **opts[m])
+                                  for r0 in range(0, b, step)])
+                result.samples.setdefault(ZooResult.label(m, None), {})[name] = \
+                    vals.cpu().numpy().astype(np.float64)
+            if bar is not None:
+                bar.update(b)
+
+
+# --------------------------------------------------------------------------
+# against known accuracies
+# --------------------------------------------------------------------------
+
+def tau_w_interval(result: BootstrapResult, label: str, accuracies: dict, *,
+                   level: float | None = None, k: int = 3, method: str | None = None) -> dict:
+    """The weighted tau of ``label``'s scores against ``accuracies`` ({model: accuracy}),
+    on the target set and on every redraw (the accuracies held fixed: the bootstrap is
+    over the target samples the scores are computed from).
+
+    Returns {tau_w (on the target set), lo, hi (percentile interval at ``level``),
+    samples (B,), undefined (redraws whose scores are all equal: left out),
+    p_best_first (share of redraws whose top-scored model is a most accurate one;
+    ties share the place), p_best_top (share of redraws with a most accurate model
+    among the k top-scored), k, best (the most accurate models), models}.
+    Models without an accuracy, or without a score, are dropped with a warning.
+    The redraws are read as ``method`` says (default: the result's).
+    """
+    from .rank import weighted_tau
+
+    a = 1.0 - _check_level(result.level if level is None else level)
+    models, s = result.matrix(label, method)
+    if not isinstance(accuracies, dict):
+        raise TypeError("accuracies must be a dict {model: accuracy}")
+    dropped = sorted(set(models) ^ set(accuracies))
+    if dropped:
+        warnings.warn(f"tau_w of {label}: dropping model(s) without both a score and an "
+                      f"accuracy: {dropped}", UserWarning, stacklevel=2)
+    keep = [i for i, m in enumerate(models) if m in accuracies]
+    models = [models[i] for i in keep]
+    if len(models) < 2:
+        raise ValueError(f"tau_w of {label}: fewer than 2 models have both a score and an accuracy")
+    s = s[keep]
+    acc = np.array([float(accuracies[m]) for m in models])
+    taus = np.full(s.shape[1], np.nan)
+    for r in range(s.shape[1]):
+        if np.ptp(s[:, r]) > 0:
+            taus[r] = weighted_tau(s[:, r], acc)
+    defined = taus[np.isfinite(taus)]
+    if defined.size == 0:
+        raise ValueError(f"tau_w of {label}: the scores are equal on every redraw")
+    best = acc == acc.max()
+    k = _check_int(k, "k", 1)
+    return dict(tau_w=weighted_tau([result.point[label][m] for m in models], acc),
+                lo=float(np.quantile(defined, a / 2)), hi=float(np.quantile(defined, 1 - a / 2)),
+                samples=taus, undefined=int(taus.size - defined.size),
+                p_best_first=float(_first_share(s)[best].sum(0).mean()),
+                p_best_top=float((_ahead(s)[best] < k).any(0).mean()), k=k,
+                best=[m for m, bb in zip(models, best) if bb], models=models,
+                level=1.0 - a)

@@ -1,0 +1,246 @@
+"""Which model to fine-tune, and how sure to be, without any accuracies (``te-gpu recommend``).
+
+:func:`recommend` scores a zoo with a set of metrics on B class-stratified redraws of the
+target set (:func:`te_gpu.bootstrap.bootstrap_zoo`), combines the metrics by their mean
+rank on every redraw (the consensus), and says in plain words what the redraws show:
+
+    lite0: first in 87 % of resamples, in the top 3 in 100 %; the metrics agree
+    the metrics disagree: logme and sfda pick lite0 (first in 80 % and 74 %), ncti picks lite2 (55 %)
+    no clear winner: fine-tune the top 2 (lite0, lite2): one of them is first in 93 % of resamples
+
+The default metric set (:data:`DEFAULT_METRICS`) and why: bench/RESULTS.md, "recommend".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES, BootstrapResult, _ahead, _first_share
+
+__all__ = ["DEFAULT_METRICS", "Recommendation", "recommend", "verdict", "format_recommendation"]
+
+DEFAULT_METRICS = ("lda", "ncti", "knn")
+CLEAR = 0.5          # a first-place share below this is "no clear winner"
+COVER = 0.9          # the top-k named when there is no clear winner hold the first place this often
+
+
+@dataclass
+class Recommendation:
+    """The outcome of :func:`recommend`.
+
+    ``order``: models by consensus (mean rank over ``labels`` on the target set, best
+    first); ``p_first`` / ``p_top``: each model's share of redraws on which the consensus
+    puts it first / in the top ``k``; ``picks``: {label: the model that label ranks first
+    on the target set}; ``lines``: the verdict, plain sentences; ``boot``: every score.
+    """
+    boot: BootstrapResult
+    labels: list
+    order: list
+    p_first: dict
+    p_top: dict
+    k: int
+    picks: dict
+    lines: list = field(default_factory=list)
+
+    @property
+    def best(self) -> str:
+        return self.order[0]
+
+    def to_dict(self, samples: bool = False) -> dict:
+        return dict(best=self.best, verdict=self.lines, labels=self.labels, order=self.order,
+                    p_first=self.p_first, p_top=self.p_top, k=self.k, picks=self.picks,
+                    bootstrap=self.boot.to_dict(samples))
+
+
+def recommend(zoo, labels=None, *, metrics=DEFAULT_METRICS, replicates: int = DEFAULT_REPLICATES,
+              seed: int = 0, level: float = DEFAULT_LEVEL, sa=None, options=None,
+              predictions=None, device=None, precision: str = "exact",
+              batch_size: int | None = None, k: int = 3, progress: bool = True) -> Recommendation:
+    """Rank ``zoo`` by the consensus of ``metrics`` and say how stable that ranking is.
+
+    Arguments as :func:`te_gpu.bootstrap.bootstrap_zoo`; ``k``: the "top k" of the shares.
+    Every (metric, SA setting) label takes part in the consensus with equal weight.
+    """
+    from .bootstrap import _check_int, bootstrap_zoo
+
+    k = _check_int(k, "k", 1)
+    boot = bootstrap_zoo(zoo, labels, metrics=metrics, replicates=replicates, seed=seed,
+                         level=level, sa=sa, options=options, predictions=predictions,
+                         device=device, precision=precision, batch_size=batch_size,
+                         progress=progress)
+    return from_bootstrap(boot, k=k)
+
+
+def from_bootstrap(boot: BootstrapResult, labels=None, *, k: int = 3) -> Recommendation:
+    """A :class:`Recommendation` from redraws already computed (all labels by default)."""
+    labels = list(labels or boot.labels)
+    models, samples, point = boot.consensus(labels)
+    share = dict(zip(models, _first_share(samples).mean(1).tolist()))
+    top = dict(zip(models, (_ahead(samples) < k).mean(1).tolist()))
+    # the consensus on the target set; equal mean ranks: the one first more often
+    order = sorted(models, key=lambda m: (-point[m], -share[m], models.index(m)))
+    picks = {lb: max(boot.point[lb], key=lambda m: (boot.point[lb][m], -boot.models.index(m)))
+             for lb in labels}
+    rec = Recommendation(boot=boot, labels=labels, order=order, p_first=share, p_top=top, k=k,
+                         picks=picks)
+    rec.lines = verdict(rec)
+    return rec
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.0f} %"
+
+
+def _names(items) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def verdict(rec: Recommendation) -> list:
+    """The plain sentences of a recommendation (see the module's docstring)."""
+    best = rec.best
+    lines = []
+    agree = len(set(rec.picks.values())) == 1
+    head = (f"{best}: first in {_pct(rec.p_first[best])} of resamples, in the top {rec.k} in "
+            f"{_pct(rec.p_top[best])}")
+    if len(rec.labels) == 1:
+        lines.append(f"{head} ({rec.labels[0]})")
+    elif agree:
+        lines.append(f"{head}; the metrics agree")
+    else:
+        lines.append(f"{head}; the metrics disagree: " + _disagreement(rec))
+    if rec.p_first[best] < CLEAR:
+        ranked = sorted(rec.order, key=lambda m: -rec.p_first[m])
+        cum, chosen = 0.0, []
+        for m in ranked:
+            chosen.append(m)
+            cum += rec.p_first[m]
+            if cum >= COVER - 1e-9:
+                break
+        if len(chosen) < len(rec.order):
+            lines.append(f"no clear winner: fine-tune the top {len(chosen)} ({', '.join(chosen)}): "
+                         f"one of them is first in {_pct(cum)} of resamples")
+        else:
+            lines.append("no clear winner: the first place moves between all the models from "
+                         "resample to resample; the target set is too small or the models too alike "
+                         "to choose between them")
+    runner = [m for m in rec.order[1:] if rec.p_first[m] >= 0.05]
+    if runner and rec.p_first[best] >= CLEAR:
+        lines.append("also first in some resamples: " + ", ".join(
+            f"{m} ({_pct(rec.p_first[m])})" for m in runner[:3]))
+    return lines
+
+
+def _disagreement(rec: Recommendation) -> str:
+    by_model: dict = {}
+    for lb, m in rec.picks.items():
+        by_model.setdefault(m, []).append(lb)
+    parts = []
+    for m, lbs in sorted(by_model.items(), key=lambda kv: -len(kv[1])):
+        shares = [rec.boot.p_first(lb)[m] for lb in lbs]
+        verb = "picks" if len(lbs) == 1 else "pick"
+        parts.append(f"{_names(lbs)} {verb} {m} (first in {_names([_pct(p) for p in shares])})")
+    return "; ".join(parts)
+
+
+def format_recommendation(rec: Recommendation, top: int = 5) -> str:
+    """A table of the ``top`` models (consensus order): share of first places and of the top
+    k, and each label's score with its interval; then the verdict."""
+    boot = rec.boot
+    intervals = {lb: boot.interval(lb) for lb in rec.labels}
+    level = f"{100 * boot.level:.0f} %"
+    rows = []
+    for i, m in enumerate(rec.order[:top]):
+        cells = [str(i + 1), m, f"{100 * rec.p_first[m]:.0f}", f"{100 * rec.p_top[m]:.0f}"]
+        for lb in rec.labels:
+            lo, hi = intervals[lb][m]
+            cells.append(f"{boot.point[lb][m]:.4g} [{lo:.4g}, {hi:.4g}]")
+        rows.append(cells)
+    head = ["#", "model", "first %", f"top-{rec.k} %", *(f"{lb} [{level}]" for lb in rec.labels)]
+    widths = [max(len(r[j]) for r in rows + [head]) for j in range(len(head))]
+    fmt = lambda cells: "  ".join(c.ljust(w) if j == 1 else c.rjust(w)   # noqa: E731
+                                  for j, (c, w) in enumerate(zip(cells, widths)))
+    out = [fmt(head), *map(fmt, rows)]
+    if len(rec.order) > top:
+        out.append(f"... {len(rec.order) - top} more model(s)")
+    out.append("")
+    out.extend(rec.lines)
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+# against known accuracies (optional): tau_w intervals and figures
+# --------------------------------------------------------------------------
+
+CONSENSUS = "consensus"
+
+
+def _consensus_result(rec: Recommendation) -> BootstrapResult:
+    """The consensus (minus the mean rank) as a one-label result, read as it is."""
+    boot = rec.boot
+    models, samples, point = boot.consensus(rec.labels)
+    return BootstrapResult(models=models, replicates=boot.replicates, seed=boot.seed,
+                           level=boot.level, method="percentile", point={CONSENSUS: point},
+                           samples={CONSENSUS: dict(zip(models, samples))})
+
+
+def against_truth(rec: Recommendation, accuracy: dict) -> list:
+    """Per label, and for the consensus: tau_w on the target set with its interval over the
+    redraws, and the shares of redraws whose first model is a most accurate one and whose
+    top k holds one (:func:`te_gpu.bootstrap.tau_w_interval`)."""
+    import warnings
+
+    from .bootstrap import tau_w_interval
+
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # models without accuracy: said once below
+        for lb in rec.labels:
+            rows.append(dict(label=lb, **tau_w_interval(rec.boot, lb, accuracy, k=rec.k)))
+        if len(rec.labels) > 1:
+            rows.append(dict(label=CONSENSUS, **tau_w_interval(_consensus_result(rec), CONSENSUS,
+                                                                accuracy, k=rec.k)))
+    return rows
+
+
+def format_truth(rows: list, level: float) -> str:
+    best = rows[0]["best"]
+    lines = [f"against the accuracies (the most accurate: {', '.join(best)}; intervals over the "
+             f"resamples, {100 * level:.0f} %):"]
+    width = max(len(r["label"]) for r in rows)
+    for r in rows:
+        lines.append(f"  {r['label'].ljust(width)}  tau_w {r['tau_w']:+.3f} [{r['lo']:+.3f}, "
+                     f"{r['hi']:+.3f}]  most accurate first in {_pct(r['p_best_first'])}, "
+                     f"in the top {r['k']} in {_pct(r['p_best_top'])}")
+    return "\n".join(lines)
+
+
+def draw(rec: Recommendation, accuracy: dict, folder, *, regime=None, baselines=None,
+         where: str = "") -> list:
+    """PNGs in ``folder``: each label's score against accuracy with its intervals and the
+    models' names (``{label}_vs_accuracy.png``), and tau_w per label with intervals and
+    ``baselines`` ({name: tau_w}) as lines (``tau_w.png``). The accuracy axis is named
+    after ``regime``. Returns the paths."""
+    from pathlib import Path
+
+    from .pipeline.plots import accuracy_label, score_figure, tau_figure
+
+    folder = Path(folder)
+    rows = against_truth(rec, accuracy)
+    files = []
+    level = f"{100 * rec.boot.level:.0f} %"
+    for r in rows:
+        lb = r["label"]
+        if lb == CONSENSUS:
+            continue
+        scores = {m: rec.boot.point[lb][m] for m in r["models"]}
+        title = f"{lb}: tau_w = {r['tau_w']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
+        files.append(score_figure([(title, scores)], accuracy, folder / f"{lb}_vs_accuracy.png",
+                                  suptitle=f"{lb} against {where or 'accuracy'} ({level} intervals "
+                                           f"over {rec.boot.replicates} resamples)",
+                                  xlabel=accuracy_label(regime),
+                                  intervals=[rec.boot.interval(lb)], names=True))
+    files.append(tau_figure([(r["label"], r["tau_w"], r["lo"], r["hi"]) for r in rows],
+                            folder / "tau_w.png", baselines=baselines,
+                            title=f"tau_w against {accuracy_label(regime)}"
+                                  f"{' - ' + where if where else ''} ({level} intervals)"))
+    return files

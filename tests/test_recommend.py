@@ -1,0 +1,206 @@
+"""te-gpu recommend (te_gpu.recommend): the consensus, the plain verdict, the command on a
+zoo directory (with and without accuracies, plots, clean errors), and the figures'
+error bars, name placement and regime labels."""
+import json
+
+import numpy as np
+import pytest
+
+from te_gpu import save_zoo
+from te_gpu.bootstrap import BootstrapResult, bootstrap_zoo
+from te_gpu.cli import main
+from te_gpu.recommend import format_recommendation, from_bootstrap, recommend
+
+from helpers import class_features
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _result(samples, point, method="percentile"):
+    models = list(next(iter(samples.values())))
+    b = len(next(iter(next(iter(samples.values())).values())))
+    return BootstrapResult(models=models, replicates=b, seed=0, level=0.9, method=method,
+                           point=point, samples={lb: {m: np.asarray(v, float) for m, v in d.items()}
+                                                 for lb, d in samples.items()})
+
+
+def test_verdict_when_the_metrics_agree():
+    s = {"x": {"a": [3, 3, 3, 1], "b": [2, 2, 1, 2], "c": [1, 1, 2, 3]},
+         "y": {"a": [9, 9, 9, 9], "b": [5, 6, 7, 8], "c": [1, 1, 1, 1]}}
+    rec = from_bootstrap(_result(s, {"x": {"a": 3, "b": 2, "c": 1}, "y": {"a": 9, "b": 6, "c": 1}}),
+                         k=2)
+    assert rec.order == ["a", "b", "c"] and rec.picks == {"x": "a", "y": "a"}
+    # consensus per redraw (mean rank): a first on redraws 0-2; on redraw 3 all three tie
+    assert rec.p_first == pytest.approx({"a": (3 + 1 / 3) / 4, "b": 1 / 12, "c": 1 / 12})
+    assert rec.lines[0] == "a: first in 83 % of resamples, in the top 2 in 100 %; the metrics agree"
+    assert rec.lines[1] == "also first in some resamples: b (8 %), c (8 %)"
+    text = format_recommendation(rec, top=2)
+    assert "first %" in text and "... 1 more model(s)" in text and rec.lines[0] in text
+
+
+def test_verdict_when_the_metrics_disagree_and_no_model_is_clearly_first():
+    # 10 redraws, first places: a on 4, b on 4, c on 1, d on 1 (both labels alike)
+    x = {"a": [5] * 4 + [3] * 6, "b": [2] * 4 + [5] * 4 + [2] * 2, "c": [1] * 8 + [5, 1],
+         "d": [0] * 9 + [5]}
+    rec = from_bootstrap(_result({"x": x, "y": x}, {"x": {"a": 4, "b": 3, "c": 2, "d": 1},
+                                                   "y": {"a": 3, "b": 4, "c": 2, "d": 1}}))
+    assert rec.picks == {"x": "a", "y": "b"} and rec.best == "a"
+    assert rec.p_first == pytest.approx({"a": 0.4, "b": 0.4, "c": 0.1, "d": 0.1})
+    assert rec.lines[0] == ("a: first in 40 % of resamples, in the top 3 in 100 %; the metrics "
+                            "disagree: x picks a (first in 40 %); y picks b (first in 40 %)")
+    assert rec.lines[1] == ("no clear winner: fine-tune the top 3 (a, b, c): one of them is first "
+                            "in 90 % of resamples")
+    assert len(rec.lines) == 2
+
+
+def test_recommend_finds_the_clearly_best_model():
+    x, y = class_features(0, n=90, d=6, c=3, spread=1.0)
+    rng = np.random.default_rng(1)
+    zoo = {"weak": x + rng.normal(scale=3.0, size=x.shape), "mid": x + rng.normal(size=x.shape),
+           "strong": 3.0 * x}
+    rec = recommend(zoo, y, replicates=30, seed=3, progress=False)
+    assert rec.best == "strong" and rec.p_first["strong"] > 0.9
+    assert rec.lines[0].startswith("strong: first in ") and "the metrics agree" in rec.lines[0]
+    assert rec.labels == ["lda", "ncti", "knn"]
+    assert set(rec.to_dict()["p_first"]) == set(zoo)
+
+
+def test_cli_defaults_are_the_modules():
+    from te_gpu import bootstrap, cli, recommend as rmod
+
+    assert cli.RECOMMEND_METRICS == ",".join(rmod.DEFAULT_METRICS)
+    assert cli.RECOMMEND_REPLICATES == bootstrap.DEFAULT_REPLICATES
+    assert cli.RECOMMEND_LEVEL == bootstrap.DEFAULT_LEVEL
+
+
+@pytest.fixture
+def zoo_dir(tmp_path):
+    x, y = class_features(2, n=60, d=5, c=3, spread=1.0)
+    rng = np.random.default_rng(0)
+    zoo = {"alpha": 3.0 * x, "beta": x + rng.normal(size=x.shape),
+           "gamma": x + rng.normal(scale=3.0, size=x.shape)}
+    save_zoo(tmp_path / "zoo", "toy", zoo, y)
+    (tmp_path / "truth.json").write_text(json.dumps({"alpha": 90.0, "beta": 70.0, "gamma": 40.0}))
+    return tmp_path
+
+
+def test_recommend_command(zoo_dir, capsys):
+    tmp = zoo_dir
+    code, out, err = run(capsys, "recommend", str(tmp / "zoo"), "-B", "20", "-q",
+                         "--json", str(tmp / "rec.json"))
+    assert code == 0, err
+    assert "alpha: first in " in out and "the metrics agree" in out
+    saved = json.loads((tmp / "rec.json").read_text())
+    assert saved["best"] == "alpha" and saved["dataset"] == "toy"
+    assert len(saved["bootstrap"]["samples"]["knn"]["beta"]) == 20
+    (tmp / "base.json").write_text(json.dumps({"ImageNet top-1": 0.2, "parameters": -0.4}))
+    code, out, err = run(capsys, "recommend", str(tmp / "zoo"), "-B", "20", "-q", "--metrics", "lda,knn",
+                         "--truth", str(tmp / "truth.json"), "--regime", "lft",
+                         "--plots", str(tmp / "plots"), "--baselines", str(tmp / "base.json"))
+    assert code == 0, err
+    assert "against the accuracies (the most accurate: alpha" in out
+    assert "consensus  tau_w" in out
+    for name in ("lda_vs_accuracy.png", "knn_vs_accuracy.png", "tau_w.png"):
+        assert (tmp / "plots" / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--plots", "p"], "give --truth too"),
+    (["-B", "1"], "replicates must be an integer >= 2"),
+    (["--level", "95"], "level must be a number between 0 and 1"),
+    (["--k", "0"], "k must be an integer >= 1"),
+    (["--top", "0"], "--top must be positive"),
+    (["--metrics", "nope"], "unknown metric"),
+    (["--baselines", "/no/such.json", "--truth", "x.json", "--plots", "p"], "--baselines"),
+])
+def test_recommend_errors(zoo_dir, capsys, argv, message):
+    code, _, err = run(capsys, "recommend", str(zoo_dir / "zoo"), "-q", *argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_recommend_needs_two_models(tmp_path, capsys):
+    x, y = class_features(0, n=30, d=4, c=3)
+    save_zoo(tmp_path / "z", "a", {"m": x}, y)
+    code, _, err = run(capsys, "recommend", str(tmp_path / "z"), "-q")
+    assert code == 2 and "at least 2" in err
+    code, _, err = run(capsys, "recommend", str(tmp_path / "nothing"), "-q")
+    assert code == 2 and "no such directory" in err
+
+
+# ------------------------------------------------------------------ figures
+
+def test_place_labels_keeps_names_apart_and_off_obstacles():
+    from te_gpu.pipeline.plots import place_labels
+
+    boxes = [(10, 50, 40, 12, -30)] * 6 + [(190, 50, 40, 12, 120)]
+    obstacles = [(60, 40, 20, 30)]
+    where = place_labels(boxes, (0, 0, 200, 200), obstacles=obstacles)
+    rects = [(x, y, b[2], b[3]) for (x, y), b in zip(where, boxes)]
+    for i, (x, y, w, h) in enumerate(rects):
+        assert 0 <= x and x + w <= 200 and 0 <= y and y + h <= 200
+        for (px, py, pw, ph) in rects[:i] + obstacles:
+            assert not (x < px + pw and px < x + w and y < py + ph and py < y + h)
+    assert where[0] == (10, 50)            # the first one keeps its place
+    assert where[-1][0] == 120             # no room on the right: the mirror side
+
+
+def test_figures_with_intervals_names_and_regime(tmp_path):
+    from PIL import Image
+
+    from te_gpu.pipeline.plots import accuracy_label, score_figure, tau_figure
+
+    assert accuracy_label("lft") == "linear-probe accuracy (%)"
+    assert accuracy_label("finetune") == "fine-tune accuracy (%)"
+    assert accuracy_label("lbft") == "last-block fine-tune accuracy (%)"
+    assert accuracy_label(None) == "accuracy (%)"
+    acc = {"a": 70.0, "b": 70.5, "c": 71.0}
+    scores = {"a": 1.0, "b": 1.01, "c": 1.02}
+    p = score_figure([("s", scores)], acc, tmp_path / "s.png", xlabel=accuracy_label("lft"),
+                     intervals=[{m: (v - 0.1, v + 0.1) for m, v in scores.items()}], names=True)
+    assert Image.open(p).size[0] > 500
+    with pytest.raises(ValueError, match="one per panel"):
+        score_figure([("s", scores)], acc, tmp_path / "t.png", intervals=[None, None])
+    q = tau_figure([("logme", 0.5, 0.2, 0.8), ("sfda+released", 0.7, None, None)],
+                   tmp_path / "tau.png", baselines={"ImageNet top-1": 0.4, "width": 0.41})
+    assert Image.open(q).size[1] == 460
+    with pytest.raises(ValueError):
+        tau_figure([], tmp_path / "none.png")
+
+
+def test_plot_scores_names_the_regimes_axis(tmp_path, capsys, monkeypatch):
+    import te_gpu.pipeline.plots as plots
+
+    seen = {}
+    real = plots.score_figure
+    monkeypatch.setattr(plots, "score_figure", lambda *a, **k: seen.update(k) or real(*a, **k))
+    (tmp_path / "logme.json").write_text(json.dumps({"a": 1.0, "b": 0.5, "c": 0.7}))
+    (tmp_path / "truth.json").write_text(json.dumps({"a": 90, "b": 50, "c": 60}))
+    code, _, err = run(capsys, "plot", "scores", str(tmp_path / "logme.json"), "--truth",
+                       str(tmp_path / "truth.json"), "--metric", "logme", "--out", str(tmp_path / "p.png"))
+    assert code == 0, err
+    assert seen["xlabel"] == "accuracy (%)"
+    from te_gpu.pipeline.finetune import write_ground_truth
+
+    for regime, label in (("lft", "linear-probe accuracy (%)"), ("finetune", "fine-tune accuracy (%)")):
+        write_ground_truth(tmp_path / f"{regime}.json", group="g", regime=regime, dataset="d",
+                           accuracies={"a": 90, "b": 50, "c": 60})
+        code, _, err = run(capsys, "plot", "scores", str(tmp_path / "logme.json"), "--truth",
+                           str(tmp_path / f"{regime}.json"), "--metric", "logme",
+                           "--out", str(tmp_path / "q.png"))
+        assert code == 0, err
+        assert seen["xlabel"] == label
+
+
+def test_bootstrap_result_round_trips_through_json(tmp_path):
+    x, y = class_features(1, n=40, d=4, c=2)
+    res = bootstrap_zoo({"a": x, "b": 2 * x + np.random.default_rng(0).normal(size=x.shape)}, y,
+                        metrics=["lda"], replicates=5, progress=False)
+    res.to_json(tmp_path / "b.json")
+    back = BootstrapResult.from_dict(json.loads((tmp_path / "b.json").read_text()))
+    assert back.interval("lda") == res.interval("lda") and back.p_first("lda") == res.p_first("lda")
+    with pytest.raises(ValueError, match="no redraw scores"):
+        BootstrapResult.from_dict(res.to_dict(samples=False))
