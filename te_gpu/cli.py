@@ -405,6 +405,17 @@ def cmd_baselines(args):
 # recommend
 # --------------------------------------------------------------------------
 
+def _static_baselines(accuracy: dict, info: dict):
+    """{name: tau_w} of the shipped static rankings (ImageNet top-1, size, width) of these
+    models against ``accuracy``, where te_gpu has facts for them; else None."""
+    from te_gpu.baselines import static_tau
+    from te_gpu.pipeline.correlation import static_rankings_for
+
+    rankings, _ = static_rankings_for(list(accuracy), info.get("group"))
+    taus = {name: static_tau(values, accuracy)["tau_w"] for name, values in rankings.items()}
+    return {name: t for name, t in taus.items() if t is not None} or None
+
+
 def cmd_recommend(args):
     from pathlib import Path
 
@@ -458,6 +469,8 @@ def cmd_recommend(args):
                                              for k, v in r.items()} for r in rows])
         if args.plots:
             where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)
+            if baselines is None:
+                baselines = _static_baselines(accuracy, info)
             for f in draw(rec, accuracy, args.plots, regime=info.get("regime"),
                           baselines=baselines, where=where):
                 log(f"wrote {f}")
@@ -787,7 +800,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--plots", default=None, metavar="DIR",
                    help="with --truth: PNGs of each score against accuracy with intervals, and tau_w per metric")
     r.add_argument("--baselines", default=None, metavar="JSON",
-                   help="with --plots: {name: tau_w} of static rankings, drawn as lines")
+                   help="with --plots: {name: tau_w} of static rankings, drawn as lines (default: "
+                        "the shipped facts' rankings where te_gpu has facts for the models)")
     r.add_argument("--json", default=None, help="also write everything (with the resample scores) here")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages")
     r.set_defaults(func=cmd_recommend)

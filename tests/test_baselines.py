@@ -294,3 +294,17 @@ def test_cli_correlate_with_prior_and_without_facts(capsys, tmp_path):
     prior.write_text(json.dumps({"a": 3, "b": 4}))
     code, _, err = run(capsys, "correlate", scores, "--truth", str(truth), "--prior", str(prior))
     assert code == 2 and "prior has no value for 2 of the 4 models: c, d" in err
+
+
+def test_recommend_plots_draw_the_shipped_baselines_of_a_shipped_group():
+    from te_gpu import rank
+    from te_gpu.baselines import static_rankings, static_tau
+    from te_gpu.cli import _static_baselines
+
+    acc = rank.ground_truth("group1", "finetune", "cifar10")
+    got = _static_baselines(acc, dict(group="group1"))
+    want = {fact: static_tau(values, acc)["tau_w"]
+            for fact, values in static_rankings("group1", list(acc)).items()}
+    assert sorted(got.values()) == pytest.approx(sorted(want.values()), abs=0)
+    assert got["ImageNet top-1"] == pytest.approx(0.775, abs=5e-4)
+    assert _static_baselines({"x": 1.0, "y": 2.0}, dict(group=None)) is None   # no facts: none
