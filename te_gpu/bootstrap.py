@@ -4,7 +4,7 @@ A transferability score is computed from one finite target set; another draw of
 the same size from the same task would give other scores, and perhaps another
 order. :func:`bootstrap_zoo` measures that: it redraws the target set ``B``
 times with replacement and rescores every model on every redraw, giving each
-model's score a percentile interval, and each model the share of redraws in
+model's score an interval (centred on the score: see below), and each model the share of redraws in
 which it comes first (``p_first``) and in the top 3 (``p_top``).
 :func:`tau_w_interval` turns the redraws into an interval of the weighted
 Kendall tau against known accuracies, with the probability that a redraw's
