@@ -420,7 +420,8 @@ def cmd_recommend(args):
     from pathlib import Path
 
     from te_gpu import catalogue
-    from te_gpu.pipeline.extract import open_zoo, prediction_path
+    from te_gpu.io import load_predictions
+    from te_gpu.pipeline.extract import open_zoo
     from te_gpu.pipeline.scoring import parse_metrics, parse_sa
     from te_gpu.recommend import (against_truth, draw, format_recommendation, format_truth,
                                   recommend)
@@ -442,7 +443,7 @@ def cmd_recommend(args):
     zoo, labels, dataset = open_zoo(args.zoo, args.dataset, models=models)
     if len(zoo) < 2:
         raise PipelineError(f"zoo {args.zoo}: {len(zoo)} model; a recommendation needs at least 2")
-    predictions = {m: p for m in zoo if (p := prediction_path(args.zoo, m, dataset)).is_file()} \
+    predictions = load_predictions(args.zoo, dataset, models=list(zoo), mmap=True) \
         if any(catalogue.get(m).inputs == "predictions" for m in metrics) else None
     device = args.device
     if device in (None, "", "auto"):

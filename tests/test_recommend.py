@@ -88,6 +88,23 @@ def zoo_dir(tmp_path):
     return tmp_path
 
 
+def test_recommend_reads_the_models_own_predictions_for_leep(zoo_dir, capsys):
+    from te_gpu.io import prediction_path
+
+    y = np.load(zoo_dir / "zoo" / "alpha_toy_label.npy")
+    p = np.full((y.size, 3), 0.1)
+    p[np.arange(y.size), y] = 0.8                    # alpha's own classifier is right
+    np.save(prediction_path(zoo_dir / "zoo", "alpha", "toy"), p)
+    np.save(prediction_path(zoo_dir / "zoo", "beta", "toy"), np.full((y.size, 3), 1 / 3))
+    code, out, err = run(capsys, "recommend", str(zoo_dir / "zoo"), "--metrics", "leep", "-B", "10",
+                         "--json", str(zoo_dir / "rec.json"))
+    assert code == 0, err
+    saved = json.loads((zoo_dir / "rec.json").read_text())
+    assert "alpha: first in 100 %" in out
+    assert "note: leep skipped for 1 model(s)" in out   # gamma: no predictions, said so
+    assert saved["order"] == ["alpha", "beta"] and set(saved["bootstrap"]["point"]["leep"]) == {"alpha", "beta"}
+
+
 def test_recommend_command(zoo_dir, capsys):
     tmp = zoo_dir
     code, out, err = run(capsys, "recommend", str(tmp / "zoo"), "-B", "20", "-q",
