@@ -19,3 +19,13 @@ def class_features(seed, n=200, d=32, c=4, spread=3.0, noise=1.0, sizes=None, dt
 def random_orthogonal(seed, d):
     q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
     return q * np.sign(np.diag(r))
+
+
+def dead_unit_features(seed, n, d, c):
+    """Class-structured ReLU features as real CNNs give them: 3 dead units (all zero) and a
+    duplicated column; rank-deficient with N > D."""
+    x, y = class_features(seed, n=n, d=d, c=c, spread=1.5)
+    x = 2.0 * np.maximum(x, 0.0)
+    x[:, :3] = 0.0
+    x[:, 5] = x[:, 6]
+    return x, y

@@ -13,7 +13,7 @@ from te_gpu.bootstrap import (BootstrapResult, bootstrap_zoo, resample_indices,
 from te_gpu.reference.knn import knn_grouped
 from te_gpu.reference.ncti import minmax_combine
 
-from helpers import class_features
+from helpers import class_features, dead_unit_features
 
 FEATURE_METRICS = [m.name for m in catalogue.METRICS.values() if m.inputs == "features"]
 CHEAP = {"nleep": {"components_per_class": 1}}
@@ -33,11 +33,7 @@ def _zoo_of(x, seed):
 
 
 def _rank_deficient(seed=0):
-    x, y = class_features(seed, n=80, d=12, c=3, spread=1.5)
-    x = 2.0 * np.maximum(x, 0.0)
-    x[:, :3] = 0.0          # dead units
-    x[:, 5] = x[:, 6]       # a duplicated column
-    return x, y
+    return dead_unit_features(seed, n=80, d=12, c=3)
 
 
 CASES = {

@@ -23,7 +23,7 @@ from te_gpu import catalogue
 from te_gpu.engine.core import Shared
 from te_gpu.engine.stats import Labels
 
-from helpers import class_features
+from helpers import class_features, dead_unit_features
 
 SPEC = (Path(__file__).resolve().parents[1] / "docs" / "SPEC.md").read_text()
 PER_MODEL = [m for m in catalogue.METRICS.values() if not m.zoo_level]
@@ -34,11 +34,7 @@ FAST_OPTIONS = {"nleep": {"components_per_class": 1}}
 
 
 def dead_units(seed=0):
-    x, y = class_features(seed, n=150, d=20, c=4, spread=1.5)
-    x = 2.0 * np.maximum(x, 0.0)
-    x[:, :3] = 0.0
-    x[:, 5] = x[:, 6]
-    return x, y
+    return dead_unit_features(seed, n=150, d=20, c=4)
 
 
 CASES = {
