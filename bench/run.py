@@ -553,7 +553,7 @@ def parity(engine_result, reference: dict) -> dict:
         worst = 0.0
         for name, rv in per_model.items():
             if lbl.split("+")[0] == "ncti":
-                ev = engine_result.ncti_parts[lbl][name]
+                ev = engine_result.parts[lbl][name]
                 pairs = list(zip(ev, rv))
             else:
                 pairs = [(engine_result.scores[lbl][name], rv)]

@@ -91,12 +91,18 @@ def _regression(m: catalogue.Metric, features, labels, device, precision, option
 
 def ncti(zoo, labels, *, lda_scaling: str = "n_minus_c", sa=None, device=None,
          precision: str = "exact") -> dict:
-    """NCTI of every model of a zoo: {model: score} (min-max over the zoo)."""
+    """NCTI of every model of a zoo: {model: score} (min-max over the zoo; a part equal
+    across the zoo is left out with a warning, :mod:`te_gpu.combine`). Raises
+    ``ValueError`` where NCTI is undefined for the zoo (one model, every part equal):
+    it is the only score asked for. :func:`te_gpu.score_zoo` marks it instead."""
     from .zoo import score_zoo
 
     res = score_zoo(zoo, labels, metrics=("ncti",), sa=sa, device=device, precision=precision,
                     options={"ncti": {"lda_scaling": lda_scaling}}, progress=False)
-    return res.scores[res.label("ncti", sa)]
+    label = res.label("ncti", sa)
+    if label in res.undefined:
+        raise ValueError(f"NCTI is undefined for this zoo: {res.undefined[label]}")
+    return res.scores[label]
 
 
 def spread_attract(features, labels, *, alpha: float = 0.005, sigma: float = 0.6,

@@ -35,7 +35,9 @@ features, equal to the float64 reference on ``x[idx], y[idx]``; tested):
 * NLEEP: its seeded random stream does not depend on the data, so every redraw
   is fitted with the same seed, as ``nleep(x[idx], y[idx], seed=...)``.
 * NCTI: min-max normalised over the zoo within each redraw (its parts of every
-  model on redraw r, then the zoo's min and max on redraw r).
+  model on redraw r, then the zoo's min and max on redraw r), with the parts the
+  target set kept (:mod:`te_gpu.combine`); a kept part equal across the zoo on a
+  redraw adds nothing there. Undefined on the target set: no redraws.
 * SA: gate, PCA and Attract are recomputed on each redraw (the gate may open on
   some redraws and not others; ``sa_applied`` gives the share per model).
 * LEEP, NCE: the rows of the model's own predictions are resampled the same way.
@@ -129,7 +131,9 @@ class BootstrapResult:
     are; see the module's docstring). Labels are ``metric`` or ``metric+variant`` as in
     :class:`te_gpu.ZooResult`. ``sa_applied[variant][model]``: the share of
     redraws on which SA's gate opened. ``skipped[label][model]``: why a model has
-    no score (LEEP/NCE without predictions).
+    no score (LEEP/NCE without predictions). ``undefined[label]``: a zoo-level metric
+    that cannot combine over this zoo (:mod:`te_gpu.combine`), with no samples;
+    ``dropped[label]``: its parts left out (on the target set, hence on every redraw).
     """
     models: list
     replicates: int
@@ -142,6 +146,8 @@ class BootstrapResult:
     skipped: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    undefined: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)
 
     @property
     def labels(self) -> list:
@@ -218,7 +224,7 @@ class BootstrapResult:
                    p_first={lb: self.p_first(lb) for lb in self.labels},
                    p_top3={lb: self.p_top(lb, 3) for lb in self.labels},
                    sa_applied=self.sa_applied, skipped=self.skipped, timings=self.timings,
-                   options=self.options)
+                   options=self.options, undefined=self.undefined, dropped=self.dropped)
         if samples:
             out["samples"] = {lb: {m: np.asarray(v, dtype=np.float64).tolist()
                                    for m, v in d.items()} for lb, d in self.samples.items()}
@@ -240,7 +246,8 @@ class BootstrapResult:
                    samples={lb: {m: np.asarray(v, dtype=np.float64) for m, v in s.items()}
                             for lb, s in d["samples"].items()},
                    sa_applied=d.get("sa_applied", {}), skipped=d.get("skipped", {}),
-                   timings=d.get("timings", {}), options=d.get("options", {}))
+                   timings=d.get("timings", {}), options=d.get("options", {}),
+                   undefined=d.get("undefined", {}), dropped=d.get("dropped", {}))
 
 
 def _first_share(s: np.ndarray) -> np.ndarray:
@@ -328,6 +335,7 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
 
     result = BootstrapResult(models=list(zoo), replicates=replicates, seed=seed, level=level,
                              method=method, point=dict(point.scores), skipped=dict(point.skipped),
+                             undefined=dict(point.undefined), dropped=dict(point.dropped),
                              options=dict(metrics=list(names), options=opts,
                                           sa=list(settings), precision=precision))
     timer = _timer(dev)
@@ -451,26 +459,23 @@ def _runs(chunk):
 
 
 def _fill(result: BootstrapResult, raw: dict, metrics, settings, b: int) -> None:
-    """Redraw scores into ``result``: per-model metrics as they are, NCTI min-max per redraw."""
-    import torch
-
-    from .engine.ncti import minmax_combine
+    """Redraw scores into ``result``: per-model metrics as they are; a zoo-level metric
+    combined over the zoo on each redraw with the parts the target set kept
+    (te_gpu.combine), none where it is undefined on the target set."""
+    from .combine import minmax_sum
     from .results import ZooResult
 
     names = result.models
     for i, s in enumerate(settings):
         for m in metrics:
-            lbl = ZooResult.label(m, s)
-            if catalogue.get(m).zoo_level:
-                parts = torch.tensor([[list(raw[(nm, i)][0][m][r]) for r in range(b)]
-                                      for nm in names], dtype=torch.float64)   # (L, B, 3)
-                vals = np.empty((len(names), b))
-                for r in range(b):
-                    try:
-                        vals[:, r] = minmax_combine(parts[:, r, 0], parts[:, r, 1],
-                                                    parts[:, r, 2]).numpy()
-                    except ValueError as exc:
-                        raise ValueError(f"{lbl} on redraw {r}: {exc}") from None
+            lbl, meta = ZooResult.label(m, s), catalogue.get(m)
+            if lbl in result.undefined:
+                continue
+            if meta.zoo_level:
+                parts = np.array([[list(raw[(nm, i)][0][m][r]) for nm in names]
+                                  for r in range(b)], dtype=np.float64)        # (B, L, P)
+                keep = [p not in result.dropped.get(lbl, {}) for p in meta.parts]
+                vals = minmax_sum(parts, meta.part_signs, keep).T               # (L, B)
                 result.samples[lbl] = {nm: vals[k] for k, nm in enumerate(names)}
             else:
                 result.samples[lbl] = {nm: np.asarray(raw[(nm, i)][0][m], dtype=np.float64)

@@ -105,6 +105,7 @@ class Metric:
     needs: frozenset = frozenset()      # of "stats", "spectrum", "class_index"
     zoo_level: bool = False             # normalised across the zoo (NCTI)
     parts: tuple = ()                   # names of the per-model parts of a zoo-level score
+    part_signs: tuple = ()              # their signs in the min-max sum (te_gpu.combine)
     higher_is_better: bool = True
     sa: bool = True                     # Spread/Attract can precede it
     regression: bool = False            # defined for real-valued targets too
@@ -169,7 +170,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
                          "scikit-learn 1.0.x (the paper's), or 1/N as current scikit-learn",
                          kind=str, choices=("n_minus_c", "n")),),
            needs=frozenset({"stats", "spectrum", "class_index"}), zoo_level=True,
-           parts=("seli", "ncc", "vc"), default=True, cite="Wang et al., ICCV 2023"),
+           parts=("seli", "ncc", "vc"), part_signs=(1, 1, -1), default=True,
+           cite="Wang et al., ICCV 2023"),
     Metric("nleep", "NLEEP", "SPEC 6", "te_gpu.reference.nleep:nleep", "te_gpu.engine.nleep:head",
            options=(_opt("components_per_class", 5, "Gaussian mixture components per class",
                          kind=int, minimum=1),

@@ -422,7 +422,7 @@ def cmd_recommend(args):
     from te_gpu import catalogue
     from te_gpu.io import load_predictions
     from te_gpu.pipeline.extract import open_zoo
-    from te_gpu.pipeline.scoring import parse_metrics, parse_sa
+    from te_gpu.pipeline.scoring import _warnings_to, parse_metrics, parse_sa
     from te_gpu.recommend import (against_truth, draw, format_recommendation, format_truth,
                                   recommend)
 
@@ -453,12 +453,15 @@ def cmd_recommend(args):
     log(f"{len(zoo)} models on {dataset} (N = {labels.size}), {', '.join(metrics)}"
         f"{'' if parse_sa(args.sa) == [None] else ', SA ' + args.sa}: {args.replicates} "
         f"resamples of the target set (class by class, seed {args.seed}) on {device}")
-    rec = recommend(zoo, labels, metrics=metrics, replicates=args.replicates, seed=args.seed,
-                    level=args.level, sa=sa, options=options, predictions=predictions,
-                    device=device, precision=args.precision, batch_size=args.batch_size,
-                    k=args.k, progress=_progress(args))
+    with _warnings_to(log):   # a zoo-level part left out: one line
+        rec = recommend(zoo, labels, metrics=metrics, replicates=args.replicates, seed=args.seed,
+                        level=args.level, sa=sa, options=options, predictions=predictions,
+                        device=device, precision=args.precision, batch_size=args.batch_size,
+                        k=args.k, progress=_progress(args))
     for lbl, reasons in rec.boot.skipped.items():
         log(f"note: {lbl} skipped for {len(reasons)} model(s): {next(iter(reasons.values()))}")
+    for lbl, why in rec.boot.undefined.items():
+        log(f"note: {lbl} is undefined for this zoo and left out of the recommendation: {why}")
     print(format_recommendation(rec, top=args.top))
     out = dict(dataset=dataset, zoo=str(args.zoo), **rec.to_dict(samples=True))
     if args.truth:

@@ -1,4 +1,4 @@
-"""What a zoo run returns: scores per metric and model, NCTI parts, SA diagnostics,
+"""What a zoo run returns: scores per metric and model, zoo-level parts, SA diagnostics,
 timings, and exports (JSON in te_gpu's and the public format, CSV, plain dicts)."""
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ class ZooResult:
     name, suffixed ``+variant`` when computed after SA (e.g. ``"sfda+released"``)."""
     models: list
     scores: dict = field(default_factory=dict)
-    ncti_parts: dict = field(default_factory=dict)   # label -> model -> (seli, ncc, vc)
+    parts: dict = field(default_factory=dict)        # zoo-level label -> model -> its parts
     sa: dict = field(default_factory=dict)           # variant label -> model -> info dict
     timings: dict = field(default_factory=dict)      # stage -> seconds
     device: str = "cpu"
     precision: str = "exact"
     options: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)      # label -> model -> why it has no score
+    # zoo-level labels (te_gpu.combine): parts left out -> why; undefined for this zoo -> why
+    dropped: dict = field(default_factory=dict)      # label -> part -> why
+    undefined: dict = field(default_factory=dict)    # label -> why (no scores under it)
 
     @staticmethod
     def label(metric: str, sa=None) -> str:
@@ -45,9 +48,10 @@ class ZooResult:
 
     def to_dict(self) -> dict:
         return dict(models=list(self.models), scores=self.scores,
-                    ncti_parts={k: {m: list(v) for m, v in d.items()} for k, d in self.ncti_parts.items()},
+                    parts={k: {m: list(v) for m, v in d.items()} for k, d in self.parts.items()},
                     sa=self.sa, timings=self.timings, device=self.device,
-                    precision=self.precision, options=self.options, skipped=self.skipped)
+                    precision=self.precision, options=self.options, skipped=self.skipped,
+                    dropped=self.dropped, undefined=self.undefined)
 
     def to_json(self, path) -> None:
         """All of it as te_gpu's JSON (atomic write)."""

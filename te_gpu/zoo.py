@@ -5,7 +5,7 @@ follows), each group is cut into batches sized from the device's memory, and
 each batch goes through :func:`te_gpu.engine.core.score_settings` (all SA
 settings at once, sharing the batch statistics) while the next batch is read
 (from arrays or memory-mapped ``.npy`` files) into pinned host memory by a
-worker thread. NCTI's min-max runs over the whole zoo at the end. An
+worker thread. NCTI's min-max (te_gpu.combine) runs over the whole zoo at the end. An
 out-of-memory error halves the batch and retries it.
 
 With ``checkpoint``, the scores of each finished batch are written to a JSON
@@ -49,7 +49,8 @@ from ._checks import as_labels, check_min_class_size
 from ._loader import BatchReader, content_fingerprint, shape_and_dtype
 from .engine import core
 from .engine._tensor import resolve_device, working_dtype
-from .engine.ncti import class_padding_index, minmax_combine
+from .combine import combine_zoo
+from .engine.ncti import class_padding_index
 from .engine.stats import Labels
 from .io import exclusive_lock
 from .catalogue import resolve_sa
@@ -182,8 +183,13 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
     Returns
     -------
     ZooResult with ``scores[label][model]`` (label ``metric`` or ``metric+variant``),
-    NCTI parts, SA diagnostics per model and timings per stage; ``timings["total"]``
-    adds up every run on the checkpoint, ``timings["run"]`` is this run alone.
+    zoo-level parts (``parts``), SA diagnostics per model and timings per stage;
+    ``timings["total"]`` adds up every run on the checkpoint, ``timings["run"]`` is
+    this run alone. A zoo-level metric (NCTI) that cannot combine over this zoo
+    (one model, or every part equal across it: :mod:`te_gpu.combine`) has no
+    scores; ``undefined[label]`` says why and a :class:`te_gpu.combine.ZooLevelWarning`
+    is issued, and a part left out is named in ``dropped[label]``. Every other
+    score is returned as usual.
     """
     t_start = time.perf_counter()
     if labels is None and isinstance(zoo, tuple) and len(zoo) == 2:
@@ -196,10 +202,6 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
     opts = catalogue.resolve_options(names, options)
     metrics = tuple(m for m in names if catalogue.get(m).inputs == "features")
     from_predictions = tuple(m for m in names if catalogue.get(m).inputs == "predictions")
-    for m in names:
-        if catalogue.get(m).zoo_level and len(zoo) < 2:
-            raise ValueError(f"{catalogue.get(m).title} normalises across a zoo: it needs at "
-                             "least 2 models")
     unknown = set(predictions or {}) - set(zoo) if from_predictions else set()
     if unknown:
         raise ValueError(f"predictions given for model(s) not in the zoo: {sorted(unknown)}")
@@ -491,18 +493,24 @@ def _store(book, job: _Job, chunk, i: int, metrics, lists, infos) -> None:
 
 
 def _fill_result(result: ZooResult, book, job: _Job) -> None:
-    """Scores of the zoo's models from the checkpoint's entries; NCTI's min-max over
-    exactly these models, recomputed every time from their raw parts."""
+    """Scores of the zoo's models from the checkpoint's entries; a zoo-level metric's
+    combination over exactly these models (te_gpu.combine), recomputed every time
+    from their raw parts: a part equal across the zoo is left out, and a metric with
+    nothing left is marked undefined (a warning; the other scores stand)."""
     names = result.models
     for i, s in enumerate(job.settings):
         for m in job.metrics:
             lbl, key = ZooResult.label(m, s), job.keys[(m, i)]
             vals = {name: book.models[name]["scores"][key] for name in names}
-            if catalogue.get(m).zoo_level:   # NCTI: min-max of its parts over the zoo
-                parts = torch.tensor([vals[name] for name in names], dtype=torch.float64)
-                combined = minmax_combine(parts[:, 0], parts[:, 1], parts[:, 2])
-                result.ncti_parts[lbl] = {name: tuple(vals[name]) for name in names}
-                result.scores[lbl] = {name: float(v) for name, v in zip(names, combined.tolist())}
+            if catalogue.get(m).zoo_level:
+                result.parts[lbl] = {name: tuple(vals[name]) for name in names}
+                got = combine_zoo(m, vals, label=lbl)
+                if got.dropped:
+                    result.dropped[lbl] = got.dropped
+                if got.scores is None:
+                    result.undefined[lbl] = got.reason
+                    continue
+                result.scores[lbl] = got.scores
             else:
                 result.scores[lbl] = {name: float(vals[name]) for name in names}
         if s is not None:

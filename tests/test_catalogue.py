@@ -239,7 +239,7 @@ def test_score_zoo_reads_the_catalogue():
         assert set(res.scores[m.name]) == {"m0", "m1"} and m.name + "+released" not in res.scores
         assert rel(res.scores[m.name]["m1"], ref.score(preds["m1"], y, metric=m.name)) <= m.tolerance
         assert "no predictions" in res.skipped[m.name]["m2"]
-    assert set(res.ncti_parts["ncti"]) == set(zoo)
+    assert set(res.parts["ncti"]) == set(zoo)
     import csv
 
     table = list(csv.DictReader(res.to_csv().splitlines()))

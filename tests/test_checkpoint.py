@@ -57,7 +57,7 @@ def _fresh(zoo, y, **kw):
 
 
 def _same(a, b):
-    assert a.scores == b.scores and a.ncti_parts == b.ncti_parts and a.sa == b.sa
+    assert a.scores == b.scores and a.parts == b.parts and a.sa == b.sa
 
 
 # --------------------------------------------------------------------------

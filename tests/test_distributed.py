@@ -190,9 +190,9 @@ def _same_as_one_process(job, out: Path) -> float:
         for model, v in table.items():
             worst = max(worst, abs(got[model] - v) / max(abs(v), 1e-300))
         assert sorted(got, key=lambda m: (-got[m], m)) == sorted(table, key=lambda m: (-table[m], m))
-    for label, parts in one["ncti_parts"].items():
+    for label, parts in one["parts"].items():
         for model, p in parts.items():
-            np.testing.assert_allclose(many["ncti_parts"][label][model], p, rtol=1e-12, atol=0)
+            np.testing.assert_allclose(many["parts"][label][model], p, rtol=1e-12, atol=0)
     assert many["sa"] == one["sa"]
     assert worst <= 1e-12, worst
     return worst
@@ -354,3 +354,29 @@ def test_ranks_given_other_labels_or_a_checkpoint_of_other_labels_stop_before_an
     for rc, log in run(other, "rec-other"):
         assert rc == 3 and f"rank 0: checkpoint {other} holds scores for other labels" in log, log
     assert all(r["scored"] == [] for r in _records(job / "rec-other"))
+
+
+def test_two_ranks_leave_out_a_constant_ncti_part_and_write_every_score(tmp_path):
+    """Issue 27's easy task under torchrun: NCTI's ncc and vc are equal across the zoo;
+    rank 0 says so once, every requested score is written, and the job exits 0."""
+    from test_zoo_level import easy_zoo
+
+    zoo, y = easy_zoo(models=6)
+    te_gpu.save_zoo(tmp_path / "zoo", DATASET, zoo, y)
+    out = tmp_path / "s"
+    with _Processes() as ps:
+        proc = ps.start(_torchrun("--nproc-per-node=2", "--master-addr=127.0.0.1",
+                                  f"--master-port={_free_port()}", "-m", "te_gpu", "score",
+                                  str(tmp_path / "zoo"), "--out", str(out), "--metrics",
+                                  "logme,sfda,ncti,knn", "--sa", "none"),
+                        _env(ps.tag, tmp_path / "rec"), tmp_path)
+        rc, log = ps.finish(proc)
+    assert rc == 0, log
+    assert log.count("ncti: part(s) ncc, vc left out") == 1, log
+    assert {"logme.json", "sfda.json", "ncti.json", "knn.json", "scores.csv",
+            "result.json"} <= _outputs(out)
+    one = te_gpu.score_zoo(zoo, y, metrics=("logme", "sfda", "ncti", "knn"), progress=False)
+    got = json.loads((out / "result.json").read_text())
+    for label, table in one.scores.items():
+        np.testing.assert_allclose([got["scores"][label][m] for m in zoo],
+                                   [table[m] for m in zoo], rtol=1e-12, atol=1e-12)

@@ -110,15 +110,25 @@ def test_minmax_combine_needs_two_models():
 
 
 @pytest.mark.parametrize("flat,index", [("seli", 0), ("ncc", 1), ("vc", 2)])
-def test_minmax_combine_constant_component_is_an_error(flat, index):
+def test_minmax_combine_leaves_out_a_constant_component(flat, index):
+    # te_gpu.combine: a part equal across the zoo carries no order; the others combine
     rng = np.random.default_rng(index)
     parts = {}
     for name in ("m1", "m2", "m3"):
         t = list(rng.uniform(0.1, 5.0, size=3))
-        t[index] = 0.75
+        t[index] = 0.75 * (1 + 1e-13 * rng.normal())   # equal up to rounding
         parts[name] = tuple(t)
-    with pytest.raises(ValueError, match=flat):
-        minmax_combine(parts)
+    with pytest.warns(UserWarning, match=flat):
+        got = minmax_combine(parts)
+    arr = np.array(list(parts.values()))
+    mm = (arr - arr.min(0)) / (arr.max(0) - arr.min(0))
+    want = sum(sign * mm[:, j] for j, sign in enumerate((1, 1, -1)) if j != index)
+    np.testing.assert_allclose(list(got.values()), want, rtol=0, atol=1e-12)
+
+
+def test_minmax_combine_with_every_component_constant_is_an_error():
+    with pytest.raises(ValueError, match="undefined.*every part"):
+        minmax_combine({"a": (1.0, 0.5, 0.2), "b": (1.0, 0.5, 0.2)})
 
 
 def test_minmax_combine_never_returns_nan():

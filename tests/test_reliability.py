@@ -68,7 +68,7 @@ def test_bad_names_and_zoos(api):
         lib.ncti({}, y)
     with pytest.raises(ValueError, match="at least 2 models"):
         lib.ncti({"a": x}, y)
-    with pytest.raises(ValueError, match="identical across the zoo"):
+    with pytest.raises(ValueError, match="equal across the zoo"):
         lib.ncti({"a": x, "b": x.copy()}, y)
     with pytest.raises(ValueError, match="more samples"):
         lib.ncti({"a": x[:3], "b": x[3:6]}, np.arange(3))
@@ -167,7 +167,7 @@ def test_zoo_reruns_bit_identical_and_batch_size_changes_last_bits_only():
     zoo, y = _zoo()
     a = te_gpu.score_zoo(zoo, y, sa=[None, "released"], progress=False)
     b = te_gpu.score_zoo(zoo, y, sa=[None, "released"], progress=False)
-    assert a.scores == b.scores and a.ncti_parts == b.ncti_parts and a.sa == b.sa
+    assert a.scores == b.scores and a.parts == b.parts and a.sa == b.sa
     c = te_gpu.score_zoo(zoo, y, sa=[None, "released"], batch_size=1, progress=False)
     for label in a.labels:
         for name in zoo:
@@ -261,5 +261,5 @@ def test_killed_run_resumes_to_the_same_json(tmp_path):
                           check=True, env=env, timeout=300, capture_output=True, text=True)
     assert "no longer running" in done.stderr and not (tmp_path / "ck.json.lock").exists()
     a, b = json.loads(full.read_text()), json.loads(resumed.read_text())
-    for key in ("scores", "ncti_parts", "sa", "models"):
+    for key in ("scores", "parts", "sa", "models"):
         assert a[key] == b[key]

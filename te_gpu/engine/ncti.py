@@ -163,21 +163,6 @@ def nuclear_norm(a: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(torch.linalg.qr(tall, mode="r").R).sum(-1)
 
 
-def minmax_combine(seli: torch.Tensor, ncc: torch.Tensor, vc: torch.Tensor,
-                   names=None) -> torch.Tensor:
-    """Zoo normalisation mm(ncc) + mm(seli) - mm(vc) over the L models (L,)."""
-    parts = torch.stack([seli, ncc, vc], -1)              # (L, 3)
-    if parts.shape[0] < 2:
-        raise ValueError(f"NCTI normalises across a zoo: it needs at least 2 models, got {parts.shape[0]}")
-    lo, hi = parts.min(0).values, parts.max(0).values
-    flat = [nm for nm, a, b in zip(("seli", "ncc", "vc"), lo.tolist(), hi.tolist()) if not b > a]
-    if flat:
-        raise ValueError(f"NCTI: component(s) {flat} are identical across the zoo; "
-                         "min-max normalisation is undefined")
-    mm = (parts - lo) / (hi - lo)
-    return mm[:, 1] + mm[:, 0] - mm[:, 2]
-
-
 def head(x: torch.Tensor, labels: Labels, shared, *, lda_scaling: str):
     """The catalogue's NCTI head: the per-model parts (seli, ncc, vc), each (B,)."""
     return ncti_parts_batched(x, labels, shared.stats, eig=shared.spectrum,

@@ -101,7 +101,8 @@ def score_directory(zoo_dir, out, *, dataset=None, metrics=catalogue.DEFAULT_MET
         with distributed.joined(device) as world, ExitStack() as held:
             rank = world.rank
             held.enter_context(_warnings_to(log if rank == 0 else
-                                            (lambda msg: log(f"rank {rank}: {msg}"))))
+                                            (lambda msg: log(f"rank {rank}: {msg}")),
+                                            zoo_level=rank == 0))
             zoo = world.share("opening the zoo", lambda: _open_on_rank0(
                 zoo_dir, out, dataset, metrics, models, restart, log, held))
             result = _score_into(out, zoo_dir, zoo, writes=rank == 0, log=log, sa=sa,
@@ -123,13 +124,6 @@ def _open_on_rank0(zoo_dir, out: Path, dataset, metrics, models, restart, log, h
     from .extract import open_zoo
 
     zoo, labels, dataset = open_zoo(zoo_dir, dataset, models=models)
-    zoo_level = [catalogue.get(m).title for m in metrics if catalogue.get(m).zoo_level]
-    if zoo_level and len(zoo) < 2:
-        metrics = tuple(m for m in metrics if not catalogue.get(m).zoo_level)
-        what = " and ".join(zoo_level)
-        if not metrics:
-            raise PipelineError(f"{what} normalises over a zoo and needs at least 2 models")
-        log(f"warning: {what} needs at least 2 models; scoring without it")
     if out.exists() and not out.is_dir():
         raise PipelineError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
@@ -169,6 +163,8 @@ def _score_into(out: Path, zoo_dir, zoo: dict, *, writes: bool, log, sa, sa_opts
         return result
     for lbl, reasons in result.skipped.items():
         log(f"note: {lbl} skipped for {len(reasons)} model(s): {next(iter(reasons.values()))}")
+    for lbl, why in result.undefined.items():
+        log(f"note: {lbl} is undefined for this zoo and was not written: {why}")
     for lbl in result.labels:
         result.to_public_json(lbl, out / f"{lbl}.json")
     result.to_csv(out / "scores.csv")
@@ -177,12 +173,15 @@ def _score_into(out: Path, zoo_dir, zoo: dict, *, writes: bool, log, sa, sa_opts
 
 
 @contextmanager
-def _warnings_to(log):
-    """te_gpu's checkpoint and lock warnings as one ``log`` line each, as they happen."""
+def _warnings_to(log, zoo_level: bool = True):
+    """te_gpu's checkpoint, lock and zoo-level warnings as one ``log`` line each, as they
+    happen. Every rank combines the same zoo-level scores: ``zoo_level=False`` (ranks
+    other than 0) keeps their identical warnings out of the log."""
+    from te_gpu.combine import ZooLevelWarning
     from te_gpu.io import StaleLockWarning
     from te_gpu.zoo import CheckpointWarning
 
-    ours = (CheckpointWarning, StaleLockWarning)
+    ours = (CheckpointWarning, StaleLockWarning, ZooLevelWarning)
     with warnings.catch_warnings():
         shown = warnings.showwarning
 
@@ -195,6 +194,8 @@ def _warnings_to(log):
         warnings.showwarning = show
         for category in ours:
             warnings.simplefilter("always", category)
+        if not zoo_level:
+            warnings.simplefilter("ignore", ZooLevelWarning)
         yield
 
 

@@ -14,8 +14,9 @@ Per model a tuple (seli, ncc, vc):
    ncc = :math:`\frac1N\sum_i P_{i,y_i}`; vc = :math:`\log\sum_c\|P_{y=c}\|_*`.
 
 Over the zoo, :math:`NCTI_l=\mathrm{mm}(ncc)_l+\mathrm{mm}(seli)_l-\mathrm{mm}(vc)_l` with
-min-max normalisation across models; a component constant over the zoo is an
-error, not a NaN.
+min-max normalisation across models (:mod:`te_gpu.combine`): a component equal
+across the zoo (within 1e-6 of its largest magnitude) is left out of the sum
+with a warning, and with none left NCTI is undefined for that zoo.
 
 'svd' semantics scale the within-class-centred, column-standardised data by
 :math:`\sqrt{fac}`; ``lda_scaling="n_minus_c"`` (default) uses
@@ -131,22 +132,23 @@ def ncti_parts(features, labels, *, lda_scaling: str = "n_minus_c"):
 
 
 def minmax_combine(parts: dict) -> dict:
-    """Zoo normalisation: ``mm(ncc) + mm(seli) - mm(vc)`` per model.
+    """Zoo normalisation ``mm(ncc) + mm(seli) - mm(vc)`` per model (``parts``: model ->
+    (seli, ncc, vc)), through :func:`te_gpu.combine.combine_zoo`: a part equal across the
+    zoo is left out with a warning. Raises ``ValueError`` when nothing can be combined
+    (fewer than two models, or every part constant)."""
+    from ..combine import combine_zoo
 
-    ``parts`` maps model -> (seli, ncc, vc). Raises ``ValueError`` when the zoo
-    has fewer than two models or a component is constant across it.
-    """
-    if len(parts) < 2:
-        raise ValueError(f"NCTI normalises across a zoo: it needs at least 2 models, got {len(parts)}")
-    names = list(parts)
-    arr = np.array([parts[m] for m in names], dtype=np.float64)  # L x 3
-    lo, hi = arr.min(axis=0), arr.max(axis=0)
-    flat = [label for label, a, b in zip(("seli", "ncc", "vc"), lo, hi) if not b > a]
-    if flat:
-        raise ValueError(f"NCTI: component(s) {flat} are identical across the zoo; "
-                         "min-max normalisation is undefined")
-    mm = (arr - lo) / (hi - lo)
-    return {m: float(mm[i, 1] + mm[i, 0] - mm[i, 2]) for i, m in enumerate(names)}
+    got = combine_zoo("ncti", parts, warn=False)
+    if got.scores is None:
+        raise ValueError(f"NCTI is undefined for this zoo: {got.reason}")
+    if got.dropped:
+        import warnings
+
+        from ..combine import ZooLevelWarning
+
+        warnings.warn(f"NCTI: part(s) {', '.join(got.dropped)} left out of the combination: "
+                      "equal across the zoo", ZooLevelWarning, stacklevel=2)
+    return got.scores
 
 
 def ncti(zoo, labels, *, lda_scaling: str = "n_minus_c", sa=None) -> dict:
