@@ -200,7 +200,7 @@ def _names(what: str, choices=None):
 
 
 @_value_type("metrics", "leap")
-def METRICS(text):
+def METRIC_NAMES(text):
     """``logme,sfda`` or ``all`` -> metric names of the catalogue."""
     try:
         return catalogue.metric_names(str(text))
@@ -228,8 +228,31 @@ _DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 @_value_type("device", "gpu0")
 def DEVICE(text):
     if not _DEVICE.fullmatch(str(text).strip()):
-        raise ValueError(f"expected cpu, cuda, cuda:N or auto, got {text!r}")
+        raise ValueError(f"expected cpu, cuda, cuda:N, mps or auto, got {text!r}")
     return str(text).strip()
+
+
+# outputs are checked before any work: a run that ends writing into a directory named as a
+# file (or the reverse) wastes its work
+@_value_type("output file", ".")
+def OUTPUT_FILE(text):
+    if os.path.isdir(text):
+        raise ValueError(f"{text} is a directory; give a file name")
+    return text
+
+
+@_value_type("PNG file", ".")
+def PNG_FILE(text):
+    if not str(text).lower().endswith(".png"):
+        raise ValueError(f"expected a file name ending in .png, got {text!r}")
+    return OUTPUT_FILE(text)
+
+
+@_value_type("output folder", os.devnull)
+def OUTPUT_DIR(text):
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise ValueError(f"{text} exists and is not a directory")
+    return text
 
 
 def _sa_number(option):
@@ -306,7 +329,7 @@ def _add_quiet(p, help="no progress bars or messages"):
 
 
 def _add_json(p, what="the table"):
-    p.add_argument("--json", default=None, metavar="FILE.json", help=f"also write {what} as JSON here")
+    p.add_argument("--json", type=OUTPUT_FILE, default=None, metavar="FILE.json", help=f"also write {what} as JSON here")
 
 
 def _add_truth(p, required=False, help="group1 | group2 (shipped tables) | a JSON file (as correlate)"):
@@ -320,7 +343,7 @@ def _add_truth(p, required=False, help="group1 | group2 (shipped tables) | a JSO
 def _add_metrics(p, default="all", default_from=None, options=True):
     """--metrics (names from te_gpu.catalogue) and, with ``options``, --opt METRIC.OPTION=VALUE."""
     predictions = [m.name for m in catalogue.METRICS.values() if m.inputs == "predictions"]
-    metrics = p.add_argument("--metrics", type=METRICS, default=None if default_from else default,
+    metrics = p.add_argument("--metrics", type=METRIC_NAMES, default=None if default_from else default,
                              help=f"comma-separated: {', '.join(catalogue.METRICS)}, or all "
                                   f"({' and '.join(predictions)} need the models' own predictions; "
                                   f"see te-gpu extract)")
@@ -842,7 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", "--n-images", type=COUNT, default=None,
                    help="at most this many images (class-balanced; write --n-images under torchrun)")
     e.add_argument("--dataset", default=None, help="data set name in the file names (default: the data's)")
-    e.add_argument("--out", "-o", default="features", help="the zoo directory to write")
+    e.add_argument("--out", "-o", type=OUTPUT_DIR, default="features", help="the zoo directory to write")
     e.add_argument("--batch-size", type=COUNT, default=None,
                    help="images per forward pass (default: 64 on a CPU; on CUDA from free memory, "
                         "halved on an out-of-memory error)")
@@ -896,7 +919,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--workers", type=NON_NEGATIVE, default=0, help="image-decoding processes (ImageFolder; lft)")
     f.add_argument("--group", default="custom", help="group name in the ground-truth file")
     f.add_argument("--dataset", default=None, help="data set name in the ground-truth file")
-    f.add_argument("--out", "-o", default="ground_truth.json", help="the ground-truth file (merged into)")
+    f.add_argument("--out", "-o", type=OUTPUT_FILE, default="ground_truth.json", help="the ground-truth file (merged into)")
     _add_device(f, amp=True)
     _add_quiet(f)
     f.set_defaults(func=cmd_finetune)
@@ -926,8 +949,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(s)
     s.add_argument("--batch-size", type=COUNT, default=None, help="models per batch (default: from free memory)")
     s.add_argument("--chunk", type=COUNT, default=16, help="models scored between two checkpoints")
-    s.add_argument("--out", "-o", default=None, help="output folder (default: scores/DATASET)")
-    s.add_argument("--csv", default=None, help="also write the table as CSV here")
+    s.add_argument("--out", "-o", type=OUTPUT_DIR, default=None, help="output folder (default: scores/DATASET)")
+    s.add_argument("--csv", type=OUTPUT_FILE, default=None, help="also write the table as CSV here")
     s.add_argument("--restart", action="store_true", help="discard scores of an earlier run in --out")
     _add_quiet(s, "no progress bar, messages or tables: the output files only")
     s.set_defaults(func=cmd_score)
@@ -1016,7 +1039,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=COUNT, default=None,
                    help="(model, resample) pairs per batch (default: from memory)")
     _add_truth(r, help="optional accuracies to judge against: group1 | group2 | a JSON file (as correlate)")
-    r.add_argument("--plots", default=None, metavar="DIR",
+    r.add_argument("--plots", type=OUTPUT_DIR, default=None, metavar="DIR",
                    help="with --truth: PNGs of each score against accuracy with intervals, and tau_w per metric")
     r.add_argument("--baselines", default=None, metavar="JSON",
                    help="with --plots: {name: tau_w} of static rankings, drawn as lines (default: "
@@ -1071,7 +1094,7 @@ def build_parser() -> argparse.ArgumentParser:
                     default=",".join(catalogue.SA_VARIANTS),
                     help="SA variants to draw beside the raw score, when present")
     ps.add_argument("--dataset", default=None, help="data set of the truth table (as correlate)")
-    ps.add_argument("--out", "-o", default="scores.png", help="the PNG to write")
+    ps.add_argument("--out", "-o", type=PNG_FILE, default="scores.png", help="the PNG to write")
     ps.set_defaults(func=cmd_plot_scores)
     pf = psub.add_parser("features", formatter_class=_Formatter,
                          help="2-D view of a model's features before and after SA",
@@ -1088,7 +1111,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variant", choices=catalogue.SA_VARIANTS, default=variant.default,
                    help=_help_text(variant.help))
     _add_sa_numbers(g)
-    pf.add_argument("--out", "-o", default="features.png", help="the PNG to write")
+    pf.add_argument("--out", "-o", type=PNG_FILE, default="features.png", help="the PNG to write")
     pf.set_defaults(func=cmd_plot_features)
 
     # demo
@@ -1103,7 +1126,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_examples("te-gpu demo",
                                         "te-gpu demo --data digits --out demo_digits",
                                         "te-gpu demo --n-train 1000 --n-test 1000 --size 96 --device cuda"))
-    d.add_argument("--out", "-o", default="te_gpu_demo", help="folder for features, scores, plots")
+    d.add_argument("--out", "-o", type=OUTPUT_DIR, default="te_gpu_demo", help="folder for features, scores, plots")
     _add_data(d, required=False, default="auto",
               help="auto (fashion-mnist if installed, else digits), or any --data of extract")
     d.add_argument("--n-train", type=COUNT, default=500, help="images scored and probed")
@@ -1139,7 +1162,7 @@ def main(argv=None) -> int:
     except PipelineError as exc:
         print(f"{PROG} {name}: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+    except OSError as exc:   # a missing, unreadable or unwritable path, a full disk
         print(f"{PROG} {name}: error: {exc}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, MemoryError, FloatingPointError) as exc:

@@ -420,3 +420,12 @@ def test_demo_zoo_and_its_size(ws, capsys, monkeypatch):
                  "--demo-size", "40", "--out", str(ws / "unused_dz.json"), "-q"]) == 0, capsys.readouterr().err
     for command in ("extract", "finetune"):
         assert [(s.name, s.size) for s in seen[command]] == expected and expected[-1][1] == 40
+
+
+def test_an_unwritable_output_is_one_line(ws, capsys):
+    # a --json whose folder is a file passes the parser (it cannot know) and fails writing
+    code = main(["correlate", str(ws / "scores"), "--truth", str(ws / "truth.json"), "--group", "a",
+                 "--regime", "lft", "--json", str(ws / "prior.json" / "corr.json")])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "prior.json" in err, err
+    assert not any(word in err for word in INTERNALS)
