@@ -329,7 +329,8 @@ def _add_quiet(p, help="no progress bars or messages"):
 
 
 def _add_json(p, what="the table"):
-    p.add_argument("--json", type=OUTPUT_FILE, default=None, metavar="FILE.json", help=f"also write {what} as JSON here")
+    p.add_argument("--json", type=OUTPUT_FILE, default=None, metavar="FILE.json",
+                   help=f"also write {what} as JSON here")
 
 
 def _add_truth(p, required=False, help="group1 | group2 (shipped tables) | a JSON file (as correlate)"):
@@ -369,46 +370,45 @@ def _metric_options(args, metrics) -> dict:
     return options
 
 
-def _sa_help(name: str) -> str:
-    option = next(o for o in catalogue.SA_OPTIONS if o.name == name)
-    return _help_text(f"{option.help} (default {option.default:g}, or the preset's)"
-                      if name == "alpha" else f"{option.help} (default {option.default:g})")
+def _sa_option(name: str):
+    return next(o for o in catalogue.SA_OPTIONS if o.name == name)
+
+
+# --alpha, --sigma, --force, --pca-dim: one option per number of SA in the catalogue
+_SA_NUMBERS = tuple(o for o in catalogue.SA_OPTIONS if o.kind in (int, float))
 
 
 def _add_sa_numbers(g):
-    """--preset, --alpha, --sigma, --force, --pca-dim, --no-gate: SA's numbers (te_gpu.catalogue)."""
+    """--preset, SA's numbers and --no-gate, as te_gpu.catalogue declares them."""
     aliases = catalogue.SA_PRESET_ALIASES
-    described = [f"{name} (or {', '.join(a for a, k in aliases.items() if k == name)}) "
-                 + " ".join(f"{k}={v:g}" for k, v in values.items())
-                 for name, values in catalogue.SA_PRESETS.items()]
+    presets = [f"{name} (or {', '.join(a for a, k in aliases.items() if k == name)}) "
+               + " ".join(f"{k}={v:g}" for k, v in values.items())
+               for name, values in catalogue.SA_PRESETS.items()]
     g.add_argument("--preset", choices=[*catalogue.SA_PRESETS, *aliases],
-                   help="SA numbers of the public scripts: " + "; ".join(described))
-    for o in catalogue.SA_OPTIONS:
-        if o.kind in (int, float):
-            g.add_argument(f"--{o.name.replace('_', '-')}", type=_sa_number(o), default=None,
-                           help=_sa_help(o.name))
+                   help="SA numbers of the public scripts: " + "; ".join(presets))
+    for o in _SA_NUMBERS:
+        preset = ", or the preset's" if any(o.name in v for v in catalogue.SA_PRESETS.values()) else ""
+        g.add_argument(f"--{o.name.replace('_', '-')}", type=_sa_number(o), default=None,
+                       help=_help_text(f"{o.help} (default {o.default:g}{preset})"))
     g.add_argument("--no-gate", action="store_true",
-                   help="apply SA to every model, ignoring the gate (the covariance's top "
-                        "eigenvalues)")
+                   help=_help_text(f"apply SA to every model (by default: {_sa_option('gate').help})"))
 
 
 def _add_sa(p, default="none,released", numbers=True):
     """--sa (settings from te_gpu.catalogue.SA_VARIANTS) and, with ``numbers``, SA's numbers."""
     g = p.add_argument_group("Spread/Attract (SA)")
-    variant = next(o for o in catalogue.SA_OPTIONS if o.name == "variant")
     g.add_argument("--sa", type=SA_SETTINGS, default=default,
                    help=_help_text(f"comma-separated settings: none (raw features), "
-                                   f"{', '.join(catalogue.SA_VARIANTS)}, or all; {variant.help}"))
+                                   f"{', '.join(catalogue.SA_VARIANTS)}, or all; "
+                                   f"{_sa_option('variant').help}"))
     if numbers:
         _add_sa_numbers(g)
-    return g
 
 
 def _sa_opts(args):
     from te_gpu.pipeline.scoring import sa_options
 
-    opts = sa_options(args.preset, alpha=args.alpha, sigma=args.sigma, force=args.force,
-                      pca_dim=args.pca_dim)
+    opts = sa_options(args.preset, **{o.name: getattr(args, o.name) for o in _SA_NUMBERS})
     opts["gate"] = not args.no_gate
     return opts
 
@@ -665,17 +665,17 @@ def cmd_recommend(args):
     from pathlib import Path
 
     from te_gpu import catalogue
+    from te_gpu.bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES
     from te_gpu.io import load_predictions
     from te_gpu.pipeline.extract import open_zoo
-    from te_gpu.bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES
     from te_gpu.recommend import (DEFAULT_METRICS, against_truth, draw, format_recommendation,
                                   format_truth, recommend)
 
     log = _log(args)
     # the parser leaves these None (see _default_from): the modules' own defaults
     metrics = args.metrics or DEFAULT_METRICS
-    args.replicates = args.replicates or DEFAULT_REPLICATES
-    args.level = args.level or DEFAULT_LEVEL
+    replicates = args.replicates or DEFAULT_REPLICATES
+    level = args.level or DEFAULT_LEVEL
     options = _metric_options(args, metrics)
     sa_opts = _sa_opts(args)
     sa = [None if v is None else dict(sa_opts, variant=v) for v in args.sa]
@@ -699,10 +699,9 @@ def cmd_recommend(args):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     log(f"{len(zoo)} models on {dataset} (N = {labels.size}), {', '.join(metrics)}"
         f"{'' if args.sa == [None] else ', SA ' + ','.join(v or 'none' for v in args.sa)}: "
-        f"{args.replicates} "
-        f"resamples of the target set (class by class, seed {args.seed}) on {device}")
-    rec = recommend(zoo, labels, metrics=metrics, replicates=args.replicates, seed=args.seed,
-                    level=args.level, sa=sa, options=options, predictions=predictions,
+        f"{replicates} resamples of the target set (class by class, seed {args.seed}) on {device}")
+    rec = recommend(zoo, labels, metrics=metrics, replicates=replicates, seed=args.seed,
+                    level=level, sa=sa, options=options, predictions=predictions,
                     device=device, precision=args.precision, batch_size=args.batch_size,
                     k=args.k, progress=_progress(args))
     for lbl, reasons in rec.boot.skipped.items():
@@ -740,11 +739,10 @@ def cmd_bench(args):
     devices = args.devices or available_devices()
     if args.devices is None and devices == ["cpu"]:
         log("no CUDA GPU visible: timing the CPU only")
-    precisions = args.precision
     log(f"synthetic zoo: {args.models} models, N={args.n}, D={args.dim}, C={args.classes}")
     rows = run_bench(models=args.models, n=args.n, dim=args.dim, classes=args.classes,
                      metrics=args.metrics, sa=args.sa, devices=devices,
-                     precisions=precisions, repeat=args.repeat, seed=args.seed, log=log)
+                     precisions=args.precision, repeat=args.repeat, seed=args.seed, log=log)
     print(format_rows(rows))
     if args.json:
         _write_json(args.json, dict(models=args.models, n=args.n, dim=args.dim, classes=args.classes,
@@ -919,7 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--workers", type=NON_NEGATIVE, default=0, help="image-decoding processes (ImageFolder; lft)")
     f.add_argument("--group", default="custom", help="group name in the ground-truth file")
     f.add_argument("--dataset", default=None, help="data set name in the ground-truth file")
-    f.add_argument("--out", "-o", type=OUTPUT_FILE, default="ground_truth.json", help="the ground-truth file (merged into)")
+    f.add_argument("--out", "-o", type=OUTPUT_FILE, default="ground_truth.json",
+                   help="the ground-truth file (merged into)")
     _add_device(f, amp=True)
     _add_quiet(f)
     f.set_defaults(func=cmd_finetune)
@@ -1107,7 +1106,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--model", required=True, help="the model whose features are drawn")
     pf.add_argument("--dataset", default=None, help="data set of the zoo (if it holds several)")
     g = pf.add_argument_group("Spread/Attract (SA)")
-    variant = next(o for o in catalogue.SA_OPTIONS if o.name == "variant")
+    variant = _sa_option("variant")
     g.add_argument("--variant", choices=catalogue.SA_VARIANTS, default=variant.default,
                    help=_help_text(variant.help))
     _add_sa_numbers(g)

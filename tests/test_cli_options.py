@@ -9,6 +9,7 @@ import argparse
 import ast
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -321,6 +322,17 @@ def test_every_option_is_run_by_a_test():
         source = _test_source(reference)
         assert any(f'"{s}"' in source for s in action.option_strings), \
             f"{reference} does not run {option}"
+
+
+def test_the_walk_catches_an_option_without_a_test(monkeypatch):
+    def parser_with_a_new_option():
+        parser = cli.build_parser()
+        dict(subcommands(parser))[("score",)].add_argument("--shiny", type=cli.COUNT)
+        return parser
+
+    monkeypatch.setattr(sys.modules[__name__], "build_parser", parser_with_a_new_option)
+    with pytest.raises(AssertionError, match=r"options no test runs: \['score --shiny'\]"):
+        test_every_option_is_run_by_a_test()
 
 
 def test_typed_options_use_checked_types():
