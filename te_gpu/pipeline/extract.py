@@ -1104,8 +1104,9 @@ def datasets_in(directory: Path) -> list:
 
 def models_in(directory: Path, dataset: str) -> list:
     """Names of the models with a feature file for ``dataset`` in a zoo directory, sorted."""
-    suffix = f"_{dataset}_feature.npy"
-    return sorted(p.name[: -len(suffix)] for p in directory.glob(f"*{suffix}") if len(p.name) > len(suffix))
+    suffix = f"_{dataset}_feature.npy"   # matched as text: a name may hold glob characters
+    return sorted(p.name[: -len(suffix)] for p in directory.iterdir()
+                  if p.name.endswith(suffix) and len(p.name) > len(suffix))
 
 
 def _check_models_in(directory: Path, dataset: str, models) -> None:
