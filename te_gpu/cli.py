@@ -24,6 +24,9 @@ from te_gpu import catalogue  # noqa: E402  (pure Python: no numpy, no torch)
 from te_gpu.pipeline import PipelineError  # noqa: E402
 
 PROG = "te-gpu"
+# copies of constants whose modules import torch or numpy (tests/test_cli_options.py holds them equal)
+PRECISIONS = ("exact", "fast")             # te_gpu.engine._tensor.PRECISIONS
+REGIMES = ("lft", "lbft", "finetune")      # te_gpu.pipeline.finetune.REGIMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -321,7 +324,7 @@ def _add_device(p, amp=False):
 
 
 def _add_precision(p, help="exact = float64 (equals the reference), fast = float32 features"):
-    p.add_argument("--precision", choices=["exact", "fast"], default="exact", help=help)
+    p.add_argument("--precision", choices=PRECISIONS, default="exact", help=help)
 
 
 def _add_quiet(p, help="no progress bars or messages"):
@@ -337,7 +340,8 @@ def _add_truth(p, required=False, help="group1 | group2 (shipped tables) | a JSO
     """--truth/-t, --regime, --group: the ground truth's table (te_gpu.pipeline.finetune)."""
     p.add_argument("--truth", "-t", required=required, default=None, help=help)
     p.add_argument("--regime", default=None,
-                   help="regime of the truth table: finetune (default for shipped tables), lbft, lft")
+                   help=f"regime of the truth table: {', '.join(reversed(REGIMES))} (finetune by "
+                        "default for the shipped tables)")
     p.add_argument("--group", default=None, help="group inside a te-gpu finetune file")
 
 
@@ -895,7 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(f)
     _add_data(f)
     _add_seed(f)
-    f.add_argument("--regime", choices=["lft", "lbft", "finetune"], default="lft",
+    f.add_argument("--regime", choices=REGIMES, default="lft",
                    help="linear probe, last-block or full fine-tuning")
     f.add_argument("--n-train", type=COUNT, default=None, help="at most this many training images")
     f.add_argument("--n-test", type=COUNT, default=None, help="at most this many test images")
@@ -1060,11 +1064,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dim", type=COUNT, default=256, help="feature width")
     b.add_argument("--classes", type=_int_at_least(2, "needs at least 2 classes"), default=10,
                    help="classes")
-    _add_metrics(b, default="logme,sfda,lda,gbc,ncti", options=False)
+    _add_metrics(b, default=",".join(catalogue.DEFAULT_METRICS), options=False)
     _add_sa(b, numbers=False)
     b.add_argument("--devices", type=_names("device"), default=None,
                    help="comma-separated (default: cpu and cuda if present)")
-    b.add_argument("--precision", type=_names("precision", ("exact", "fast")), default="exact",
+    b.add_argument("--precision", type=_names("precision", PRECISIONS), default="exact",
                    help="exact, fast, or exact,fast")
     b.add_argument("--repeat", type=COUNT, default=1, help="runs per setting; the fastest is shown")
     _add_seed(b, "synthetic zoo")

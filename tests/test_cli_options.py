@@ -335,6 +335,13 @@ def test_the_walk_catches_an_option_without_a_test(monkeypatch):
         test_every_option_is_run_by_a_test()
 
 
+def test_the_copied_constants_are_their_modules():
+    from te_gpu.engine._tensor import PRECISIONS
+    from te_gpu.pipeline.finetune import REGIMES
+
+    assert cli.PRECISIONS == tuple(PRECISIONS) and cli.REGIMES == REGIMES
+
+
 def test_typed_options_use_checked_types():
     # a bare int or float accepts 0, -1, nan and inf: each number says its range
     bare = sorted(k for k, (_, a) in all_options().items() if a.type in (int, float))
