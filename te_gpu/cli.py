@@ -228,11 +228,21 @@ def METRIC_OPTION(text):
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 
 
-@_value_type("device", "gpu0")
-def DEVICE(text):
+def _device(text) -> str:
     if not _DEVICE.fullmatch(str(text).strip()):
         raise ValueError(f"expected cpu, cuda, cuda:N, mps or auto, got {text!r}")
     return str(text).strip()
+
+
+DEVICE = _value_type("device", "gpu0")(_device)
+
+
+@_value_type("devices", "cpu,gpu0")
+def DEVICES(text):
+    items = list(dict.fromkeys(t.strip() for t in str(text).split(",") if t.strip()))
+    if not items:
+        raise ValueError(f"expected a comma-separated list of devices, got {text!r}")
+    return [_device(t) for t in items]
 
 
 # outputs are checked before any work: a run that ends writing into a directory named as a
@@ -1066,7 +1076,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes")
     _add_metrics(b, default=",".join(catalogue.DEFAULT_METRICS), options=False)
     _add_sa(b, numbers=False)
-    b.add_argument("--devices", type=_names("device"), default=None,
+    b.add_argument("--devices", type=DEVICES, default=None,
                    help="comma-separated (default: cpu and cuda if present)")
     b.add_argument("--precision", type=_names("precision", PRECISIONS), default="exact",
                    help="exact, fast, or exact,fast")
