@@ -7,9 +7,11 @@ The zoo: 3 models x 60 samples x 8 dimensions x 3 classes, generated; everything
 CPU, in-process (te_gpu.cli.main)."""
 import argparse
 import ast
+import functools
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -286,25 +288,32 @@ def test_option_runs_with_a_valid_value(ws, capsys, name):
     check(ws, out)
 
 
+@functools.lru_cache(maxsize=None)
+def _definitions(filename: str) -> dict:
+    """{name: source} of a test module's top-level functions and assignments."""
+    lines = (TESTS / filename).read_text().splitlines()
+    defs = {}
+    for node in ast.parse("\n".join(lines)).body:
+        if isinstance(node, (ast.FunctionDef, ast.Assign)):
+            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            text = "\n".join(lines[first - 1:node.end_lineno])
+            names = [node.name] if isinstance(node, ast.FunctionDef) else \
+                [t.id for t in node.targets if isinstance(t, ast.Name)]
+            defs.update({n: text for n in names})
+    return defs
+
+
 def _test_source(reference: str) -> str:
     """The source of a test function and of the module-level fixtures/constants it names
     (two levels deep: a fixture's own constants count)."""
     filename, _, name = reference.partition("::")
-    text = (TESTS / filename).read_text()
-    tree = ast.parse(text)
-    defs = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.Assign)):
-            names = [node.name] if isinstance(node, ast.FunctionDef) else \
-                [t.id for t in node.targets if isinstance(t, ast.Name)]
-            for n in names:
-                defs[n] = ast.get_source_segment(text, node)
+    defs = _definitions(filename)
     assert name in defs, f"{reference}: no such test"
     seen, frontier = {name}, [defs[name]]
     for _ in range(2):
-        named = {n.id for src in frontier for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Name)} | {
-            a.arg for src in frontier for n in ast.walk(ast.parse(src)) if isinstance(n, ast.FunctionDef)
-            for a in n.args.args}
+        trees = [ast.parse(textwrap.dedent(src)) for src in frontier]
+        named = {n.id for t in trees for n in ast.walk(t) if isinstance(n, ast.Name)} | {
+            a.arg for t in trees for n in ast.walk(t) if isinstance(n, ast.FunctionDef) for a in n.args.args}
         frontier = [defs[n] for n in named - seen if n in defs]
         seen |= named
     return "\n".join(defs[n] for n in seen if n in defs)
@@ -388,8 +397,9 @@ def test_an_invalid_value_is_refused_in_one_line(ws, capsys, monkeypatch, option
 
 def test_the_invalid_values_are_invalid_for_every_checked_type():
     # the walk above feeds each type its own `invalid`: it must be refused by the type itself
+    options = all_options()
     for option in TYPED:
-        _, action = all_options()[option]
+        _, action = options[option]
         if action.choices is None:
             with pytest.raises(argparse.ArgumentTypeError):
                 action.type(_invalid(action))
