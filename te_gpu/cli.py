@@ -1160,16 +1160,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    name = " ".join(v for v in (getattr(args, "command", None), getattr(args, "figure", None)) if v)
+    if unknown:   # said by the command that does not know them, not by te-gpu
+        where = f"{PROG} {name}".strip()
+        print(f"{where}: error: unrecognized arguments: {' '.join(unknown)} (see {where} --help)",
+              file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         if args.command == "plot":
             print("te-gpu plot: choose a figure: scores or features (te-gpu plot --help)", file=sys.stderr)
             return 2
         parser.print_help()
         return 2
-    name = args.command + (f" {args.figure}" if getattr(args, "figure", None) else "")
     try:
         return int(args.func(args) or 0)
     except PipelineError as exc:

@@ -451,6 +451,18 @@ def test_demo_zoo_and_its_size(ws, capsys, monkeypatch):
         assert [(s.name, s.size) for s in seen[command]] == expected and expected[-1][1] == 40
 
 
+@pytest.mark.parametrize("argv, command", [
+    (["plot", "features", "z", "--model", "m0", "--seed", "1"], "te-gpu plot features"),
+    (["score", "z", "--replicates", "5"], "te-gpu score"),
+    (["--shiny"], "te-gpu"),
+])
+def test_an_unknown_option_is_named_by_its_command(capsys, argv, command):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{command}: error: unrecognized arguments: ") and err.count("\n") == 1, err
+    assert f"(see {command} --help)" in err
+
+
 def test_an_unwritable_output_is_one_line(ws, capsys):
     # a --json whose folder is a file passes the parser (it cannot know) and fails writing
     code = main(["correlate", str(ws / "scores"), "--truth", str(ws / "truth.json"), "--group", "a",
