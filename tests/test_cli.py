@@ -283,11 +283,13 @@ def test_score_errors_on_bad_zoo(tmp_path, capsys):
     code, _, err = run(capsys, "score", str(tmp_path / "z"), "--dataset", "a", "--metrics", "ncti",
                        "--out", str(tmp_path / "s"))
     assert code == 2 and "at least 2 models" in err
-    # with other metrics beside it, NCTI is dropped with a warning
+    # with other metrics beside it, NCTI is marked undefined and the others are written
     code, out, err = run(capsys, "score", str(tmp_path / "z"), "--dataset", "a", "--metrics", "logme,ncti",
                          "--out", str(tmp_path / "s"))
     assert code == 0, err
-    assert "NCTI needs at least 2 models; scoring without it" in out
+    assert "ncti is undefined for this zoo and was not written: it normalises over a zoo and " \
+        "needs at least 2 models" in out
+    assert (tmp_path / "s" / "logme.json").is_file()
     assert json.loads((tmp_path / "s" / "result.json").read_text())["scores"].keys() == {"logme", "logme+released"}
 
 

@@ -165,6 +165,10 @@ def _score_into(out: Path, zoo_dir, zoo: dict, *, writes: bool, log, sa, sa_opts
         log(f"note: {lbl} skipped for {len(reasons)} model(s): {next(iter(reasons.values()))}")
     for lbl, why in result.undefined.items():
         log(f"note: {lbl} is undefined for this zoo and was not written: {why}")
+    if not result.scores and result.undefined:
+        lbl, why = next(iter(result.undefined.items()))
+        raise PipelineError(f"{lbl} is undefined for this zoo ({why}), and nothing else was "
+                            "asked for")
     for lbl in result.labels:
         result.to_public_json(lbl, out / f"{lbl}.json")
     result.to_csv(out / "scores.csv")
