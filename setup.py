@@ -16,7 +16,8 @@ setup(
     python_requires=">=3.9",
     packages=packages,
     package_dir={"te_gpu.kernels": "kernels"},
-    package_data={"te_gpu": ["data/*.json"]},
+    # the generated stubs (te_gpu._stubs) that write the public API out for tools
+    package_data={"te_gpu": ["data/*.json", "py.typed", "*.pyi", "reference/*.pyi"]},
     include_package_data=True,
     install_requires=[
         "numpy>=1.22",

@@ -97,17 +97,3 @@ def class_moments_triton(x: torch.Tensor, codes: torch.Tensor, n_classes: int, *
                                 x.stride(0), x.stride(1), x.stride(2),
                                 BLOCK_N=block_n, BLOCK_D=bd, num_warps=num_warps)
     return counts.to(dtype), sums, sumsq
-
-
-def class_moments_torch(x: torch.Tensor, codes: torch.Tensor, n_classes: int):
-    """The torch path: one-hot matmuls (the engine's own formulas), two passes over x.
-
-    Empty classes get zero sums and zero sumsq (the kernel's convention).
-    """
-    onehot = torch.nn.functional.one_hot(codes, n_classes).to(x.dtype)
-    counts = onehot.sum(0)
-    sums = onehot.T @ x                                   # (C, N) @ (B, N, D) -> (B, C, D)
-    means = sums / torch.clamp(counts, min=1)[None, :, None]
-    dev = x - means[:, codes]
-    sumsq = onehot.T @ (dev * dev)
-    return counts, sums, sumsq

@@ -50,12 +50,6 @@ def _specs(dt: str):
          dict(means_ptr=f, var_ptr=f, cls_ptr=f, part_ptr=f, n_classes=i, n_dims=i,
               stride_mb=i, stride_mc=i, stride_md=i, stride_vb=i, stride_vc=i, stride_vd=i),
          [dict(SPHERICAL=s, BLOCK_A=8, BLOCK_B=8, BLOCK_D=32) for s in (True, False)]),
-        ("true_class_prob", "_true_class_kernel",
-         dict(x_ptr=f, w_ptr=f, bias_ptr=f, codes_ptr="*i64", out_ptr=f, n_samples=i,
-              n_dims=i, n_classes=i, stride_xb=i, stride_xn=i, stride_xd=i, stride_wb=i,
-              stride_wd=i, stride_wc=i, stride_bb=i, stride_bc=i),
-         [dict(DOUBLE=d, PRECISION="ieee", BLOCK_N=32, BLOCK_C=64, BLOCK_D=16 if wide else 32)
-          for d in (False, True)]),
     ]
 
 

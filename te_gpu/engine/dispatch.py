@@ -8,10 +8,8 @@ op                  function                                             torch p
 ==================  ===================================================  ======================
 class_moments       class_moments(x, codes, C) -> counts, sums, sumsq    one-hot matmuls
 logme_evidence      logme_evidence(sigma, valid, proj, t_sq, n, d, corr) evidence.fixed_point_evidence
-attract_delta       attract_delta(z, labels, alpha, sigma)               sa.attract_delta
 perturb             perturb(z, labels, alpha=, sigma=, force=, variant=)  sa.perturb
 gbc_pairwise        gbc_pairwise(means, var, spherical) -> (B,) GBC      gaussians.gbc_from_gaussians
-true_class_prob     true_class_prob(x, coef, intercept, codes)           softmax + gather
 ==================  ===================================================  ======================
 
 A kernel runs when all of these hold: Triton imports; the tensors are float32
@@ -26,6 +24,12 @@ False always takes the torch path; True always takes the kernel, whatever the
 policy, and raises if it cannot launch (no Triton, or CPU tensors while the
 kernels were not decorated under TRITON_INTERPRET=1). Tests use True with the
 interpreter on CPU; benchmarks use it or ``TE_GPU_KERNELS``.
+
+A kernel module is imported only when its kernel is about to run, so the torch
+paths need no ``te_gpu.kernels`` at all: a plain checkout on ``PYTHONPATH``
+(where the top-level ``kernels/`` folder is not installed as ``te_gpu.kernels``)
+scores everything. An op enabled by the policy whose module cannot be imported
+takes the torch path; ``force_kernel=True`` raises instead.
 
 The only module-level state is the read-only policy below. The torch paths
 live in engine modules that do not import this one, and the kernels import
@@ -49,10 +53,8 @@ from .stats import Labels
 KERNEL_ENABLED = MappingProxyType({
     "class_moments": False,
     "logme_evidence": False,
-    "attract_delta": False,
     "perturb": False,
     "gbc_pairwise": False,
-    "true_class_prob": False,
 })
 ENV_VAR = "TE_GPU_KERNELS"
 _FLOATS = (torch.float32, torch.float64)
@@ -75,21 +77,37 @@ def enabled_ops() -> frozenset:
     return names
 
 
-def _use_kernel(op: str, kernel, tensors, force_kernel) -> bool:
-    from te_gpu.kernels import _compat
-
+def _kernel_module(op: str, module: str, tensors, force_kernel):
+    """The kernel module of ``op`` when its kernel is to run, else None (the torch path).
+    Nothing of ``te_gpu.kernels`` is imported unless the kernel may run."""
     if force_kernel is False:
-        return False
+        return None
     floats = all(t.dtype in _FLOATS for t in tensors if t.is_floating_point())
     if force_kernel is True:
         if not floats:
             raise TypeError(f"{op}: the kernel takes float32 or float64 tensors")
-        _compat.require_launchable(kernel, *tensors)
-        return True
+        return _module(module)
     if force_kernel is not None:
         raise TypeError(f"force_kernel must be None, True or False, got {force_kernel!r}")
-    return (op in enabled_ops() and floats and _compat.HAVE_TRITON
-            and all(t.is_cuda for t in tensors))
+    if not (op in enabled_ops() and floats and all(t.is_cuda for t in tensors)):
+        return None
+    try:
+        k = _module(module)
+    except ImportError:
+        return None
+    from te_gpu.kernels import _compat
+
+    return k if _compat.HAVE_TRITON else None
+
+
+def _launchable(k, kernel_name: str, tensors, force_kernel) -> bool:
+    if k is None:
+        return False
+    if force_kernel is True:
+        from te_gpu.kernels import _compat
+
+        _compat.require_launchable(getattr(k, kernel_name), *tensors)
+    return True
 
 
 def _module(name: str):
@@ -101,36 +119,27 @@ def _module(name: str):
 
 def class_moments(x: torch.Tensor, codes: torch.Tensor, n_classes: int, *, force_kernel=None):
     """(counts (C,), sums (B, C, D), centred sums of squares (B, C, D)) of a batch."""
-    k = _module("class_stats")
-    if _use_kernel("class_moments", k._class_moments_kernel, (x, codes), force_kernel):
+    k = _kernel_module("class_moments", "class_stats", (x, codes), force_kernel)
+    if _launchable(k, "_class_moments_kernel", (x, codes), force_kernel):
         return k.class_moments_triton(x, codes, n_classes)
-    return k.class_moments_torch(x, codes, n_classes)
+    return class_moments_torch(x, codes, n_classes)
 
 
 def logme_evidence(sigma: torch.Tensor, valid: torch.Tensor, proj: torch.Tensor,
                    t_sq: torch.Tensor, n: int, d: int, corrected: bool, *, force_kernel=None):
     """Maximised evidence / N (B, T), as te_gpu.engine.evidence.fixed_point_evidence."""
-    k = _module("logme_fixed_point")
-    if _use_kernel("logme_evidence", k._logme_kernel, (sigma, valid, proj, t_sq),
-                   force_kernel):
+    tensors = (sigma, valid, proj, t_sq)
+    k = _kernel_module("logme_evidence", "logme_fixed_point", tensors, force_kernel)
+    if _launchable(k, "_logme_kernel", tensors, force_kernel):
         return k.logme_evidence_triton(sigma, valid, proj, t_sq, n, d, corrected)
     return fixed_point_evidence(sigma, valid, proj, t_sq, n, d, corrected)
-
-
-def attract_delta(z: torch.Tensor, labels: Labels, alpha: float, sigma: float, *,
-                  force_kernel=None) -> torch.Tensor:
-    """Per-class Attract displacement (B, C, n), as te_gpu.engine.sa.attract_delta."""
-    k = _module("spread_attract")
-    if _use_kernel("attract_delta", k._attract_kernel, (z, labels.codes), force_kernel):
-        return k.attract_delta_triton(z, labels.codes, labels.c, alpha, sigma)
-    return sa.attract_delta(z, labels, alpha, sigma)
 
 
 def perturb(z: torch.Tensor, labels: Labels, *, alpha: float, sigma: float, force: float,
             variant: str, force_kernel=None):
     """(perturbed scores, displacement norm (B,)), as te_gpu.engine.sa.perturb."""
-    k = _module("spread_attract")
-    if _use_kernel("perturb", k._sa_update_kernel, (z, labels.codes), force_kernel):
+    k = _kernel_module("perturb", "spread_attract", (z, labels.codes), force_kernel)
+    if _launchable(k, "_sa_update_kernel", (z, labels.codes), force_kernel):
         return k.perturb_triton(z, labels.codes, labels.c, alpha=alpha, sigma=sigma, force=force,
                                 variant=variant)
     return sa.perturb(z, labels, alpha=alpha, sigma=sigma, force=force, variant=variant)
@@ -139,18 +148,19 @@ def perturb(z: torch.Tensor, labels: Labels, *, alpha: float, sigma: float, forc
 def gbc_pairwise(means: torch.Tensor, var: torch.Tensor, spherical: bool, *,
                  force_kernel=None) -> torch.Tensor:
     """GBC (B,) = -sum_{a != b} exp(-BD(a, b)) from class means and floored variances."""
-    k = _module("gbc_pairwise")
-    if _use_kernel("gbc_pairwise", k._gbc_kernel, (means, var), force_kernel):
+    k = _kernel_module("gbc_pairwise", "gbc_pairwise", (means, var), force_kernel)
+    if _launchable(k, "_gbc_kernel", (means, var), force_kernel):
         return k.gbc_pairwise_triton(means, var, spherical)
     return gbc_from_gaussians(means, var, spherical)
 
 
-def true_class_prob(x: torch.Tensor, coef: torch.Tensor, intercept: torch.Tensor,
-                    codes: torch.Tensor, *, double_softmax: bool = False,
-                    force_kernel=None) -> torch.Tensor:
-    """softmax(x W + c)[i, y_i] (softmax applied twice with ``double_softmax``): (B, N)."""
-    k = _module("true_class_prob")
-    if _use_kernel("true_class_prob", k._true_class_kernel, (x, coef, intercept, codes),
-                   force_kernel):
-        return k.true_class_prob_triton(x, coef, intercept, codes, double_softmax=double_softmax)
-    return k.true_class_prob_torch(x, coef, intercept, codes, double_softmax=double_softmax)
+def class_moments_torch(x: torch.Tensor, codes: torch.Tensor, n_classes: int):
+    """The torch path of :func:`class_moments`: one-hot matmuls, two passes over x.
+    Empty classes get zero sums and zero sumsq (the kernel's convention)."""
+    onehot = torch.nn.functional.one_hot(codes, n_classes).to(x.dtype)
+    counts = onehot.sum(0)
+    sums = onehot.T @ x                                   # (C, N) @ (B, N, D) -> (B, C, D)
+    means = sums / torch.clamp(counts, min=1)[None, :, None]
+    dev = x - means[:, codes]
+    sumsq = onehot.T @ (dev * dev)
+    return counts, sums, sumsq

@@ -1102,6 +1102,23 @@ def datasets_in(directory: Path) -> list:
     return sorted(found)
 
 
+def models_in(directory: Path, dataset: str) -> list:
+    """Names of the models with a feature file for ``dataset`` in a zoo directory, sorted."""
+    suffix = f"_{dataset}_feature.npy"   # matched as text: a name may hold glob characters
+    return sorted(p.name[: -len(suffix)] for p in directory.iterdir()
+                  if p.name.endswith(suffix) and len(p.name) > len(suffix))
+
+
+def _check_models_in(directory: Path, dataset: str, models) -> None:
+    """A PipelineError naming the models asked for that the zoo lacks, and those it holds."""
+    known = models_in(directory, dataset)
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        shown = ", ".join(known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
+        raise PipelineError(f"zoo {directory} has no model {', '.join(map(repr, unknown))} for data set "
+                            f"{dataset}; it holds: {shown or 'none'}")
+
+
 def open_zoo(path, dataset: str | None = None, models=None):
     """A zoo directory (store or public layout) -> (zoo of memory-mapped arrays, labels, dataset)."""
     from te_gpu.io import load_zoo
@@ -1119,6 +1136,8 @@ def open_zoo(path, dataset: str | None = None, models=None):
             raise PipelineError(f"zoo {path} holds several data sets ({', '.join(found)}); "
                                 "choose one with --dataset")
         dataset = found[0]
+    if models is not None:
+        _check_models_in(directory, dataset, models)
     manifest = read_manifest(directory)
     if models is None and manifest is not None and dataset in manifest.get("datasets", {}):
         listed = list(manifest["datasets"][dataset].get("models", {}))
