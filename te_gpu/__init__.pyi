@@ -16,6 +16,8 @@ from .api import transrate as transrate
 from .api import knn as knn
 from .api import leep as leep
 from .api import nce as nce
+from .api import parc as parc
+from .api import etran_parts as etran_parts
 from .api import ncti as ncti
 from .api import spread_attract as spread_attract
 from .api import score as score

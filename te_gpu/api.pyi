@@ -605,6 +605,94 @@ def nce(predictions, labels, *, device=..., precision=...) -> float:
     float
     """
 
+def parc(features, labels, *, pca_dim=..., sa=..., device=..., precision=...) -> float:
+    r"""
+    PARC of one model (higher is better); SPEC 10.7, Bolya et al., NeurIPS 2021.
+
+    Computed by te_gpu's batched torch engine on any device; equal to ``te_gpu.reference.parc`` within 1e-06 (relative) in float64.
+
+    PARC (Bolya et al., NeurIPS 2021), float64, one model at a time (SPEC 10.7).
+
+    PARC compares two dissimilarity matrices over the N target samples:
+
+    * features: :math:`1 - \mathrm{corr}(s_i, s_j)`, the Pearson correlation of
+      samples i and j across the k columns of ``S``, the features reduced by PCA
+      (``pca_dim`` components; 0 keeps the raw features) and standardised per column;
+    * labels: :math:`1 - \mathrm{corr}(e_{y_i}, e_{y_j})` of the one-hot labels,
+      which is 0 for a pair of one class and :math:`C/(C-1)` otherwise.
+
+    The score is 100 times Spearman's rank correlation (average ranks for ties)
+    between the two over the N(N-1)/2 pairs i < j. The label side takes the exact
+    two values here; the released code computes it with ``np.corrcoef``, whose
+    rounding splits the same-class pairs into 0 and 2.2e-16 for some classes (SPEC
+    10.7 says what that changes).
+
+    Parameters
+    ----------
+    features : array or tensor (N x D)
+        One model's features of the N target samples (any real dtype).
+    labels : array (N,)
+        Class of each sample (any labels; mapped to 0..C-1 by a sorted unique).
+    pca_dim : int, default 32
+        PCA components before the correlations, as the released scripts (0: the raw features).
+    sa : None, str or dict, default None
+        Spread/Attract first (SPEC 7): a variant name (``'released'``, ``'described'``, ``'pca-only'``) or a dict of SA options.
+    device : None or str, default None
+        ``'cpu'``, ``'cuda'``, ...; None: the input's device.
+    precision : {'exact', 'fast'}, default 'exact'
+        float64, or float32 features (see the README).
+
+    Returns
+    -------
+    float
+    """
+
+def etran_parts(features, labels, *, energy_per_mille=..., sa=..., device=..., precision=...) -> tuple:
+    r"""
+    ETran's per-model parts ('energy', 'lda'), combined over a zoo by ``etran(zoo, labels)`` or :func:`te_gpu.score_zoo`; SPEC 10.8, Gholami et al., ICCV 2023 (released code).
+
+    Computed by te_gpu's batched torch engine on any device; equal to ``te_gpu.reference.etran_parts`` within 1e-06 (relative) in float64.
+
+    ETran (Gholami et al., ICCV 2023) as released for classification (SPEC 10.8).
+
+    Two per-model parts, combined over the zoo:
+
+    * energy: the features read as logits, :math:`e_n = \log\sum_d \exp x_{nd}`
+      (the negative free energy at temperature 1); the part is the mean of the
+      :math:`k = \max(1, \lfloor m N / 1000 \rfloor)` smallest :math:`e_n`
+      (``energy_per_mille`` m = 5: the lowest 0.5 % of the samples, as released);
+    * lda: the mean over samples of the probability a Gaussian classifier with the
+      class means :math:`\mu_c`, the class frequencies :math:`\pi_c` and an identity
+      covariance gives the true class,
+      :math:`p(c\mid x)\propto\pi_c\exp(x^T\mu_c-\tfrac12\lVert\mu_c\rVert^2)`.
+      The released "LDA" reduces to this: its coefficients are
+      :math:`M V V^T` for the full orthogonal eigenvector matrix V of ``eigh``,
+      i.e. M itself (SPEC 10.8).
+
+    ETran of model l is :math:`0.15\,\mathrm{mm}(\text{energy}) + 0.85\,\mathrm{mm}(\text{lda})`
+    with mm the min-max over the zoo (:mod:`te_gpu.combine`).
+
+    Parameters
+    ----------
+    features : array or tensor (N x D)
+        One model's features of the N target samples (any real dtype).
+    labels : array (N,)
+        Class of each sample (any labels; mapped to 0..C-1 by a sorted unique).
+    energy_per_mille : int, default 5
+        the energy part averages the lowest per-mille of the samples' log-sum-exp (5: 0.5 %, as released).
+    sa : None, str or dict, default None
+        Spread/Attract first (SPEC 7): a variant name (``'released'``, ``'described'``, ``'pca-only'``) or a dict of SA options.
+    device : None or str, default None
+        ``'cpu'``, ``'cuda'``, ...; None: the input's device.
+    precision : {'exact', 'fast'}, default 'exact'
+        float64, or float32 features (see the README).
+
+    Returns
+    -------
+    tuple of float
+        (energy, lda).
+    """
+
 def score(features, labels, *, metric, sa=..., device=..., precision=..., regression=..., **metric_options) -> Any:
     r"""
     Any per-model metric by name, optionally after SA; see :func:`te_gpu.reference.score`.

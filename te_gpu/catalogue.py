@@ -205,6 +205,18 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("nce", "NCE", "SPEC 10.6", "te_gpu.reference.leep:nce", "te_gpu.engine.leep:nce_head",
            inputs="predictions", sa=False, tolerance=1e-10, bounds=((0.0, "maximum"),),
            cite="Tran et al., ICCV 2019"),
+    Metric("parc", "PARC", "SPEC 10.7", "te_gpu.reference.parc:parc", "te_gpu.engine.parc:head",
+           options=(_opt("pca_dim", 32, "PCA components before the correlations, as the "
+                         "released scripts (0: the raw features)", kind=int, minimum=0),),
+           bounds=((100.0, "maximum"), (-100.0, "minimum")), cite="Bolya et al., NeurIPS 2021"),
+    # the parts' min-max values are weighted 0.15 / 0.85 (the released tw.py), not signed
+    Metric("etran", "ETran", "SPEC 10.8", "te_gpu.reference.etran:etran_parts",
+           "te_gpu.engine.etran:head",
+           options=(_opt("energy_per_mille", 5, "the energy part averages the lowest "
+                         "per-mille of the samples' log-sum-exp (5: 0.5 %, as released)",
+                         kind=int, minimum=1),),
+           zoo_level=True, parts=("energy", "lda"), part_signs=(0.15, 0.85),
+           cite="Gholami et al., ICCV 2023 (released code)"),
 )}
 
 DEFAULT_METRICS = tuple(m.name for m in METRICS.values() if m.default)

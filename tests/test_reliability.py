@@ -83,7 +83,7 @@ def test_zoo_level_errors():
     with pytest.raises(ValueError, match="empty"):
         te_gpu.score_zoo({}, y, progress=False)
     with pytest.raises(ValueError, match="unknown metric"):
-        te_gpu.score_zoo({"a": x, "b": 2 * x}, y, metrics=("logme", "parc"), progress=False)
+        te_gpu.score_zoo({"a": x, "b": 2 * x}, y, metrics=("logme", "no-such-metric"), progress=False)
     with pytest.raises(FileNotFoundError, match="no file"):
         te_gpu.score_zoo({"a": "/nonexistent/a.npy", "b": x}, y, progress=False)
     with pytest.raises(ValueError, match="model 'b'"):

@@ -11,6 +11,8 @@ from .transrate import transrate as transrate
 from .knn import knn as knn
 from .leep import leep as leep
 from .leep import nce as nce
+from .parc import parc as parc
+from .etran import etran_parts as etran_parts
 from .ncti import ncti as ncti
 from .sa import spread_attract as spread_attract
 from .score import score as score

@@ -1,0 +1,115 @@
+"""PED's float64 reference (SPEC 10.9): known answers from the released code on digits
+(and a rank-deficient variant), the motion's invariants, and refusals.
+
+Tolerance: 1e-12 relative on the moved features and 1e-12 on the scores read after
+them (the same float64 operations in another order; measured 1e-15).
+"""
+import importlib
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import te_gpu.reference as ref
+
+from helpers import class_features
+
+ped_module = importlib.import_module("te_gpu.reference.ped")
+ped = ped_module.ped
+
+
+def digits(rank_deficient=False):
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float64)
+    if rank_deficient:
+        x[:, 8:12] = 0.0
+        x[:, 40] = x[:, 41]
+        x[:, 50:52] = x[:, 20:22]
+    return x, y
+
+
+def reference_set(x):
+    """The rescaling's reference features (the released scripts read ImageNet's)."""
+    return np.sqrt(x[::3]) * 4.0
+
+
+# The released code, run locally: lixiaotong97/PED metrics.py (commit e5af6e7),
+# PED_Score(X, y, general_X=reference_set(X), exit_ratio=0.5, constant=1.0, ...)
+# (SFDA or LogME after the motion) and One_Step_PED for the first step's move.
+RELEASED = [
+    # (rank_deficient, time_step, nsigma, metric, score, steps taken)
+    (False, 0.1, 0.6, "sfda", 0.9114321026559793, 6),
+    (False, 0.1, 0.3, "sfda", 0.8676554005492084, 6),
+    (False, 0.3, 0.6, "sfda", 0.9645000651990645, 2),
+    (False, 0.4, 0.6, "sfda", 0.9816428040753808, 1),
+    (False, 0.1, 0.6, "logme", 0.4717569653761073, 6),
+    (True, 0.1, 0.6, "sfda", 0.9017852990309121, 6),
+    (True, 0.1, 0.3, "sfda", 0.8609650922015797, 6),
+]
+FIRST_STEP = {False: (29.539287990405597, 561709.5788784069,
+                      [-0.09051724690750307, -0.00032647256839536795, 0.0, -0.0437059596054139]),
+              True: (28.42679237856005, 516927.1428573885,
+                     [-0.08605195265910881, -0.0003270500699687832, 0.0, -0.04875313717046481])}
+
+
+@pytest.mark.parametrize("case", RELEASED, ids=lambda c: f"rd{int(c[0])}-t{c[1]}-s{c[2]}-{c[3]}")
+def test_known_answers_from_the_released_code(case):
+    deficient, time_step, nsigma, metric, want, steps = case
+    x, y = digits(deficient)
+    moved, info = ped(x, y, reference_features=reference_set(x), time_step=time_step,
+                      nsigma=nsigma)
+    assert info["steps"] == steps
+    got = ref.score(moved, y, metric=metric)
+    assert abs(got - want) <= 1e-12 * abs(want)
+
+
+@pytest.mark.parametrize("deficient", [False, True])
+def test_first_step_equals_the_released_one(deficient):
+    x, y = digits(deficient)
+    move, total, row = FIRST_STEP[deficient]
+    moved, info = ped(x, y, reference_features=reference_set(x), max_steps=1)
+    assert info["steps"] == 1
+    assert abs(info["first_move"] - move) <= 1e-12 * move
+    assert abs(moved.sum() - total) <= 1e-12 * total
+    np.testing.assert_allclose(moved[5, 30:34], row, rtol=1e-12, atol=1e-18)
+
+
+def test_motion_moves_whole_classes_and_keeps_their_centre():
+    x, y = class_features(0, n=120, d=6, c=3, spread=0.5)
+    moved, info = ped(x, y, reference_features=x, max_steps=1)
+    shift = moved - x
+    for c in range(3):                      # every sample of a class moves alike
+        rows = shift[y == c]
+        np.testing.assert_allclose(rows, np.broadcast_to(rows[0], rows.shape), atol=1e-12)
+    # pairwise pushes cancel over the classes (unweighted): sum of class moves is 0
+    per_class = np.array([shift[y == c][0] for c in range(3)])
+    np.testing.assert_allclose(per_class.sum(0), 0.0, atol=1e-12)
+    assert info["first_move"] > 0
+
+
+def test_separated_classes_do_not_move():
+    x, y = class_features(1, n=90, d=4, c=3, spread=50.0, noise=0.1)
+    moved, info = ped(x, y, reference_features=x)
+    assert info == {"steps": 0, "first_move": 0.0}
+    assert np.array_equal(moved, x)
+
+
+def test_equal_class_means_exert_no_force():
+    # two classes with one mean: no direction between them (the released code: 0/0)
+    base = np.random.default_rng(2).normal(size=(40, 3))
+    x = np.concatenate([base, -base, base + 0.5])
+    y = np.repeat([0, 1, 2], 40)            # classes 0 and 1 share the mean 0
+    moved, _ = ped(x, y, reference_features=x, max_steps=1)
+    assert np.all(np.isfinite(moved))
+
+
+def test_refusals():
+    x, y = class_features(3, n=30, d=5, c=3)
+    with pytest.raises(ValueError, match="columns"):
+        ped(x, y, reference_features=x[:, :4])
+    for name, bad in (("time_step", float("nan")), ("eps", 0.0), ("max_steps", 0),
+                      ("nsigma", "0.6"), ("max_steps", 2.5)):
+        with pytest.raises(ValueError, match=name):
+            ped(x, y, reference_features=x, **{name: bad})
+    with pytest.raises(ValueError):
+        ped(np.where(x > 1, np.nan, x), y, reference_features=x)
