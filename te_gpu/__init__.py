@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 # public name -> the module that defines it ("" for a submodule)
 _WHERE = {
     **{(m.name + "_parts" if m.zoo_level else m.name): "api" for m in catalogue.METRICS.values()},
-    "ncti": "api", "spread_attract": "api", "score": "api",
+    **{m.name: "api" for m in catalogue.METRICS.values() if m.zoo_level},   # over a zoo
+    "spread_attract": "api", "score": "api",
     "score_zoo": "zoo", "ZooResult": "results",
     "bootstrap_zoo": "bootstrap", "tau_w_interval": "bootstrap",
     "load_zoo": "io", "load_predictions": "io", "save_zoo": "io", "read_scores": "io",

@@ -19,6 +19,7 @@ from .api import nce as nce
 from .api import parc as parc
 from .api import etran_parts as etran_parts
 from .api import ncti as ncti
+from .api import etran as etran
 from .api import spread_attract as spread_attract
 from .api import score as score
 from .zoo import score_zoo as score_zoo

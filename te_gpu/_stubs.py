@@ -85,6 +85,23 @@ def metric_doc(m: catalogue.Metric, layer: str = "api") -> str:
             + "\n".join(params) + f"\n\nReturns\n-------\n{returns}\n")
 
 
+def zoo_doc(m: catalogue.Metric) -> str:
+    """The docstring of a zoo-level metric's function over a whole zoo (``te_gpu.ncti``)."""
+    opts = "".join(f"\n{o.name} : {_option_type(o)}, default {o.default!r}\n    {o.help}."
+                   for o in m.options)
+    return (f"{m.title} of every model of a zoo ({m.spec}, {m.cite}): {{model: score}}.\n\n"
+            f"Each model's parts {m.parts} (:func:`{public_name(m)}`) are min-max normalised "
+            "over the zoo and summed with the weights " + ", ".join(map(str, m.part_weights)) +
+            " (:mod:`te_gpu.combine`): a part equal across the zoo is left out with a "
+            "warning. Raises ``ValueError`` where the score is undefined for the zoo (one "
+            "model, every part equal); :func:`te_gpu.score_zoo` marks it instead and keeps "
+            "the other scores.\n\nParameters\n----------\n"
+            "zoo : mapping model name -> features (N x D)\nlabels : array (N,)" + opts +
+            "\nsa : None, str or dict, default None\n    Spread/Attract first (SPEC 7)."
+            "\ndevice : None or str, default None\nprecision : {'exact', 'fast'}, default "
+            "'exact'\n\nReturns\n-------\ndict\n    {model: score}.\n")
+
+
 def _docstring(text: str, indent: str = "    ") -> str:
     if '"""' in text or text.rstrip().endswith("\\"):
         raise ValueError("a docstring that cannot be written as a raw string literal")
@@ -117,7 +134,11 @@ def _api_stub() -> str:
         returns = "tuple" if m.zoo_level else "float"
         out.append(f"\ndef {public_name(m)}({_signature(fn)}) -> {returns}:\n"
                    + _docstring(metric_doc(m, "api")))
-    for name in ("score", "ncti", "spread_attract"):
+    for m in catalogue.METRICS.values():
+        if m.zoo_level:
+            out.append(f"\ndef {m.name}({_signature(getattr(api, m.name))}) -> dict:\n"
+                       + _docstring(zoo_doc(m)))
+    for name in ("score", "spread_attract"):
         fn = getattr(api, name)
         out.append(f"\ndef {name}({_signature(fn)}) -> Any:\n"
                    + _docstring(inspect.getdoc(fn) or ""))

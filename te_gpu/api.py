@@ -17,7 +17,7 @@ import inspect
 import torch
 
 from . import catalogue
-from ._stubs import metric_doc, public_name
+from ._stubs import metric_doc, public_name, zoo_doc
 from .engine import core
 from .engine._tensor import (features_tensor, is_float32_input, labels_tensor, resolve_device,
                              working_dtype)
@@ -92,22 +92,6 @@ def _regression(m: catalogue.Metric, features, labels, device, precision, option
     return float(m.engine_fn()(x[None], None, shared, **options)[0])
 
 
-def ncti(zoo, labels, *, lda_scaling: str = "n_minus_c", sa=None, device=None,
-         precision: str = "exact") -> dict:
-    """NCTI of every model of a zoo: {model: score} (min-max over the zoo; a part equal
-    across the zoo is left out with a warning, :mod:`te_gpu.combine`). Raises
-    ``ValueError`` where NCTI is undefined for the zoo (one model, every part equal):
-    it is the only score asked for. :func:`te_gpu.score_zoo` marks it instead."""
-    from .zoo import score_zoo
-
-    res = score_zoo(zoo, labels, metrics=("ncti",), sa=sa, device=device, precision=precision,
-                    options={"ncti": {"lda_scaling": lda_scaling}}, progress=False)
-    label = res.label("ncti", sa)
-    if label in res.undefined:
-        raise ValueError(f"NCTI is undefined for this zoo: {res.undefined[label]}")
-    return res.scores[label]
-
-
 def spread_attract(features, labels, *, alpha: float = 0.005, sigma: float = 0.6,
                    force: float = 1.0, pca_dim: int = 64, gate: bool = True,
                    variant: str = "released", device=None, precision: str = "exact"):
@@ -142,9 +126,35 @@ def _per_model_function(m: catalogue.Metric):
     return fn
 
 
+def _zoo_function(m: catalogue.Metric):
+    """``te_gpu.<name>(zoo, labels, *, <options>, sa, device, precision)`` of a zoo-level metric."""
+    def fn(zoo, labels, *, sa=None, device=None, precision="exact", **kw):
+        from .zoo import score_zoo
+
+        res = score_zoo(zoo, labels, metrics=(m.name,), sa=sa, device=device,
+                        precision=precision, options={m.name: kw}, progress=False)
+        label = res.label(m.name, sa)
+        if label in res.undefined:     # the only score asked for: nothing else to keep
+            raise ValueError(f"{m.title} is undefined for this zoo: {res.undefined[label]}")
+        return res.scores[label]
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("zoo", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+              inspect.Parameter("labels", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(o.name, kw, default=o.default) for o in m.options]
+    params += [inspect.Parameter("sa", kw, default=None), inspect.Parameter("device", kw, default=None),
+               inspect.Parameter("precision", kw, default="exact")]
+    fn.__signature__ = inspect.Signature(params)
+    fn.__name__ = fn.__qualname__ = m.name
+    fn.__doc__ = zoo_doc(m)
+    return fn
+
+
 def _exports() -> dict:
-    return {f.__name__: f for f in map(_per_model_function, catalogue.METRICS.values())}
+    metrics = list(catalogue.METRICS.values())
+    per_model = {f.__name__: f for f in map(_per_model_function, metrics)}
+    return {**per_model, **{m.name: _zoo_function(m) for m in metrics if m.zoo_level}}
 
 
 globals().update(_exports())
-__all__ = [*_exports(), "ncti", "spread_attract", "score"]
+__all__ = [*_exports(), "spread_attract", "score"]

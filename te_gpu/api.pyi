@@ -693,20 +693,58 @@ def etran_parts(features, labels, *, energy_per_mille=..., sa=..., device=..., p
         (energy, lda).
     """
 
+def ncti(zoo, labels, *, lda_scaling=..., sa=..., device=..., precision=...) -> dict:
+    r"""
+    NCTI of every model of a zoo (SPEC 4, Wang et al., ICCV 2023): {model: score}.
+
+    Each model's parts ('seli', 'ncc', 'vc') (:func:`ncti_parts`) are min-max normalised over the zoo and summed with the weights 1, 1, -1 (:mod:`te_gpu.combine`): a part equal across the zoo is left out with a warning. Raises ``ValueError`` where the score is undefined for the zoo (one model, every part equal); :func:`te_gpu.score_zoo` marks it instead and keeps the other scores.
+
+    Parameters
+    ----------
+    zoo : mapping model name -> features (N x D)
+    labels : array (N,)
+    lda_scaling : {'n_minus_c', 'n'}, default 'n_minus_c'
+        scale of the 'svd' LDA: 1/(N-C) as scikit-learn 1.0.x (the paper's), or 1/N as current scikit-learn.
+    sa : None, str or dict, default None
+        Spread/Attract first (SPEC 7).
+    device : None or str, default None
+    precision : {'exact', 'fast'}, default 'exact'
+
+    Returns
+    -------
+    dict
+        {model: score}.
+    """
+
+def etran(zoo, labels, *, energy_per_mille=..., sa=..., device=..., precision=...) -> dict:
+    r"""
+    ETran of every model of a zoo (SPEC 10.8, Gholami et al., ICCV 2023 (released code)): {model: score}.
+
+    Each model's parts ('energy', 'lda') (:func:`etran_parts`) are min-max normalised over the zoo and summed with the weights 0.15, 0.85 (:mod:`te_gpu.combine`): a part equal across the zoo is left out with a warning. Raises ``ValueError`` where the score is undefined for the zoo (one model, every part equal); :func:`te_gpu.score_zoo` marks it instead and keeps the other scores.
+
+    Parameters
+    ----------
+    zoo : mapping model name -> features (N x D)
+    labels : array (N,)
+    energy_per_mille : int, default 5
+        the energy part averages the lowest per-mille of the samples' log-sum-exp (5: 0.5 %, as released).
+    sa : None, str or dict, default None
+        Spread/Attract first (SPEC 7).
+    device : None or str, default None
+    precision : {'exact', 'fast'}, default 'exact'
+
+    Returns
+    -------
+    dict
+        {model: score}.
+    """
+
 def score(features, labels, *, metric, sa=..., device=..., precision=..., regression=..., **metric_options) -> Any:
     r"""
     Any per-model metric by name, optionally after SA; see :func:`te_gpu.reference.score`.
 
     ``features``: the model's features (N x D), or for ``leep`` and ``nce`` the
     source model's softmax predictions (N x K).
-    """
-
-def ncti(zoo, labels, *, lda_scaling=..., sa=..., device=..., precision=...) -> Any:
-    r"""
-    NCTI of every model of a zoo: {model: score} (min-max over the zoo; a part equal
-    across the zoo is left out with a warning, :mod:`te_gpu.combine`). Raises
-    ``ValueError`` where NCTI is undefined for the zoo (one model, every part equal):
-    it is the only score asked for. :func:`te_gpu.score_zoo` marks it instead.
     """
 
 def spread_attract(features, labels, *, alpha=..., sigma=..., force=..., pca_dim=..., gate=..., variant=..., device=..., precision=...) -> Any:

@@ -475,7 +475,7 @@ def _fill(result: BootstrapResult, raw: dict, metrics, settings, b: int) -> None
                 parts = np.array([[list(raw[(nm, i)][0][m][r]) for nm in names]
                                   for r in range(b)], dtype=np.float64)        # (B, L, P)
                 keep = [p not in result.dropped.get(lbl, {}) for p in meta.parts]
-                vals = minmax_sum(parts, meta.part_signs, keep).T               # (L, B)
+                vals = minmax_sum(parts, meta.part_weights, keep).T               # (L, B)
                 result.samples[lbl] = {nm: vals[k] for k, nm in enumerate(names)}
             else:
                 result.samples[lbl] = {nm: np.asarray(raw[(nm, i)][0][m], dtype=np.float64)

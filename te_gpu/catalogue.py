@@ -105,7 +105,7 @@ class Metric:
     needs: frozenset = frozenset()      # of "stats", "spectrum", "class_index"
     zoo_level: bool = False             # normalised across the zoo (NCTI)
     parts: tuple = ()                   # names of the per-model parts of a zoo-level score
-    part_signs: tuple = ()              # their signs in the min-max sum (te_gpu.combine)
+    part_weights: tuple = ()            # their weights (signs) in the min-max sum (te_gpu.combine)
     higher_is_better: bool = True
     sa: bool = True                     # Spread/Attract can precede it
     regression: bool = False            # defined for real-valued targets too
@@ -170,7 +170,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
                          "scikit-learn 1.0.x (the paper's), or 1/N as current scikit-learn",
                          kind=str, choices=("n_minus_c", "n")),),
            needs=frozenset({"stats", "spectrum", "class_index"}), zoo_level=True,
-           parts=("seli", "ncc", "vc"), part_signs=(1, 1, -1), default=True,
+           parts=("seli", "ncc", "vc"), part_weights=(1, 1, -1), default=True,
            cite="Wang et al., ICCV 2023"),
     Metric("nleep", "NLEEP", "SPEC 6", "te_gpu.reference.nleep:nleep", "te_gpu.engine.nleep:head",
            options=(_opt("components_per_class", 5, "Gaussian mixture components per class",
@@ -215,7 +215,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            options=(_opt("energy_per_mille", 5, "the energy part averages the lowest "
                          "per-mille of the samples' log-sum-exp (5: 0.5 %, as released)",
                          kind=int, minimum=1),),
-           zoo_level=True, parts=("energy", "lda"), part_signs=(0.15, 0.85),
+           zoo_level=True, parts=("energy", "lda"), part_weights=(0.15, 0.85),
            cite="Gholami et al., ICCV 2023 (released code)"),
 )}
 

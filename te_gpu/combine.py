@@ -1,10 +1,11 @@
 r"""Zoo-level scores: per-model parts combined over the models of one zoo.
 
-A zoo-level metric (NCTI, SPEC 4) scores each model by a tuple of *parts* and
-then normalises every part over the zoo's models before adding them with a
-sign:
+A zoo-level metric (NCTI, SPEC 4; ETran, SPEC 10.8) scores each model by a tuple
+of *parts* and then normalises every part over the zoo's models before adding
+them with the weights its catalogue entry declares (``part_weights``: NCTI's
+1, 1, -1; ETran's 0.15, 0.85):
 
-.. math::  s_l = \sum_p \sigma_p \, \frac{v_{lp} - \min_m v_{mp}}{\max_m v_{mp} - \min_m v_{mp}}.
+.. math::  s_l = \sum_p w_p \, \frac{v_{lp} - \min_m v_{mp}}{\max_m v_{mp} - \min_m v_{mp}}.
 
 Min-max normalisation is undefined for a part that is equal across the zoo,
 and it is worse than undefined for a part that differs only by rounding: on an
@@ -66,8 +67,8 @@ def constant_parts(values: np.ndarray, rtol: float = RELATIVE_TOLERANCE) -> np.n
     return (gaps <= eps[..., None, :]).all(axis=-2)
 
 
-def minmax_sum(values: np.ndarray, signs, keep=None) -> np.ndarray:
-    """(..., L, P) parts -> (..., L): the signed sum of the parts min-max normalised over
+def minmax_sum(values: np.ndarray, weights, keep=None) -> np.ndarray:
+    """(..., L, P) parts -> (..., L): the weighted sum of the parts min-max normalised over
     the L models; parts outside ``keep`` (P,) and parts constant along L add nothing."""
     v = np.asarray(values, dtype=np.float64)
     use = ~constant_parts(v)
@@ -76,13 +77,13 @@ def minmax_sum(values: np.ndarray, signs, keep=None) -> np.ndarray:
     lo, hi = v.min(axis=-2, keepdims=True), v.max(axis=-2, keepdims=True)
     span = np.where(use[..., None, :], hi - lo, 1.0)
     mm = np.where(use[..., None, :], (v - lo) / span, 0.0)
-    return (mm * np.asarray(signs, dtype=np.float64)).sum(-1)
+    return (mm * np.asarray(weights, dtype=np.float64)).sum(-1)
 
 
 def combine_zoo(metric, parts_by_model: dict, *, label: str | None = None,
                 warn: bool = True) -> Combined:
     """``metric``'s combination over the zoo ``{model: parts tuple}`` (its catalogue
-    entry names the parts and their signs). A constant part is left out with a
+    entry names the parts and their weights). A constant part is left out with a
     :class:`ZooLevelWarning`; with no part left, the result is undefined (``scores``
     None, ``reason`` set) and the warning says so. Never raises for either case."""
     from . import catalogue
@@ -108,7 +109,7 @@ def combine_zoo(metric, parts_by_model: dict, *, label: str | None = None,
         warnings.warn(f"{name}: part(s) {', '.join(dropped)} left out of the combination: equal "
                       "across the zoo within 1e-6 of the largest |value| (min-max would rank "
                       "rounding noise)", ZooLevelWarning, stacklevel=2)
-    scores = minmax_sum(v, m.part_signs)
+    scores = minmax_sum(v, m.part_weights)
     return Combined({k: float(s) for k, s in zip(names, scores)}, m.parts, dropped)
 
 

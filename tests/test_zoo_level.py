@@ -60,12 +60,12 @@ def test_minmax_sum_batches_over_redraws_and_drops_per_redraw():
     rng = np.random.default_rng(2)
     parts = rng.normal(size=(4, 5, 3))                 # (redraws, models, parts)
     parts[1, :, 2] = 0.25                              # vc constant on redraw 1 only
-    got = minmax_sum(parts, NCTI.part_signs)
+    got = minmax_sum(parts, NCTI.part_weights)
     for r in range(4):
         mm = (parts[r] - parts[r].min(0)) / np.where(np.ptp(parts[r], 0) > 0, np.ptp(parts[r], 0), 1)
         want = mm[:, 0] + mm[:, 1] - (mm[:, 2] if r != 1 else 0.0)
         np.testing.assert_allclose(got[r], want, rtol=0, atol=1e-14)
-    kept = minmax_sum(parts, NCTI.part_signs, keep=[True, False, True])   # ncc left out
+    kept = minmax_sum(parts, NCTI.part_weights, keep=[True, False, True])   # ncc left out
     mm0 = (parts[0] - parts[0].min(0)) / np.ptp(parts[0], 0)
     np.testing.assert_allclose(kept[0], mm0[:, 0] - mm0[:, 2], rtol=0, atol=1e-14)
 
