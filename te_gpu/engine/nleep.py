@@ -66,7 +66,16 @@ _EM_MAX_ITER = 100
 _KMEANS_MAX_ITER = 300
 _KMEANS_TOL = 1e-4
 _FRACTION = 0.8
-_CHECK_EVERY = 4  # iterations between host checks of "has every model converged?"
+_BLOCK_BYTES = 1 << 22  # per model: a block of the EM's (rows x width) slabs
+_MOMENT_ROWS_BYTES = 1 << 29  # per model: the EM's moment rows are kept up to this size
+_CHECK_EVERY = 4  # iterations between host checks of "has every model converged?" off the CPU
+
+
+def _check_every(device: torch.device) -> int:
+    """Iterations between checks of "has every model converged?". A check is a host
+    sync, which costs nothing on the CPU, where iterating past convergence costs
+    up to 3 wasted iterations (frozen models are still computed)."""
+    return 1 if device.type == "cpu" else _CHECK_EVERY
 
 
 def nleep_memory_bytes(b: int, n: int, d_in: int, k: int, d_kept: int,
@@ -208,6 +217,7 @@ def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *
     var = z.var(dim=1, correction=0)
     threshold = (var * real).sum(-1) / dims.to(dt) * tol                   # (B,)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
+    check = _check_every(dev)
     for it in range(max_iter):
         labels = _sq_dist(z, centers).argmin(-1)                           # (B, N)
         onehot = _onehot(labels, k, dt)                                    # (B, N, K)
@@ -218,37 +228,108 @@ def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *
         shift = ((new - centers) ** 2).sum((1, 2))
         centers = torch.where(done[:, None, None], centers, new)
         done = done | (shift <= threshold)
-        if (it + 1) % _CHECK_EVERY == 0 and bool(done.all()):
+        if (it + 1) % check == 0 and bool(done.all()):
             break
     return _sq_dist(z, centers).argmin(-1)
 
 
 # --------------------------------------------------------------------------- EM
-def _m_step(z: torch.Tensor, resp: torch.Tensor, pad_diag: torch.Tensor):
+def _blocks(n: int, rows: int):
+    return [(s, min(s + rows, n)) for s in range(0, n, rows)]
+
+
+class _MomentRows:
+    """[1, z, z_a z_b for a <= b] per row (width 1 + d + d(d+1)/2), so that ``resp^T``
+    times them is every component's mass, first and second moment (upper
+    triangle) in one GEMM. Built once and kept when they fit ``_MOMENT_ROWS_BYTES``
+    per model (they do not change between EM iterations), else rebuilt per block.
+    """
+
+    def __init__(self, z: torch.Tensor):
+        b, n, d = z.shape
+        self.z, self.d = z, d
+        self.width = 1 + d + d * (d + 1) // 2
+        self.full = self._build(z) if n * self.width * z.element_size() <= _MOMENT_ROWS_BYTES else None
+        self.rows = _rows_per_block(n, self.width)
+
+    def _build(self, zb: torch.Tensor) -> torch.Tensor:
+        # one slice product per dimension a: z_a * z_{a..d-1} (a gather of the
+        # d(d+1)/2 index pairs ran 4x slower on the CPU)
+        out = torch.empty(zb.shape[:2] + (self.width,), dtype=zb.dtype, device=zb.device)
+        out[..., 0] = 1.0
+        out[..., 1:1 + self.d] = zb
+        at = 1 + self.d
+        for a in range(self.d):
+            torch.mul(zb[..., a:a + 1], zb[..., a:], out=out[..., at:at + self.d - a])
+            at += self.d - a
+        return out
+
+    def moments(self, resp: torch.Tensor) -> torch.Tensor:
+        """sum_i r_ik [1, z_i, z_i z_i^T] for responsibilities (B, N, K): (B, K, width)."""
+        if self.full is not None:
+            return resp.mT @ self.full
+        out = 0
+        for s, e in _blocks(self.z.shape[1], self.rows):
+            out = out + resp[:, s:e].mT @ self._build(self.z[:, s:e])
+        return out
+
+
+def _rows_per_block(n: int, width: int) -> int:
+    """Rows of one block whose (rows x width) working slab is about ``_BLOCK_BYTES``
+    per model. Depends on N and the width only, never on the batch size, so a
+    model's rounding does not depend on the batch it is in."""
+    return max(1, min(n, _BLOCK_BYTES // (8 * max(width, 1))))
+
+
+def _params_from_moments(moments: torch.Tensor, n: int, d: int, pad_diag: torch.Tensor):
     """Weights (B, K), means (B, K, d), Cholesky factors (B, K, d, d), failures (B,).
 
+    ``moments`` (B, K, 1 + d + d(d+1)/2) are sum_i r_ik [1, z_i, z_i z_i^T] (upper
+    triangle, row by row). With nk = s0 + 10 eps and mu = s1 / nk (the
+    reference's), the weighted scatter about mu is S2 - 2 nk mu mu^T + s0 mu mu^T.
     ``pad_diag`` (B, 1, d) is ``reg_covar`` on real dimensions and 1 on padded
     ones, so the padded block of every covariance is the identity.
     """
-    n = z.shape[1]
-    nk = resp.sum(1) + 10 * torch.finfo(z.dtype).eps                     # (B, K)
-    means = (resp.mT @ z) / nk[..., None]                                 # (B, K, d)
-    diff = z[:, None, :, :] - means[:, :, None, :]                         # (B, K, N, d)
-    cov = (resp.mT[..., None] * diff).mT @ diff / nk[..., None, None]     # (B, K, d, d)
+    s0 = moments[..., 0]
+    nk = s0 + 10 * torch.finfo(moments.dtype).eps                        # (B, K)
+    means = moments[..., 1:1 + d] / nk[..., None]                        # (B, K, d)
+    upper = torch.triu_indices(d, d, device=moments.device)
+    second = moments.new_zeros(moments.shape[:2] + (d, d))
+    second[..., upper[0], upper[1]] = moments[..., 1 + d:] / nk[..., None]
+    # Cholesky reads the lower triangle: the transpose of the upper one
+    cov = second.mT - (2.0 - s0 / nk)[..., None, None] * (means[..., :, None] * means[..., None, :])
     cov = cov + torch.diag_embed(pad_diag)
     chol, info = torch.linalg.cholesky_ex(cov)
     return (nk / n, means, chol), (info != 0).any(-1)
 
 
-def _log_joint(z: torch.Tensor, params, log2pi_d: torch.Tensor) -> torch.Tensor:
-    """log pi_z + log N(x | mu_z, Sigma_z): (B, N, K). ``log2pi_d`` (B,) = k_b log 2 pi."""
-    weights, means, chol = params
-    diff = z[:, None, :, :] - means[:, :, None, :]                         # (B, K, N, d)
-    w = torch.linalg.solve_triangular(chol, diff.mT, upper=False)        # (B, K, d, N)
-    maha = (w * w).sum(-2)                                                # (B, K, N)
-    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
-    out = -0.5 * (maha + logdet[..., None] + log2pi_d[:, None, None])
-    return out.mT + torch.log(weights)[:, None, :]
+class _Whitener:
+    """log pi_k + log N(z | mu_k, Sigma_k) for blocks of rows, all components in one GEMM.
+
+    With L_k the Cholesky factor of Sigma_k, the Mahalanobis term is
+    |L_k^{-1} (z - mu_k)|^2 = |z A_k - mu_k A_k|^2 with A_k = L_k^{-T}: every
+    component's whitened copy of a block is one (rows x d) @ (d x K d) product.
+    """
+
+    def __init__(self, params, log2pi_d: torch.Tensor):
+        weights, means, chol = params
+        b, k, d, _ = chol.shape
+        eye = torch.eye(d, dtype=chol.dtype, device=chol.device).expand_as(chol)
+        inv = torch.linalg.solve_triangular(chol, eye, upper=False)      # L^{-1} (B, K, d, d)
+        self.k, self.d = k, d
+        self.a = inv.permute(0, 3, 1, 2).reshape(b, d, k * d)             # [b, i, (k, j)] = L^{-1}_k[j, i]
+        self.shift = (inv @ means[..., None])[..., 0].reshape(b, 1, k * d)
+        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
+        self.const = (torch.log(weights) - 0.5 * (logdet + log2pi_d[:, None]))[:, None, :]
+
+    def log_joint(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, N, d) -> (B, N, K), block by block (a block's whitened copies are rows x K d)."""
+        b, n, _ = z.shape
+        out = []
+        for s, e in _blocks(n, _rows_per_block(n, self.k * self.d)):
+            w = torch.baddbmm(self.shift, z[:, s:e], self.a, beta=-1.0).square_()
+            out.append(self.const - 0.5 * w.view(b, e - s, self.k, self.d).sum(-1))
+        return torch.cat(out, dim=1)
 
 
 def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: int = 0,
@@ -259,20 +340,21 @@ def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: in
     if u is None:
         u = _uniforms(k, seed)
     labels = kmeans_batched(z, dims, k, u)
-    resp = _onehot(labels, k, dt)
+    rows = _MomentRows(z)
     real = torch.arange(d, device=dev)[None, :] < dims[:, None]
     pad_diag = torch.where(real, torch.tensor(_REG_COVAR, dtype=dt, device=dev),
                            torch.tensor(1.0, dtype=dt, device=dev))[:, None, :]
     log2pi_d = dims.to(dt) * math.log(2 * math.pi)
 
-    params, failed = _m_step(z, resp, pad_diag)
+    params, failed = _params_from_moments(rows.moments(_onehot(labels, k, dt)), n, d, pad_diag)
     lower = torch.full((b,), -math.inf, dtype=dt, device=dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
+    check = _check_every(dev)
     for it in range(_EM_MAX_ITER):
-        lj = _log_joint(z, params, log2pi_d)
+        lj = _Whitener(params, log2pi_d).log_joint(z)
         norm = torch.logsumexp(lj, dim=-1)                                 # (B, N)
         resp = torch.exp(lj - norm[..., None])
-        new, bad = _m_step(z, resp, pad_diag)
+        new, bad = _params_from_moments(rows.moments(resp), n, d, pad_diag)
         keep = done
         params = tuple(torch.where(keep.view(-1, *([1] * (o.dim() - 1))), o, nw)
                        for o, nw in zip(params, new))
@@ -281,13 +363,13 @@ def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: in
         converged = (new_lower - lower).abs() < _EM_TOL
         lower = torch.where(keep, lower, new_lower)
         done = done | converged
-        if (it + 1) % _CHECK_EVERY == 0 and bool(done.all()):
+        if (it + 1) % check == 0 and bool(done.all()):
             break
     if bool(failed.any()):
         bad_models = torch.nonzero(failed).flatten().tolist()
         raise ValueError(f"NLEEP mixture of model(s) {bad_models}: a component covariance is "
                          "not positive definite even with reg_covar=1e-6")
-    lj = _log_joint(z, params, log2pi_d)  # final E step with the final parameters
+    lj = _Whitener(params, log2pi_d).log_joint(z)  # final E step with the final parameters
     return torch.exp(lj - torch.logsumexp(lj, dim=-1, keepdim=True))
 
 
@@ -366,6 +448,12 @@ def nleep_batched(x: torch.Tensor, codes: torch.Tensor, n_classes: int, *,
 def head(x: torch.Tensor, labels, shared, *, components_per_class: int, seed: int) -> torch.Tensor:
     """The catalogue's NLEEP head, in float64 under either precision: the mixture's
     covariance regularisation (reg_covar = 1e-6) is at float32's resolution of
-    unit-scale variances, and float32 Cholesky factors fail there."""
+    unit-scale variances, and float32 Cholesky factors fail there.
+
+    On the CPU the models go one at a time: batched, every model pays for the
+    widest model's PCA dimensions (zero padding) and for the iterations of the
+    slowest to converge, and a CPU gains nothing from the batch."""
+    per_chunk = 1 if x.device.type == "cpu" else None
     return nleep_batched(x.to(torch.float64), labels.codes, labels.c,
-                         components_per_class=components_per_class, seed=seed)
+                         components_per_class=components_per_class, seed=seed,
+                         models_per_chunk=per_chunk)
