@@ -137,9 +137,25 @@ def pca_keep_variance_batched(x: torch.Tensor, fraction: float = _FRACTION):
 
 
 # ----------------------------------------------------------------------- k-means
-def _sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """(B, N, d), (B, M, d) -> (B, N, M) squared distances, floored at 0 (as the reference)."""
-    d = (x * x).sum(-1)[:, :, None] - 2.0 * (x @ c.mT) + (c * c).sum(-1)[:, None, :]
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for (B, n, k) @ (B, k, r). On the CPU per model through numpy's BLAS,
+    which ran k-means' and the EM's products about 1.5-2x faster than torch's ``bmm`` on
+    this project's test CPU (bench/RESULTS.md, "NLEEP near its floor")."""
+    if a.device.type != "cpu":
+        return a @ b
+    an, bn = a.numpy(), b.numpy()
+    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=an.dtype)
+    for i in range(a.shape[0]):
+        np.matmul(an[i], bn[i], out=out[i])
+    return torch.from_numpy(out)
+
+
+def _sq_dist(x: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor) -> torch.Tensor:
+    """(B, N, d), (B, M, d) -> (B, N, M) squared distances, floored at 0 (as the reference).
+
+    ``x_sq`` (B, N, 1) is ``(x * x).sum(-1)``, computed once by the caller (k-means
+    asks for distances to the same samples about 100 times)."""
+    d = x_sq - 2.0 * _matmul(x, c.mT) + (c * c).sum(-1)[:, None, :]
     return d.clamp_min(0.0)
 
 
@@ -197,7 +213,8 @@ def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *
     u_dev = torch.as_tensor(u, dtype=torch.float64, device=dev)
     centers = torch.empty((b, k, d), dtype=dt, device=dev)
     centers[:, 0] = z[:, min(int(u[0] * n), n - 1)]
-    closest = _sq_dist(z, centers[:, :1])[..., 0]                       # (B, N)
+    z_sq = (z * z).sum(-1)[:, :, None]
+    closest = _sq_dist(z, centers[:, :1], z_sq)[..., 0]                 # (B, N)
     trials = _n_local_trials(k)
     for j in range(1, k):
         lo, hi = 1 + (j - 1) * trials, 1 + j * trials
@@ -208,7 +225,7 @@ def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *
         fallback = torch.as_tensor(np.minimum((u[lo:hi] * n).astype(np.int64), n - 1), device=dev)
         idx = torch.where(total > 0, idx, fallback[None, :])            # (B, L) candidates
         cand = torch.gather(z, 1, idx[:, :, None].expand(b, trials, d))  # (B, L, d)
-        dist = _sq_dist(z, cand)                                         # (B, N, L)
+        dist = _sq_dist(z, cand, z_sq)                                   # (B, N, L)
         best = torch.minimum(closest[..., None], dist).sum(1).argmin(-1)  # (B,)
         centers[:, j] = torch.gather(cand, 1, best[:, None, None].expand(b, 1, d))[:, 0]
         closest = torch.minimum(closest, torch.gather(dist, 2, best[:, None, None].expand(b, n, 1))[..., 0])
@@ -219,10 +236,10 @@ def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     check = _check_every(dev)
     for it in range(max_iter):
-        labels = _sq_dist(z, centers).argmin(-1)                           # (B, N)
+        labels = _sq_dist(z, centers, z_sq).argmin(-1)                     # (B, N)
         onehot = _onehot(labels, k, dt)                                    # (B, N, K)
         counts = onehot.sum(1)                                             # (B, K)
-        sums = onehot.mT @ z                                               # (B, K, d)
+        sums = _matmul(onehot.mT, z)                                       # (B, K, d)
         new = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1.0)[..., None],
                           centers)
         shift = ((new - centers) ** 2).sum((1, 2))
@@ -230,7 +247,7 @@ def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *
         done = done | (shift <= threshold)
         if (it + 1) % check == 0 and bool(done.all()):
             break
-    return _sq_dist(z, centers).argmin(-1)
+    return _sq_dist(z, centers, z_sq).argmin(-1)
 
 
 # --------------------------------------------------------------------------- EM
@@ -238,23 +255,34 @@ def _blocks(n: int, rows: int):
     return [(s, min(s + rows, n)) for s in range(0, n, rows)]
 
 
+def _rows_per_block(n: int, width: int) -> int:
+    """Rows of one block whose (rows x width) slab is about ``_BLOCK_BYTES`` per model.
+    Depends on N and the width only, never on the batch size, so a model's
+    rounding does not depend on the batch it is in."""
+    return max(1, min(n, _BLOCK_BYTES // (8 * max(width, 1))))
+
+
 class _MomentRows:
-    """[1, z, z_a z_b for a <= b] per row (width 1 + d + d(d+1)/2), so that ``resp^T``
-    times them is every component's mass, first and second moment (upper
-    triangle) in one GEMM. Built once and kept when they fit ``_MOMENT_ROWS_BYTES``
-    per model (they do not change between EM iterations), else rebuilt per block.
+    r"""Per sample the row :math:`[1, z, z_a z_b\ (a \le b)]`, width 1 + d + d(d+1)/2.
+
+    Both EM steps are one GEMM against these rows: ``resp^T rows`` is every
+    component's mass, first moment and second moment (upper triangle); ``rows
+    theta^T`` is every component's Mahalanobis term (:func:`_quadratic_forms`).
+    They do not change between iterations, so they are built once and kept
+    while they fit ``_MOMENT_ROWS_BYTES`` per model, else rebuilt block by block.
     """
 
     def __init__(self, z: torch.Tensor):
         b, n, d = z.shape
         self.z, self.d = z, d
         self.width = 1 + d + d * (d + 1) // 2
-        self.full = self._build(z) if n * self.width * z.element_size() <= _MOMENT_ROWS_BYTES else None
-        self.rows = _rows_per_block(n, self.width)
+        kept = n * self.width * z.element_size() <= _MOMENT_ROWS_BYTES
+        self.full = self._build(z) if kept else None
+        self.rows = n if kept else _rows_per_block(n, self.width)
 
     def _build(self, zb: torch.Tensor) -> torch.Tensor:
-        # one slice product per dimension a: z_a * z_{a..d-1} (a gather of the
-        # d(d+1)/2 index pairs ran 4x slower on the CPU)
+        # one slice product per dimension a, z_a * z_{a..d-1}: a gather of the
+        # d(d+1)/2 index pairs ran 4x slower on the CPU
         out = torch.empty(zb.shape[:2] + (self.width,), dtype=zb.dtype, device=zb.device)
         out[..., 0] = 1.0
         out[..., 1:1 + self.d] = zb
@@ -264,21 +292,11 @@ class _MomentRows:
             at += self.d - a
         return out
 
-    def moments(self, resp: torch.Tensor) -> torch.Tensor:
-        """sum_i r_ik [1, z_i, z_i z_i^T] for responsibilities (B, N, K): (B, K, width)."""
-        if self.full is not None:
-            return resp.mT @ self.full
-        out = 0
+    def blocks(self):
+        """(start, end, rows of samples start..end-1) covering every sample."""
         for s, e in _blocks(self.z.shape[1], self.rows):
-            out = out + resp[:, s:e].mT @ self._build(self.z[:, s:e])
-        return out
-
-
-def _rows_per_block(n: int, width: int) -> int:
-    """Rows of one block whose (rows x width) working slab is about ``_BLOCK_BYTES``
-    per model. Depends on N and the width only, never on the batch size, so a
-    model's rounding does not depend on the batch it is in."""
-    return max(1, min(n, _BLOCK_BYTES // (8 * max(width, 1))))
+            yield s, e, (self.full[:, s:e] if self.full is not None
+                         else self._build(self.z[:, s:e]))
 
 
 def _params_from_moments(moments: torch.Tensor, n: int, d: int, pad_diag: torch.Tensor):
@@ -303,33 +321,46 @@ def _params_from_moments(moments: torch.Tensor, n: int, d: int, pad_diag: torch.
     return (nk / n, means, chol), (info != 0).any(-1)
 
 
-class _Whitener:
-    """log pi_k + log N(z | mu_k, Sigma_k) for blocks of rows, all components in one GEMM.
+def _quadratic_forms(params, log2pi_d: torch.Tensor):
+    r"""(theta (B, K, width), const (B, 1, K)): log pi_k + log N(z | mu_k, Sigma_k) of a
+    sample is ``const_k - 0.5 rows(z) . theta_k``.
 
-    With L_k the Cholesky factor of Sigma_k, the Mahalanobis term is
-    |L_k^{-1} (z - mu_k)|^2 = |z A_k - mu_k A_k|^2 with A_k = L_k^{-T}: every
-    component's whitened copy of a block is one (rows x d) @ (d x K d) product.
+    With the precision P = L^{-T} L^{-1}, (z - mu)^T P (z - mu) = mu^T P mu
+    - 2 (P mu)^T z + sum_{a<=b} c_ab z_a z_b, c_aa = P_aa, c_ab = P_ab + P_ba.
     """
+    weights, means, chol = params
+    d = chol.shape[-1]
+    eye = torch.eye(d, dtype=chol.dtype, device=chol.device).expand_as(chol)
+    inv = torch.linalg.solve_triangular(chol, eye, upper=False)          # L^{-1}
+    prec = inv.mT @ inv
+    sym = prec + prec.mT
+    upper = torch.triu_indices(d, d, device=chol.device)
+    quad = sym[..., upper[0], upper[1]]
+    quad[..., (upper[0] == upper[1]).nonzero()[:, 0]] *= 0.5              # c_aa = P_aa
+    lin = -(sym @ means[..., None])[..., 0]                               # -2 P mu
+    cst = (means * (prec @ means[..., None])[..., 0]).sum(-1, keepdim=True)
+    theta = torch.cat([cst, lin, quad], dim=-1)
+    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
+    const = torch.log(weights) - 0.5 * (logdet + log2pi_d[:, None])
+    return theta, const[:, None, :]
 
-    def __init__(self, params, log2pi_d: torch.Tensor):
-        weights, means, chol = params
-        b, k, d, _ = chol.shape
-        eye = torch.eye(d, dtype=chol.dtype, device=chol.device).expand_as(chol)
-        inv = torch.linalg.solve_triangular(chol, eye, upper=False)      # L^{-1} (B, K, d, d)
-        self.k, self.d = k, d
-        self.a = inv.permute(0, 3, 1, 2).reshape(b, d, k * d)             # [b, i, (k, j)] = L^{-1}_k[j, i]
-        self.shift = (inv @ means[..., None])[..., 0].reshape(b, 1, k * d)
-        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
-        self.const = (torch.log(weights) - 0.5 * (logdet + log2pi_d[:, None]))[:, None, :]
 
-    def log_joint(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, N, d) -> (B, N, K), block by block (a block's whitened copies are rows x K d)."""
-        b, n, _ = z.shape
-        out = []
-        for s, e in _blocks(n, _rows_per_block(n, self.k * self.d)):
-            w = torch.baddbmm(self.shift, z[:, s:e], self.a, beta=-1.0).square_()
-            out.append(self.const - 0.5 * w.view(b, e - s, self.k, self.d).sum(-1))
-        return torch.cat(out, dim=1)
+def _log_joint(rows_b: torch.Tensor, theta: torch.Tensor, const: torch.Tensor) -> torch.Tensor:
+    """(B, n, width) moment rows -> log pi_k + log N(z_i | mu_k, Sigma_k), (B, n, K)."""
+    return const - 0.5 * _matmul(rows_b, theta.mT)
+
+
+def _em_sweep(rows: _MomentRows, params, log2pi_d: torch.Tensor):
+    """An E step and the next M step's sums in one sweep over the samples:
+    (moments (B, K, width), mean log-likelihood (B,))."""
+    theta, const = _quadratic_forms(params, log2pi_d)
+    moments, loglik = 0, 0
+    for _, _, rb in rows.blocks():
+        lj = _log_joint(rb, theta, const)
+        norm = torch.logsumexp(lj, dim=-1)                                 # (B, n)
+        moments = moments + _matmul(torch.exp(lj - norm[..., None]).mT, rb)
+        loglik = loglik + norm.sum(-1)
+    return moments, loglik / rows.z.shape[1]
 
 
 def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: int = 0,
@@ -339,27 +370,25 @@ def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: in
     dev, dt = z.device, z.dtype
     if u is None:
         u = _uniforms(k, seed)
-    labels = kmeans_batched(z, dims, k, u)
+    onehot = _onehot(kmeans_batched(z, dims, k, u), k, dt)
     rows = _MomentRows(z)
     real = torch.arange(d, device=dev)[None, :] < dims[:, None]
     pad_diag = torch.where(real, torch.tensor(_REG_COVAR, dtype=dt, device=dev),
                            torch.tensor(1.0, dtype=dt, device=dev))[:, None, :]
     log2pi_d = dims.to(dt) * math.log(2 * math.pi)
 
-    params, failed = _params_from_moments(rows.moments(_onehot(labels, k, dt)), n, d, pad_diag)
+    moments = sum(_matmul(onehot[:, s:e].mT, rb) for s, e, rb in rows.blocks())
+    params, failed = _params_from_moments(moments, n, d, pad_diag)
     lower = torch.full((b,), -math.inf, dtype=dt, device=dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     check = _check_every(dev)
     for it in range(_EM_MAX_ITER):
-        lj = _Whitener(params, log2pi_d).log_joint(z)
-        norm = torch.logsumexp(lj, dim=-1)                                 # (B, N)
-        resp = torch.exp(lj - norm[..., None])
-        new, bad = _params_from_moments(rows.moments(resp), n, d, pad_diag)
+        moments, new_lower = _em_sweep(rows, params, log2pi_d)
+        new, bad = _params_from_moments(moments, n, d, pad_diag)
         keep = done
         params = tuple(torch.where(keep.view(-1, *([1] * (o.dim() - 1))), o, nw)
                        for o, nw in zip(params, new))
         failed = failed | (bad & ~keep)
-        new_lower = norm.mean(-1)
         converged = (new_lower - lower).abs() < _EM_TOL
         lower = torch.where(keep, lower, new_lower)
         done = done | converged
@@ -369,7 +398,8 @@ def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: in
         bad_models = torch.nonzero(failed).flatten().tolist()
         raise ValueError(f"NLEEP mixture of model(s) {bad_models}: a component covariance is "
                          "not positive definite even with reg_covar=1e-6")
-    lj = _Whitener(params, log2pi_d).log_joint(z)  # final E step with the final parameters
+    theta, const = _quadratic_forms(params, log2pi_d)  # final E step with the final parameters
+    lj = torch.cat([_log_joint(rb, theta, const) for _, _, rb in rows.blocks()], dim=1)
     return torch.exp(lj - torch.logsumexp(lj, dim=-1, keepdim=True))
 
 
