@@ -104,13 +104,16 @@ def te_gpu_stages(x: torch.Tensor, codes: torch.Tensor, c: int, k: int) -> dict:
     out = {"pca": since(t0), "d_kept": int(dims[0])}
     m_step = "_params_from_moments" if hasattr(engine, "_params_from_moments") else "_m_step"
     t0 = clock()
-    with Counting("kmeans_batched") as km, Counting(m_step) as ms, Counting("_sq_dist") as sq:
+    fallback = "_m_step_centred" if hasattr(engine, "_m_step_centred") else m_step
+    with Counting("kmeans_batched") as km, Counting(m_step) as ms, Counting("_sq_dist") as sq, \
+            Counting(fallback) as fb:
         q = engine.gmm_posteriors_batched(z, dims, k, seed=0)
     gmm = since(t0)
     out["kmeans"] = {"wall_s": round(km.wall, 4), "cpu_s": round(km.cpu, 4)}
     out["em"] = {"wall_s": round(gmm["wall_s"] - km.wall, 4),
                  "cpu_s": round(gmm["cpu_s"] - km.cpu, 4)}
-    out["em_iterations"] = ms.calls - 1   # M steps after the initial one
+    out["em_iterations"] = max(ms.calls, fb.calls) - 1   # M steps after the initial one
+    out["centred_fallback_m_steps"] = fb.calls if fallback != m_step else None
     out["lloyd_iterations"] = sq.calls - (k - 1) - 2   # seeding: 1 + (k-1) distance calls, +1 final
     t0 = clock()
     out["score"] = float(engine.nleep_from_posteriors_batched(q, codes, c)[0])

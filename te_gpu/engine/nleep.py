@@ -19,22 +19,36 @@ set of class codes:
 3. Lloyd iterations (at most 300) with a per-model convergence mask: a model
    whose centres moved less than its threshold stops changing.
 4. EM for a full-covariance Gaussian mixture of ``K = r C`` components,
-   Cholesky factors batched over (B, K), ``reg_covar`` 1e-6, tolerance 1e-3
-   on the mean log-likelihood, at most 100 iterations, per-model convergence,
-   then a final E step.
+   ``reg_covar`` 1e-6, tolerance 1e-3 on the mean log-likelihood, at most 100
+   iterations, per-model convergence, then a final E step. Both steps are one
+   GEMM against each sample's moment row :math:`[1, z, z_a z_b\ (a \le b)]`
+   (width :math:`w = 1 + d + d(d+1)/2`, built once per model): the M step's
+   ``resp^T rows`` gives every component's mass, mean and scatter (the scatter
+   about the mean from the raw second moment), the E step's ``rows theta^T``
+   every component's Mahalanobis term (``theta`` holds the packed precision
+   matrix, the linear and the constant coefficients). That is the floor's
+   arithmetic, 2 K N d(d+1) flops per iteration, with no (B, K, N, d) tensor
+   (bench/RESULTS.md, "NLEEP near its floor"). The raw moments cancel where
+   a component sits far from the origin compared with its spread; in float64
+   that moved the scores of the tests' zoos and of a real 13-model zoo by at
+   most 7e-14 relative.
 5. NLEEP from the posteriors, :func:`nleep_from_posteriors_batched`.
 
 Nothing loops over models, classes or mixture components in Python; the loops
-are over centres (k-means++ is sequential), Lloyd and EM iterations. The host
-is asked whether every model has converged only every few iterations.
+are over centres (k-means++ is sequential), Lloyd and EM iterations, row blocks
+and (building the moment rows) the d kept dimensions. Off the CPU the host is
+asked whether every model has converged only every few iterations; on the CPU
+every iteration, and the catalogue head scores one model at a time there (no
+padding, no frozen models computed).
 
-Memory. With :math:`d=k_{max}` and K components, one EM iteration holds about
-``2 * B * K * N * d`` working values (centred samples per component and their
-whitened copies, in the M and the E step) plus ``B * K * d * d`` for the
-covariances and factors; k-means needs ``B * N * K``; the PCA needs
-``B * N * D`` plus ``B * min(N, D)**2`` for the Gram matrix. In bytes, multiply
-by 8 (float64) or 4 (float32). Pass ``models_per_chunk`` to bound it: models
-are independent, so chunking changes nothing but the peak memory.
+Memory. With :math:`d=k_{max}` and K components, the EM holds the moment rows
+``B * N * w`` (kept while one model's fit 512 MiB, else built per block of
+rows), ``4 * B * N * K`` for log densities and posteriors and about
+``6 * B * K * d * d`` for covariances, factors and precisions; k-means needs
+``B * N * K``; the PCA needs ``B * N * D`` plus ``B * min(N, D)**2`` for the
+Gram matrix (:func:`nleep_memory_bytes`). In bytes, multiply by 8 (float64) or
+4 (float32). Pass ``models_per_chunk`` to bound it: models are independent, so
+chunking changes nothing but the peak memory.
 
 Determinism: no atomics (``index_add_``/``scatter_add_``) anywhere; class and
 cluster sums are one-hot matmuls, centre picks are ``gather``, and the k-means++
@@ -67,6 +81,7 @@ _KMEANS_MAX_ITER = 300
 _KMEANS_TOL = 1e-4
 _FRACTION = 0.8
 _BLOCK_BYTES = 1 << 22  # per model: a block of the EM's (rows x width) slabs
+_RAW_MOMENT_LIMIT = 1e6  # see _cancels
 _MOMENT_ROWS_BYTES = 1 << 29  # per model: the EM's moment rows are kept up to this size
 _CHECK_EVERY = 4  # iterations between host checks of "has every model converged?" off the CPU
 
@@ -90,7 +105,9 @@ def nleep_memory_bytes(b: int, n: int, d_in: int, k: int, d_kept: int,
     m = min(n, d_in)
     pca = b * (n * d_in + 2 * m * m + n * m)
     km = b * (3 * n * k + 2 * k * d_kept)
-    em = b * (2 * k * n * d_kept + 3 * k * d_kept * d_kept + 4 * n * k)
+    width = 1 + d_kept + d_kept * (d_kept + 1) // 2
+    rows = n if n * width * item <= _MOMENT_ROWS_BYTES else _rows_per_block(n, width)
+    em = b * (rows * width + 4 * n * k + 6 * k * d_kept * d_kept + 2 * k * width)
     return item * max(pca, km + em)
 
 
@@ -363,6 +380,38 @@ def _em_sweep(rows: _MomentRows, params, log2pi_d: torch.Tensor):
     return moments, loglik / rows.z.shape[1]
 
 
+def _cancels(params) -> torch.Tensor:
+    """(B,) bool: a component's mean is so far from the origin, compared with its
+    spread, that raw moments would lose digits (max_k,a mu_ka^2 / Sigma_k,aa over
+    ``_RAW_MOMENT_LIMIT``: the rounding of S2/nk - mu mu^T relative to Sigma is
+    about eps times that ratio). Real CNN features stay below 1e3."""
+    _, means, chol = params
+    var = (chol * chol).sum(-1)                                           # diag(L L^T) (B, K, d)
+    return (means * means / var).amax((1, 2)) > _RAW_MOMENT_LIMIT
+
+
+def _m_step_centred(z: torch.Tensor, resp: torch.Tensor, pad_diag: torch.Tensor):
+    """:func:`_params_from_moments` from the scatter about each mean, as the reference
+    (holds B K N d values: the fallback where :func:`_cancels`)."""
+    n = z.shape[1]
+    nk = resp.sum(1) + 10 * torch.finfo(z.dtype).eps                     # (B, K)
+    means = (resp.mT @ z) / nk[..., None]                                 # (B, K, d)
+    diff = z[:, None, :, :] - means[:, :, None, :]                         # (B, K, N, d)
+    cov = (resp.mT[..., None] * diff).mT @ diff / nk[..., None, None]     # (B, K, d, d)
+    chol, info = torch.linalg.cholesky_ex(cov + torch.diag_embed(pad_diag))
+    return (nk / n, means, chol), (info != 0).any(-1)
+
+
+def _log_joint_centred(z: torch.Tensor, params, log2pi_d: torch.Tensor) -> torch.Tensor:
+    """:func:`_log_joint` from each sample's whitened difference to each mean (B, N, K)."""
+    weights, means, chol = params
+    diff = z[:, None, :, :] - means[:, :, None, :]                         # (B, K, N, d)
+    w = torch.linalg.solve_triangular(chol, diff.mT, upper=False)        # (B, K, d, N)
+    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
+    out = -0.5 * ((w * w).sum(-2) + logdet[..., None] + log2pi_d[:, None, None])
+    return out.mT + torch.log(weights)[:, None, :]
+
+
 def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: int = 0,
                            *, u: np.ndarray | None = None) -> torch.Tensor:
     """Posteriors Q (B, N, K) of a seeded full-covariance Gaussian mixture per model."""
@@ -377,14 +426,23 @@ def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: in
                            torch.tensor(1.0, dtype=dt, device=dev))[:, None, :]
     log2pi_d = dims.to(dt) * math.log(2 * math.pi)
 
-    moments = sum(_matmul(onehot[:, s:e].mT, rb) for s, e, rb in rows.blocks())
-    params, failed = _params_from_moments(moments, n, d, pad_diag)
+    params, failed = _params_from_moments(
+        sum(_matmul(onehot[:, s:e].mT, rb) for s, e, rb in rows.blocks()), n, d, pad_diag)
+    exact = bool(_cancels(params).any())   # from here on the whole batch takes the centred path
+    if exact:
+        params, failed = _m_step_centred(z, onehot, pad_diag)
     lower = torch.full((b,), -math.inf, dtype=dt, device=dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     check = _check_every(dev)
     for it in range(_EM_MAX_ITER):
-        moments, new_lower = _em_sweep(rows, params, log2pi_d)
-        new, bad = _params_from_moments(moments, n, d, pad_diag)
+        if exact:
+            lj = _log_joint_centred(z, params, log2pi_d)
+            norm = torch.logsumexp(lj, dim=-1)                             # (B, N)
+            new, bad = _m_step_centred(z, torch.exp(lj - norm[..., None]), pad_diag)
+            new_lower = norm.mean(-1)
+        else:
+            moments, new_lower = _em_sweep(rows, params, log2pi_d)
+            new, bad = _params_from_moments(moments, n, d, pad_diag)
         keep = done
         params = tuple(torch.where(keep.view(-1, *([1] * (o.dim() - 1))), o, nw)
                        for o, nw in zip(params, new))
@@ -394,12 +452,18 @@ def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: in
         done = done | converged
         if (it + 1) % check == 0 and bool(done.all()):
             break
+        if not exact and bool(_cancels(params).any()):
+            exact = True  # the next E step and the M steps after it
     if bool(failed.any()):
         bad_models = torch.nonzero(failed).flatten().tolist()
         raise ValueError(f"NLEEP mixture of model(s) {bad_models}: a component covariance is "
                          "not positive definite even with reg_covar=1e-6")
-    theta, const = _quadratic_forms(params, log2pi_d)  # final E step with the final parameters
-    lj = torch.cat([_log_joint(rb, theta, const) for _, _, rb in rows.blocks()], dim=1)
+    # final E step with the final parameters
+    if exact:
+        lj = _log_joint_centred(z, params, log2pi_d)
+    else:
+        theta, const = _quadratic_forms(params, log2pi_d)
+        lj = torch.cat([_log_joint(rb, theta, const) for _, _, rb in rows.blocks()], dim=1)
     return torch.exp(lj - torch.logsumexp(lj, dim=-1, keepdim=True))
 
 
