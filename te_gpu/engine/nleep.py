@@ -82,6 +82,7 @@ _KMEANS_TOL = 1e-4
 _FRACTION = 0.8
 _BLOCK_BYTES = 1 << 22  # per model: a block of the EM's (rows x width) slabs
 _RAW_MOMENT_LIMIT = 1e6  # see _cancels
+_EXP_FLOOR = -708.0  # exp(-708) = 3.3e-308, the smallest normal double's neighbourhood
 _MOMENT_ROWS_BYTES = 1 << 29  # per model: the EM's moment rows are kept up to this size
 _CHECK_EVERY = 4  # iterations between host checks of "has every model converged?" off the CPU
 
@@ -374,9 +375,13 @@ def _em_sweep(rows: _MomentRows, params, log2pi_d: torch.Tensor):
     moments, loglik = 0, 0
     for _, _, rb in rows.blocks():
         lj = _log_joint(rb, theta, const)
-        norm = torch.logsumexp(lj, dim=-1)                                 # (B, n)
-        moments = moments + _matmul(torch.exp(lj - norm[..., None]).mT, rb)
-        loglik = loglik + norm.sum(-1)
+        top = lj.amax(-1, keepdim=True)
+        # exp(t) for t < -708 is subnormal or 0, and ran 5-20x slower on the CPU;
+        # responsibilities under 3e-308 change no sum, so they are floored there
+        e = torch.exp((lj - top).clamp_min_(_EXP_FLOOR))
+        total = e.sum(-1, keepdim=True)
+        moments = moments + _matmul((e / total).mT, rb)
+        loglik = loglik + (top + torch.log(total)).sum((-2, -1))
     return moments, loglik / rows.z.shape[1]
 
 
