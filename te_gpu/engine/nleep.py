@@ -173,8 +173,9 @@ def _sq_dist(x: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor) -> torch.Tens
 
     ``x_sq`` (B, N, 1) is ``(x * x).sum(-1)``, computed once by the caller (k-means
     asks for distances to the same samples about 100 times)."""
-    d = x_sq - 2.0 * _matmul(x, c.mT) + (c * c).sum(-1)[:, None, :]
-    return d.clamp_min(0.0)
+    # in place, in the reference's order: (x_sq - 2 x.c) + c_sq, each step rounded as there
+    d = _matmul(x, c.mT).mul_(-2.0).add_(x_sq).add_((c * c).sum(-1)[:, None, :])
+    return d.clamp_min_(0.0)
 
 
 def _onehot(labels: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
