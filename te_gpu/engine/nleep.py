@@ -28,10 +28,12 @@ set of class codes:
    every component's Mahalanobis term (``theta`` holds the packed precision
    matrix, the linear and the constant coefficients). That is the floor's
    arithmetic, 2 K N d(d+1) flops per iteration, with no (B, K, N, d) tensor
-   (bench/RESULTS.md, "NLEEP near its floor"). The raw moments cancel where
-   a component sits far from the origin compared with its spread; in float64
-   that moved the scores of the tests' zoos and of a real 13-model zoo by at
-   most 7e-14 relative.
+   (bench/RESULTS.md, "NLEEP near its floor"). Raw moments cancel where a
+   component sits far from the origin compared with its spread (about eps
+   (|mu|/sigma)^2 relative); past |mu|/sigma = 1e3 on some axis
+   (:func:`_cancels`) the EM takes the reference's centred formulation instead.
+   Below it, in float64, the scores of the tests' zoos moved by at most 5e-15
+   and those of a real 13-model zoo by at most 2e-14 relative.
 5. NLEEP from the posteriors, :func:`nleep_from_posteriors_batched`.
 
 Nothing loops over models, classes or mixture components in Python; the loops
@@ -39,7 +41,9 @@ are over centres (k-means++ is sequential), Lloyd and EM iterations, row blocks
 and (building the moment rows) the d kept dimensions. Off the CPU the host is
 asked whether every model has converged only every few iterations; on the CPU
 every iteration, and the catalogue head scores one model at a time there (no
-padding, no frozen models computed).
+padding, no frozen models computed). Whether raw moments would cancel
+(:func:`_cancels`, then the batch switches to the reference's centred EM) is
+asked after every iteration on every device, until it answers yes.
 
 Memory. With :math:`d=k_{max}` and K components, the EM holds the moment rows
 ``B * N * w`` (kept while one model's fit 512 MiB, else built per block of
@@ -145,7 +149,8 @@ def pca_keep_variance_batched(x: torch.Tensor, fraction: float = _FRACTION):
     ``k = searchsorted(cumsum(ratio), fraction, 'right') + 1``, capped at min(N, D).
 
     The decomposition is the eigen-decomposition of the smaller Gram matrix
-    (D x D, or N x N when N < D). Scores are defined up to the sign of each
+    (D x D, or N x N when N < D): its top max(64, side/8) eigenpairs first, all
+    of them only when those hold less than ``fraction`` of the trace. Scores are defined up to the sign of each
     component (and a rotation inside repeated eigenvalues); every later step
     (distances, full-covariance Gaussians with an isotropic ``reg_covar``) is
     invariant to an orthogonal change of basis of the kept subspace.
