@@ -240,3 +240,41 @@ def test_cuda_equals_reference_and_is_deterministic():
         assert torch.equal(got, engine_scores(x, y, c, r, seed, device="cuda"))
         fast = engine_scores(x, y, c, r, seed, dtype=torch.float32, device="cuda")
         assert max_rel(fast.double().cpu().numpy(), ref) < FAST_RTOL
+
+
+def test_moment_rows_built_block_by_block_equal_reference(monkeypatch):
+    # Rows too large to keep are rebuilt per block of samples (here ~16 rows).
+    monkeypatch.setattr(engine_nleep, "_MOMENT_ROWS_BYTES", 0)
+    monkeypatch.setattr(engine_nleep, "_BLOCK_BYTES", 20_000)
+    x, y, c, r, seed, ref = case("ragged_dims")
+    assert max_rel(engine_scores(x, y, c, r, seed).numpy(), ref) < EXACT_RTOL
+
+
+def far_clusters(spread, seed=21):
+    """Two models; three groups of samples about 1e3 apart, each holding all three
+    classes, the classes offset by 1.5 spread inside a group: components of spread
+    about ``spread`` far from the origin."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), 60)
+    rng.shuffle(y)
+    group = np.arange(180) % 3
+    centres = rng.normal(scale=1e3, size=(3, 6))
+    shift = 1.5 * (y[:, None] == np.arange(6) % 3)
+    x = np.stack([centres[group] + spread * (rng.normal(size=(180, 6)) + shift) for _ in range(2)])
+    return x, y
+
+
+@pytest.mark.parametrize("spread", [30.0, 1e-2])
+def test_tight_components_far_from_the_origin_equal_reference(spread, monkeypatch):
+    # Raw moments (S2/nk - mu mu^T) lose about eps (|mu| / sigma)^2 relative: measured
+    # 1.4e-8 at spread 0.1 and 1e-6 at 0.01 here. Past _RAW_MOMENT_LIMIT the EM takes
+    # the centred path (spread 0.01: 4e-12 from the reference); spread 30 stays on the
+    # fast path (ratio about 1e3, as real CNN features).
+    calls = []
+    centred = engine_nleep._m_step_centred
+    monkeypatch.setattr(engine_nleep, "_m_step_centred",
+                        lambda *a: calls.append(1) or centred(*a))
+    x, y = far_clusters(spread)
+    ref = reference_scores(x, y, 2, 3)
+    assert max_rel(engine_scores(x, y, 3, 2, 3).numpy(), ref) < EXACT_RTOL
+    assert bool(calls) == (spread < 1)

@@ -19,22 +19,40 @@ set of class codes:
 3. Lloyd iterations (at most 300) with a per-model convergence mask: a model
    whose centres moved less than its threshold stops changing.
 4. EM for a full-covariance Gaussian mixture of ``K = r C`` components,
-   Cholesky factors batched over (B, K), ``reg_covar`` 1e-6, tolerance 1e-3
-   on the mean log-likelihood, at most 100 iterations, per-model convergence,
-   then a final E step.
+   ``reg_covar`` 1e-6, tolerance 1e-3 on the mean log-likelihood, at most 100
+   iterations, per-model convergence, then a final E step. Both steps are one
+   GEMM against each sample's moment row :math:`[1, z, z_a z_b\ (a \le b)]`
+   (width :math:`w = 1 + d + d(d+1)/2`, built once per model): the M step's
+   ``resp^T rows`` gives every component's mass, mean and scatter (the scatter
+   about the mean from the raw second moment), the E step's ``rows theta^T``
+   every component's Mahalanobis term (``theta`` holds the packed precision
+   matrix, the linear and the constant coefficients). That is the floor's
+   arithmetic, 2 K N d(d+1) flops per iteration, with no (B, K, N, d) tensor
+   (bench/RESULTS.md, "NLEEP near its floor"). Raw moments cancel where a
+   component sits far from the origin compared with its spread (about eps
+   (|mu|/sigma)^2 relative); past |mu|/sigma = 1e3 on some axis
+   (:func:`_cancels`) the EM takes the reference's centred formulation instead.
+   Below it, in float64, the scores of the tests' zoos moved by at most 5e-15
+   and those of a real 13-model zoo by at most 2e-14 relative.
 5. NLEEP from the posteriors, :func:`nleep_from_posteriors_batched`.
 
 Nothing loops over models, classes or mixture components in Python; the loops
-are over centres (k-means++ is sequential), Lloyd and EM iterations. The host
-is asked whether every model has converged only every few iterations.
+are over centres (k-means++ is sequential), Lloyd and EM iterations, row blocks
+and (building the moment rows) the d kept dimensions. Off the CPU the host is
+asked whether every model has converged only every few iterations; on the CPU
+every iteration, and the catalogue head scores one model at a time there (no
+padding, no frozen models computed). Whether raw moments would cancel
+(:func:`_cancels`, then the batch switches to the reference's centred EM) is
+asked after every iteration on every device, until it answers yes.
 
-Memory. With :math:`d=k_{max}` and K components, one EM iteration holds about
-``2 * B * K * N * d`` working values (centred samples per component and their
-whitened copies, in the M and the E step) plus ``B * K * d * d`` for the
-covariances and factors; k-means needs ``B * N * K``; the PCA needs
-``B * N * D`` plus ``B * min(N, D)**2`` for the Gram matrix. In bytes, multiply
-by 8 (float64) or 4 (float32). Pass ``models_per_chunk`` to bound it: models
-are independent, so chunking changes nothing but the peak memory.
+Memory. With :math:`d=k_{max}` and K components, the EM holds the moment rows
+``B * N * w`` (kept while one model's fit 512 MiB, else built per block of
+rows), ``4 * B * N * K`` for log densities and posteriors and about
+``6 * B * K * d * d`` for covariances, factors and precisions; k-means needs
+``B * N * K``; the PCA needs ``B * N * D`` plus ``B * min(N, D)**2`` for the
+Gram matrix (:func:`nleep_memory_bytes`). In bytes, multiply by 8 (float64) or
+4 (float32). Pass ``models_per_chunk`` to bound it: models are independent, so
+chunking changes nothing but the peak memory.
 
 Determinism: no atomics (``index_add_``/``scatter_add_``) anywhere; class and
 cluster sums are one-hot matmuls, centre picks are ``gather``, and the k-means++
@@ -66,7 +84,18 @@ _EM_MAX_ITER = 100
 _KMEANS_MAX_ITER = 300
 _KMEANS_TOL = 1e-4
 _FRACTION = 0.8
-_CHECK_EVERY = 4  # iterations between host checks of "has every model converged?"
+_BLOCK_BYTES = 1 << 22  # per model: a block of the EM's (rows x width) slabs
+_RAW_MOMENT_LIMIT = 1e6  # see _cancels
+_EXP_FLOOR = -708.0  # exp(-708) = 3.3e-308, the smallest normal double's neighbourhood
+_MOMENT_ROWS_BYTES = 1 << 29  # per model: the EM's moment rows are kept up to this size
+_CHECK_EVERY = 4  # iterations between host checks of "has every model converged?" off the CPU
+
+
+def _check_every(device: torch.device) -> int:
+    """Iterations between checks of "has every model converged?". A check is a host
+    sync, which costs nothing on the CPU, where iterating past convergence costs
+    up to 3 wasted iterations (frozen models are still computed)."""
+    return 1 if device.type == "cpu" else _CHECK_EVERY
 
 
 def nleep_memory_bytes(b: int, n: int, d_in: int, k: int, d_kept: int,
@@ -81,11 +110,36 @@ def nleep_memory_bytes(b: int, n: int, d_in: int, k: int, d_kept: int,
     m = min(n, d_in)
     pca = b * (n * d_in + 2 * m * m + n * m)
     km = b * (3 * n * k + 2 * k * d_kept)
-    em = b * (2 * k * n * d_kept + 3 * k * d_kept * d_kept + 4 * n * k)
+    width = 1 + d_kept + d_kept * (d_kept + 1) // 2
+    rows = n if n * width * item <= _MOMENT_ROWS_BYTES else _rows_per_block(n, width)
+    em = b * (rows * width + 4 * n * k + 6 * k * d_kept * d_kept + 2 * k * width)
     return item * max(pca, km + em)
 
 
 # --------------------------------------------------------------------------- PCA
+def _top_guess(side: int) -> int:
+    """How many top eigenpairs to ask for first: on the CPU LAPACK computes only those
+    (``syevr``), about half the time of all of them at D = 1280."""
+    return min(side, max(64, side // 8))
+
+
+def _kept_dims(gram: torch.Tensor, total: torch.Tensor, fraction: float, top: int):
+    """(dims (B,), evals (B, top) descending >= 0, evecs (B, side, top)) from the ``top``
+    largest eigenpairs, or (None, None, None) when they hold ``fraction`` of the
+    variance for not every model (the rule needs a cumulative ratio above it)."""
+    side = gram.shape[-1]
+    evals, evecs = linalg.eigh(gram) if top >= side else linalg.eigh_top(gram, top)
+    evals = evals.flip(-1).clamp_min(0.0)                   # descending
+    evecs = evecs.flip(-1)
+    ratio = evals / torch.where(total > 0, total, torch.ones_like(total))[:, None]
+    cum = _cdf(ratio)                                      # float64, deterministic on CUDA
+    if top < side and not bool((cum[:, -1] > fraction).all()):
+        return None, None, None
+    target = torch.full((cum.shape[0], 1), fraction, dtype=cum.dtype, device=cum.device)
+    dims = torch.searchsorted(cum, target, right=True)[:, 0] + 1
+    return dims.clamp_max(side), evals, evecs
+
+
 def pca_keep_variance_batched(x: torch.Tensor, fraction: float = _FRACTION):
     """Per-model PCA scores on the fewest components reaching ``fraction`` of the variance.
 
@@ -95,7 +149,8 @@ def pca_keep_variance_batched(x: torch.Tensor, fraction: float = _FRACTION):
     ``k = searchsorted(cumsum(ratio), fraction, 'right') + 1``, capped at min(N, D).
 
     The decomposition is the eigen-decomposition of the smaller Gram matrix
-    (D x D, or N x N when N < D). Scores are defined up to the sign of each
+    (D x D, or N x N when N < D): its top max(64, side/8) eigenpairs first, all
+    of them only when those hold less than ``fraction`` of the trace. Scores are defined up to the sign of each
     component (and a rotation inside repeated eigenvalues); every later step
     (distances, full-covariance Gaussians with an isotropic ``reg_covar``) is
     invariant to an orthogonal change of basis of the kept subspace.
@@ -103,15 +158,12 @@ def pca_keep_variance_batched(x: torch.Tensor, fraction: float = _FRACTION):
     b, n, dim = x.shape
     a = x - x.mean(dim=1, keepdim=True)
     samples_side = n < dim
-    evals, evecs = linalg.eigh(linalg.gram(a, samples=samples_side))   # ascending
-    evals = evals.flip(-1).clamp_min(0.0)
-    evecs = evecs.flip(-1)
-    total = evals.sum(-1)                                  # = sum of squared singular values
-    ratio = evals / torch.where(total > 0, total, torch.ones_like(total))[:, None]
-    cum = _cdf(ratio)                                      # float64, deterministic on CUDA
-    target = torch.full((b, 1), fraction, dtype=cum.dtype, device=cum.device)
-    dims = torch.searchsorted(cum, target, right=True)[:, 0] + 1
-    dims = dims.clamp_max(evals.shape[-1])
+    gram = linalg.gram(a, samples=samples_side)
+    side = gram.shape[-1]
+    total = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)  # = the sum of all eigenvalues
+    dims, evals, evecs = _kept_dims(gram, total, fraction, _top_guess(side))
+    if dims is None:  # some model needs more than the guessed top eigenpairs
+        dims, evals, evecs = _kept_dims(gram, total, fraction, side)
     stats = torch.stack([(total <= 0).any().to(dims.dtype), dims.max()]).tolist()  # one sync
     if stats[0]:
         bad = torch.nonzero(total <= 0).flatten().tolist()
@@ -128,15 +180,35 @@ def pca_keep_variance_batched(x: torch.Tensor, fraction: float = _FRACTION):
 
 
 # ----------------------------------------------------------------------- k-means
-def _sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """(B, N, d), (B, M, d) -> (B, N, M) squared distances, floored at 0 (as the reference)."""
-    d = (x * x).sum(-1)[:, :, None] - 2.0 * (x @ c.mT) + (c * c).sum(-1)[:, None, :]
-    return d.clamp_min(0.0)
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for (B, n, k) @ (B, k, r). On the CPU per model through numpy's BLAS,
+    which ran k-means' and the EM's products about 1.5-2x faster than torch's ``bmm`` on
+    this project's test CPU (bench/RESULTS.md, "NLEEP near its floor")."""
+    if a.device.type != "cpu":
+        return a @ b
+    an, bn = a.numpy(), b.numpy()
+    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=an.dtype)
+    for i in range(a.shape[0]):
+        np.matmul(an[i], bn[i], out=out[i])
+    return torch.from_numpy(out)
+
+
+def _sq_dist(x: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor) -> torch.Tensor:
+    """(B, N, d), (B, M, d) -> (B, N, M) squared distances, floored at 0 (as the reference).
+
+    ``x_sq`` (B, N, 1) is ``(x * x).sum(-1)``, computed once by the caller (k-means
+    asks for distances to the same samples about 100 times)."""
+    # in place, in the reference's order: (x_sq - 2 x.c) + c_sq, each step rounded as there
+    d = _matmul(x, c.mT).mul_(-2.0).add_(x_sq).add_((c * c).sum(-1)[:, None, :])
+    return d.clamp_min_(0.0)
 
 
 def _onehot(labels: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
-    """(..., N) int64 -> (..., N, k) one-hot in ``dtype`` (a comparison, no scatter)."""
-    return (labels[..., None] == torch.arange(k, device=labels.device)).to(dtype)
+    """(..., N) int64 -> (..., N, k) one-hot in ``dtype``: one write per row (``scatter_``
+    without accumulation, so no atomics; a comparison with ``arange(k)`` and a cast
+    took about 2 ms of each of Lloyd's iterations at N x K = 6000 x 50 on the CPU)."""
+    out = torch.zeros(labels.shape + (k,), dtype=dtype, device=labels.device)
+    return out.scatter_(-1, labels[..., None], 1.0)
 
 
 def _n_local_trials(k: int) -> int:
@@ -188,7 +260,8 @@ def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *
     u_dev = torch.as_tensor(u, dtype=torch.float64, device=dev)
     centers = torch.empty((b, k, d), dtype=dt, device=dev)
     centers[:, 0] = z[:, min(int(u[0] * n), n - 1)]
-    closest = _sq_dist(z, centers[:, :1])[..., 0]                       # (B, N)
+    z_sq = (z * z).sum(-1)[:, :, None]
+    closest = _sq_dist(z, centers[:, :1], z_sq)[..., 0]                 # (B, N)
     trials = _n_local_trials(k)
     for j in range(1, k):
         lo, hi = 1 + (j - 1) * trials, 1 + j * trials
@@ -199,7 +272,7 @@ def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *
         fallback = torch.as_tensor(np.minimum((u[lo:hi] * n).astype(np.int64), n - 1), device=dev)
         idx = torch.where(total > 0, idx, fallback[None, :])            # (B, L) candidates
         cand = torch.gather(z, 1, idx[:, :, None].expand(b, trials, d))  # (B, L, d)
-        dist = _sq_dist(z, cand)                                         # (B, N, L)
+        dist = _sq_dist(z, cand, z_sq)                                   # (B, N, L)
         best = torch.minimum(closest[..., None], dist).sum(1).argmin(-1)  # (B,)
         centers[:, j] = torch.gather(cand, 1, best[:, None, None].expand(b, 1, d))[:, 0]
         closest = torch.minimum(closest, torch.gather(dist, 2, best[:, None, None].expand(b, n, 1))[..., 0])
@@ -208,46 +281,168 @@ def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *
     var = z.var(dim=1, correction=0)
     threshold = (var * real).sum(-1) / dims.to(dt) * tol                   # (B,)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
+    check = _check_every(dev)
     for it in range(max_iter):
-        labels = _sq_dist(z, centers).argmin(-1)                           # (B, N)
+        labels = _sq_dist(z, centers, z_sq).argmin(-1)                     # (B, N)
         onehot = _onehot(labels, k, dt)                                    # (B, N, K)
         counts = onehot.sum(1)                                             # (B, K)
-        sums = onehot.mT @ z                                               # (B, K, d)
+        sums = _matmul(onehot.mT, z)                                       # (B, K, d)
         new = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1.0)[..., None],
                           centers)
         shift = ((new - centers) ** 2).sum((1, 2))
         centers = torch.where(done[:, None, None], centers, new)
         done = done | (shift <= threshold)
-        if (it + 1) % _CHECK_EVERY == 0 and bool(done.all()):
+        if (it + 1) % check == 0 and bool(done.all()):
             break
-    return _sq_dist(z, centers).argmin(-1)
+    return _sq_dist(z, centers, z_sq).argmin(-1)
 
 
 # --------------------------------------------------------------------------- EM
-def _m_step(z: torch.Tensor, resp: torch.Tensor, pad_diag: torch.Tensor):
+def _blocks(n: int, rows: int):
+    return [(s, min(s + rows, n)) for s in range(0, n, rows)]
+
+
+def _rows_per_block(n: int, width: int) -> int:
+    """Rows of one block whose (rows x width) slab is about ``_BLOCK_BYTES`` per model.
+    Depends on N and the width only, never on the batch size, so a model's
+    rounding does not depend on the batch it is in."""
+    return max(1, min(n, _BLOCK_BYTES // (8 * max(width, 1))))
+
+
+class _MomentRows:
+    r"""Per sample the row :math:`[1, z, z_a z_b\ (a \le b)]`, width 1 + d + d(d+1)/2.
+
+    Both EM steps are one GEMM against these rows: ``resp^T rows`` is every
+    component's mass, first moment and second moment (upper triangle); ``rows
+    theta^T`` is every component's Mahalanobis term (:func:`_quadratic_forms`).
+    They do not change between iterations, so they are built once and kept
+    while they fit ``_MOMENT_ROWS_BYTES`` per model, else rebuilt block by block.
+    """
+
+    def __init__(self, z: torch.Tensor):
+        b, n, d = z.shape
+        self.z, self.d = z, d
+        self.width = 1 + d + d * (d + 1) // 2
+        kept = n * self.width * z.element_size() <= _MOMENT_ROWS_BYTES
+        self.full = self._build(z) if kept else None
+        self.rows = n if kept else _rows_per_block(n, self.width)
+
+    def _build(self, zb: torch.Tensor) -> torch.Tensor:
+        # one slice product per dimension a, z_a * z_{a..d-1}: a gather of the
+        # d(d+1)/2 index pairs ran 4x slower on the CPU
+        out = torch.empty(zb.shape[:2] + (self.width,), dtype=zb.dtype, device=zb.device)
+        out[..., 0] = 1.0
+        out[..., 1:1 + self.d] = zb
+        at = 1 + self.d
+        for a in range(self.d):
+            torch.mul(zb[..., a:a + 1], zb[..., a:], out=out[..., at:at + self.d - a])
+            at += self.d - a
+        return out
+
+    def blocks(self):
+        """(start, end, rows of samples start..end-1) covering every sample."""
+        for s, e in _blocks(self.z.shape[1], self.rows):
+            yield s, e, (self.full[:, s:e] if self.full is not None
+                         else self._build(self.z[:, s:e]))
+
+
+def _params_from_moments(moments: torch.Tensor, n: int, d: int, pad_diag: torch.Tensor):
     """Weights (B, K), means (B, K, d), Cholesky factors (B, K, d, d), failures (B,).
 
+    ``moments`` (B, K, 1 + d + d(d+1)/2) are sum_i r_ik [1, z_i, z_i z_i^T] (upper
+    triangle, row by row). With nk = s0 + 10 eps and mu = s1 / nk (the
+    reference's), the weighted scatter about mu is S2 - 2 nk mu mu^T + s0 mu mu^T.
     ``pad_diag`` (B, 1, d) is ``reg_covar`` on real dimensions and 1 on padded
     ones, so the padded block of every covariance is the identity.
     """
-    n = z.shape[1]
-    nk = resp.sum(1) + 10 * torch.finfo(z.dtype).eps                     # (B, K)
-    means = (resp.mT @ z) / nk[..., None]                                 # (B, K, d)
-    diff = z[:, None, :, :] - means[:, :, None, :]                         # (B, K, N, d)
-    cov = (resp.mT[..., None] * diff).mT @ diff / nk[..., None, None]     # (B, K, d, d)
+    s0 = moments[..., 0]
+    nk = s0 + 10 * torch.finfo(moments.dtype).eps                        # (B, K)
+    means = moments[..., 1:1 + d] / nk[..., None]                        # (B, K, d)
+    upper = torch.triu_indices(d, d, device=moments.device)
+    second = moments.new_zeros(moments.shape[:2] + (d, d))
+    second[..., upper[0], upper[1]] = moments[..., 1 + d:] / nk[..., None]
+    # Cholesky reads the lower triangle: the transpose of the upper one
+    cov = second.mT - (2.0 - s0 / nk)[..., None, None] * (means[..., :, None] * means[..., None, :])
     cov = cov + torch.diag_embed(pad_diag)
     chol, info = torch.linalg.cholesky_ex(cov)
     return (nk / n, means, chol), (info != 0).any(-1)
 
 
-def _log_joint(z: torch.Tensor, params, log2pi_d: torch.Tensor) -> torch.Tensor:
-    """log pi_z + log N(x | mu_z, Sigma_z): (B, N, K). ``log2pi_d`` (B,) = k_b log 2 pi."""
+def _quadratic_forms(params, log2pi_d: torch.Tensor):
+    r"""(theta (B, K, width), const (B, 1, K)): log pi_k + log N(z | mu_k, Sigma_k) of a
+    sample is ``const_k - 0.5 rows(z) . theta_k``.
+
+    With the precision P = L^{-T} L^{-1}, (z - mu)^T P (z - mu) = mu^T P mu
+    - 2 (P mu)^T z + sum_{a<=b} c_ab z_a z_b, c_aa = P_aa, c_ab = P_ab + P_ba.
+    """
+    weights, means, chol = params
+    d = chol.shape[-1]
+    eye = torch.eye(d, dtype=chol.dtype, device=chol.device).expand_as(chol)
+    inv = torch.linalg.solve_triangular(chol, eye, upper=False)          # L^{-1}
+    prec = inv.mT @ inv
+    sym = prec + prec.mT
+    upper = torch.triu_indices(d, d, device=chol.device)
+    quad = sym[..., upper[0], upper[1]]
+    quad[..., (upper[0] == upper[1]).nonzero()[:, 0]] *= 0.5              # c_aa = P_aa
+    lin = -(sym @ means[..., None])[..., 0]                               # -2 P mu
+    cst = (means * (prec @ means[..., None])[..., 0]).sum(-1, keepdim=True)
+    theta = torch.cat([cst, lin, quad], dim=-1)
+    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
+    const = torch.log(weights) - 0.5 * (logdet + log2pi_d[:, None])
+    return theta, const[:, None, :]
+
+
+def _log_joint(rows_b: torch.Tensor, theta: torch.Tensor, const: torch.Tensor) -> torch.Tensor:
+    """(B, n, width) moment rows -> log pi_k + log N(z_i | mu_k, Sigma_k), (B, n, K)."""
+    return const - 0.5 * _matmul(rows_b, theta.mT)
+
+
+def _em_sweep(rows: _MomentRows, params, log2pi_d: torch.Tensor):
+    """An E step and the next M step's sums in one sweep over the samples:
+    (moments (B, K, width), mean log-likelihood (B,))."""
+    theta, const = _quadratic_forms(params, log2pi_d)
+    moments, loglik = 0, 0
+    for _, _, rb in rows.blocks():
+        lj = _log_joint(rb, theta, const)
+        top = lj.amax(-1, keepdim=True)
+        # exp(t) for t < -708 is subnormal or 0, and ran 5-20x slower on the CPU;
+        # responsibilities under 3e-308 change no sum, so they are floored there
+        e = torch.exp((lj - top).clamp_min_(_EXP_FLOOR))
+        total = e.sum(-1, keepdim=True)
+        moments = moments + _matmul((e / total).mT, rb)
+        loglik = loglik + (top + torch.log(total)).sum((-2, -1))
+    return moments, loglik / rows.z.shape[1]
+
+
+def _cancels(params) -> torch.Tensor:
+    """(B,) bool: a component's mean is so far from the origin, compared with its
+    spread, that raw moments would lose digits (max_k,a mu_ka^2 / Sigma_k,aa over
+    ``_RAW_MOMENT_LIMIT``: the rounding of S2/nk - mu mu^T relative to Sigma is
+    about eps times that ratio). Real CNN features stay below 1e3."""
+    _, means, chol = params
+    var = (chol * chol).sum(-1)                                           # diag(L L^T) (B, K, d)
+    return (means * means / var).amax((1, 2)) > _RAW_MOMENT_LIMIT
+
+
+def _m_step_centred(z: torch.Tensor, resp: torch.Tensor, pad_diag: torch.Tensor):
+    """:func:`_params_from_moments` from the scatter about each mean, as the reference
+    (holds B K N d values: the fallback where :func:`_cancels`)."""
+    n = z.shape[1]
+    nk = resp.sum(1) + 10 * torch.finfo(z.dtype).eps                     # (B, K)
+    means = (resp.mT @ z) / nk[..., None]                                 # (B, K, d)
+    diff = z[:, None, :, :] - means[:, :, None, :]                         # (B, K, N, d)
+    cov = (resp.mT[..., None] * diff).mT @ diff / nk[..., None, None]     # (B, K, d, d)
+    chol, info = torch.linalg.cholesky_ex(cov + torch.diag_embed(pad_diag))
+    return (nk / n, means, chol), (info != 0).any(-1)
+
+
+def _log_joint_centred(z: torch.Tensor, params, log2pi_d: torch.Tensor) -> torch.Tensor:
+    """:func:`_log_joint` from each sample's whitened difference to each mean (B, N, K)."""
     weights, means, chol = params
     diff = z[:, None, :, :] - means[:, :, None, :]                         # (B, K, N, d)
     w = torch.linalg.solve_triangular(chol, diff.mT, upper=False)        # (B, K, d, N)
-    maha = (w * w).sum(-2)                                                # (B, K, N)
     logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
-    out = -0.5 * (maha + logdet[..., None] + log2pi_d[:, None, None])
+    out = -0.5 * ((w * w).sum(-2) + logdet[..., None] + log2pi_d[:, None, None])
     return out.mT + torch.log(weights)[:, None, :]
 
 
@@ -258,36 +453,51 @@ def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: in
     dev, dt = z.device, z.dtype
     if u is None:
         u = _uniforms(k, seed)
-    labels = kmeans_batched(z, dims, k, u)
-    resp = _onehot(labels, k, dt)
+    onehot = _onehot(kmeans_batched(z, dims, k, u), k, dt)
+    rows = _MomentRows(z)
     real = torch.arange(d, device=dev)[None, :] < dims[:, None]
     pad_diag = torch.where(real, torch.tensor(_REG_COVAR, dtype=dt, device=dev),
                            torch.tensor(1.0, dtype=dt, device=dev))[:, None, :]
     log2pi_d = dims.to(dt) * math.log(2 * math.pi)
 
-    params, failed = _m_step(z, resp, pad_diag)
+    params, failed = _params_from_moments(
+        sum(_matmul(onehot[:, s:e].mT, rb) for s, e, rb in rows.blocks()), n, d, pad_diag)
+    exact = bool(_cancels(params).any())   # from here on the whole batch takes the centred path
+    if exact:
+        params, failed = _m_step_centred(z, onehot, pad_diag)
     lower = torch.full((b,), -math.inf, dtype=dt, device=dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
+    check = _check_every(dev)
     for it in range(_EM_MAX_ITER):
-        lj = _log_joint(z, params, log2pi_d)
-        norm = torch.logsumexp(lj, dim=-1)                                 # (B, N)
-        resp = torch.exp(lj - norm[..., None])
-        new, bad = _m_step(z, resp, pad_diag)
+        if exact:
+            lj = _log_joint_centred(z, params, log2pi_d)
+            norm = torch.logsumexp(lj, dim=-1)                             # (B, N)
+            new, bad = _m_step_centred(z, torch.exp(lj - norm[..., None]), pad_diag)
+            new_lower = norm.mean(-1)
+        else:
+            moments, new_lower = _em_sweep(rows, params, log2pi_d)
+            new, bad = _params_from_moments(moments, n, d, pad_diag)
         keep = done
         params = tuple(torch.where(keep.view(-1, *([1] * (o.dim() - 1))), o, nw)
                        for o, nw in zip(params, new))
         failed = failed | (bad & ~keep)
-        new_lower = norm.mean(-1)
         converged = (new_lower - lower).abs() < _EM_TOL
         lower = torch.where(keep, lower, new_lower)
         done = done | converged
-        if (it + 1) % _CHECK_EVERY == 0 and bool(done.all()):
+        if (it + 1) % check == 0 and bool(done.all()):
             break
+        if not exact and bool(_cancels(params).any()):
+            exact = True  # the next E step and the M steps after it
     if bool(failed.any()):
         bad_models = torch.nonzero(failed).flatten().tolist()
         raise ValueError(f"NLEEP mixture of model(s) {bad_models}: a component covariance is "
                          "not positive definite even with reg_covar=1e-6")
-    lj = _log_joint(z, params, log2pi_d)  # final E step with the final parameters
+    # final E step with the final parameters
+    if exact:
+        lj = _log_joint_centred(z, params, log2pi_d)
+    else:
+        theta, const = _quadratic_forms(params, log2pi_d)
+        lj = torch.cat([_log_joint(rb, theta, const) for _, _, rb in rows.blocks()], dim=1)
     return torch.exp(lj - torch.logsumexp(lj, dim=-1, keepdim=True))
 
 
@@ -366,6 +576,12 @@ def nleep_batched(x: torch.Tensor, codes: torch.Tensor, n_classes: int, *,
 def head(x: torch.Tensor, labels, shared, *, components_per_class: int, seed: int) -> torch.Tensor:
     """The catalogue's NLEEP head, in float64 under either precision: the mixture's
     covariance regularisation (reg_covar = 1e-6) is at float32's resolution of
-    unit-scale variances, and float32 Cholesky factors fail there."""
+    unit-scale variances, and float32 Cholesky factors fail there.
+
+    On the CPU the models go one at a time: batched, every model pays for the
+    widest model's PCA dimensions (zero padding) and for the iterations of the
+    slowest to converge, and a CPU gains nothing from the batch."""
+    per_chunk = 1 if x.device.type == "cpu" else None
     return nleep_batched(x.to(torch.float64), labels.codes, labels.c,
-                         components_per_class=components_per_class, seed=seed)
+                         components_per_class=components_per_class, seed=seed,
+                         models_per_chunk=per_chunk)
