@@ -106,7 +106,7 @@ class Metric:
     zoo_level: bool = False             # normalised across the zoo (NCTI)
     parts: tuple = ()                   # names of the per-model parts of a zoo-level score
     part_weights: tuple = ()            # their weights (signs) in the min-max sum (te_gpu.combine)
-    higher_is_better: bool = True
+    higher_is_better: bool = True       # every ranking reads scores through oriented()
     sa: bool = True                     # Spread/Attract can precede it
     regression: bool = False            # defined for real-valued targets too
     tolerance: float = 1e-6             # engine (float64) vs reference, relative
@@ -280,6 +280,20 @@ def describe_options() -> str:
         for o in m.options:
             lines.append(f"{m.name}.{o.describe()}")
     return "\n".join(lines)
+
+
+def orientation(label: str) -> float:
+    """+1.0 where a higher score of ``label`` (``metric`` or ``metric+variant``) is better,
+    -1.0 where lower is; +1.0 for a name the catalogue lacks (a user's own scores)."""
+    m = METRICS.get(str(label).split("+", 1)[0].strip().lower())
+    return 1.0 if m is None or m.higher_is_better else -1.0
+
+
+def oriented(label: str, scores: dict) -> dict:
+    """``{model: score}`` with the sign that makes higher better (:func:`orientation`):
+    what every ranking, share, consensus and correlation with accuracy reads."""
+    sign = orientation(label)
+    return dict(scores) if sign > 0 else {k: -v for k, v in scores.items()}
 
 
 def label(metric: str, sa_setting) -> str:

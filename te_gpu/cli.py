@@ -789,7 +789,8 @@ def cmd_plot_scores(args):
         common = {m: v for m, v in scores[lbl].items() if m in accuracy}
         if len(common) < 2:
             raise PipelineError(f"{lbl}: fewer than 2 models have an accuracy in the truth")
-        tau = rank.weighted_tau([common[m] for m in common], [accuracy[m] for m in common])
+        tau = rank.weighted_tau(list(catalogue.oriented(lbl, common).values()),
+                                [accuracy[m] for m in common])
         sa = "no SA" if "+" not in lbl else f"SA {lbl.split('+', 1)[1]}"
         panels.append((f"{metric}, {sa}: tau_w = {tau:+.3f}", common))
     where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)

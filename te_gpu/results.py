@@ -43,8 +43,11 @@ class ZooResult:
         return list(self.scores)
 
     def ranking(self, label: str) -> list:
-        """[(model, score), ...] best first."""
-        return sorted(self.scores[label].items(), key=lambda kv: -kv[1])
+        """[(model, score), ...] best first (lowest first for a lower-is-better metric)."""
+        from .catalogue import orientation
+
+        sign = orientation(label)
+        return sorted(self.scores[label].items(), key=lambda kv: -sign * kv[1])
 
     def to_dict(self) -> dict:
         return dict(models=list(self.models), scores=self.scores,

@@ -28,7 +28,7 @@ def published_for(metric: str, info: dict):
 def correlate_all(scores_by_label: dict, accuracy: dict, info: dict, k=(1, 3)) -> list:
     """One row per label: tau_w, kendall, pearson, weighted_pearson, rel@k, recall@k,
     published (tau_w of the metric without SA, when the truth is a shipped table)."""
-    from te_gpu import rank
+    from te_gpu import catalogue, rank
 
     rows = []
     for label, scores in scores_by_label.items():
@@ -40,7 +40,7 @@ def correlate_all(scores_by_label: dict, accuracy: dict, info: dict, k=(1, 3)) -
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                res = rank.correlate(scores, accuracy, k=ks)
+                res = rank.correlate(catalogue.oriented(label, scores), accuracy, k=ks)
             except ValueError as exc:
                 raise PipelineError(f"{label}: {exc}") from None
         dropped = [str(w.message) for w in caught]

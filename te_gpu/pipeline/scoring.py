@@ -256,7 +256,8 @@ def format_table(result_scores: dict, models: list, order_label: str | None = No
     labels = list(result_scores)
     order_label = order_label or labels[0]
     # a model without a score (LEEP and NCE need the model's own predictions) sorts last
-    rows = sorted(models, key=lambda m: -result_scores[order_label].get(m, -float("inf")))
+    order = catalogue.oriented(order_label, result_scores[order_label])
+    rows = sorted(models, key=lambda m: -order.get(m, -float("inf")))
     head = ["rank", "model"] + labels + ([extra_name] if extra else [])
     body = []
     for i, m in enumerate(rows, 1):
