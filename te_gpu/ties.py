@@ -56,7 +56,8 @@ def _metric_of(label: str) -> str:
 
 
 def find_ties(scores: dict, *, metric: str | None = None, rtol: float = RELATIVE_TOLERANCE) -> list:
-    r"""The ties among ``{model: score}`` (list of :class:`Tie`, highest scores first).
+    r"""The ties among ``{model: score}`` (list of :class:`Tie`, best scores first: the
+    highest, or the lowest for a ``metric`` whose lower scores are better).
 
     ``metric`` (e.g. ``"sfda"``) names the known bounds to test for saturation.
     Non-finite scores and a ``"duration"`` entry are ignored. All scores 0:
@@ -82,7 +83,10 @@ def find_ties(scores: dict, *, metric: str | None = None, rtol: float = RELATIVE
     groups.append(current)
     bounds = _declared(metric).bounds if _declared(metric) else ()
     ties = []
-    for group in reversed(groups):
+    from te_gpu.catalogue import orientation
+
+    best_first = reversed(groups) if orientation(metric or "") > 0 else groups
+    for group in best_first:
         if len(group) < 2:
             continue
         low, high = values[group[0]], values[group[-1]]
