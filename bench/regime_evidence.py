@@ -193,6 +193,19 @@ def bootstrap(work: Path, name: str, zoo, y, replicates: int):
     return boot
 
 
+def point_scores(work: Path, name: str, zoo, y) -> dict:
+    """The POINT_ONLY metrics on the target set, cached in WORK/ZOO/point_only.json."""
+    import te_gpu
+
+    path = work / name / "point_only.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    res = te_gpu.score_zoo({m: np.asarray(v, dtype=np.float64) for m, v in zoo.items()}, y,
+                           metrics=POINT_ONLY, sa=list(SA), progress=False)
+    path.write_text(json.dumps(res.scores, indent=1) + "\n")
+    return res.scores
+
+
 def as_result(boot, label: str, models, samples, point):
     """One label's (L, B) redraws as a result of its own, read as they are."""
     from te_gpu.bootstrap import BootstrapResult
@@ -237,10 +250,7 @@ def evaluate_zoo(work: Path, name: str, replicates: int) -> dict:
     boot = bootstrap(work, name, zoo, y, replicates)
     labels = [lb for lb in boot.labels]
     statics = static_rankings(records)
-    import te_gpu
-
-    once = te_gpu.score_zoo({m: np.asarray(v, dtype=np.float64) for m, v in zoo.items()}, y,
-                            metrics=POINT_ONLY, sa=list(SA), progress=False)
+    once = point_scores(work, name, zoo, y)
     out = dict(models=list(zoo), n=int(len(y)), classes=int(len(np.unique(y))),
                widths={m: int(records[m]["dim"]) for m in zoo}, truth=truth,
                bootstrap=dict(replicates=boot.replicates, seed=boot.seed, timings=boot.timings,
@@ -257,7 +267,7 @@ def evaluate_zoo(work: Path, name: str, replicates: int) -> dict:
                        labels={lb: judge(boot, lb, acc) for lb in labels}, sets={},
                        point_only={lb: dict(tau_w=round(rank.weighted_tau(
                            [sc[m] for m in acc], [acc[m] for m in acc]), 4))
-                           for lb, sc in once.scores.items() if lb not in labels})
+                           for lb, sc in once.items() if lb not in labels})
             for combo in candidate_sets(labels):
                 models, samples, point = boot.consensus(combo)
                 res["sets"][",".join(combo)] = judge(as_result(boot, "set", models, samples, point),
@@ -276,8 +286,29 @@ def evaluate(work: Path, out_path: Path, replicates: int, zoos) -> dict:
         out["zoos"][name]["build_timing"] = json.loads(timing.read_text()) if timing.is_file() else {}
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
     out["choice"] = choose(out)
+    trim(out)
     out_path.write_text(json.dumps(out, indent=1) + "\n")
     return out
+
+
+KEPT = 40     # sets written per regime: the best by merit, plus SHOWN and every set chosen
+
+
+def trim(out: dict) -> None:
+    """Keep the written file small: of the ~1,000 sets, those worth reading."""
+    zoos = out["zoos"]
+    keep = set(SHOWN)
+    for regime, c in out["choice"].items():
+        if regime not in REGIMES:
+            keep |= set(c["chosen_sets_in_each_regime"]) | {c["best_overall"]}
+            continue
+        have = {n: z for n, z in zoos.items() if regime in z["regimes"]}
+        keys = list(next(iter(have.values()))["regimes"][regime]["sets"])
+        keep |= set(sorted(keys, key=lambda k: merit(k, have, regime), reverse=True)[:KEPT])
+        keep |= {c["chosen"]} | {h["chosen_on_others"] for h in c["leave_one_zoo_out"].values()}
+    for z in zoos.values():
+        for res in z["regimes"].values():
+            res["sets"] = {k: v for k, v in res["sets"].items() if k in keep}
 
 
 # --------------------------------------------------------------------------
@@ -552,6 +583,7 @@ def main(argv=None):
         for name in args.zoos.split(","):
             zoo, y, _, _ = open_evidence_zoo(args.work.resolve(), name)
             boot = bootstrap(args.work.resolve(), name, zoo, y, args.replicates)
+            point_scores(args.work.resolve(), name, zoo, y)
             print(f"{name}: {boot.timings['wall_s']:.0f} s wall, {boot.timings['cpu_s']:.0f} s CPU")
     elif args.cmd == "evaluate":
         out = evaluate(args.work.resolve(), args.out, args.replicates, args.zoos.split(","))
