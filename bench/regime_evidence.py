@@ -5,11 +5,16 @@ and each candidate set finds and orders the models, against static rankings.
 Two steps (from the repository root; CPU; heavy, so nice'd and one thread):
 
     python bench/regime_evidence.py build ZOO --work DIR   # extract + finetune x 3 regimes
-    python bench/regime_evidence.py evaluate --work DIR OUT.json [-B 50]
+    python bench/regime_evidence.py evaluate OUT.json --work DIR [-B 20] [--markdown]
+    python bench/regime_evidence.py ship --work DIR
 
 ``build`` runs the te-gpu commands of one zoo (listed in ZOOS below, printed before they
 run) and records each command's wall and CPU time in DIR/ZOO/timing.json; the
-accuracies land in DIR/ZOO/truth.json (the shipped tables' format). ``evaluate`` scores
+accuracies land in DIR/ZOO/truth.json (the shipped tables' format). (For the shipped
+tables the finetune command of each zoo was run as two or three processes at once, split
+by network, and their outputs merged: each run seeds itself, so the numbers are the
+same; timing.json's notes say so.) ``ship`` writes te_gpu/data/wheels_accuracy.json and
+the ``wheels`` facts from DIR. ``evaluate`` scores
 every zoo with every metric of the catalogue (raw and SA "released"), bootstraps the
 target set, and judges each metric and candidate set (mean rank) against each regime's
 accuracies: tau_w, the most accurate model's share of first places and of top-3 places
@@ -506,7 +511,8 @@ def ship(work: Path, zoos) -> None:
             n_train=z["n_train"], n_test=z["n_test"], candidates=candidate_names(name),
             **({"note": z["note"]} if "note" in z else {}),
             commands={k: _printable(v["command"], work) for k, v in timing.items()},
-            seconds={k: dict(wall=v["wall_s"], cpu=v["cpu_s"]) for k, v in timing.items()})
+            seconds={k: dict(wall=v["wall_s"], cpu=v["cpu_s"], **({"note": v["note"]} if "note" in v else {}))
+                     for k, v in timing.items()})
         from te_gpu.pipeline.extract import read_manifest
 
         store = read_manifest(work / name / "train")["datasets"][name]["models"]
