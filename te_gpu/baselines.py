@@ -64,7 +64,7 @@ def _read_facts_file() -> dict:
 
 
 def facts_groups() -> list:
-    """The zoos with shipped facts (``group1``, ``group2``)."""
+    """The zoos with shipped facts (``group1``, ``group2``, ``wheels``)."""
     return [name for name in _read_facts_file() if not name.startswith("_")]
 
 

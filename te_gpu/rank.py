@@ -411,13 +411,30 @@ def _pick(mapping: dict, key, what: str):
     return mapping[key]
 
 
+# The shipped accuracy tables, each {"groups": {group: {"models", "regimes"}}}: the
+# published ones (group1, group2) and those measured with te-gpu finetune on the
+# weight-wheel zoo (wheels; how, in the file's "_how_measured").
+TRUTH_FILES = ("finetune_accuracy.json", "wheels_accuracy.json")
+
+
+def _shipped_groups() -> dict:
+    """Every shipped group's table, in the order of ``TRUTH_FILES``."""
+    groups = {}
+    for name in TRUTH_FILES:
+        groups.update(_read_data(name)["groups"])
+    return groups
+
+
 def ground_truth(group: str = "group1", regime: str = "finetune", dataset: str | None = None) -> dict:
-    """Published fine-tune accuracies (%) of a model zoo.
+    """Shipped fine-tune accuracies (%) of a model zoo.
 
     Parameters
     ----------
-    group : ``"group1"`` (11 supervised ImageNet models) or ``"group2"``
-        (12 self-supervised ResNet-50 models).
+    group : ``"group1"`` (11 supervised ImageNet models, published),
+        ``"group2"`` (12 self-supervised ResNet-50 models, published) or
+        ``"wheels"`` (the ImageNet CNNs of the weight wheels at three depths and a
+        random control, measured by te-gpu finetune on small targets; a data set's
+        table names the candidates of that zoo).
     regime : ``"finetune"`` (full fine-tuning), ``"lbft"`` (last block) or
         ``"lft"`` (linear probe). The sun397 ``lbft``/``lft`` values are
         implausible (above full fine-tuning): report them with that caveat.
@@ -429,8 +446,7 @@ def ground_truth(group: str = "group1", regime: str = "finetune", dataset: str |
     ``{model: accuracy}`` for ``dataset``, or ``{dataset: {model: accuracy}}``
     when ``dataset`` is None. See :func:`list_ground_truth` for valid names.
     """
-    groups = _read_data("finetune_accuracy.json")["groups"]
-    regimes = _pick(groups, group, "group")["regimes"]
+    regimes = _pick(_shipped_groups(), group, "group")["regimes"]
     table = _pick(regimes, regime, f"regime for {group}")
     if dataset is None:
         return table
@@ -445,9 +461,8 @@ def list_ground_truth() -> dict:
     ``{group: {"regimes": [...], "datasets": [...], "models": [...]}}``;
     datasets are those of any regime, in the order the file first lists them.
     """
-    groups = _read_data("finetune_accuracy.json")["groups"]
     out = {}
-    for name, group in groups.items():
+    for name, group in _shipped_groups().items():
         datasets = {ds: None for table in group["regimes"].values() for ds in table}
         out[name] = {
             "regimes": list(group["regimes"]),

@@ -273,7 +273,7 @@ def test_ground_truth_returns_fresh_copies():
 
 def test_list_ground_truth():
     listing = list_ground_truth()
-    assert set(listing) == {"group1", "group2"}
+    assert set(listing) == {"group1", "group2", "wheels"}
     g1 = listing["group1"]
     assert g1["regimes"] == ["finetune", "lbft", "lft"]
     assert "aircraft" in g1["datasets"] and len(g1["datasets"]) == 11
@@ -281,7 +281,9 @@ def test_list_ground_truth():
     for group, info in listing.items():
         for regime in info["regimes"]:
             for dataset in info["datasets"]:
-                assert set(ground_truth(group, regime, dataset)) == set(info["models"])
+                names = set(ground_truth(group, regime, dataset))
+                # the measured wheels zoos differ in their candidates (tests/test_regimes.py)
+                assert names <= set(info["models"]) if group == "wheels" else names == set(info["models"])
 
 
 def test_published_tau_w():

@@ -1,0 +1,85 @@
+"""How the chosen model will be transferred, and the metric set that ranks a zoo for it.
+
+A ranking is judged against the accuracies of one way of transferring: a linear probe on
+frozen features (``lft``), fine-tuning of the last block (``lbft``), or of the whole
+network (``finetune``). A set of metrics that orders a zoo well for one of them can fail
+for another (issue 26), so each regime declares its own set, as result labels
+(``metric`` or ``metric+variant``, see :meth:`te_gpu.ZooResult.label`), chosen on real
+zoos with accuracies measured in all three regimes (bench/regime_evidence.py;
+bench/RESULTS.md, "recommend per transfer regime"; the tables ship as the ``wheels``
+ground truth). Where the chosen set did not beat a ranking that never looks at the
+target data on some of those zoos, :attr:`Regime.weak` names them and that ranking,
+and :func:`weak_line` says so in one line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import catalogue
+
+__all__ = ["Regime", "REGIMES", "STATIC_NAMES", "get", "metrics_and_sa", "weak_line"]
+
+# the rankings that never look at the target data, as the evidence names them (the
+# store's manifest: parameter count and feature width), and in words
+STATIC_NAMES = {"parameters": "parameter count, largest first",
+                "width": "feature width, widest first",
+                "width reversed": "feature width, narrowest first"}
+
+
+@dataclass(frozen=True)
+class Regime:
+    """``labels``: the metric set, combined by mean rank; ``weak``: {evidence zoo (a data
+    set of the ``wheels`` table): the static ranking that scored a higher tau_w there}."""
+    name: str
+    what: str
+    labels: tuple
+    weak: dict = field(default_factory=dict)
+
+
+# Chosen by bench/regime_evidence.py on three zoos (bench/RESULTS.md, "recommend per transfer
+# regime"): the set that passed issue 26's check (the most accurate model in the top 3 on
+# >= 90 % of redraws, tau_w above the best static ranking) on most zoos, then the highest
+# mean tau_w. No set passed on more than one zoo for full fine-tuning.
+REGIMES = {
+    "lft": Regime("lft", "a linear probe on the frozen features",
+                  ("sfda+released", "lda+released")),
+    "lbft": Regime("lbft", "fine-tuning the last block", ("sfda", "lda", "knn")),
+    "finetune": Regime("finetune", "fine-tuning the whole network",
+                       ("knn", "sfda+released", "knn+released"),
+                       weak={"fmnist32": "width reversed", "digits48": "width reversed"}),
+}
+
+
+def get(name: str) -> Regime:
+    """The regime called ``name`` (lft, lbft, finetune)."""
+    if name not in REGIMES:
+        raise ValueError(f"unknown transfer regime {name!r}; choose one of {', '.join(REGIMES)}")
+    return REGIMES[name]
+
+
+def metrics_and_sa(labels) -> tuple:
+    """(metric names, SA settings) whose product of labels covers ``labels``: the arguments
+    of :func:`te_gpu.bootstrap.bootstrap_zoo` for a set such as ("sfda+released", "lda").
+    Settings are None (raw features) or a variant name, in first-seen order."""
+    metrics, settings = [], []
+    for lb in labels:
+        metric, _, variant = str(lb).partition("+")
+        catalogue.get(metric)                       # an unknown metric raises here
+        if variant and variant not in catalogue.SA_VARIANTS:
+            raise ValueError(f"{lb!r}: unknown SA variant {variant!r}; choose one of "
+                             f"{', '.join(catalogue.SA_VARIANTS)}")
+        metrics.append(metric)
+        settings.append(variant or None)
+    return tuple(dict.fromkeys(metrics)), list(dict.fromkeys(settings))
+
+
+def weak_line(regime: str) -> str | None:
+    """One line when the regime's set failed to beat a static ranking on evidence zoos."""
+    r = get(regime)
+    if not r.weak:
+        return None
+    statics = [STATIC_NAMES[s] for s in dict.fromkeys(r.weak.values())]
+    return (f"weak evidence for {regime}: on {len(r.weak)} evidence zoo(s) "
+            f"({', '.join(r.weak)}; te-gpu baselines --truth wheels --regime {regime}) "
+            f"{', '.join(r.labels)} ordered the models worse than a ranking that ignores the "
+            f"target data: look also at the ranking by {' and by '.join(statics)}")

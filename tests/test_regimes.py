@@ -1,0 +1,134 @@
+"""The accuracies measured on the weight-wheel zoos (the shipped ``wheels`` ground truth),
+their models' facts, `te-gpu correlate/baselines --truth wheels`, and the metric set each
+transfer regime declares (te_gpu.regimes) against the evidence that chose it."""
+import json
+import math
+import os
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from te_gpu import baselines, catalogue, rank, regimes, write_scores  # noqa: E402
+from te_gpu.cli import main  # noqa: E402
+
+ZOOS = ("fmnist32", "digits48", "fmnist5c32")
+MEASURED = ("lft", "lbft", "finetune")
+EVIDENCE = Path(__file__).resolve().parent.parent / "bench" / "results" / "regime_evidence_B20.json"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _shipped() -> dict:
+    return json.loads(resources.files("te_gpu").joinpath("data", "wheels_accuracy.json").read_text())
+
+
+def test_wheels_is_listed_with_every_regime_and_zoo():
+    listing = rank.list_ground_truth()
+    assert set(listing) == {"group1", "group2", "wheels"}
+    assert listing["wheels"]["regimes"] == list(MEASURED)
+    assert listing["wheels"]["datasets"] == list(ZOOS)
+    assert len(listing["wheels"]["models"]) == 13
+
+
+@pytest.mark.parametrize("dataset", ZOOS)
+def test_wheels_tables_name_one_zoo_in_every_regime(dataset):
+    tables = {r: rank.ground_truth("wheels", r, dataset) for r in MEASURED}
+    models = set(tables["lft"])
+    assert len(models) >= 9 and "mnv2-random" in models and "lite0" in models
+    for regime, table in tables.items():
+        assert set(table) == models, regime
+        assert all(isinstance(v, float) and math.isfinite(v) and 0 < v <= 100 for v in table.values())
+        assert len(set(table.values())) > 1          # an order to compare with
+    how = _shipped()["_how_measured"]["datasets"][dataset]
+    assert {"seed", "n_train", "n_test", "commands", "seconds"} <= set(how)
+    for regime in MEASURED:
+        cmd = how["commands"][f"finetune {regime}"]
+        assert cmd.startswith("te-gpu finetune") and f"--regime {regime}" in cmd
+        assert f"--seed {how['seed']}" in cmd and f"--n-train {how['n_train']}" in cmd
+    details = _shipped()["_details"][MEASURED[-1]][dataset]
+    assert set(details) == models
+    assert all(len(d["sweep"]) == 2 and d["lr"] in (0.01, 0.001) for d in details.values())
+
+
+def test_wheels_facts_name_every_model():
+    facts = baselines.facts("wheels")
+    assert set(facts) == set(rank.list_ground_truth()["wheels"]["models"])
+    for m, f in facts.items():
+        assert isinstance(f["params"], int) and isinstance(f["feature_width"], int), m
+    # the depths of one network count the whole network: they tie on parameters
+    assert facts["lite0-stage3"]["params"] == facts["lite0"]["params"] != facts["lite2"]["params"]
+    assert facts["lite0"]["feature_width"] == 1280 and facts["mnv2-stage3"]["feature_width"] == 96
+    assert baselines.group_with_facts(["lite0", "mnv2-random"]) == "wheels"
+    assert baselines.group_with_facts(["resnet50", "googlenet"]) == "group1"
+
+
+def test_baselines_cli_reads_the_wheels_tables(capsys):
+    code, out, err = run(capsys, "baselines", "--truth", "wheels", "--regime", MEASURED[-1])
+    assert code == 0, err
+    assert f"static rankings against wheels/{MEASURED[-1]}" in out and "facts: wheels" in out
+    for dataset in ZOOS:
+        assert any(line.startswith(dataset) for line in out.splitlines())
+    assert "mean of 3" in out
+
+
+def test_correlate_cli_against_a_wheels_table(capsys, tmp_path):
+    acc = rank.ground_truth("wheels", "lbft", "fmnist32")
+    write_scores(tmp_path / "oracle.json", acc, duration=1.0)
+    code, out, err = run(capsys, "correlate", str(tmp_path / "oracle.json"), "--truth", "wheels",
+                         "--dataset", "fmnist32", "--regime", "lbft")
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("oracle"))
+    assert row.split()[2] == "+1.000"                # the accuracies rank themselves perfectly
+    assert "(wheels facts): parameters" in out and "vs best static" in out
+    code, _, err = run(capsys, "correlate", str(tmp_path / "oracle.json"), "--truth", "wheels",
+                       "--dataset", "cifar10", "--regime", "lbft")
+    assert code == 2 and "unknown dataset" in err and "fmnist32" in err
+
+
+# --------------------------------------------------------------------------
+# te_gpu.regimes
+# --------------------------------------------------------------------------
+
+def test_metrics_and_sa_covers_mixed_labels():
+    assert regimes.metrics_and_sa(("sfda+released", "lda", "logme+released")) == \
+        (("sfda", "lda", "logme"), ["released", None])
+    assert regimes.metrics_and_sa(("lda", "ncti", "knn")) == (("lda", "ncti", "knn"), [None])
+    with pytest.raises(ValueError, match="bogus"):
+        regimes.metrics_and_sa(("lda+bogus",))
+    with pytest.raises(ValueError):
+        regimes.metrics_and_sa(("nosuchmetric",))
+    with pytest.raises(ValueError, match="lft, lbft, finetune"):
+        regimes.get("probe")
+
+
+@pytest.mark.parametrize("name", ["lft", "lbft", "finetune"])
+def test_each_regime_declares_a_valid_set(name):
+    r = regimes.get(name)
+    assert r.name == name and r.labels
+    metrics, settings = regimes.metrics_and_sa(r.labels)
+    product = {catalogue.label(m, s) for m in metrics for s in settings}
+    assert set(r.labels) <= product
+    assert set(r.weak) <= set(ZOOS)
+    assert set(r.weak.values()) <= set(regimes.STATIC_NAMES)
+    line = regimes.weak_line(name)
+    if r.weak:
+        assert name in line and all(z in line for z in r.weak)
+        assert all(regimes.STATIC_NAMES[s] in line for s in r.weak.values())
+    else:
+        assert line is None
+
+
+@pytest.mark.skipif(not EVIDENCE.is_file(), reason="the evidence file is not in this checkout")
+@pytest.mark.parametrize("name", ["lft", "lbft", "finetune"])
+def test_each_regime_declares_what_its_evidence_chose(name):
+    choice = json.loads(EVIDENCE.read_text())["choice"][name]
+    r = regimes.get(name)
+    assert choice["chosen"] == ",".join(r.labels)
+    assert choice["below_best_static"] == r.weak
