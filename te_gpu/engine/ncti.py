@@ -182,3 +182,32 @@ def head(x: torch.Tensor, labels: Labels, shared, *, lda_scaling: str):
     """The catalogue's NCTI head: the per-model parts (seli, ncc, vc), each (B,)."""
     return ncti_parts_batched(x, labels, shared.stats, eig=shared.spectrum,
                               lda_scaling=lda_scaling, class_index=shared.class_index)
+
+
+def resampled_stats(x: torch.Tensor, labels: Labels, w: torch.Tensor):
+    """The statistics NCTI reads on R resamples of one model, from multiplicities.
+
+    ``x`` (N, D) the target set, ``w`` (R, N) how many times each row is in each
+    resample. Returns (:class:`BatchStats` with means, xbar and - when N > D, where
+    NCTI's PCA takes the primal Gram - the centred Gram, :class:`Spectrum` or None).
+    The centred Gram of a resample is sum_j w_j (x_j - xbar_r)(x_j - xbar_r)^T: the
+    rows it holds, each scaled by sqrt(w_j) (about 63 % of N rows, instead of N
+    gathered ones), about the full set's mean, less the rank-one shift to its own.
+    At N <= D the dual Gram of the gathered rows is left to :func:`ncti_parts_batched`.
+    """
+    from .stats import BatchStats, Spectrum, weighted_class_means
+
+    n, d = x.shape
+    means, xbar = weighted_class_means(x, labels, w)
+    if n <= d:
+        return BatchStats(means, xbar, None, None), None
+    centre = x.mean(0)
+    grams = []
+    for r in range(w.shape[0]):
+        rows = (w[r] > 0).nonzero()[:, 0]
+        s = (x[rows] - centre) * w[r, rows].to(x.dtype).sqrt()[:, None]
+        shift = xbar[r] - centre
+        grams.append(linalg.gram(s[None])[0] - n * shift[:, None] * shift[None, :])
+    gram_c = torch.stack(grams)
+    eig = Spectrum(*linalg.eigh_top(gram_c.to(torch.float64), TOP_EIGENPAIRS), dual=False)
+    return BatchStats(means, xbar, gram_c, None), eig
