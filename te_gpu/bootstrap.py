@@ -340,7 +340,9 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     plan = _Plan(zoo, names, settings, opts, dtype, dev, batch_size, lab, src, predictions or {})
     timer = _timer(dev)
     bar = _progress(len(zoo) * replicates, progress)
-    done, reason, wanted = 0, f"the cap of {replicates} redraws (-B)", replicates
+    done, wanted = 0, replicates
+    reason = ("the cap (-B) came before the stopping rule was met" if until is not None
+              else "all the redraws asked for (-B)")
     t_rounds = time.perf_counter()
     try:
         while done < replicates:
@@ -435,48 +437,67 @@ class _Plan:
         bar.update(len(self.zoo) * b)
 
     def _weighted_pass(self, idx, timer, features_tensor) -> dict:
-        """{model: {metric: per-redraw values}} of the metrics in ``self.weighted``."""
+        """{model: {metric: per-redraw values}} of the metrics in ``self.weighted``.
+
+        On a CPU the models go to one worker thread per core, each with one BLAS thread:
+        per-model LAPACK calls (NCTI's eigensolver) gain little from a second thread, and
+        OpenBLAS's idle threads spin on the cores torch's threads need (measured: a D = 1280
+        resample's top eigenpairs took 2.4 s of CPU with two BLAS threads on a loaded
+        machine, 0.14 s with one; bench/RESULTS.md, "recommend near its floor").
+        """
+        import torch
+
+        b, n = idx.shape
+        w = torch.zeros((b, n), dtype=self.dtype, device=self.dev)
+        w.scatter_add_(1, idx, torch.ones_like(idx, dtype=self.dtype))   # multiplicities
+        names = list(self.zoo)
+        if "class_index" not in self.state:
+            from .engine.ncti import class_padding_index
+
+            self.state["class_index"] = class_padding_index(self.lab.codes, self.lab.c)
+        workers = 1 if self.dev.type == "cuda" else max(1, min(len(names), torch.get_num_threads()))
+        with timer.stage("from weights"):
+            if workers == 1:
+                return {nm: self._one_model(nm, w, idx, features_tensor, False) for nm in names}
+            from concurrent.futures import ThreadPoolExecutor
+
+            with _one_blas_thread(), ThreadPoolExecutor(workers) as pool:
+                done = pool.map(lambda nm: self._one_model(nm, w, idx, features_tensor, True), names)
+                return dict(zip(names, done))
+
+    def _one_model(self, nm, w, idx, features_tensor, single: bool) -> dict:
+        """One model's weighted-path values on redraws ``idx`` (its state made on first use)."""
         import torch
 
         from . import zoo as zoo_mod
         from .engine.knn import NeighbourLists
         from .engine.lda import lda_weighted
-        from .engine.ncti import class_padding_index, ncti_parts_batched, resampled_stats
 
-        b, n = idx.shape
-        w = torch.zeros((b, n), dtype=self.dtype, device=self.dev)
-        w.scatter_add_(1, idx, torch.ones_like(idx, dtype=self.dtype))   # multiplicities
-        out = {}
-        for nm, item in self.zoo.items():
-            st = self.state.get(nm)
-            if st is None:
-                with timer.stage("load"):
-                    x = features_tensor(zoo_mod._open(nm, item)[0], self.dev, self.dtype,
-                                        name=f"features of model {nm!r}")
-                st = self.state[nm] = {"x": x}
-                if "knn" in self.weighted:
-                    with timer.stage("knn lists"):
-                        st["lists"] = NeighbourLists(x, self.src, **self.opts["knn"])
-            x, vals = st["x"], {}
-            if "lda" in self.weighted:
-                with timer.stage("lda"):
-                    vals["lda"] = lda_weighted(x, self.src, w).tolist()
+        if single:
+            torch.set_num_threads(1)          # this worker thread's share of the cores
+        b = idx.shape[0]
+        st = self.state.get(nm)
+        if st is None:
+            x = features_tensor(zoo_mod._open(nm, self.zoo[nm])[0], self.dev, self.dtype,
+                                name=f"features of model {nm!r}")
+            st = self.state[nm] = {"x": x}
             if "knn" in self.weighted:
-                with timer.stage("knn"):
-                    vals["knn"] = [v for r0 in range(0, b, KNN_REDRAWS)
-                                   for v in st["lists"].accuracy(w[r0:r0 + KNN_REDRAWS],
-                                                                 idx[r0:r0 + KNN_REDRAWS]).tolist()]
-            if "ncti" in self.weighted:
-                with timer.stage("ncti"):
-                    vals["ncti"] = self._ncti(x, w, idx, class_padding_index, resampled_stats,
-                                              ncti_parts_batched)
-            out[nm] = vals
-        return out
+                st["lists"] = NeighbourLists(x, self.src, **self.opts["knn"])
+        x, vals = st["x"], {}
+        if "lda" in self.weighted:
+            vals["lda"] = lda_weighted(x, self.src, w).tolist()
+        if "knn" in self.weighted:
+            vals["knn"] = [v for r0 in range(0, b, KNN_REDRAWS)
+                           for v in st["lists"].accuracy(w[r0:r0 + KNN_REDRAWS],
+                                                         idx[r0:r0 + KNN_REDRAWS]).tolist()]
+        if "ncti" in self.weighted:
+            vals["ncti"] = self._ncti(x, w, idx)
+        return vals
 
-    def _ncti(self, x, w, idx, class_padding_index, resampled_stats, ncti_parts_batched) -> list:
+    def _ncti(self, x, w, idx) -> list:
         """NCTI's parts per redraw: statistics from weights, the rest on the gathered rows."""
-        if "class_index" not in self.state:
-            self.state["class_index"] = class_padding_index(self.lab.codes, self.lab.c)
+        from .engine.ncti import ncti_parts_batched, resampled_stats
+
         step = max(1, int(2 ** 24 // x.numel()))       # gathered redraws of about 128 MB at once
         parts = []
         for r0 in range(0, w.shape[0], step):
@@ -486,6 +507,18 @@ class _Plan:
                                                **self.opts["ncti"])
             parts.extend(zip(seli.tolist(), ncc.tolist(), vc.tolist()))
         return parts
+
+
+def _one_blas_thread():
+    """BLAS/LAPACK on one thread per caller for the duration (threadpoolctl where installed;
+    else as configured)."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 class _NoUpdate:

@@ -18,6 +18,7 @@ from te_gpu.pipeline import PipelineError  # noqa: E402
 
 PROG = "te-gpu"
 RECOMMEND_METRICS = "lda,ncti,knn"      # te_gpu.recommend.DEFAULT_METRICS
+RECOMMEND_MC_ERROR = 0.05               # te_gpu.recommend.MC_ERROR
 RECOMMEND_REPLICATES = 200               # te_gpu.bootstrap.DEFAULT_REPLICATES
 RECOMMEND_LEVEL = 0.95                   # te_gpu.bootstrap.DEFAULT_LEVEL
 
@@ -405,13 +406,15 @@ def cmd_baselines(args):
 # recommend
 # --------------------------------------------------------------------------
 
-def _static_baselines(accuracy: dict, info: dict):
+def _static_baselines(accuracy: dict, info: dict, store: dict | None = None):
     """{name: tau_w} of the shipped static rankings (ImageNet top-1, size, width) of these
-    models against ``accuracy``, where te_gpu has facts for them; else None."""
+    models against ``accuracy``, where te_gpu has facts for them, and of those the zoo's
+    store knows (``store``: te_gpu.recommend.store_rankings) where it has none; else None."""
     from te_gpu.baselines import static_tau
     from te_gpu.pipeline.correlation import static_rankings_for
 
     rankings, _ = static_rankings_for(list(accuracy), info.get("group"))
+    rankings = {**(store or {}), **rankings}
     taus = {name: static_tau(values, accuracy)["tau_w"] for name, values in rankings.items()}
     return {name: t for name, t in taus.items() if t is not None} or None
 
@@ -451,12 +454,12 @@ def cmd_recommend(args):
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     log(f"{len(zoo)} models on {dataset} (N = {labels.size}), {', '.join(metrics)}"
-        f"{'' if parse_sa(args.sa) == [None] else ', SA ' + args.sa}: {args.replicates} "
+        f"{'' if parse_sa(args.sa) == [None] else ', SA ' + args.sa}: up to {args.replicates} "
         f"resamples of the target set (class by class, seed {args.seed}) on {device}")
     rec = recommend(zoo, labels, metrics=metrics, replicates=args.replicates, seed=args.seed,
                     level=args.level, sa=sa, options=options, predictions=predictions,
                     device=device, precision=args.precision, batch_size=args.batch_size,
-                    k=args.k, progress=_progress(args))
+                    k=args.k, progress=_progress(args), mc_error=args.mc_error or None)
     for lbl, reasons in rec.boot.skipped.items():
         log(f"note: {lbl} skipped for {len(reasons)} model(s): {next(iter(reasons.values()))}")
     print(format_recommendation(rec, top=args.top))
@@ -471,7 +474,10 @@ def cmd_recommend(args):
         if args.plots:
             where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)
             if baselines is None:
-                baselines = _static_baselines(accuracy, info)
+                from te_gpu.recommend import store_rankings
+
+                known = store_rankings(args.zoo, dataset, [m for m in zoo if m in accuracy])
+                baselines = _static_baselines(accuracy, info, known)
             for f in draw(rec, accuracy, args.plots, regime=info.get("regime"),
                           baselines=baselines, where=where):
                 log(f"wrote {f}")
@@ -784,7 +790,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sa(r)
     r.set_defaults(sa="none")
     r.add_argument("--replicates", "-B", type=int, default=RECOMMEND_REPLICATES,
-                   help="resamples of the target set")
+                   help="most resamples of the target set (fewer once the verdict is settled)")
+    r.add_argument("--mc-error", type=float, default=RECOMMEND_MC_ERROR,
+                   help="stop once every share has this Monte-Carlo standard error and the first "
+                        "place is settled (0: all -B resamples)")
     r.add_argument("--seed", type=int, default=0, help="seed of the resamples")
     r.add_argument("--level", type=float, default=RECOMMEND_LEVEL, help="level of the intervals")
     r.add_argument("--k", type=int, default=3, help="the top k whose share is given")
