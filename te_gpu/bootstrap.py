@@ -15,13 +15,28 @@ class's rows, and lay the classes out one after another: every redraw then has
 the same label vector (n_0 zeros, n_1 ones, ...), so the redraws of one model
 are models of one batch for the engine, sharing its labels and everything that
 depends on labels alone (one-hot, counts, NCTI's class index), and they share
-batches with the redraws of other models of the same width. Each model's
-features are read once; the (models x redraws, N, D) batches are gathered on the
-device from them (``x[idx]``), in chunks sized from the device's memory, and go
-through the same engine heads as :func:`te_gpu.score_zoo`. Redraw ``r`` uses
+batches with the redraws of other models of the same width. Redraw ``r`` uses
 ``numpy.random.default_rng([seed, r])`` (:func:`resample_indices`), the same
 rows for every model (so that models are compared on the same redraw), and does
 not depend on how many redraws are asked for.
+
+Two ways through the engine. LDA, kNN and NCTI on raw features (``FROM_WEIGHTS``)
+read a redraw as its multiplicity vector w (how many times each row is in it) and
+what was computed once on the full target set: kNN walks each row's neighbour
+list (:class:`te_gpu.engine.knn.NeighbourLists`), LDA's class means are weighted
+sums and each distinct row's term counts w times, NCTI's centred Gram is a sum over
+the rows the redraw holds scaled by sqrt(w) (then its own top eigenpairs, as on any
+features). On a CPU the models of this path go to one worker per core, each with
+one BLAS thread. Every other metric, and every metric after SA, is scored on the
+gathered rows: each model's features are read once, the (models x redraws, N, D)
+batches are gathered from them (``x[idx]``) in chunks sized from the device's
+memory and go through the same engine heads as :func:`te_gpu.score_zoo`.
+
+Redraws are done in rounds (:data:`FIRST_ROUND`, then as many as ``until`` asks
+for): ``until`` - :func:`te_gpu.recommend.settled` for ``recommend`` - may stop
+the run once the answer is settled, and because redraw r depends on (seed, r)
+only, a stopped run holds exactly the first R redraws of a longer one.
+``options["redraws"]`` records how many were done, of which cap, and why.
 
 What each metric does on a redraw (all: the engine's value on the resampled
 features, equal to the float64 reference on ``x[idx], y[idx]``; tested):
@@ -456,14 +471,15 @@ class _Plan:
 
             self.state["class_index"] = class_padding_index(self.lab.codes, self.lab.c)
         workers = 1 if self.dev.type == "cuda" else max(1, min(len(names), torch.get_num_threads()))
-        with timer.stage("from weights"):
-            if workers == 1:
+        if self.dev.type == "cuda":
+            with timer.stage("from weights"):
                 return {nm: self._one_model(nm, w, idx, features_tensor, False) for nm in names}
-            from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
-            with _one_blas_thread(), ThreadPoolExecutor(workers) as pool:
-                done = pool.map(lambda nm: self._one_model(nm, w, idx, features_tensor, True), names)
-                return dict(zip(names, done))
+        with timer.stage("from weights"), _one_blas_thread(), ThreadPoolExecutor(workers) as pool:
+            done = pool.map(lambda nm: self._one_model(nm, w, idx, features_tensor, workers > 1),
+                            names)
+            return dict(zip(names, done))
 
     def _one_model(self, nm, w, idx, features_tensor, single: bool) -> dict:
         """One model's weighted-path values on redraws ``idx`` (its state made on first use)."""
@@ -497,16 +513,38 @@ class _Plan:
     def _ncti(self, x, w, idx) -> list:
         """NCTI's parts per redraw: statistics from weights, the rest on the gathered rows."""
         from .engine.ncti import ncti_parts_batched, resampled_stats
+        from .engine.stats import TOP_EIGENPAIRS
 
+        n, d = x.shape
         step = max(1, int(2 ** 24 // x.numel()))       # gathered redraws of about 128 MB at once
         parts = []
         for r0 in range(0, w.shape[0], step):
-            st, eig = resampled_stats(x, self.src, w[r0:r0 + step])
-            seli, ncc, vc = ncti_parts_batched(x[idx[r0:r0 + step]], self.lab, st, eig=eig,
-                                               class_index=self.state["class_index"],
-                                               **self.opts["ncti"])
+            ww, ii = w[r0:r0 + step], idx[r0:r0 + step]
+            st, eig = resampled_stats(x, self.src, ww)
+            kw = dict(class_index=self.state["class_index"], **self.opts["ncti"])
+            if eig is None:                              # N <= D: the dual, on the gathered rows
+                seli, ncc, vc = ncti_parts_batched(x[ii], self.lab, st, eig=eig, **kw)
+            else:    # PCA scores of the rows the redraw holds, then laid out as the redraw
+                z = _redraw_scores(x, ww, ii, st.xbar, eig, min(TOP_EIGENPAIRS, n - 1, d))
+                seli, ncc, vc = ncti_parts_batched(x[None].expand(ii.shape[0], -1, -1), self.lab,
+                                                   st, eig=eig, scores=z, **kw)
             parts.extend(zip(seli.tolist(), ncc.tolist(), vc.tolist()))
         return parts
+
+
+def _redraw_scores(x, w, idx, xbar, eig, n_comp: int):
+    """(R, N, n_comp) PCA scores of R redraws in redraw order, computed on the rows each
+    holds only (each row's score is the same for all its copies)."""
+    import torch
+
+    from .engine import linalg
+
+    z = torch.zeros((idx.shape[0], x.shape[0], n_comp), dtype=x.dtype, device=x.device)
+    for r in range(idx.shape[0]):
+        rows = (w[r] > 0).nonzero()[:, 0]
+        axes = eig.vecs[r:r + 1].flip(-1)[:, :, :n_comp].to(x.dtype)
+        z[r, rows] = linalg.matmul((x[rows] - xbar[r])[None], axes)[0]
+    return torch.gather(z, 1, idx[:, :, None].expand(-1, -1, n_comp))
 
 
 def _one_blas_thread():

@@ -9,6 +9,14 @@ rank on every redraw (the consensus), and says in plain words what the redraws s
     no clear winner: fine-tune the top 2 (lite0, lite2): one of them is first in 93 % of resamples
 
 The default metric set (:data:`DEFAULT_METRICS`) and why: bench/RESULTS.md, "recommend".
+
+Only as many redraws as the verdict needs: ``replicates`` (``-B``) is a cap, and
+the redraws stop once every share of the consensus (first place and top k, of every
+model) has a Monte-Carlo standard error of at most ``mc_error`` (default
+:data:`MC_ERROR` = 0.05: at most 100 redraws for a share of 1/2, fewer for shares
+near 0 or 1) and the model most often first leads the next by two standard errors
+of the difference (:func:`settled`; SPEC 11). The output says how many were used
+and why. Cost near its floor: bench/RESULTS.md, "recommend near its floor".
 """
 from __future__ import annotations
 

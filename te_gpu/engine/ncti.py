@@ -93,10 +93,12 @@ def _svd_branch(z, means_z, labels: Labels, fac, max_comp):
 
 
 def ncti_parts_batched(x: torch.Tensor, labels: Labels, st: BatchStats, *,
-                       eig=None, lda_scaling: str = "n_minus_c", class_index=None):
+                       eig=None, lda_scaling: str = "n_minus_c", class_index=None, scores=None):
     """(seli, ncc, vc), each (B,), for a (B, N, D) batch with its statistics.
 
-    ``eig``: the batch's :class:`~te_gpu.engine.stats.Spectrum` if the caller has it.
+    ``eig``: the batch's :class:`~te_gpu.engine.stats.Spectrum` if the caller has it;
+    ``scores``: the PCA scores (B, N, min(64, N - 1, D)) on its top eigenvectors if the
+    caller has them (``x`` is then read for its shape only).
     """
     b, n, d = x.shape
     c = labels.c
@@ -108,7 +110,7 @@ def ncti_parts_batched(x: torch.Tensor, labels: Labels, st: BatchStats, *,
     explained = eig.evals.flip(-1) / (n - 1)              # descending, float64
     tau = torch.clamp(torch.exp(-explained[:, :32].sum(-1)), min=1e-10).to(x.dtype)
     use_svd = tau == 1e-10
-    z = eig.pca_scores(x, st.xbar, n_comp)                # PCA scores (B, N, n), centred
+    z = eig.pca_scores(x, st.xbar, n_comp) if scores is None else scores   # (B, N, n), centred
     # components of zero variance in exact arithmetic get exact zero scores
     # (te_gpu.reference.ncti.signal_components)
     signal = explained[:, :n_comp] > pca_noise_floor(explained[:, :1], n, d)
