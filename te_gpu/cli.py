@@ -792,8 +792,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--replicates", "-B", type=int, default=RECOMMEND_REPLICATES,
                    help="most resamples of the target set (fewer once the verdict is settled)")
     r.add_argument("--mc-error", type=float, default=RECOMMEND_MC_ERROR,
-                   help="stop once every share has this Monte-Carlo standard error and the first "
-                        "place is settled (0: all -B resamples)")
+                   help="stop once every share (first place, top k) has this Monte-Carlo standard "
+                        "error (0.05: at most 100 resamples; 0: all -B resamples)")
     r.add_argument("--seed", type=int, default=0, help="seed of the resamples")
     r.add_argument("--level", type=float, default=RECOMMEND_LEVEL, help="level of the intervals")
     r.add_argument("--k", type=int, default=3, help="the top k whose share is given")
