@@ -192,6 +192,19 @@ def test_a_stopped_run_is_the_first_redraws_of_a_longer_one():
     assert (short.samples["knn"]["a"] == full.samples["knn"]["a"][:20]).all()
 
 
+def test_one_line_when_the_first_redraws_predict_more_than_a_minute(capsys):
+    from te_gpu.bootstrap import _next_stop, _slow_notice
+
+    _slow_notice(12.0, 10, 100, True)             # 1.2 s a redraw, 90 more: 108 s
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "about 108 s more for up to 100 redraws" in err and "-B" in err
+    _slow_notice(5.0, 10, 100, True)              # 45 s: nothing said
+    _slow_notice(12.0, 10, 100, False)            # progress off: nothing said
+    assert capsys.readouterr().err == ""
+    assert [_next_stop(0, 100, 200), _next_stop(10, 15, 200), _next_stop(10, 73, 200),
+            _next_stop(80, 500, 200)] == [10, 20, 73, 200]
+
+
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 def test_neighbour_lists_equal_the_reference_with_ties_and_short_lists(distance):
     """Duplicated samples (exact ties between different sources) and lists too short for
