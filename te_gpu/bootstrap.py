@@ -15,13 +15,28 @@ class's rows, and lay the classes out one after another: every redraw then has
 the same label vector (n_0 zeros, n_1 ones, ...), so the redraws of one model
 are models of one batch for the engine, sharing its labels and everything that
 depends on labels alone (one-hot, counts, NCTI's class index), and they share
-batches with the redraws of other models of the same width. Each model's
-features are read once; the (models x redraws, N, D) batches are gathered on the
-device from them (``x[idx]``), in chunks sized from the device's memory, and go
-through the same engine heads as :func:`te_gpu.score_zoo`. Redraw ``r`` uses
+batches with the redraws of other models of the same width. Redraw ``r`` uses
 ``numpy.random.default_rng([seed, r])`` (:func:`resample_indices`), the same
 rows for every model (so that models are compared on the same redraw), and does
 not depend on how many redraws are asked for.
+
+Two ways through the engine. LDA, kNN and NCTI on raw features (``FROM_WEIGHTS``)
+read a redraw as its multiplicity vector w (how many times each row is in it) and
+what was computed once on the full target set: kNN walks each row's neighbour
+list (:class:`te_gpu.engine.knn.NeighbourLists`), LDA's class means are weighted
+sums and each distinct row's term counts w times, NCTI's centred Gram is a sum over
+the rows the redraw holds scaled by sqrt(w) (then its own top eigenpairs, as on any
+features). On a CPU the models of this path go to one worker per core, each with
+one BLAS thread. Every other metric, and every metric after SA, is scored on the
+gathered rows: each model's features are read once, the (models x redraws, N, D)
+batches are gathered from them (``x[idx]``) in chunks sized from the device's
+memory and go through the same engine heads as :func:`te_gpu.score_zoo`.
+
+Redraws are done in rounds (:data:`FIRST_ROUND`, then as many as ``until`` asks
+for): ``until`` - :func:`te_gpu.recommend.settled` for ``recommend`` - may stop
+the run once the answer is settled, and because redraw r depends on (seed, r)
+only, a stopped run holds exactly the first R redraws of a longer one.
+``options["redraws"]`` records how many were done, of which cap, and why.
 
 What each metric does on a redraw (all: the engine's value on the resampled
 features, equal to the float64 reference on ``x[idx], y[idx]``; tested):
@@ -281,28 +296,36 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
                   level: float = DEFAULT_LEVEL, method: str = "centred", sa=None,
                   options: dict | None = None,
                   predictions: dict | None = None, device=None, precision: str = "exact",
-                  batch_size: int | None = None, progress: bool = True) -> BootstrapResult:
-    """Every model of ``zoo`` scored on ``replicates`` class-stratified redraws of its targets.
+                  batch_size: int | None = None, progress: bool = True,
+                  until=None) -> BootstrapResult:
+    """Every model of ``zoo`` scored on up to ``replicates`` class-stratified redraws of its targets.
 
     Parameters as :func:`te_gpu.score_zoo` (``zoo``, ``labels``, ``metrics``, ``sa``,
     ``options``, ``predictions``, ``device``, ``precision``), plus
-    ``replicates`` : redraws B (>= 2);
+    ``replicates`` : redraws B (>= 2), or their cap when ``until`` stops earlier;
     ``seed`` : redraw r uses ``numpy.random.default_rng([seed, r])`` (:func:`resample_indices`);
     ``level`` : of the intervals (0.95: from the 2.5 and 97.5 percentiles);
     ``method`` : ``"centred"`` (default) or ``"percentile"``: how intervals and shares
         read the redraws (the module's docstring says why centred);
-    ``batch_size`` : (model, redraw) pairs per engine batch; None sizes batches
-        from the device's memory (on a CPU at most ``CPU_BATCH_ROWS``);
-    ``progress`` : a progress bar over the redraws.
+    ``batch_size`` : (model, redraw) pairs per engine batch of the gathered path; None
+        sizes batches from the device's memory (on a CPU at most ``CPU_BATCH_ROWS``);
+    ``progress`` : a progress bar over the redraws, and one line when the first redraws
+        predict more than ``SLOW_NOTICE_S`` seconds;
+    ``until`` : None, or a function of the result so far (its first R redraws) returning
+        ``(reason, wanted)``: a reason (str) stops the run there, else None and the number
+        of redraws it expects to need (the next round goes up to it). Redraws are done in
+        rounds (:data:`FIRST_ROUND` first), so a stopped run holds exactly the first R
+        redraws of a longer one.
 
     One process (no sharing between the ranks of a distributed job); no checkpoint.
-    Returns a :class:`BootstrapResult`.
+    Returns a :class:`BootstrapResult`; ``options["redraws"]`` says how many redraws were
+    done, out of which cap, and why it stopped.
     """
     import torch
 
     from . import zoo as zoo_mod
     from ._checks import as_labels
-    from .engine._tensor import features_tensor, resolve_device, working_dtype
+    from .engine._tensor import resolve_device, working_dtype
     from .engine.stats import Labels
 
     t0 = time.perf_counter()
@@ -321,38 +344,247 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     t_point = time.perf_counter() - t0
     names = catalogue.metric_names(metrics)
     opts = catalogue.resolve_options(names, options)
-    feature_metrics = tuple(m for m in names if catalogue.get(m).inputs == "features")
-    pred_metrics = tuple(m for m in names if catalogue.get(m).inputs == "predictions")
     settings = zoo_mod._sa_settings(sa)
     dtype = working_dtype(precision)
     dev = resolve_device(device, *(v for v in zoo.values() if isinstance(v, torch.Tensor)))
 
     codes_np, classes = as_labels(labels)
-    n, c = codes_np.size, classes.size
+    c = classes.size
     idx_np, rcodes = resample_indices(codes_np, replicates, seed)
-    idx = torch.as_tensor(idx_np, device=dev)
+    idx_all = torch.as_tensor(idx_np, device=dev)
     lab = Labels.from_codes(torch.as_tensor(rcodes, device=dev), c, dtype)
+    src = Labels.from_codes(torch.as_tensor(codes_np, device=dev), c, dtype)
 
-    result = BootstrapResult(models=list(zoo), replicates=replicates, seed=seed, level=level,
+    result = BootstrapResult(models=list(zoo), replicates=0, seed=seed, level=level,
                              method=method, point=dict(point.scores), skipped=dict(point.skipped),
                              undefined=dict(point.undefined), dropped=dict(point.dropped),
                              options=dict(metrics=list(names), options=opts,
                                           sa=list(settings), precision=precision))
+    plan = _Plan(zoo, names, settings, opts, dtype, dev, batch_size, lab, src, predictions or {})
     timer = _timer(dev)
     bar = _progress(len(zoo) * replicates, progress)
+    done, wanted = 0, replicates
+    reason = ("the cap (-B) came before the stopping rule was met" if until is not None
+              else "all the redraws asked for (-B)")
+    t_rounds = time.perf_counter()
     try:
-        if feature_metrics:
-            raw = _feature_pass(zoo, idx, lab, feature_metrics, settings, opts, dtype, dev,
-                                batch_size, timer, bar, features_tensor)
-            _fill(result, raw, feature_metrics, settings, replicates)
-        if pred_metrics:
-            _prediction_pass(result, zoo, predictions or {}, idx, rcodes, c, pred_metrics, opts,
-                             dev, timer, bar if not feature_metrics else None)
+        while done < replicates:
+            stop = _next_stop(done, wanted, replicates)
+            plan.run(result, idx_all[done:stop], rcodes, timer, bar)
+            first, done = done == 0, stop
+            if until is not None and done >= 2:
+                why, wanted = until(result)
+                wanted = min(replicates, wanted)
+                if why is not None and done < replicates:
+                    reason = why
+                    break
+            if first:
+                _slow_notice(time.perf_counter() - t_rounds, done, wanted, progress)
     finally:
         bar.close()
+    result.options["redraws"] = dict(done=done, cap=replicates, stopped_by=reason)
     run = time.perf_counter() - t0
     result.timings = dict(timer.stages, point=t_point, bootstrap=run - t_point, total=run)
     return result
+
+
+FIRST_ROUND = 10     # redraws of the first round: enough for a time estimate and first shares
+MIN_ROUND = 10       # later rounds add at least this many
+SLOW_NOTICE_S = 60.0
+
+
+def _next_stop(done: int, wanted: int, cap: int) -> int:
+    """Where the next round of redraws ends."""
+    if done == 0:
+        return min(cap, FIRST_ROUND)
+    return min(cap, max(done + MIN_ROUND, wanted))
+
+
+def _slow_notice(seconds: float, done: int, wanted: int, enabled: bool) -> None:
+    """One line when the first round predicts more than a minute for the rest."""
+    more = seconds / done * max(0, wanted - done)
+    if enabled and more > SLOW_NOTICE_S:
+        import sys
+
+        print(f"bootstrap: about {more:.0f} s more for up to {wanted} redraws ({seconds / done:.2f} s "
+              "each); fewer redraws (-B), fewer metrics or a GPU make it cheaper", file=sys.stderr)
+
+
+# metrics whose raw-feature redraws are computed from multiplicities and what was computed once on
+# the full target set (kNN's neighbour lists; LDA's and NCTI's weighted sums), not from gathered rows
+FROM_WEIGHTS = ("lda", "knn", "ncti")
+KNN_REDRAWS = 16     # redraws per walk of the neighbour lists (R x N x L entries at once)
+
+
+class _Plan:
+    """Which (metric, setting) goes which way, and what the weighted path keeps between rounds."""
+
+    def __init__(self, zoo, names, settings, opts, dtype, dev, batch_size, lab, src, predictions):
+        self.zoo, self.settings, self.opts = zoo, settings, opts
+        self.dtype, self.dev, self.batch_size = dtype, dev, batch_size
+        self.lab, self.src, self.predictions = lab, src, predictions
+        self.feature_metrics = tuple(m for m in names if catalogue.get(m).inputs == "features")
+        self.pred_metrics = tuple(m for m in names if catalogue.get(m).inputs == "predictions")
+        raw = None in settings
+        self.weighted = tuple(m for m in self.feature_metrics if raw and m in FROM_WEIGHTS)
+        self.gathered = tuple(m for m in self.feature_metrics if m not in self.weighted)
+        self.sa_settings = [s for s in settings if s is not None]
+        self.state: dict = {}      # model -> its features and neighbour lists (weighted path)
+
+    def run(self, result: BootstrapResult, idx, rcodes, timer, bar) -> None:
+        """Redraws ``idx`` (R, N) of every model, appended to ``result``'s samples."""
+        from .engine._tensor import features_tensor
+
+        b = idx.shape[0]
+        raw: dict = {}
+        for i, s in enumerate(self.settings):
+            metrics = self.gathered if s is None else self.feature_metrics
+            if metrics:
+                part = _feature_pass(self.zoo, idx, self.lab, metrics, [s], self.opts, self.dtype,
+                                     self.dev, self.batch_size, timer, _NoUpdate(),
+                                     features_tensor)
+                for (nm, _), (vals, opened) in part.items():
+                    entry = raw.setdefault((nm, i), ({}, opened))
+                    entry[0].update(vals)
+        if self.weighted:
+            for nm, vals in self._weighted_pass(idx, timer, features_tensor).items():
+                raw.setdefault((nm, self.settings.index(None)), ({}, [False] * b))[0].update(vals)
+        part_result = BootstrapResult(models=result.models, replicates=b, seed=result.seed,
+                                      level=result.level, undefined=result.undefined,
+                                      dropped=result.dropped)   # zoo-level parts as on the target set
+        if self.feature_metrics:
+            _fill(part_result, raw, self.feature_metrics, self.settings, b)
+        if self.pred_metrics:
+            _prediction_pass(part_result, self.zoo, self.predictions, idx, rcodes, self.lab.c,
+                             self.pred_metrics, self.opts, self.dev, timer, None)
+        _append(result, part_result)
+        bar.update(len(self.zoo) * b)
+
+    def _weighted_pass(self, idx, timer, features_tensor) -> dict:
+        """{model: {metric: per-redraw values}} of the metrics in ``self.weighted``.
+
+        On a CPU the models go to one worker thread per core, each with one BLAS thread:
+        per-model LAPACK calls (NCTI's eigensolver) gain little from a second thread, and
+        OpenBLAS's idle threads spin on the cores torch's threads need (measured: a D = 1280
+        resample's top eigenpairs took 2.4 s of CPU with two BLAS threads on a loaded
+        machine, 0.14 s with one; bench/RESULTS.md, "recommend near its floor").
+        """
+        import torch
+
+        b, n = idx.shape
+        w = torch.zeros((b, n), dtype=self.dtype, device=self.dev)
+        w.scatter_add_(1, idx, torch.ones_like(idx, dtype=self.dtype))   # multiplicities
+        names = list(self.zoo)
+        if "class_index" not in self.state:
+            from .engine.ncti import class_padding_index
+
+            self.state["class_index"] = class_padding_index(self.lab.codes, self.lab.c)
+        workers = 1 if self.dev.type == "cuda" else max(1, min(len(names), torch.get_num_threads()))
+        if self.dev.type == "cuda":
+            with timer.stage("from weights"):
+                return {nm: self._one_model(nm, w, idx, features_tensor, False) for nm in names}
+        from concurrent.futures import ThreadPoolExecutor
+
+        with timer.stage("from weights"), _one_blas_thread(), ThreadPoolExecutor(workers) as pool:
+            done = pool.map(lambda nm: self._one_model(nm, w, idx, features_tensor, workers > 1),
+                            names)
+            return dict(zip(names, done))
+
+    def _one_model(self, nm, w, idx, features_tensor, single: bool) -> dict:
+        """One model's weighted-path values on redraws ``idx`` (its state made on first use)."""
+        import torch
+
+        from . import zoo as zoo_mod
+        from .engine.knn import NeighbourLists
+        from .engine.lda import lda_weighted
+
+        if single:
+            torch.set_num_threads(1)          # this worker thread's share of the cores
+        b = idx.shape[0]
+        st = self.state.get(nm)
+        if st is None:
+            x = features_tensor(zoo_mod._open(nm, self.zoo[nm])[0], self.dev, self.dtype,
+                                name=f"features of model {nm!r}")
+            st = self.state[nm] = {"x": x}
+            if "knn" in self.weighted:
+                st["lists"] = NeighbourLists(x, self.src, **self.opts["knn"])
+        x, vals = st["x"], {}
+        if "lda" in self.weighted:
+            vals["lda"] = lda_weighted(x, self.src, w).tolist()
+        if "knn" in self.weighted:
+            vals["knn"] = [v for r0 in range(0, b, KNN_REDRAWS)
+                           for v in st["lists"].accuracy(w[r0:r0 + KNN_REDRAWS],
+                                                         idx[r0:r0 + KNN_REDRAWS]).tolist()]
+        if "ncti" in self.weighted:
+            vals["ncti"] = self._ncti(x, w, idx)
+        return vals
+
+    def _ncti(self, x, w, idx) -> list:
+        """NCTI's parts per redraw: statistics from weights, the rest on the gathered rows."""
+        from .engine.ncti import ncti_parts_batched, resampled_stats
+        from .engine.stats import TOP_EIGENPAIRS
+
+        n, d = x.shape
+        step = max(1, int(2 ** 24 // x.numel()))       # gathered redraws of about 128 MB at once
+        parts = []
+        for r0 in range(0, w.shape[0], step):
+            ww, ii = w[r0:r0 + step], idx[r0:r0 + step]
+            st, eig = resampled_stats(x, self.src, ww)
+            kw = dict(class_index=self.state["class_index"], **self.opts["ncti"])
+            if eig is None:                              # N <= D: the dual, on the gathered rows
+                seli, ncc, vc = ncti_parts_batched(x[ii], self.lab, st, eig=eig, **kw)
+            else:    # PCA scores of the rows the redraw holds, then laid out as the redraw
+                z = _redraw_scores(x, ww, ii, st.xbar, eig, min(TOP_EIGENPAIRS, n - 1, d))
+                seli, ncc, vc = ncti_parts_batched(x[None].expand(ii.shape[0], -1, -1), self.lab,
+                                                   st, eig=eig, scores=z, **kw)
+            parts.extend(zip(seli.tolist(), ncc.tolist(), vc.tolist()))
+        return parts
+
+
+def _redraw_scores(x, w, idx, xbar, eig, n_comp: int):
+    """(R, N, n_comp) PCA scores of R redraws in redraw order, computed on the rows each
+    holds only (each row's score is the same for all its copies)."""
+    import torch
+
+    from .engine import linalg
+
+    z = torch.zeros((idx.shape[0], x.shape[0], n_comp), dtype=x.dtype, device=x.device)
+    for r in range(idx.shape[0]):
+        rows = (w[r] > 0).nonzero()[:, 0]
+        axes = eig.vecs[r:r + 1].flip(-1)[:, :, :n_comp].to(x.dtype)
+        z[r, rows] = linalg.matmul((x[rows] - xbar[r])[None], axes)[0]
+    return torch.gather(z, 1, idx[:, :, None].expand(-1, -1, n_comp))
+
+
+def _one_blas_thread():
+    """BLAS/LAPACK on one thread per caller for the duration (threadpoolctl where installed;
+    else as configured)."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+class _NoUpdate:
+    def update(self, k):
+        pass
+
+
+def _append(result: BootstrapResult, part: BootstrapResult) -> None:
+    """``part``'s redraws after ``result``'s (samples, SA gate shares weighted by redraws)."""
+    b0, b1 = result.replicates, part.replicates
+    for lb, d in part.samples.items():
+        mine = result.samples.setdefault(lb, {})
+        for nm, v in d.items():
+            mine[nm] = np.concatenate([mine.get(nm, np.empty(0)), np.asarray(v, dtype=np.float64)])
+    for variant, d in part.sa_applied.items():
+        mine = result.sa_applied.setdefault(variant, {})
+        for nm, share in d.items():
+            mine[nm] = (mine.get(nm, 0.0) * b0 + share * b1) / (b0 + b1)
+    result.replicates = b0 + b1
 
 
 def _progress(total: int, enabled: bool):

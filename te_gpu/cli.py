@@ -163,6 +163,15 @@ NON_NEGATIVE = _int_at_least(0, "must be 0 or more")
 SEED = _int_at_least(0, "a seed is an integer >= 0")
 
 
+@_value_type("Monte-Carlo error", "0.5")
+def MC_ERROR(text):
+    value = _number(text)
+    if not 0 <= value < 0.5:
+        raise ValueError(f"must be 0 (every -B resample) or a standard error below 0.5 (e.g. 0.05), "
+                         f"got {value:g}")
+    return value
+
+
 @_value_type("level", "1")
 def LEVEL(text):
     value = _number(text)
@@ -664,13 +673,15 @@ def cmd_baselines(args):
 # recommend
 # --------------------------------------------------------------------------
 
-def _static_baselines(accuracy: dict, info: dict):
+def _static_baselines(accuracy: dict, info: dict, store: dict | None = None):
     """{name: tau_w} of the shipped static rankings (ImageNet top-1, size, width) of these
-    models against ``accuracy``, where te_gpu has facts for them; else None."""
+    models against ``accuracy``, where te_gpu has facts for them, and of those the zoo's
+    store knows (``store``: te_gpu.recommend.store_rankings) where it has none; else None."""
     from te_gpu.baselines import static_tau
     from te_gpu.pipeline.correlation import static_rankings_for
 
     rankings, _ = static_rankings_for(list(accuracy), info.get("group"))
+    rankings = {**(store or {}), **rankings}
     taus = {name: static_tau(values, accuracy)["tau_w"] for name, values in rankings.items()}
     return {name: t for name, t in taus.items() if t is not None} or None
 
@@ -683,14 +694,15 @@ def cmd_recommend(args):
     from te_gpu.io import load_predictions
     from te_gpu.pipeline.extract import open_zoo
     from te_gpu.pipeline.scoring import _warnings_to
-    from te_gpu.recommend import (DEFAULT_METRICS, against_truth, draw, format_recommendation,
-                                  format_truth, recommend)
+    from te_gpu.recommend import (DEFAULT_METRICS, MC_ERROR, against_truth, draw,
+                                  format_recommendation, format_truth, recommend)
 
     log = _log(args)
     # the parser leaves these None (see _default_from): the modules' own defaults
     metrics = args.metrics or DEFAULT_METRICS
     replicates = args.replicates or DEFAULT_REPLICATES
     level = args.level or DEFAULT_LEVEL
+    mc_error = MC_ERROR if args.mc_error is None else (args.mc_error or None)   # 0: every -B
     options = _metric_options(args, metrics)
     sa_opts = _sa_opts(args)
     sa = [None if v is None else dict(sa_opts, variant=v) for v in args.sa]
@@ -714,12 +726,13 @@ def cmd_recommend(args):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     log(f"{len(zoo)} models on {dataset} (N = {labels.size}), {', '.join(metrics)}"
         f"{'' if args.sa == [None] else ', SA ' + ','.join(v or 'none' for v in args.sa)}: "
-        f"{replicates} resamples of the target set (class by class, seed {args.seed}) on {device}")
+        f"up to {replicates} resamples of the target set (class by class, seed {args.seed}) on {device}")
     with _warnings_to(log):   # a zoo-level part left out: one line
         rec = recommend(zoo, labels, metrics=metrics, replicates=replicates, seed=args.seed,
                         level=level, sa=sa, options=options, predictions=predictions,
                         device=device, precision=args.precision, batch_size=args.batch_size,
-                        k=args.k, progress=_progress(args))
+                        k=args.k, progress=_progress(args),
+                        mc_error=mc_error)
     for lbl, reasons in rec.boot.skipped.items():
         log(f"note: {lbl} skipped for {len(reasons)} model(s): {next(iter(reasons.values()))}")
     for lbl, why in rec.boot.undefined.items():
@@ -736,7 +749,10 @@ def cmd_recommend(args):
         if args.plots:
             where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)
             if baselines is None:
-                baselines = _static_baselines(accuracy, info)
+                from te_gpu.recommend import store_rankings
+
+                known = store_rankings(args.zoo, dataset, [m for m in zoo if m in accuracy])
+                baselines = _static_baselines(accuracy, info, known)
             for f in draw(rec, accuracy, args.plots, regime=info.get("regime"),
                           baselines=baselines, where=where):
                 log(f"wrote {f}")
@@ -1045,8 +1061,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sa(r, default="none")
     _default_from(r.add_argument("--replicates", "-B", type=_int_at_least(2, "needs at least 2 resamples"),
                                  default=None,
-                                 help="resamples of the target set"),
+                                 help="most resamples of the target set (fewer once the verdict is settled)"),
                   default="te_gpu.bootstrap:DEFAULT_REPLICATES")
+    _default_from(r.add_argument("--mc-error", type=MC_ERROR, default=None,
+                                 help="stop once every share (first place, top k) has this "
+                                      "Monte-Carlo standard error (0.05: at most 100 resamples); "
+                                      "0: all -B resamples"),
+                  default="te_gpu.recommend:MC_ERROR")
     _add_seed(r, "resamples")
     _default_from(r.add_argument("--level", type=LEVEL, default=None, help="level of the intervals"),
                   default="te_gpu.bootstrap:DEFAULT_LEVEL")

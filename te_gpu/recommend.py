@@ -9,6 +9,13 @@ rank on every redraw (the consensus), and says in plain words what the redraws s
     no clear winner: fine-tune the top 2 (lite0, lite2): one of them is first in 93 % of resamples
 
 The default metric set (:data:`DEFAULT_METRICS`) and why: bench/RESULTS.md, "recommend".
+
+Only as many redraws as the verdict needs: ``replicates`` (``-B``) is a cap, and
+the redraws stop once every share of the consensus (first place and top k, of every
+model) has a Monte-Carlo standard error of at most ``mc_error`` (default
+:data:`MC_ERROR` = 0.05: at most 100 redraws for a share of 1/2, fewer for shares
+near 0 or 1; :func:`settled`, SPEC 11). The output says how many were used
+and why. Cost near its floor: bench/RESULTS.md, "recommend near its floor".
 """
 from __future__ import annotations
 
@@ -21,6 +28,10 @@ __all__ = ["DEFAULT_METRICS", "Recommendation", "recommend", "verdict", "format_
 DEFAULT_METRICS = ("lda", "ncti", "knn")
 CLEAR = 0.5          # a first-place share below this is "no clear winner"
 COVER = 0.9          # the top-k named when there is no clear winner hold the first place this often
+# The stopping rule (SPEC 11): redraws go on until every share of the consensus (first place,
+# top k) has a Monte-Carlo standard error <= MC_ERROR; never before MIN_REDRAWS.
+MC_ERROR = 0.05
+MIN_REDRAWS = 20
 
 
 @dataclass
@@ -45,29 +56,71 @@ class Recommendation:
     def best(self) -> str:
         return self.order[0]
 
+    @property
+    def redraws(self) -> dict:
+        """{done, cap, stopped_by}: how many redraws the shares read, and why no more."""
+        return self.boot.options.get("redraws", dict(done=self.boot.replicates,
+                                                     cap=self.boot.replicates, stopped_by="the cap"))
+
     def to_dict(self, samples: bool = False) -> dict:
         return dict(best=self.best, verdict=self.lines, labels=self.labels, order=self.order,
                     p_first=self.p_first, p_top=self.p_top, k=self.k, picks=self.picks,
-                    bootstrap=self.boot.to_dict(samples))
+                    redraws=self.redraws, bootstrap=self.boot.to_dict(samples))
 
 
 def recommend(zoo, labels=None, *, metrics=DEFAULT_METRICS, replicates: int = DEFAULT_REPLICATES,
               seed: int = 0, level: float = DEFAULT_LEVEL, sa=None, options=None,
               predictions=None, device=None, precision: str = "exact",
-              batch_size: int | None = None, k: int = 3, progress: bool = True) -> Recommendation:
+              batch_size: int | None = None, k: int = 3, progress: bool = True,
+              mc_error: float | None = MC_ERROR) -> Recommendation:
     """Rank ``zoo`` by the consensus of ``metrics`` and say how stable that ranking is.
 
     Arguments as :func:`te_gpu.bootstrap.bootstrap_zoo`; ``k``: the "top k" of the shares.
     Every (metric, SA setting) label takes part in the consensus with equal weight.
+    ``replicates`` is the cap: redraws stop as soon as the verdict is settled to the
+    Monte-Carlo error ``mc_error`` (:func:`settled`); None: all ``replicates`` redraws.
     """
     from .bootstrap import _check_int, bootstrap_zoo
 
     k = _check_int(k, "k", 1)
+    if mc_error is not None and (isinstance(mc_error, bool) or not isinstance(mc_error, (int, float))
+                                 or not 0 < mc_error < 0.5):
+        raise ValueError(f"mc_error must be a number between 0 and 0.5 (e.g. 0.05), got {mc_error!r}")
+    until = None if mc_error is None else (lambda res: settled(res, k=k, error=float(mc_error)))
     boot = bootstrap_zoo(zoo, labels, metrics=metrics, replicates=replicates, seed=seed,
                          level=level, sa=sa, options=options, predictions=predictions,
                          device=device, precision=precision, batch_size=batch_size,
-                         progress=progress)
+                         progress=progress, until=until)
     return from_bootstrap(boot, k=k)
+
+
+def settled(boot: BootstrapResult, *, k: int = 3, error: float = MC_ERROR) -> tuple:
+    """Is the verdict of ``boot``'s redraws so far settled? ``(reason or None, redraws wanted)``.
+
+    A share p read from R redraws has the Monte-Carlo standard error sqrt(p (1 - p) / R)
+    (p taken as (p R + 1) / (R + 2), so that a share of 0 or 1 after few redraws still
+    counts as uncertain). Settled when every model's share of first places and of the top
+    k in the consensus has a standard error <= ``error`` (so at most 0.25 / error^2
+    redraws: 100 at 0.05), never before ``MIN_REDRAWS``. Otherwise the redraws this asks
+    for at the current shares.
+
+    Two models whose first-place shares differ by less than about two such errors are
+    not told apart by more redraws at any affordable count (0.55 against 0.42 would need
+    about 265 for two errors of their difference): the verdict names both ("also first
+    in ..."), with shares good to ``error``.
+    """
+    import math
+
+    import numpy as np
+
+    _, samples, _ = boot.consensus()
+    r = samples.shape[1]
+    shares = np.concatenate([_first_share(samples).mean(1), (_ahead(samples) < k).mean(1)])
+    p = (shares * r + 1) / (r + 2)
+    wanted = max(MIN_REDRAWS, float((p * (1 - p)).max()) / error ** 2)
+    if r >= wanted:
+        return f"the verdict is settled (every share's Monte-Carlo standard error <= {error:g})", r
+    return None, math.ceil(wanted)
 
 
 def from_bootstrap(boot: BootstrapResult, labels=None, *, k: int = 3) -> Recommendation:
@@ -164,6 +217,8 @@ def format_recommendation(rec: Recommendation, top: int = 5) -> str:
         out.append(f"... {len(rec.order) - top} more model(s)")
     out.append("")
     out.extend(rec.lines)
+    rd = rec.redraws
+    out.append(f"{rd['done']} resamples of at most {rd['cap']}: {rd['stopped_by']}")
     return "\n".join(out)
 
 
@@ -218,14 +273,16 @@ def draw(rec: Recommendation, accuracy: dict, folder, *, regime=None, baselines=
          where: str = "") -> list:
     """PNGs in ``folder``: each label's score against accuracy with its intervals and the
     models' names (``{label}_vs_accuracy.png``), and tau_w per label with intervals and
-    ``baselines`` ({name: tau_w}) as lines (``tau_w.png``). The accuracy axis is named
-    after ``regime``. Returns the paths."""
+    ``baselines`` ({name: tau_w}) as lines (``tau_w.png``; :func:`store_rankings` gives
+    the static rankings a te_gpu store knows). The accuracy axis is named after ``regime``,
+    with "(%)" where the accuracies are percentages. Returns the paths."""
     from pathlib import Path
 
-    from .pipeline.plots import accuracy_label, score_figure, tau_figure
+    from .pipeline.plots import accuracy_label, in_percent, score_figure, tau_figure
 
     folder = Path(folder)
     rows = against_truth(rec, accuracy)
+    axis = accuracy_label(regime, in_percent(accuracy))
     files = []
     level = f"{100 * rec.boot.level:.0f} %"
     for r in rows:
@@ -237,10 +294,28 @@ def draw(rec: Recommendation, accuracy: dict, folder, *, regime=None, baselines=
         files.append(score_figure([(title, scores)], accuracy, folder / f"{lb}_vs_accuracy.png",
                                   suptitle=f"{lb} against {where or 'accuracy'} ({level} intervals "
                                            f"over {rec.boot.replicates} resamples)",
-                                  xlabel=accuracy_label(regime),
+                                  xlabel=axis,
                                   intervals=[rec.boot.interval(lb)], names=True))
     files.append(tau_figure([(r["label"], r["tau_w"], r["lo"], r["hi"]) for r in rows],
                             folder / "tau_w.png", baselines=baselines,
-                            title=f"tau_w against {accuracy_label(regime)}"
+                            title=f"tau_w against {axis}"
                                   f"{' - ' + where if where else ''} ({level} intervals)"))
     return files
+
+
+def store_rankings(directory, dataset: str, models) -> dict:
+    """{name: {model: value}}: the static rankings a te_gpu store's manifest knows for
+    ``models`` on ``dataset`` - "parameters" (of the network) and "feature width" (D) -
+    each where the manifest gives it for every model; {} for a directory without one."""
+    from .baselines import FACT_NAMES
+    from .pipeline.extract import read_manifest
+
+    manifest = read_manifest(directory) or {}
+    entries = manifest.get("datasets", {}).get(dataset, {}).get("models", {})
+    out = {}
+    for name, key in ((FACT_NAMES["params"], "params"), (FACT_NAMES["feature_width"], "dim")):
+        values = {m: entries.get(m, {}).get(key) for m in models}
+        if values and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                          for v in values.values()):
+            out[name] = {m: float(v) for m, v in values.items()}
+    return out

@@ -170,6 +170,71 @@ def test_batches_and_reruns_do_not_change_the_redraws():
     assert not np.allclose(other.samples["logme"]["a"], many.samples["logme"]["a"])
 
 
+def test_a_stopped_run_is_the_first_redraws_of_a_longer_one():
+    x, y = class_features(5, n=50, d=7, c=3)
+    zoo = _zoo_of(x, 3)
+    kw = dict(metrics=["lda", "knn", "ncti", "logme"], seed=9, progress=False)
+    asked = []
+
+    def until(res):                     # stop after the round that reaches 20 redraws
+        asked.append(res.replicates)
+        return ("enough", res.replicates) if res.replicates >= 20 else (None, 20)
+
+    short = bootstrap_zoo(zoo, y, replicates=40, until=until, **kw)
+    full = bootstrap_zoo(zoo, y, replicates=40, **kw)
+    assert asked == [10, 20] and short.replicates == 20 and full.replicates == 40
+    assert short.options["redraws"] == dict(done=20, cap=40, stopped_by="enough")
+    assert full.options["redraws"]["done"] == 40
+    for lbl in full.labels:
+        for name in zoo:
+            assert short.samples[lbl][name].shape == (20,)
+            assert rel(short.samples[lbl][name], full.samples[lbl][name][:20]) <= 1e-12, lbl
+    assert (short.samples["knn"]["a"] == full.samples["knn"]["a"][:20]).all()
+
+
+def test_one_line_when_the_first_redraws_predict_more_than_a_minute(capsys):
+    from te_gpu.bootstrap import _next_stop, _slow_notice
+
+    _slow_notice(12.0, 10, 100, True)             # 1.2 s a redraw, 90 more: 108 s
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "about 108 s more for up to 100 redraws" in err and "-B" in err
+    _slow_notice(5.0, 10, 100, True)              # 45 s: nothing said
+    _slow_notice(12.0, 10, 100, False)            # progress off: nothing said
+    assert capsys.readouterr().err == ""
+    assert [_next_stop(0, 100, 200), _next_stop(10, 15, 200), _next_stop(10, 73, 200),
+            _next_stop(80, 500, 200)] == [10, 20, 73, 200]
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_neighbour_lists_equal_the_reference_with_ties_and_short_lists(distance):
+    """Duplicated samples (exact ties between different sources) and lists too short for
+    many queries (depth 4) go through the exact pass; the rest walk the lists."""
+    from te_gpu.engine.knn import NeighbourLists, list_depth
+    from te_gpu.engine.stats import Labels
+
+    x, y = class_features(7, n=90, d=4, c=3)
+    x = np.round(x, 1)
+    x[20:30] = x[0:10]                                  # duplicated samples: tied keys
+    y[20:30] = y[0:10]
+    idx, codes = resample_indices(y, 8, seed=2)
+    w = np.stack([np.bincount(r, minlength=y.size) for r in idx]).astype(np.float64)
+    lab = Labels.from_codes(torch.as_tensor(y), 3, torch.float64)
+    want = [knn_grouped(x[r], codes, r, k=3, distance=distance) for r in idx]
+    for depth in (4, None):
+        lists = NeighbourLists(torch.as_tensor(x), lab, k=3, distance=distance, depth=depth)
+        got = lists.accuracy(torch.as_tensor(w), torch.as_tensor(idx)).numpy()
+        assert (got == np.array(want)).all(), (depth, got, want)
+    assert list_depth(3, 6000) > 3 and list_depth(3, 10) == 9
+    tiny_y = np.array([0, 0, 0, 1, 1, 1])
+    lists = NeighbourLists(torch.as_tensor(x[:6]), Labels.from_codes(torch.as_tensor(tiny_y), 2,
+                                                                     torch.float64), k=4,
+                           distance=distance)
+    one = np.array([0, 0, 0, 3, 3, 3])                  # sample 0: 3 rows outside its copies
+    with pytest.raises(ValueError, match="fewer than 4 neighbours"):
+        lists.accuracy(torch.as_tensor(np.bincount(one, minlength=6)[None].astype(float)),
+                       torch.as_tensor(one[None]))
+
+
 def test_bad_arguments():
     x, y = class_features(6, n=30, d=4, c=2)
     zoo = {"a": x, "b": 2 * x + 1}

@@ -76,8 +76,64 @@ def test_cli_defaults_are_the_modules(capsys):
     assert main(["recommend", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert f"(default: {','.join(rmod.DEFAULT_METRICS)})" in text
-    assert f"resamples of the target set (default: {bootstrap.DEFAULT_REPLICATES})" in text
+    assert f"(fewer once the verdict is settled) (default: {bootstrap.DEFAULT_REPLICATES})" in text
+    assert f"(default: {rmod.MC_ERROR:g})" in text
     assert f"level of the intervals (default: {bootstrap.DEFAULT_LEVEL:g})" in text
+
+
+def test_settled_reads_the_monte_carlo_error():
+    from te_gpu.recommend import MIN_REDRAWS, settled
+
+    def boot(first):                     # "a" scores 1 where first[r] says a, else "b" does
+        a = np.array([1.0 if f == "a" else 0.0 for f in first])
+        return _result({"s": {"a": a, "b": 1 - a, "c": np.full(len(first), -1.0)}},
+                       {"s": {"a": 1, "b": 0, "c": -1}})
+
+    # always the same first: settled as soon as the minimum is reached
+    reason, _ = settled(boot("a" * MIN_REDRAWS), k=1, error=0.05)
+    assert reason is not None and "0.05" in reason
+    reason, wanted = settled(boot("a" * 10), k=1, error=0.05)   # p read as 11/12 after 10
+    assert reason is None and wanted == int(np.ceil(11 / 144 / 0.0025)) == 31
+    # first 75 % of the time: p (1 - p) / E^2 = 0.1875 / 0.0025 = 75 redraws (p read as
+    # (pR + 1)/(R + 2)); at R = 40 it asks for about that many, and is settled at 80
+    reason, wanted = settled(boot(("aaab" * 10)), k=1, error=0.05)
+    p = (0.75 * 40 + 1) / 42
+    assert reason is None and wanted == int(np.ceil(p * (1 - p) / 0.0025))
+    assert settled(boot("aaab" * 20), k=1, error=0.05)[0] is not None
+    # two models sharing the first place: shares of 1/2 need 0.25 / 0.05^2 = 100 redraws
+    reason, wanted = settled(boot("ab" * 30), k=1, error=0.05)
+    assert reason is None and 95 <= wanted <= 100
+    assert settled(boot("ab" * 50), k=1, error=0.05)[0] is not None
+    assert settled(boot("ab" * 50), k=1, error=0.02)[0] is None
+
+
+def test_recommend_stops_when_settled_and_says_so():
+    x, y = class_features(0, n=90, d=6, c=3, spread=1.0)
+    rng = np.random.default_rng(1)
+    zoo = {"weak": x + rng.normal(scale=3.0, size=x.shape), "mid": x + rng.normal(size=x.shape),
+           "strong": 3.0 * x}
+    rec = recommend(zoo, y, replicates=200, seed=3, progress=False)
+    done = rec.redraws["done"]
+    assert 20 <= done < 200 and rec.boot.replicates == done
+    assert rec.redraws["cap"] == 200 and "settled" in rec.redraws["stopped_by"]
+    assert f"{done} resamples of at most 200: the verdict is settled" in format_recommendation(rec)
+    full = recommend(zoo, y, replicates=done, seed=3, progress=False, mc_error=None)
+    assert full.redraws == dict(done=done, cap=done, stopped_by="all the redraws asked for (-B)")
+    for lb in rec.labels:                # the same redraws as a run asked for exactly that many
+        for m in zoo:
+            np.testing.assert_allclose(rec.boot.samples[lb][m], full.boot.samples[lb][m],
+                                       rtol=1e-12)
+    with pytest.raises(ValueError, match="mc_error"):
+        recommend(zoo, y, replicates=20, progress=False, mc_error=0.7)
+
+
+def test_cli_defaults_are_the_modules():
+    from te_gpu import bootstrap, cli, recommend as rmod
+
+    assert cli.RECOMMEND_METRICS == ",".join(rmod.DEFAULT_METRICS)
+    assert cli.RECOMMEND_REPLICATES == bootstrap.DEFAULT_REPLICATES
+    assert cli.RECOMMEND_LEVEL == bootstrap.DEFAULT_LEVEL
+    assert cli.RECOMMEND_MC_ERROR == rmod.MC_ERROR
 
 
 @pytest.fixture
@@ -126,6 +182,41 @@ def test_recommend_command(zoo_dir, capsys):
     assert "consensus  tau_w" in out
     for name in ("lda_vs_accuracy.png", "knn_vs_accuracy.png", "tau_w.png"):
         assert (tmp / "plots" / name).stat().st_size > 1000
+
+
+def test_recommend_plots_the_rankings_the_store_knows(zoo_dir, capsys, monkeypatch):
+    """The tau_w figure draws the manifest's parameters and feature width as lines; the
+    accuracy axis says (%) for percentages only."""
+    import te_gpu.pipeline.plots as plots
+    from te_gpu.pipeline.extract import FORMAT, write_manifest
+
+    tmp = zoo_dir
+    write_manifest(tmp / "zoo", {"format": FORMAT, "version": 1, "datasets": {"toy": {"models": {
+        "alpha": {"params": 3e6, "dim": 5}, "beta": {"params": 2e6, "dim": 5},
+        "gamma": {"params": 1e6, "dim": 4}}}}})
+    seen = []
+    monkeypatch.setattr(plots, "tau_figure", lambda rows, path, **kw: seen.append(kw) or path)
+    monkeypatch.setattr(plots, "score_figure", lambda panels, acc, path, **kw: seen.append(kw) or path)
+    code, out, err = run(capsys, "recommend", str(tmp / "zoo"), "-B", "20", "-q", "--metrics", "lda",
+                         "--truth", str(tmp / "truth.json"), "--plots", str(tmp / "plots"))
+    assert code == 0, err
+    score_kw, tau_kw = seen
+    from te_gpu.baselines import static_tau
+
+    acc = {"alpha": 90.0, "beta": 70.0, "gamma": 40.0}
+    assert tau_kw["baselines"] == {
+        "parameters": static_tau({"alpha": 3e6, "beta": 2e6, "gamma": 1e6}, acc)["tau_w"],
+        "feature width": static_tau({"alpha": 5, "beta": 5, "gamma": 4}, acc)["tau_w"]}
+    assert score_kw["xlabel"] == "accuracy (%)" and "accuracy (%)" in tau_kw["title"]
+    (tmp / "frac.json").write_text(json.dumps({"alpha": 0.9, "beta": 0.7, "gamma": 0.4}))
+    seen.clear()
+    code, out, err = run(capsys, "recommend", str(tmp / "zoo"), "-B", "20", "-q", "--metrics", "lda",
+                         "--truth", str(tmp / "frac.json"), "--plots", str(tmp / "plots"))
+    assert code == 0, err
+    assert seen[0]["xlabel"] == "accuracy" and "(%)" not in seen[1]["title"]
+    from te_gpu.pipeline.plots import accuracy_label
+
+    assert accuracy_label("lft", percent=False) == "linear-probe accuracy"
 
 
 @pytest.mark.parametrize("argv, message", [

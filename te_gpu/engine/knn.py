@@ -16,6 +16,8 @@ the query's own class. None: each row its own group (plain leave-one-out).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .stats import Labels, right
@@ -92,3 +94,114 @@ def head(x: torch.Tensor, labels: Labels, shared, *, k: int, distance: str) -> t
     """The catalogue's kNN head; rows of a bootstrap resample leave their copies out
     (``shared.groups``)."""
     return knn_batched(x, labels, k=k, distance=distance, groups=getattr(shared, "groups", None))
+
+
+# --------------------------------------------------------------------------
+# bootstrap redraws from neighbour lists computed once (te_gpu.bootstrap)
+# --------------------------------------------------------------------------
+
+# A redraw holds each sample with probability 1 - (1 - 1/n_c)^n_c >= 1 - 1/e; lists are made
+# deep enough that a query finds k present neighbours in them but for this probability.
+SHORT_LIST = 1e-7
+
+
+def list_depth(k: int, n: int) -> int:
+    """Neighbours per list: the least L with P(Binomial(L, 1 - 1/e) < k) < SHORT_LIST (<= N - 1)."""
+    from scipy.stats import binom
+
+    p = 1.0 - math.exp(-1.0)
+    depth = k
+    while depth < n - 1 and binom.cdf(k - 1, depth, p) >= SHORT_LIST:
+        depth += 1
+    return min(depth, n - 1)
+
+
+class NeighbourLists:
+    """Each sample's nearest other samples on the full target set, for many redraws.
+
+    ``keys`` (N, L) ascending ranking keys (as :func:`_keys`; ties in sample
+    order), ``index`` (N, L) their samples, ``next_key`` (N,) the (L+1)-th key
+    (inf when the list holds every other sample): one N x N pass per model, the
+    cost of one leave-one-out score. A redraw is a multiplicity vector w (how many
+    times each sample is in it); a present query i takes the w_j copies of its
+    nearest present samples j != i in list order until k are taken, exactly the
+    k nearest rows of the resampled set (its own copies left out), and all its
+    copies predict the same. Where the list cannot decide - fewer than k copies
+    in it, or the k-th key tied with another present sample's or with
+    ``next_key`` (ties go by row position in the resampled set, which lists do
+    not know) - :meth:`accuracy` scores that query exactly on the resampled rows.
+    """
+
+    def __init__(self, x: torch.Tensor, labels: Labels, *, k: int, distance: str,
+                 depth: int | None = None, chunk: int = CHUNK):
+        if distance not in ("euclidean", "cosine"):
+            raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
+        n = x.shape[0]
+        if not 1 <= k < n:
+            raise ValueError(f"k = {k} neighbours need at least {k + 1} samples, got {n}")
+        self.k, self.labels = k, labels
+        depth = min(depth or list_depth(k, n), n - 1)
+        if distance == "cosine":
+            norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+            x = x / torch.where(norm > 0, norm, 1.0)
+            self.sq = None
+        else:
+            self.sq = (x * x).sum(-1)
+        self.x = x
+        take = min(depth + 1, n - 1)
+        if not x.is_cuda:
+            chunk = max(1, min(chunk, CPU_BLOCK // n))
+        keys, index = [], []
+        for i0 in range(0, n, chunk):
+            i1 = min(i0 + chunk, n)
+            kk = self.query_keys(slice(i0, i1))
+            rows = torch.arange(i1 - i0, device=x.device)
+            kk[rows, rows + i0] = float("inf")                 # leave the sample out
+            v, j = torch.topk(kk, take, dim=-1, largest=False)
+            # ties in sample order: sort by index, then stably by key
+            j, order = torch.sort(j, dim=-1)
+            v = torch.gather(v, -1, order)
+            v, order = torch.sort(v, dim=-1, stable=True)
+            keys.append(v)
+            index.append(torch.gather(j, -1, order))
+        keys, index = torch.cat(keys), torch.cat(index)
+        self.keys, self.index = keys[:, :depth], index[:, :depth]
+        inf = torch.full((n,), float("inf"), dtype=keys.dtype, device=keys.device)
+        self.next_key = keys[:, depth] if take > depth else inf
+
+    def query_keys(self, rows) -> torch.Tensor:
+        """Ranking keys of the queries ``rows`` against every sample (q, N)."""
+        return _keys(self.x[None, rows], self.x[None], None if self.sq is None else self.sq[None])[0]
+
+    def accuracy(self, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """(R,) kNN accuracies of R redraws: ``w`` (R, N) multiplicities, ``idx`` (R, N) rows."""
+        k, codes = self.k, self.labels.codes
+        r, n = w.shape
+        cnt = w[:, self.index]                                  # (R, N, L) copies of each neighbour
+        cum = torch.cumsum(cnt, -1)
+        take = torch.minimum(cnt, (k - (cum - cnt)).clamp(min=0))
+        votes = torch.zeros((r, n, self.labels.c), dtype=w.dtype, device=w.device)
+        votes.scatter_add_(2, codes[self.index].expand(r, -1, -1), take)
+        pred = votes.argmax(-1)                                 # first max: the smallest class
+        # where the list cannot decide: too few copies, or a tie at the k-th key
+        filled = cum[..., -1] >= k
+        at = torch.searchsorted(cum, torch.full((r, n, 1), float(k), dtype=cum.dtype,
+                                                device=cum.device)).clamp(max=cum.shape[-1] - 1)
+        kth = torch.gather(self.keys.expand(r, -1, -1), -1, at)          # (R, N, 1)
+        tied = ((self.keys == kth) & (cnt > 0)).sum(-1) > 1
+        tied |= self.next_key == kth[..., 0]
+        undecided = (w > 0) & (~filled | tied)
+        for rr, i in undecided.nonzero().tolist():
+            pred[rr, i] = self._exact(i, idx[rr])
+        right_ = (pred == codes).to(torch.float64)
+        return (w.to(torch.float64) * right_).sum(-1) / n
+
+    def _exact(self, i: int, rows: torch.Tensor) -> int:
+        """The prediction for sample i on the resampled rows ``rows`` (as knn_batched)."""
+        keys = self.query_keys(slice(i, i + 1))[0][rows]
+        keys = keys.masked_fill(rows == i, float("inf"))
+        if bool(torch.isinf(torch.sort(keys).values[self.k - 1])):
+            raise ValueError(f"kNN with k = {self.k}: a sample has fewer than {self.k} "
+                             "neighbours outside its group of copies")
+        onehot = self.labels.onehot[rows].to(keys.dtype)        # labels of the resampled rows
+        return int(_nearest_votes(keys[None, None], self.k, onehot).argmax(-1))

@@ -17,3 +17,19 @@ def lda_batched(x: torch.Tensor, labels: Labels, means: torch.Tensor) -> torch.T
 def head(x: torch.Tensor, labels: Labels, shared) -> torch.Tensor:
     """The catalogue's LDA-score head."""
     return lda_batched(x, labels, shared.stats.means)
+
+
+def lda_weighted(x: torch.Tensor, labels: Labels, w: torch.Tensor) -> torch.Tensor:
+    """(R,) LDA scores of R resamples of one model's (N, D) features, given as multiplicities
+    ``w`` (R, N) (:func:`te_gpu.engine.stats.weighted_class_means`).
+
+    Only the class means depend on the resample; a row's softmax term is the same for all
+    its copies, so each distinct row is scored once and counted w times.
+    """
+    from .stats import true_class, weighted_class_means
+
+    means, _ = weighted_class_means(x, labels, w)
+    prior = torch.log(labels.counts / labels.n)
+    logits = x @ means.mT - 0.5 * (means * means).sum(-1)[:, None, :] + prior   # (R, N, C)
+    p = true_class(torch.softmax(logits, dim=-1), labels.codes)                  # (R, N)
+    return (w.to(p.dtype) * p).sum(-1) / labels.n

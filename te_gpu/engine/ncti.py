@@ -93,10 +93,12 @@ def _svd_branch(z, means_z, labels: Labels, fac, max_comp):
 
 
 def ncti_parts_batched(x: torch.Tensor, labels: Labels, st: BatchStats, *,
-                       eig=None, lda_scaling: str = "n_minus_c", class_index=None):
+                       eig=None, lda_scaling: str = "n_minus_c", class_index=None, scores=None):
     """(seli, ncc, vc), each (B,), for a (B, N, D) batch with its statistics.
 
-    ``eig``: the batch's :class:`~te_gpu.engine.stats.Spectrum` if the caller has it.
+    ``eig``: the batch's :class:`~te_gpu.engine.stats.Spectrum` if the caller has it;
+    ``scores``: the PCA scores (B, N, min(64, N - 1, D)) on its top eigenvectors if the
+    caller has them (``x`` is then read for its shape only).
     """
     b, n, d = x.shape
     c = labels.c
@@ -108,7 +110,7 @@ def ncti_parts_batched(x: torch.Tensor, labels: Labels, st: BatchStats, *,
     explained = eig.evals.flip(-1) / (n - 1)              # descending, float64
     tau = torch.clamp(torch.exp(-explained[:, :32].sum(-1)), min=1e-10).to(x.dtype)
     use_svd = tau == 1e-10
-    z = eig.pca_scores(x, st.xbar, n_comp)                # PCA scores (B, N, n), centred
+    z = eig.pca_scores(x, st.xbar, n_comp) if scores is None else scores   # (B, N, n), centred
     # components of zero variance in exact arithmetic get exact zero scores
     # (te_gpu.reference.ncti.signal_components)
     signal = explained[:, :n_comp] > pca_noise_floor(explained[:, :1], n, d)
@@ -167,3 +169,32 @@ def head(x: torch.Tensor, labels: Labels, shared, *, lda_scaling: str):
     """The catalogue's NCTI head: the per-model parts (seli, ncc, vc), each (B,)."""
     return ncti_parts_batched(x, labels, shared.stats, eig=shared.spectrum,
                               lda_scaling=lda_scaling, class_index=shared.class_index)
+
+
+def resampled_stats(x: torch.Tensor, labels: Labels, w: torch.Tensor):
+    """The statistics NCTI reads on R resamples of one model, from multiplicities.
+
+    ``x`` (N, D) the target set, ``w`` (R, N) how many times each row is in each
+    resample. Returns (:class:`BatchStats` with means, xbar and - when N > D, where
+    NCTI's PCA takes the primal Gram - the centred Gram, :class:`Spectrum` or None).
+    The centred Gram of a resample is sum_j w_j (x_j - xbar_r)(x_j - xbar_r)^T: the
+    rows it holds, each scaled by sqrt(w_j) (about 63 % of N rows, instead of N
+    gathered ones), about the full set's mean, less the rank-one shift to its own.
+    At N <= D the dual Gram of the gathered rows is left to :func:`ncti_parts_batched`.
+    """
+    from .stats import BatchStats, Spectrum, weighted_class_means
+
+    n, d = x.shape
+    means, xbar = weighted_class_means(x, labels, w)
+    if n <= d:
+        return BatchStats(means, xbar, None, None), None
+    centre = x.mean(0)
+    grams = []
+    for r in range(w.shape[0]):
+        rows = (w[r] > 0).nonzero()[:, 0]
+        s = (x[rows] - centre) * w[r, rows].to(x.dtype).sqrt()[:, None]
+        shift = xbar[r] - centre
+        grams.append(linalg.gram(s[None])[0] - n * shift[:, None] * shift[None, :])
+    gram_c = torch.stack(grams)
+    eig = Spectrum(*linalg.eigh_top(gram_c.to(torch.float64), TOP_EIGENPAIRS), dual=False)
+    return BatchStats(means, xbar, gram_c, None), eig

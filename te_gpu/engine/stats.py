@@ -216,3 +216,19 @@ def true_class(p: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """p[b, i, y_i] as (B, N)."""
     idx = codes[None, :, None].expand(p.shape[0], -1, 1)
     return torch.gather(p, 2, idx)[..., 0]
+
+
+def weighted_class_means(x: torch.Tensor, labels: Labels, w: torch.Tensor):
+    """Class means and mean of R resamples given as multiplicities, without gathering rows.
+
+    ``x`` (N, D) the target set, ``w`` (R, N): how many times each row is in each resample
+    (a class-stratified resample keeps the class sizes, ``labels.counts``). Returns
+    (means (R, C, D), xbar (R, D)): per class one (R, n_c) @ (n_c, D) product.
+    """
+    r = w.shape[0]
+    means = torch.empty((r, labels.c, x.shape[1]), dtype=x.dtype, device=x.device)
+    for c in range(labels.c):
+        rows = (labels.codes == c).nonzero()[:, 0]
+        means[:, c] = (w[:, rows].to(x.dtype) @ x[rows]) / labels.counts[c]
+    xbar = weighted_rows(labels.counts, means) / labels.n
+    return means, xbar

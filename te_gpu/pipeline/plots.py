@@ -97,10 +97,18 @@ ACCURACY_LABELS = {"finetune": "fine-tune accuracy (%)",
                    "lft": "linear-probe accuracy (%)"}
 
 
-def accuracy_label(regime) -> str:
+def accuracy_label(regime, percent: bool = True) -> str:
     """The axis name of accuracies measured in ``regime`` (finetune, lbft, lft); a regime
-    not known (a user's own table): "accuracy (%)"."""
-    return ACCURACY_LABELS.get(regime, "accuracy (%)")
+    not known (a user's own table): "accuracy (%)". ``percent=False`` (accuracies given as
+    fractions, :func:`in_percent`): the same name without "(%)"."""
+    label = ACCURACY_LABELS.get(regime, "accuracy (%)")
+    return label if percent else label.replace(" (%)", "")
+
+
+def in_percent(accuracy: dict) -> bool:
+    """Whether accuracies ({model: value}) are percentages: some value above 1 (a fraction
+    never is; a zoo of percentages all at or below 1 % is not one anyone ranks)."""
+    return any(float(v) > 1.0 for v in accuracy.values())
 
 
 def place_labels(boxes, bounds, step=2, obstacles=()):
