@@ -11,12 +11,16 @@ from te_gpu import catalogue, rank
 from te_gpu.bootstrap import (BootstrapResult, bootstrap_zoo, resample_indices,
                               tau_w_interval)
 from te_gpu.reference.knn import knn_grouped
-from te_gpu.reference.ncti import minmax_combine
+from te_gpu.combine import minmax_sum
 
 from helpers import class_features, dead_unit_features
 
 FEATURE_METRICS = [m.name for m in catalogue.METRICS.values() if m.inputs == "features"]
 CHEAP = {"nleep": {"components_per_class": 1}}
+# A redraw repeats rows, so PARC (a rank correlation over all pairs of rows) meets pairs
+# that are tied in exact arithmetic and ordered by rounding, differently in the engine and
+# the reference (tests/test_parc.py: duplicated samples, 7e-5); elsewhere 1e-6 holds.
+TIES_BY_ROUNDING = {"parc": 1e-3}
 
 
 def rel(a, b):
@@ -112,15 +116,18 @@ def test_each_redraw_equals_the_reference_on_the_resampled_features(case, device
                         want = knn_grouped(xr, codes, idx[r])
                     else:
                         want = ref.score(xr, codes, metric=m, sa=sa, **CHEAP.get(m, {}))
-                    assert rel(got[r], want) <= meta.tolerance, (case, lbl, name, r, got[r], want)
-            if meta.zoo_level:   # NCTI: the reference's parts, min-max over the zoo per redraw
+                    tol = TIES_BY_ROUNDING.get(m, meta.tolerance)
+                    assert rel(got[r], want) <= tol, (case, lbl, name, r, got[r], want)
+            if meta.zoo_level:   # the reference's parts, combined over the zoo per redraw
+                keep = [p not in res.dropped.get(lbl, {}) for p in meta.parts]
                 for r in range(b):
-                    parts = {}
+                    parts = []
                     for name, feats in zoo.items():
                         xr = feats[idx[r]]
                         xr = ref.spread_attract(xr, codes)[0] if sa else xr
-                        parts[name] = ref.ncti_parts(xr, codes)
-                    want = minmax_combine(parts)
+                        parts.append(meta.reference_fn()(xr, codes, **CHEAP.get(m, {})))
+                    combined = minmax_sum(np.array(parts), meta.part_weights, keep)
+                    want = dict(zip(zoo, combined))
                     got = {name: res.samples[lbl][name][r] for name in zoo}
                     for name in zoo:
                         assert abs(got[name] - want[name]) <= 1e-6 * max(1.0, abs(want[name])), \

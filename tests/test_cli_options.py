@@ -125,6 +125,8 @@ def _recommend(ws, out):
     rec = _json(ws / "rec.json")
     boot = rec["bootstrap"]
     assert boot["replicates"] == 4 and boot["seed"] == 3 and boot["level"] == 0.8
+    assert boot["options"]["redraws"] == dict(done=4, cap=4,
+                                              stopped_by="all the redraws asked for (-B)")
     assert boot["models"] == list(MODELS) and rec["k"] == 2
     assert rec["labels"] == ["lda", "knn", "lda+released", "knn+released"]
     opts = boot["options"]
@@ -210,8 +212,8 @@ RUNS = {
     "recommend": (["recommend", ZOO, "--dataset", "toy", "--models", "m0,m1,m2", "--metrics", "lda,knn",
                    "--opt", "knn.k=1", "--sa", "none,released", "--preset", "supervised",
                    "--alpha", "0.01", "--sigma", "0.5", "--force", "1.5", "--pca-dim", "4", "--no-gate",
-                   "-B", "4", "--seed", "3", "--level", "0.8", "--k", "2", "--top", "2",
-                   "--precision", "fast", "--device", "cpu", "--batch-size", "3",
+                   "-B", "4", "--mc-error", "0", "--seed", "3", "--level", "0.8", "--k", "2",
+                   "--top", "2", "--precision", "fast", "--device", "cpu", "--batch-size", "3",
                    "-t", "{ws}/truth.json", "--regime", "lft", "--group", "a", "--plots", "{ws}/plots",
                    "--baselines", "{ws}/base.json", "--json", "{ws}/rec.json", "-q"], _recommend),
     "recommend defaults": (["recommend", ZOO, "-B", "5", "--device", "cpu",

@@ -127,15 +127,6 @@ def test_recommend_stops_when_settled_and_says_so():
         recommend(zoo, y, replicates=20, progress=False, mc_error=0.7)
 
 
-def test_cli_defaults_are_the_modules():
-    from te_gpu import bootstrap, cli, recommend as rmod
-
-    assert cli.RECOMMEND_METRICS == ",".join(rmod.DEFAULT_METRICS)
-    assert cli.RECOMMEND_REPLICATES == bootstrap.DEFAULT_REPLICATES
-    assert cli.RECOMMEND_LEVEL == bootstrap.DEFAULT_LEVEL
-    assert cli.RECOMMEND_MC_ERROR == rmod.MC_ERROR
-
-
 @pytest.fixture
 def zoo_dir(tmp_path):
     x, y = class_features(2, n=60, d=5, c=3, spread=1.0)
