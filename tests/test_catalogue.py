@@ -146,6 +146,9 @@ FEATURE_CASES = {
                                                               spread=0.5)),
     "close-wide": _times(2.5, lambda: class_features(5, n=260, d=97, c=7, spread=0.3)),
     "close-n<<d": lambda: class_features(15, n=60, d=150, c=3, spread=0.2),
+    # either eigen path of the engine's linear algebra (test_engine_linalg)
+    "eigen-path-n>d": _times(2.5, lambda: class_features(seed=6, n=300, d=90, c=5, spread=0.4)),
+    "eigen-path-n<d": _times(2.5, lambda: class_features(seed=6, n=60, d=110, c=5, spread=0.4)),
     # rank-deficient as real features are: raw pixels (3 all-zero columns), ReLU features
     # with dead units, duplicated or collinear columns, a direction 1e-6 below the others
     "digits": digits,
@@ -235,24 +238,39 @@ def _values(o, m):
 
 
 def option_choices(m):
-    """Every combination of every option's values (one dict each)."""
-    names = [o.name for o in m.options]
-    return [dict(zip(names, combo)) for combo in itertools.product(*(_values(o, m) for o in m.options))]
+    """Every combination of every option's values (one dict each); an option FAST_OPTIONS
+    sets is held at its fast value there, and its other values meet the defaults only."""
+    fast = FAST_OPTIONS.get(m.name, {})
+    values = {o.name: (fast[o.name],) if o.name in fast else _values(o, m) for o in m.options}
+    out = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+    defaults = {o.name: o.default for o in m.options}
+    for o in m.options:
+        out += [dict(defaults, **{o.name: v}) for v in _values(o, m) if o.name in fast and v != fast[o.name]]
+    return out
 
 
 def option_rounds():
-    """{metric: options} per round so that every value of every option is met in some
-    round (round i: each option's i-th value, its default where it has fewer); a metric
-    is in the rounds its options reach. FAST_OPTIONS stay fixed."""
-    values = {m: {o.name: (FAST_OPTIONS[m.name][o.name],) if o.name in FAST_OPTIONS.get(m.name, {})
-                  else _values(o, m) for o in m.options} for m in SWEPT}
+    """{metric: options} per round, so that every value of a choice, a bool or an
+    OTHER_VALUES number is met over the case list in some round (round i: each option's
+    i-th value, its default where it has fewer; round 0 the defaults). A metric is in
+    the rounds its options reach; FAST_OPTIONS and other numbers stay fixed."""
+    def swept(o, m):
+        if o.name in FAST_OPTIONS.get(m.name, {}):
+            return (FAST_OPTIONS[m.name][o.name],)
+        if o.choices or o.kind is bool or (m.name, o.name) in OTHER_VALUES:
+            return _values(o, m)
+        return (o.default,)
+
+    values = {m: {o.name: swept(o, m) for o in m.options} for m in SWEPT}
     depth = max(len(v) for vs in values.values() for v in vs.values())
-    rounds = []
-    for i in range(depth):
-        rounds.append({m: {o: v[i] if i < len(v) else v[0] for o, v in vs.items()}
-                       for m, vs in values.items()
-                       if i == 0 or any(len(v) > i for v in vs.values())})
-    return rounds
+    return [{m: {o: v[i] if i < len(v) else v[0] for o, v in vs.items()}
+             for m, vs in values.items() if i == 0 or any(len(v) > i for v in vs.values())}
+            for i in range(depth)]
+
+
+ROUNDS = option_rounds()
+RANK_DEFICIENT_CASES = ("digits", "relu-dead", "relu-duplicated", "relu-collinear",
+                        "relu-tiny-direction", "relu-n<d", "relu-odd-d")
 
 
 def _option_id(opts):
@@ -275,26 +293,42 @@ def _check(got, want, tol, what):
 
 @pytest.mark.parametrize("precision", ["exact", "fast"])
 @pytest.mark.parametrize("name", list(FEATURE_CASES))
-def test_engine_equals_reference(name, precision):
+@pytest.mark.parametrize("rnd", range(len(ROUNDS)), ids=lambda i: f"options{i}")
+def test_engine_equals_reference(rnd, name, precision):
     """One model through score_zoo (one SA per variant, every metric on shared statistics)
     against the reference, metric by metric; what the reference refuses, each engine
-    function refuses too."""
-    metrics = option_rounds()[0]
+    function refuses too. Options other than the defaults: without SA, and with every
+    SA variant on the rank-deficient cases."""
+    settings = SA_SETTINGS if rnd == 0 or name in RANK_DEFICIENT_CASES else [None]
+    assert_zoo_engine_equals_reference(ROUNDS[rnd], name, settings, precision)
+
+
+@pytest.mark.parametrize("path", ["host", "torch"])
+@pytest.mark.parametrize("name", ["eigen-path-n>d", "eigen-path-n<d"])
+def test_engine_equals_reference_on_either_linalg_path(path, name, monkeypatch):
+    # the CPU LAPACK path forced for all sizes, or the torch path (te_gpu.engine.linalg)
+    from te_gpu.engine import linalg
+
+    monkeypatch.setattr(linalg, "HOST_MIN_DIM", 0 if path == "host" else 10**9)
+    assert_zoo_engine_equals_reference(ROUNDS[0], name, [None, "released"], "exact")
+
+
+def assert_zoo_engine_equals_reference(metrics, name, settings, precision):
     x, y = case(name)
-    want = {(m, sa): reference_value(m, name, sa, opts) for m, opts in metrics.items() for sa in SA_SETTINGS}
+    want = {(m, sa): reference_value(m, name, sa, opts) for m, opts in metrics.items() for sa in settings}
     for (m, sa), w in want.items():
         if isinstance(w, ValueError):
             with pytest.raises(ValueError):
                 engine_function(m)(x, y, sa=sa, precision=precision, **metrics[m])
-    scored = [m for m in metrics if not any(isinstance(want[m, sa], ValueError) for sa in SA_SETTINGS)]
+    scored = [m for m in metrics if not any(isinstance(want[m, sa], ValueError) for sa in settings)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # NCTI is undefined over one model: its parts stand
-        res = te_gpu.score_zoo({name: x}, y, metrics=[m.name for m in scored], sa=SA_SETTINGS,
+        res = te_gpu.score_zoo({name: x}, y, metrics=[m.name for m in scored], sa=settings,
                                options={m.name: metrics[m] for m in scored}, precision=precision,
                                progress=False)
     tol = {"exact": None, "fast": FAST_TOL}[precision]
     for m in scored:
-        for sa in SA_SETTINGS:
+        for sa in settings:
             label = res.label(m.name, sa)
             got = (res.parts if m.zoo_level else res.scores)[label][name]
             exact_tol = LOOSER.get((m.name, name), (m.tolerance,))[0]
@@ -362,8 +396,7 @@ def test_sa_pca_noise_components_are_zero():
 
 
 def test_rank_deficient_cases_are_rank_deficient_and_open_the_sa_gate():
-    for name in ("digits", "relu-dead", "relu-duplicated", "relu-collinear", "relu-tiny-direction",
-                 "relu-n<d", "relu-odd-d", "dead-units"):
+    for name in RANK_DEFICIENT_CASES + ("dead-units",):
         x, y = case(name)
         assert np.linalg.matrix_rank(x) < x.shape[1], name
         assert ref.spread_attract(x, y)[1]["applied"], name
