@@ -113,10 +113,11 @@ def test_option_parsing_from_text():
 #   TransRate 1e-8, kNN 1e-12 - a count over N, so it must match exactly -, LEEP and NCE
 #   1e-10, every other score and NCTI part 1e-6); precision="fast" (float32) within
 #   FAST_TOL = 1e-3 of the reference;
-# * on every case of FEATURE_CASES, each with and without SA (every variant), the
-#   metric's default options (FAST_OPTIONS for the slow NLEEP mixture);
+# * on every case of FEATURE_CASES, the metric's default options (FAST_OPTIONS for the
+#   slow NLEEP mixture), with every SA variant on SA_CASES; the values of choices, bools
+#   and OTHER_VALUES on every case too (ROUNDS), with SA on the rank-deficient cases;
 # * every option choice (each value of a choice or bool, the default and another value
-#   of a number; all combinations) on the cheap OPTION_CASES, with and without SA;
+#   of a number; all combinations) on the cheap OPTION_CASES, without SA;
 # * where the reference refuses an input (ValueError), the engine refuses it too.
 
 FAST_TOL = 1e-3
@@ -145,10 +146,6 @@ FEATURE_CASES = {
     "close-many-classes": _times(2.5, lambda: class_features(4, n=0, d=10, sizes=[3] * 150,
                                                               spread=0.5)),
     "close-wide": _times(2.5, lambda: class_features(5, n=260, d=97, c=7, spread=0.3)),
-    "close-n<<d": lambda: class_features(15, n=60, d=150, c=3, spread=0.2),
-    # either eigen path of the engine's linear algebra (test_engine_linalg)
-    "eigen-path-n>d": _times(2.5, lambda: class_features(seed=6, n=300, d=90, c=5, spread=0.4)),
-    "eigen-path-n<d": _times(2.5, lambda: class_features(seed=6, n=60, d=110, c=5, spread=0.4)),
     # rank-deficient as real features are: raw pixels (3 all-zero columns), ReLU features
     # with dead units, duplicated or collinear columns, a direction 1e-6 below the others
     "digits": digits,
@@ -174,6 +171,10 @@ for _name in ("close-n>d", "close-n<d", "close-binary", "close-imbalanced", "clo
               "close-wide"):
     # x0.01: NCTI's LDA takes its 'eigen' branch (and the SA gate stays closed)
     FEATURE_CASES["small-" + _name[6:]] = _times(0.01 / 2.5, FEATURE_CASES[_name])
+SWEPT_CASES = list(FEATURE_CASES)
+# either eigen path of the engine's linear algebra (test_engine_linalg's shapes)
+FEATURE_CASES["eigen-path-n>d"] = _times(2.5, lambda: class_features(seed=6, n=300, d=90, c=5, spread=0.4))
+FEATURE_CASES["eigen-path-n<d"] = _times(2.5, lambda: class_features(seed=6, n=60, d=110, c=5, spread=0.4))
 OPTION_CASES = ("n>d", "n<d", "binary-imbalanced", "dead-units")
 SA_SETTINGS = [None, "released", "described", "pca-only"]
 # cheap settings for slow metrics (the mixture of NLEEP)
@@ -271,6 +272,10 @@ def option_rounds():
 ROUNDS = option_rounds()
 RANK_DEFICIENT_CASES = ("digits", "relu-dead", "relu-duplicated", "relu-collinear",
                         "relu-tiny-direction", "relu-n<d", "relu-odd-d")
+# the cases every SA variant runs on (as the suites before this tester had it)
+SA_CASES = ("n>d", "n<d", "binary-imbalanced", "dead-units", "close-n>d", "close-n<d",
+            "close-binary", "close-imbalanced", "close-many-classes", "close-wide",
+            *RANK_DEFICIENT_CASES)
 
 
 def _option_id(opts):
@@ -292,14 +297,15 @@ def _check(got, want, tol, what):
 
 
 @pytest.mark.parametrize("precision", ["exact", "fast"])
-@pytest.mark.parametrize("name", list(FEATURE_CASES))
+@pytest.mark.parametrize("name", SWEPT_CASES)
 @pytest.mark.parametrize("rnd", range(len(ROUNDS)), ids=lambda i: f"options{i}")
 def test_engine_equals_reference(rnd, name, precision):
     """One model through score_zoo (one SA per variant, every metric on shared statistics)
     against the reference, metric by metric; what the reference refuses, each engine
-    function refuses too. Options other than the defaults: without SA, and with every
-    SA variant on the rank-deficient cases."""
-    settings = SA_SETTINGS if rnd == 0 or name in RANK_DEFICIENT_CASES else [None]
+    function refuses too. Every SA variant on SA_CASES (other options: on the
+    rank-deficient ones), no SA elsewhere."""
+    with_sa = name in SA_CASES and (rnd == 0 or name in RANK_DEFICIENT_CASES)
+    settings = SA_SETTINGS if with_sa else [None]
     assert_zoo_engine_equals_reference(ROUNDS[rnd], name, settings, precision)
 
 
@@ -338,14 +344,13 @@ def assert_zoo_engine_equals_reference(metrics, name, settings, precision):
 OPTION_SWEEP = [(m, opts) for m in SWEPT for opts in option_choices(m)]
 
 
-@pytest.mark.parametrize("sa", [None, "released"])
 @pytest.mark.parametrize("name", OPTION_CASES)
 @pytest.mark.parametrize("m,opts", OPTION_SWEEP, ids=[f"{m.name}-{_option_id(o)}" for m, o in OPTION_SWEEP])
-def test_engine_function_equals_reference_for_every_option_choice(m, opts, name, sa):
+def test_engine_function_equals_reference_for_every_option_choice(m, opts, name):
     x, y = case(name)
-    want = reference_value(m, name, sa, opts)
+    want = reference_value(m, name, None, opts)
     for precision, tol in (("exact", m.tolerance), ("fast", FAST_TOL)):
-        _check(engine_function(m)(x, y, sa=sa, precision=precision, **opts), want, tol,
+        _check(engine_function(m)(x, y, precision=precision, **opts), want, tol,
                (m.name, opts, precision))
 
 
