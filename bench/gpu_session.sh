@@ -38,7 +38,8 @@ tests)
     # compiled kernels (no interpreter) against the torch paths, and the engine on CUDA
     # against the float64 reference
     (cd "$test_cwd" && TE_GPU_NO_INTERPRET=1 timeout 420 python -m pytest -q -p no:cacheprovider -rs \
-        "$repo/tests/test_engine_parity.py" "$repo/tests/test_engine_linalg.py" \
+        "$repo/tests/test_engine_zoo.py" "$repo/tests/test_catalogue.py::test_cuda_equals_reference" \
+        "$repo/tests/test_engine_linalg.py" \
         "$repo/tests/test_kernels.py" "$repo/tests/test_engine_nleep.py" \
         "$repo/tests/test_reliability.py") > "$OUT/cuda_tests.txt" 2>&1
     echo "pytest rc=$?" >> "$OUT/cuda_tests.txt"

@@ -20,16 +20,14 @@ import te_gpu
 from te_gpu.io import LockError, StaleLockWarning, exclusive_lock
 from te_gpu.zoo import CheckpointError, CheckpointWarning, _batch_size
 
+from helpers import width_zoo
+
 WIDTHS = (6, 7, 8, 9, 10)
 KW = dict(metrics=("logme", "sfda", "ncti"), sa=[None, "released"], progress=False)
 
 
 def _zoo(seed=5, n=90, widths=WIDTHS):
-    rng = np.random.default_rng(seed)
-    y = np.concatenate([np.arange(3), rng.integers(0, 3, n - 3)])
-    zoo = {f"m{d}": (3 * (rng.normal(scale=0.6, size=(3, d))[y] + rng.normal(size=(n, d))))
-           .astype(np.float32) for d in widths}
-    return zoo, y
+    return width_zoo(seed, n, widths, spread=0.6, names=[f"m{d}" for d in widths], dtype=np.float32)
 
 
 @pytest.fixture

@@ -10,14 +10,9 @@ from scipy.linalg import hadamard
 
 from te_gpu.reference.pca import exact_pca, flip_signs, pca_keep_variance, randomized_pca
 
+from helpers import spectrum_features
 
-def spectrum_features(seed, n, d, decay=0.7, shift=5.0, dtype=np.float64):
-    """N x D features with a geometric spectrum, a random rotation and a mean offset."""
-    rng = np.random.default_rng(seed)
-    scales = 3.0 * decay ** np.arange(d)
-    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    x = (rng.normal(size=(n, d)) * scales) @ q.T + shift * rng.normal(size=d)
-    return x.astype(dtype)
+
 
 
 def assert_close(got, want, rel, what):

@@ -12,20 +12,11 @@ from te_gpu.reference.sa import (GATE_THRESHOLD, attract_delta, gate_value, spre
                                  spread_attract)
 from te_gpu.reference.score import score
 
-
-def class_data(seed, n=80, d=20, c=4, spread_=3.0, noise=1.0, scale=1.0, dtype=np.float64):
-    """Class means + isotropic noise, every class present, labels shuffled."""
-    rng = np.random.default_rng(seed)
-    y = np.concatenate([np.arange(c), rng.integers(0, c, n - c)])
-    rng.shuffle(y)
-    centres = rng.normal(scale=spread_, size=(c, d))
-    x = scale * (centres[y] + rng.normal(scale=noise, size=(n, d)))
-    return x.astype(dtype), y
+from helpers import class_features, random_orthogonal
 
 
-def random_rotation(seed, d):
-    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
-    return q * np.sign(np.diag(r))
+
+
 
 
 def loop_means(z, y, c):
@@ -51,7 +42,7 @@ def test_gate_threshold_value():
 
 @pytest.mark.parametrize("seed,n,d", [(0, 60, 10), (1, 25, 40), (2, 100, 3)])
 def test_gate_value_is_mean_of_top_two_covariance_eigenvalues(seed, n, d):
-    x, y = class_data(seed, n=n, d=d, c=3, spread_=2.0)
+    x, y = class_features(seed, n=n, d=d, c=3, spread=2.0)
     evals = np.sort(np.linalg.eigvalsh(np.cov(x.T, bias=True)))
     want = 0.5 * (evals[-1] + evals[-2])
     assert gate_value(x) == pytest.approx(want, rel=1e-12)
@@ -67,13 +58,13 @@ def test_gate_value_known_answer():
     h = hadamard(16).astype(np.float64)[:, 1:5]
     x = h * np.sqrt([9.0, 4.0, 1.0, 0.25])
     assert gate_value(x) == pytest.approx(6.5, rel=1e-13)
-    q = random_rotation(3, 4)
+    q = random_orthogonal(3, 4)
     assert gate_value(x @ q - 11.0) == pytest.approx(6.5, rel=1e-12)
 
 
 @pytest.mark.parametrize("seed", [4, 5])
 def test_gate_flips_just_around_the_threshold(seed):
-    x, y = class_data(seed, n=70, d=12, c=3)
+    x, y = class_features(seed, n=70, d=12, c=3)
     m0 = gate_value(x)
     above = x * np.sqrt(GATE_THRESHOLD * (1 + 1e-6) / m0)
     below = x * np.sqrt(GATE_THRESHOLD * (1 - 1e-6) / m0)
@@ -90,7 +81,7 @@ def test_gate_flips_just_around_the_threshold(seed):
 
 
 def test_closed_gate_returns_raw_features_as_float64():
-    x, y = class_data(6, n=50, d=8, c=3, spread_=0.5, noise=0.3)
+    x, y = class_features(6, n=50, d=8, c=3, spread=0.5, noise=0.3)
     assert gate_value(x) < GATE_THRESHOLD
     for variant in ("released", "described", "pca-only"):
         out, info = spread_attract(x, y, variant=variant)
@@ -104,7 +95,7 @@ def test_closed_gate_returns_raw_features_as_float64():
 
 
 def test_gate_false_applies_anyway():
-    x, y = class_data(7, n=50, d=8, c=3, spread_=0.5, noise=0.3)
+    x, y = class_features(7, n=50, d=8, c=3, spread=0.5, noise=0.3)
     assert gate_value(x) < GATE_THRESHOLD
     out, info = spread_attract(x, y, gate=False, alpha=0.1)
     assert info["applied"] is True and info["gate_margin"] < 0
@@ -115,7 +106,7 @@ def test_gate_false_applies_anyway():
 
 
 def test_info_fields():
-    x, y = class_data(8)
+    x, y = class_features(8, n=80, d=20)
     _, info = spread_attract(x, y, variant="described")
     for key in ("gate_value", "gate_threshold", "gate_margin", "applied", "variant",
                 "pca_dim", "displacement_norm"):
@@ -156,7 +147,7 @@ def test_attract_known_answer_two_classes():
 @pytest.mark.parametrize("seed,c", [(9, 3), (10, 5)])
 def test_attract_matches_pairwise_sum(seed, c):
     # Delta_a = alpha sum_{b != a} W_ab (mu_a - mu_b), written as a plain loop.
-    z, y = class_data(seed, n=90, d=6, c=c, spread_=1.5)
+    z, y = class_features(seed, n=90, d=6, c=c, spread=1.5)
     alpha, sigma = 0.07, 0.45
     mu = loop_means(z, y, c)
     radius = np.array([np.sqrt(z[y == k].var(axis=0).sum()) for k in range(c)])
@@ -172,8 +163,8 @@ def test_attract_matches_pairwise_sum(seed, c):
 
 
 def test_attract_equivariance():
-    z, y = class_data(11, n=60, d=7, c=4, spread_=1.0)
-    q = random_rotation(12, 7)
+    z, y = class_features(11, n=60, d=7, c=4, spread=1.0)
+    q = random_orthogonal(12, 7)
     b = np.random.default_rng(13).normal(scale=5.0, size=7)
     base = attract_delta(z, y, 4, 0.05, 0.6)
     moved = attract_delta(z @ q + b, y, 4, 0.05, 0.6)
@@ -215,7 +206,7 @@ def test_identical_class_means_give_a_finite_result():
 
 @pytest.mark.parametrize("force", [1.0, 2.5])
 def test_spread_moves_each_sample_by_force_away_from_its_mean(force):
-    z, y = class_data(15, n=40, d=5, c=3, spread_=2.0)
+    z, y = class_features(15, n=40, d=5, c=3, spread=2.0)
     z_keep = z.copy()
     out = spread(z, y, 3, force)
     assert np.array_equal(z, z_keep)
@@ -243,7 +234,7 @@ def test_spread_leaves_a_sample_at_its_class_mean():
 # -------------------------------------------------------------------- variants
 
 def test_released_variant_is_pca_plus_delta():
-    x, y = class_data(16, n=90, d=30, c=4)
+    x, y = class_features(16, n=90, d=30, c=4)
     out, info = spread_attract(x, y, alpha=0.2, sigma=0.5)
     z = randomized_pca(x, 30)[0]
     want = z + attract_delta(z, y, 4, 0.2, 0.5)[y]
@@ -252,7 +243,7 @@ def test_released_variant_is_pca_plus_delta():
 
 
 def test_described_variant_spreads_then_uses_minus_delta():
-    x, y = class_data(17, n=90, d=30, c=4)
+    x, y = class_features(17, n=90, d=30, c=4)
     out, info = spread_attract(x, y, variant="described", alpha=0.2, sigma=0.5, force=1.7)
     z = randomized_pca(x, 30)[0]
     s = spread(z, y, 4, 1.7)
@@ -267,7 +258,7 @@ def test_described_variant_spreads_then_uses_minus_delta():
 
 
 def test_pca_only_variant_is_exactly_the_randomized_pca():
-    x, y = class_data(18, n=70, d=90, c=3)
+    x, y = class_features(18, n=70, d=90, c=3)
     out, info = spread_attract(x, y, variant="pca-only")
     assert info["applied"] and info["pca_dim"] == 64
     assert np.array_equal(out, randomized_pca(x, 64)[0])
@@ -282,7 +273,7 @@ def test_pca_only_variant_is_exactly_the_randomized_pca():
     (90, 90, 64, 64),
 ])
 def test_pca_dim_is_clamped_to_n_and_d(n, d, pca_dim, want):
-    x, y = class_data(19 + n + d, n=n, d=d, c=3)
+    x, y = class_features(19 + n + d, n=n, d=d, c=3)
     for variant in ("released", "pca-only"):
         out, info = spread_attract(x, y, pca_dim=pca_dim, variant=variant)
         assert info["applied"]
@@ -300,7 +291,7 @@ def test_pca_dim_is_clamped_to_n_and_d(n, d, pca_dim, want):
 
 
 def test_bad_options_are_rejected():
-    x, y = class_data(20)
+    x, y = class_features(20, n=80, d=20)
     with pytest.raises(ValueError, match="variant"):
         spread_attract(x, y, variant="attract-only")
     with pytest.raises(ValueError):
@@ -313,7 +304,7 @@ def test_bad_options_are_rejected():
 
 @pytest.mark.parametrize("variant", ["released", "described", "pca-only"])
 def test_inputs_are_never_modified(variant):
-    x, y = class_data(21, n=60, d=12, c=3)
+    x, y = class_features(21, n=60, d=12, c=3)
     xk, yk = x.copy(), y.copy()
     spread_attract(x, y, variant=variant, alpha=0.3)
     assert np.array_equal(x, xk) and np.array_equal(y, yk)
@@ -327,7 +318,7 @@ def test_inputs_are_never_modified(variant):
 
 
 def test_attract_and_spread_do_not_modify_their_arguments():
-    z, y = class_data(22, n=40, d=4, c=3)
+    z, y = class_features(22, n=40, d=4, c=3)
     zk = z.copy()
     z.setflags(write=False)
     attract_delta(z, y, 3, 0.1, 0.6)
@@ -343,7 +334,7 @@ METRICS = {"logme": logme, "sfda": sfda, "lda": lda, "gbc": gbc}
 @pytest.mark.parametrize("variant", ["released", "described"])
 @pytest.mark.parametrize("name", sorted(METRICS))
 def test_score_is_metric_of_spread_attract(name, variant):
-    x, y = class_data(23, n=80, d=16, c=4, spread_=1.0)
+    x, y = class_features(23, n=80, d=16, c=4, spread=1.0)
     got = score(x, y, metric=name, sa=variant)
     want = METRICS[name](spread_attract(x, y, variant=variant)[0], y)
     assert np.isfinite(got) and np.isfinite(want)
@@ -355,7 +346,7 @@ def test_score_is_metric_of_spread_attract(name, variant):
 
 
 def test_score_with_sa_options_dict():
-    x, y = class_data(24, n=80, d=16, c=4, spread_=1.0)
+    x, y = class_features(24, n=80, d=16, c=4, spread=1.0)
     opts = {"variant": "described", "alpha": 0.1, "sigma": 0.3, "force": 0.5, "pca_dim": 10}
     got = score(x, y, metric="sfda", sa=opts)
     want = sfda(spread_attract(x, y, **opts)[0], y)
@@ -365,7 +356,7 @@ def test_score_with_sa_options_dict():
 
 
 def test_score_rejects_bad_sa_and_ncti():
-    x, y = class_data(25, n=60, d=8, c=3)
+    x, y = class_features(25, n=60, d=8, c=3)
     with pytest.raises(ValueError, match="variant"):
         score(x, y, metric="lda", sa="spread-only")
     with pytest.raises(ValueError, match="alpah"):
@@ -384,7 +375,7 @@ def test_score_rejects_bad_sa_and_ncti():
 
 @pytest.mark.parametrize("n,d", [(80, 24), (30, 70)])
 def test_float32_input_runs_the_pca_in_float32(n, d):
-    x, y = class_data(26, n=n, d=d, c=3, dtype=np.float32)
+    x, y = class_features(26, n=n, d=d, c=3, dtype=np.float32)
     k = min(64, n, d)
     out32, info32 = spread_attract(x, y, variant="pca-only")
     out64, info64 = spread_attract(x.astype(np.float64), y, variant="pca-only")

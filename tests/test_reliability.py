@@ -14,7 +14,7 @@ import torch
 import te_gpu
 import te_gpu.reference as ref
 
-from helpers import class_features
+from helpers import class_features, width_zoo
 
 PER_MODEL = ("logme", "sfda", "lda", "gbc")
 APIS = {"engine": te_gpu, "reference": ref}
@@ -157,10 +157,7 @@ def test_reruns_are_bit_identical(metric):
 
 
 def _zoo(seed=3, n=90, widths=(6, 10, 6, 14, 10, 8)):
-    rng = np.random.default_rng(seed)
-    y = np.concatenate([np.arange(3), rng.integers(0, 3, n - 3)])
-    return {f"m{i}": 3 * (rng.normal(scale=0.5, size=(3, d))[y] + rng.normal(size=(n, d)))
-            for i, d in enumerate(widths)}, y
+    return width_zoo(seed, n, widths, spread=0.5)
 
 
 def test_zoo_reruns_bit_identical_and_batch_size_changes_last_bits_only():

@@ -1,12 +1,16 @@
-"""LogME reference (SPEC 1): known answers, invariances and the evidence it maximises."""
+"""LogME (SPEC 1): the reference's known answers, invariances and the evidence it maximises;
+values public code gives on public data; invariances on rank-deficient features."""
 import numpy as np
 import pytest
 from scipy.optimize import minimize
 
+import te_gpu
+import te_gpu.reference as ref
 from te_gpu.reference import logme
 from te_gpu.reference.logme import evidence, spectrum
 
-from helpers import class_features, random_orthogonal
+from helpers import (RANK_DEFICIENT, check_known_answer, class_features, digits, iris,
+                     random_orthogonal, rel)
 
 
 def dense_log_evidence(x, t, alpha, beta):
@@ -142,3 +146,93 @@ def test_bad_input_errors():
         logme(x, np.zeros(50, int))
     with pytest.raises(ValueError, match="all-zero"):
         logme(np.zeros_like(x), y)
+
+
+# ------------------------------------------------------------------ known answers
+# Values public implementations give on public data, checked against te_gpu's reference,
+# engine and "fast" engine (1e-3). Sources, each run locally on the data below (numpy 2.4.6,
+# scipy 1.17.1, scikit-learn 1.9.1, torch 2.14.1; nothing of their code is in te_gpu):
+# * thuml/LogME ``LogME.py`` at commit 56551ca (``LogME().fit``, the fixed-point fit), and
+#   at c15356c, the fix of pull request #24 that pads sigma to D when N < D.
+# * prafful-kumar/enhancing_TE ``metrics.py`` (the SA paper's released code):
+#   ``SFDA_Score``, ``LDA_Score``, ``get_gbc_score``, ``SA(x, y, 0.005, type=...)``
+#   and ``NCTI_Score`` (scikit-learn's default PCA solver, which is 'covariance_eigh'
+#   for digits, and current LinearDiscriminantAnalysis: te_gpu's ``lda_scaling="n"``).
+# digits = ``load_digits(return_X_y=True)`` as float64 raw pixels (N = 1797, D = 64,
+# three all-zero columns: rank 61); iris = ``load_iris(return_X_y=True)``.
+# Tolerances: LogME 1e-10 (the released values are reproduced to ~1e-14), SA + metric 1e-9.
+
+METRIC = "logme"
+# (name, data, options, sa, released value, tolerance)
+KNOWN = [
+    # thuml/LogME 56551ca
+    ("logme-digits", digits, {}, None, 0.270277455465355, 1e-10),
+    ("logme-iris", iris, {}, None, -0.1600602436621256, 1e-10),
+    # enhancing_TE metrics.py
+    ("sa-logme-digits", digits, {}, "released", 0.1325239095784733, 1e-9),
+]
+
+
+@pytest.mark.parametrize("case", KNOWN, ids=[k[0] for k in KNOWN])
+def test_released_value(case):
+    _, data, opts, sa, want, tol = case
+    x, y = data()
+    check_known_answer(METRIC, x, y, want, tol, sa=sa, **opts)
+
+
+def regression_targets(x, y):
+    """Three real targets on digits: the label, sin(label), a mean of squared pixels."""
+    return np.stack([y.astype(float), np.sin(y), (x[:, 20:30] ** 2).mean(1) / 16], 1)
+
+
+def test_logme_regression_digits():
+    # thuml/LogME 56551ca, LogME(regression=True).fit(x, targets)
+    x, y = digits()
+    t = regression_targets(x, y)
+    want = -0.9587815344711794
+    assert ref.logme(x, t, regression=True) == pytest.approx(want, rel=1e-10)
+    for precision in ("exact", "fast"):
+        assert te_gpu.logme(x, t, regression=True, precision=precision) == pytest.approx(want, rel=1e-10)
+
+
+def test_logme_corrected_is_thuml_pull_request_24():
+    # N = 50 < D = 64: thuml/LogME at 56551ca gives 1.4325751955183552 (D - N log(alpha)
+    # terms missing); its fix c15356c pads sigma with zeros: 0.08193108088953605
+    x, y = digits()
+    x, y = x[:50], y[:50]
+    for impl in (ref.logme, te_gpu.logme):
+        assert impl(x, y) == pytest.approx(1.4325751955183552, rel=1e-10)
+        assert impl(x, y, corrected=True) == pytest.approx(0.08193108088953605, rel=1e-10)
+    # for N > D the released code already sums all D terms: corrected changes nothing
+    x, y = digits()
+    assert ref.logme(x, y, corrected=True) == pytest.approx(0.270277455465355, rel=1e-10)
+
+
+# ------------------------------------------------------------------ rank-deficient features
+
+@pytest.mark.parametrize("name", ["digits", "duplicated", "n_below_d"])
+def test_dead_units_do_not_change_logme(name):
+    # A zero column adds a zero eigenvalue, whose evidence term log(alpha) cancels
+    # the column's share of D/2 log(alpha): the evidence of [X, 0] is that of X when
+    # N > D. (Dropping the term instead made a model score higher for its dead units.)
+    x, y = RANK_DEFICIENT[name]()
+    padded = np.hstack([x, np.zeros((x.shape[0], 5))])
+    if x.shape[0] > padded.shape[1]:
+        assert rel(ref.logme(padded, y), ref.logme(x, y)) <= 1e-12
+        assert rel(te_gpu.logme(padded, y), ref.logme(x, y)) <= 1e-10
+    else:  # N <= D: the corrected evidence has the same invariance
+        assert rel(ref.logme(padded, y, corrected=True), ref.logme(x, y, corrected=True)) <= 1e-12
+
+
+def test_noise_eigenvalues_are_zero_terms_not_missing_terms():
+    # digits: 3 all-zero pixel columns. Every one of the D = 64 eigenvalues is a
+    # term of the evidence; the 3 noise ones are exact zeros with zero projections.
+    from te_gpu.reference.logme import spectrum
+
+    x, y = digits()
+    sigma, proj = spectrum(x, np.eye(10)[y])
+    assert sigma.size == 64
+    assert np.count_nonzero(sigma == 0.0) == 3
+    assert np.all(proj[sigma == 0.0] == 0.0)
+    assert np.all(sigma[sigma > 0] > 0.5)   # the smallest real eigenvalue is 0.74
+

@@ -1,4 +1,4 @@
-"""NLEEP reference (SPEC 6): the score given posteriors by hand, the seeded mixture,
+"""NLEEP (SPEC 6): the reference score given posteriors by hand, the seeded mixture,
 and a statistical comparison with scikit-learn's GaussianMixture."""
 import numpy as np
 import pytest

@@ -1,5 +1,6 @@
-"""NCTI reference (SPEC 4): the zoo normalisation, the LDA it fits, its branches
-and its invariances. scikit-learn (test-only) is the oracle for PCA and LDA.
+"""NCTI (SPEC 4): the reference's zoo normalisation, the LDA it fits, its branches and its
+invariances (scikit-learn, test-only, is the oracle for PCA and LDA); the parts public code
+gives on digits; invariance to dead units.
 """
 import importlib
 
@@ -12,19 +13,9 @@ ncti_mod = importlib.import_module("te_gpu.reference.ncti")
 from te_gpu.reference.ncti import _LinearDiscriminant, minmax_combine, ncti, ncti_parts
 from te_gpu.reference.sa import spread_attract
 
+import te_gpu
 
-def class_data(seed, n, d, c, sizes=None, spread=1.0, noise=1.0, scale=1.0):
-    """Class means + isotropic noise, every class present, labels shuffled."""
-    rng = np.random.default_rng(seed)
-    if sizes is None:
-        y = np.concatenate([np.arange(c), rng.integers(0, c, n - c)])
-    else:
-        assert len(sizes) == c and sum(sizes) == n
-        y = np.repeat(np.arange(c), sizes)
-    rng.shuffle(y)
-    centres = rng.normal(scale=spread, size=(c, d))
-    x = centres[y] + rng.normal(scale=noise, size=(n, d))
-    return scale * x, y
+from helpers import RANK_DEFICIENT, class_features, digits, rel, three_model_zoo
 
 
 def rel_err(got, want):
@@ -154,7 +145,7 @@ LDA_CASES = [
 def test_eigen_lda_matches_sklearn(seed, n, d, c, sizes, tau):
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    x, y = class_data(seed, n, d, c, sizes, spread=1.0 / np.sqrt(d))
+    x, y = class_features(seed, n, d, c, sizes=sizes, spread=1.0 / np.sqrt(d))
     ours = _LinearDiscriminant(x, y, c, tau, "n_minus_c")
     ref = LinearDiscriminantAnalysis(solver="eigen", shrinkage=tau).fit(x, y)
     p, p_ref = ours.predict_proba(x), ref.predict_proba(x)
@@ -172,7 +163,7 @@ def test_eigen_lda_matches_sklearn(seed, n, d, c, sizes, tau):
 def test_svd_lda_with_1_over_n_matches_current_sklearn(seed, n, d, c, sizes):
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    x, y = class_data(seed + 50, n, d, c, sizes, spread=1.0 / np.sqrt(d))
+    x, y = class_features(seed + 50, n, d, c, sizes=sizes, spread=1.0 / np.sqrt(d))
     ours = _LinearDiscriminant(x, y, c, None, "n")
     ref = LinearDiscriminantAnalysis(solver="svd").fit(x, y)
     p, p_ref = ours.predict_proba(x), ref.predict_proba(x)
@@ -190,7 +181,7 @@ def test_svd_lda_with_a_zero_within_class_std_column_matches_sklearn():
     # std is exactly 0, reset to 1, and the SVD rank cut drops it.
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    x, y = class_data(5, 70, 6, 3, spread=0.4)
+    x, y = class_features(5, 70, 6, 3, spread=0.4)
     x = np.column_stack([x, 2.0 * y])
     ours = _LinearDiscriminant(x, y, 3, None, "n")
     ref = LinearDiscriminantAnalysis(solver="svd").fit(x, y)
@@ -204,7 +195,7 @@ def test_svd_lda_with_a_zero_within_class_std_column_matches_sklearn():
 def test_svd_lda_scalings_scale_with_inverse_sqrt_fac(seed, n, d, c, sizes):
     # The first SVD's singular values scale with sqrt(fac), so the scalings
     # (and the transform) scale with 1/sqrt(fac): T(N-C) = T(N) sqrt((N-C)/N).
-    x, y = class_data(seed + 80, n, d, c, sizes, spread=1.0 / np.sqrt(d))
+    x, y = class_features(seed + 80, n, d, c, sizes=sizes, spread=1.0 / np.sqrt(d))
     t_n = _LinearDiscriminant(x, y, c, None, "n").transform(x)
     t_nc = _LinearDiscriminant(x, y, c, None, "n_minus_c").transform(x)
     want = t_n * np.sqrt((n - c) / n)
@@ -217,7 +208,7 @@ def test_lda_scaling_relation_in_the_svd_branch(solver_log):
     # Large-scale features: the top-32 explained variances sum far above
     # -ln(1e-10) = 23.03, so tau == 1e-10 and the 'svd' solver is used.
     n, c = 90, 5
-    x, y = class_data(7, n, 20, c, spread=0.6, scale=10.0)
+    x, y = class_features(7, n, 20, c, spread=0.6, scale=10.0)
     from sklearn.decomposition import PCA
 
     assert PCA(svd_solver="full").fit(x).explained_variance_[:32].sum() > 23.03
@@ -233,7 +224,7 @@ def test_lda_scaling_relation_in_the_svd_branch(solver_log):
 
 @pytest.mark.parametrize("seed,n,d,c", [(8, 120, 10, 4), (9, 150, 80, 5), (10, 90, 70, 3)])
 def test_svd_branch_matches_sklearn_pipeline(seed, n, d, c, solver_log):
-    x, y = class_data(seed, n, d, c, spread=0.5, scale=3.0)
+    x, y = class_features(seed, n, d, c, spread=0.5, scale=3.0)
     want, tau = sklearn_parts(x, y, "svd")
     assert tau == 1e-10
     got = ncti_parts(x, y, lda_scaling="n")
@@ -248,7 +239,7 @@ def test_svd_branch_matches_sklearn_pipeline(seed, n, d, c, solver_log):
 ])
 def test_eigen_branch_for_small_features_matches_sklearn_pipeline(seed, n, d, c, scale,
                                                                   solver_log):
-    x, y = class_data(seed, n, d, c, spread=1.5, scale=scale)
+    x, y = class_features(seed, n, d, c, spread=1.5, scale=scale)
     want, tau = sklearn_parts(x, y, "tau")
     assert 1e-10 < tau < 1.0
     got = ncti_parts(x, y)
@@ -261,7 +252,7 @@ def test_eigen_branch_for_small_features_matches_sklearn_pipeline(seed, n, d, c,
 
 def test_tau_uses_only_the_top_32_variances(solver_log):
     # D = 60: with all 60 variances tau would be smaller by exp(-rest).
-    x, y = class_data(14, 200, 60, 4, spread=1.0, scale=0.1)
+    x, y = class_features(14, 200, 60, 4, spread=1.0, scale=0.1)
     from sklearn.decomposition import PCA
 
     ev = PCA(svd_solver="full").fit(x).explained_variance_
@@ -279,7 +270,7 @@ def test_tau_uses_only_the_top_32_variances(solver_log):
     (24, 40, 50, 3, 0.1),     # 'eigen' branch with N <= D (shrinkage absorbs the null direction)
 ])
 def test_ncti_parts_invariant_under_rotation_and_translation(seed, n, d, c, scale):
-    x, y = class_data(seed, n, d, c, spread=0.8, scale=scale)
+    x, y = class_features(seed, n, d, c, spread=0.8, scale=scale)
     rng = np.random.default_rng(seed + 1000)
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
     b = rng.normal(scale=10.0 * scale, size=d)
@@ -303,7 +294,7 @@ def test_svd_branch_with_n_le_d_ignores_the_null_pca_direction(seed, n, d, c):
     from sklearn.decomposition import PCA
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    x, y = class_data(seed, n, d, c, spread=0.5, scale=3.0)
+    x, y = class_features(seed, n, d, c, spread=0.5, scale=3.0)
     rng = np.random.default_rng(seed + 2000)
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
     got = ncti_parts(x, y, lda_scaling="n")
@@ -324,7 +315,7 @@ def test_svd_branch_with_n_le_d_ignores_the_null_pca_direction(seed, n, d, c):
 
 
 def test_label_values_do_not_matter():
-    x, y = class_data(18, 90, 12, 3, spread=0.8, scale=2.0)
+    x, y = class_features(18, 90, 12, 3, spread=0.8, scale=2.0)
     base = ncti_parts(x, y)
     for mapping in ([3, 7, 100], [-5, -1, 2], [100, 3, 7], [-1, -7, 0]):
         relabelled = np.asarray(mapping)[y]
@@ -333,7 +324,7 @@ def test_label_values_do_not_matter():
 
 
 def test_ncti_parts_rejects_bad_arguments():
-    x, y = class_data(19, 40, 5, 3)
+    x, y = class_features(19, 40, 5, 3)
     with pytest.raises(ValueError):
         ncti_parts(x, y, lda_scaling="1/N")
     with pytest.raises(ValueError):
@@ -341,7 +332,7 @@ def test_ncti_parts_rejects_bad_arguments():
 
 
 def test_ncti_parts_does_not_modify_inputs():
-    x, y = class_data(20, 60, 8, 3, scale=3.0)
+    x, y = class_features(20, 60, 8, 3, scale=3.0)
     xk, yk = x.copy(), y.copy()
     x.setflags(write=False)
     y.setflags(write=False)
@@ -351,22 +342,10 @@ def test_ncti_parts_does_not_modify_inputs():
 
 # ------------------------------------------------------------------------ zoo
 
-def make_zoo(seed, n=80, c=4):
-    """Three models sharing one label vector, different widths and scales."""
-    rng = np.random.default_rng(seed)
-    y = np.concatenate([np.arange(c), rng.integers(0, c, n - c)])
-    rng.shuffle(y)
-    zoo = {}
-    for name, d, spread, scale in (("r18", 12, 0.4, 4.0), ("r50", 20, 1.0, 3.0),
-                                   ("vit", 9, 2.0, 2.5)):
-        centres = rng.normal(scale=spread, size=(c, d))
-        zoo[name] = scale * (centres[y] + rng.normal(size=(n, d)))
-    return zoo, y
-
 
 @pytest.mark.parametrize("lda_scaling", ["n_minus_c", "n"])
 def test_ncti_is_minmax_of_the_parts(lda_scaling):
-    zoo, y = make_zoo(21)
+    zoo, y = three_model_zoo(21)
     got = ncti(zoo, y, lda_scaling=lda_scaling)
     parts = {m: ncti_parts(f, y, lda_scaling=lda_scaling) for m, f in zoo.items()}
     want = minmax_combine(parts)
@@ -379,7 +358,7 @@ def test_ncti_is_minmax_of_the_parts(lda_scaling):
 
 
 def test_ncti_zoo_size_errors():
-    zoo, y = make_zoo(22)
+    zoo, y = three_model_zoo(22)
     with pytest.raises(ValueError):
         ncti({"one": zoo["r18"]}, y)
     with pytest.raises(ValueError):
@@ -387,7 +366,7 @@ def test_ncti_zoo_size_errors():
 
 
 def test_ncti_with_released_sa_equals_parts_on_perturbed_features():
-    zoo, y = make_zoo(23)
+    zoo, y = three_model_zoo(23)
     got = ncti(zoo, y, sa="released")
     parts = {}
     for m, f in zoo.items():
@@ -400,3 +379,31 @@ def test_ncti_with_released_sa_equals_parts_on_perturbed_features():
         assert got[m] == pytest.approx(want[m], abs=1e-12)
     # SA did change something, so the equality above is not vacuous
     assert max(abs(got[m] - raw[m]) for m in zoo) > 1e-9
+
+
+# ------------------------------------------------------------------ known answers
+# prafful-kumar/enhancing_TE ``metrics.py`` (the SA paper's released code) ``NCTI_Score``
+# (scikit-learn's default PCA solver, which is 'covariance_eigh' for digits, and current
+# LinearDiscriminantAnalysis: te_gpu's ``lda_scaling="n"``), run locally (numpy 2.4.6,
+# scipy 1.17.1, scikit-learn 1.9.1, torch 2.14.1; nothing of its code is in te_gpu) on
+# digits = ``load_digits(return_X_y=True)`` as float64 raw pixels. Tolerance: NCTI parts
+# 1e-9; "fast" 1e-3.
+
+def test_ncti_parts_digits():
+    # enhancing_TE NCTI_Score with scikit-learn 1.9.1's defaults: its PCA(64) takes the
+    # covariance's eigendecomposition for digits and clips the 3 zero variances to 0;
+    # with a full SVD the released value moves to (727.443, 0.961073, 5.106804), noise
+    # of those 3 components that the LDA's standardisation scales up (README, guards)
+    x, y = digits()
+    want = (727.0984274451337, 0.9610330272530853, 5.106678375239401)
+    assert ncti_parts(x, y, lda_scaling="n") == pytest.approx(want, rel=1e-9)
+    assert te_gpu.ncti_parts(x, y, lda_scaling="n") == pytest.approx(want, rel=1e-9)
+    assert te_gpu.ncti_parts(x, y, lda_scaling="n", precision="fast") == pytest.approx(want, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", ["digits", "duplicated", "n_below_d"])
+def test_dead_units_do_not_change_ncti_parts(name):
+    # NCTI's PCA does not see zero columns at all
+    x, y = RANK_DEFICIENT[name]()
+    padded = np.hstack([x, np.zeros((x.shape[0], 5))])
+    assert rel(te_gpu.ncti_parts(padded, y), ncti_parts(x, y)) <= 1e-9
