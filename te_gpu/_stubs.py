@@ -152,8 +152,14 @@ def _reference_stub() -> str:
         rel = module.replace("te_gpu.reference", "")
         alias = public_name(m)
         out.append(f"from {rel} import {fn} as {alias}\n")
-    out.append("from .ncti import ncti as ncti\nfrom .sa import spread_attract as spread_attract\n"
-               "from .score import score as score\n")
+    out.append("\n")
+    for m in catalogue.METRICS.values():
+        if m.zoo_level:
+            opts = "".join(f", {o.name}=..." for o in m.options)
+            out.append(f"def {m.name}(zoo, labels, *, sa=...{opts}) -> dict:\n"
+                       f"    \"\"\"{m.title} of every model of a zoo (score.zoo_score).\"\"\"\n")
+    out.append("from .sa import spread_attract as spread_attract\n"
+               "from .score import score as score, zoo_score as zoo_score\n")
     return "".join(out)
 
 

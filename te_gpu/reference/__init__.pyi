@@ -13,6 +13,10 @@ from .leep import leep as leep
 from .leep import nce as nce
 from .parc import parc as parc
 from .etran import etran_parts as etran_parts
-from .ncti import ncti as ncti
+
+def ncti(zoo, labels, *, sa=..., lda_scaling=...) -> dict:
+    """NCTI of every model of a zoo (score.zoo_score)."""
+def etran(zoo, labels, *, sa=..., energy_per_mille=...) -> dict:
+    """ETran of every model of a zoo (score.zoo_score)."""
 from .sa import spread_attract as spread_attract
-from .score import score as score
+from .score import score as score, zoo_score as zoo_score

@@ -152,18 +152,8 @@ def minmax_combine(parts: dict) -> dict:
 
 
 def ncti(zoo, labels, *, lda_scaling: str = "n_minus_c", sa=None) -> dict:
-    """NCTI of every model of a zoo (mapping name -> features): {model: score}.
+    """NCTI of every model of a zoo (mapping name -> features): {model: score}
+    (:func:`te_gpu.reference.score.zoo_score`); ``sa`` applies Spread/Attract first."""
+    from .score import zoo_score
 
-    ``sa`` applies Spread/Attract to each model first (see :func:`score`).
-    """
-    from .sa import resolve_sa, spread_attract
-
-    if not hasattr(zoo, "items") or len(zoo) == 0:
-        raise ValueError("zoo must be a non-empty mapping of model name -> features")
-    sa_kw = resolve_sa(sa)
-    parts = {}
-    for name, feats in zoo.items():
-        if sa_kw is not None:
-            feats, _ = spread_attract(feats, labels, **sa_kw)
-        parts[name] = ncti_parts(feats, labels, lda_scaling=lda_scaling)
-    return minmax_combine(parts)
+    return zoo_score("ncti", zoo, labels, sa=sa, lda_scaling=lda_scaling)

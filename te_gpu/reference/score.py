@@ -40,3 +40,29 @@ def score(features, labels, *, metric: str, sa=None, **metric_options) -> float:
     if regression:
         return fn(features, labels, regression=True, **options)
     return fn(features, labels, **options)
+
+
+def zoo_score(metric: str, zoo, labels, *, sa=None, **metric_options) -> dict:
+    """A zoo-level metric (NCTI, ETran) of every model of ``zoo`` (mapping name ->
+    features): each model's parts, optionally after SA, combined over the zoo by
+    :func:`te_gpu.combine.combine_zoo` (a part equal across the zoo left out with a
+    warning). Raises ``ValueError`` where the metric is undefined for the zoo."""
+    from ..combine import combine_zoo
+
+    m = catalogue.get(metric)
+    if not m.zoo_level:
+        raise ValueError(f"{m.title} is a per-model score: use score(features, labels, "
+                         f"metric={m.name!r})")
+    if not hasattr(zoo, "items") or len(zoo) == 0:
+        raise ValueError("zoo must be a non-empty mapping of model name -> features")
+    options = m.resolve(metric_options)
+    sa_kw = resolve_sa(sa)
+    parts = {}
+    for name, feats in zoo.items():
+        if sa_kw is not None:
+            feats, _ = spread_attract(feats, labels, **sa_kw)
+        parts[name] = m.reference_fn()(feats, labels, **options)
+    got = combine_zoo(m, parts)
+    if got.scores is None:
+        raise ValueError(f"{m.title} is undefined for this zoo: {got.reason}")
+    return got.scores
