@@ -375,7 +375,7 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
             if until is not None and done >= 2:
                 why, wanted = until(result)
                 wanted = min(replicates, wanted)
-                if why is not None and done < replicates:
+                if why is not None:          # settled (at the cap too: say so)
                     reason = why
                     break
             if first:

@@ -27,6 +27,7 @@ PROG = "te-gpu"
 # copies of constants whose modules import torch or numpy (tests/test_cli_options.py holds them equal)
 PRECISIONS = ("exact", "fast")             # te_gpu.engine._tensor.PRECISIONS
 REGIMES = ("lft", "lbft", "finetune")      # te_gpu.pipeline.finetune.REGIMES
+TRANSFERS = ("lft", "lbft", "finetune")    # te_gpu.regimes.REGIMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -698,8 +699,19 @@ def cmd_recommend(args):
                                   format_recommendation, format_truth, recommend)
 
     log = _log(args)
+    from te_gpu.regimes import REGIMES as TRANSFER_SETS, metrics_and_sa
+
+    transfer = args.transfer
+    if transfer and (args.metrics or args.sa != [None]):
+        raise PipelineError("--transfer chooses the metric set, SA included: drop --metrics/--sa, "
+                            "or drop --transfer to rank by a set of your own")
+    if transfer == "all" and args.plots:
+        raise PipelineError("--plots draws one regime's metrics: give --transfer lft, lbft or finetune")
+    regimes = [] if not transfer else list(TRANSFER_SETS) if transfer == "all" else [transfer]
     # the parser leaves these None (see _default_from): the modules' own defaults
     metrics = args.metrics or DEFAULT_METRICS
+    if regimes:
+        metrics = metrics_and_sa([lb for r in regimes for lb in TRANSFER_SETS[r].labels])[0]
     replicates = args.replicates or DEFAULT_REPLICATES
     level = args.level or DEFAULT_LEVEL
     mc_error = MC_ERROR if args.mc_error is None else (args.mc_error or None)   # 0: every -B
@@ -724,22 +736,42 @@ def cmd_recommend(args):
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    log(f"{len(zoo)} models on {dataset} (N = {labels.size}), {', '.join(metrics)}"
-        f"{'' if args.sa == [None] else ', SA ' + ','.join(v or 'none' for v in args.sa)}: "
-        f"up to {replicates} resamples of the target set (class by class, seed {args.seed}) on {device}")
+    what = (f"the metric set of --transfer {transfer}" if regimes else ", ".join(metrics)
+            + ("" if args.sa == [None] else ", SA " + ",".join(v or "none" for v in args.sa)))
+    log(f"{len(zoo)} models on {dataset} (N = {labels.size}), {what}: up to {replicates} "
+        f"resamples of the target set (class by class, seed {args.seed}) on {device}")
+    common = dict(replicates=replicates, seed=args.seed, level=level, options=options,
+                  predictions=predictions, device=device, precision=args.precision,
+                  batch_size=args.batch_size, k=args.k, progress=_progress(args), mc_error=mc_error)
     with _warnings_to(log):   # a zoo-level part left out: one line
-        rec = recommend(zoo, labels, metrics=metrics, replicates=replicates, seed=args.seed,
-                        level=level, sa=sa, options=options, predictions=predictions,
-                        device=device, precision=args.precision, batch_size=args.batch_size,
-                        k=args.k, progress=_progress(args),
-                        mc_error=mc_error)
+        if transfer == "all":
+            from te_gpu.recommend import recommend_per_regime
+
+            recs = recommend_per_regime(zoo, labels, sa_options=sa_opts, **common)
+        elif transfer:
+            recs = {transfer: recommend(zoo, labels, transfer=transfer, sa_options=sa_opts,
+                                        **common)}
+        else:
+            recs = {None: recommend(zoo, labels, metrics=metrics, sa=sa, **common)}
+    rec = next(iter(recs.values()))
     for lbl, reasons in rec.boot.skipped.items():
         log(f"note: {lbl} skipped for {len(reasons)} model(s): {next(iter(reasons.values()))}")
     for lbl, why in rec.boot.undefined.items():
         log(f"note: {lbl} is undefined for this zoo and left out of the recommendation: {why}")
-    print(format_recommendation(rec, top=args.top))
+    print("\n\n".join(format_recommendation(r, top=args.top) for r in recs.values()))
     out = dict(dataset=dataset, zoo=str(args.zoo), **rec.to_dict(samples=True))
-    if args.truth:
+    if len(recs) > 1:
+        out["regimes"] = {name: r.to_dict() for name, r in recs.items()}
+    if args.truth and len(recs) > 1:
+        accuracy, info = _truth(args, dataset)
+        out["truth"] = dict(info=info, regimes={})
+        for name, r in recs.items():
+            rows = against_truth(r, accuracy)
+            print(f"\n--transfer {name}:")
+            print(format_truth(rows, r.boot.level))
+            out["truth"]["regimes"][name] = [{k: (v.tolist() if hasattr(v, "tolist") else v)
+                                              for k, v in row.items()} for row in rows]
+    elif args.truth:
         accuracy, info = _truth(args, dataset)
         rows = against_truth(rec, accuracy)
         print()
@@ -1057,6 +1089,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("zoo", help="directory of {model}_{dataset}_feature.npy / _label.npy files")
     r.add_argument("--dataset", default=None, help="data set of the zoo (needed if it holds several)")
     _add_zoo_models(r)
+    r.add_argument("--transfer", choices=[*TRANSFERS, "all"], default=None,
+                   help="how the chosen model will be trained: finetune (the whole network), lbft "
+                        "(the last block), lft (a linear probe): each has its own metric set, SA "
+                        "included, chosen on real zoos (te_gpu.regimes); all: the three answers "
+                        "side by side. Without it, --metrics/--sa (default: a fast set whose "
+                        "evidence is for a linear probe; the verdict says so)")
     _add_metrics(r, default_from="te_gpu.recommend:DEFAULT_METRICS")
     _add_sa(r, default="none")
     _default_from(r.add_argument("--replicates", "-B", type=_int_at_least(2, "needs at least 2 resamples"),

@@ -23,9 +23,18 @@ from dataclasses import dataclass, field
 
 from .bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES, BootstrapResult, _ahead, _first_share
 
-__all__ = ["DEFAULT_METRICS", "Recommendation", "recommend", "verdict", "format_recommendation"]
+__all__ = ["DEFAULT_METRICS", "Recommendation", "recommend",
+           "recommend_per_regime", "verdict", "format_recommendation"]
 
+# the metric set of a custom run (``metrics=`` without ``transfer``): linear-probe evidence
 DEFAULT_METRICS = ("lda", "ncti", "knn")
+# Without transfer= the fast default set answers, and says for which regime it has evidence
+# (bench/RESULTS.md "recommend per transfer regime": lft 2 of 3 evidence zoos, lbft 2 of 3,
+# finetune 0 of 3). The regimes' own sets need SA or SFDA on every redraw: ~50 s a redraw
+# on the 13-model zoo of issue 21 against ~2 s for this set, so none is the default.
+DEFAULT_NOTE = ("default set (lda, ncti, knn): its evidence is for a linear probe; it ordered none "
+                "of 3 evidence zoos well for full fine-tuning. Say how the model will be trained: "
+                "--transfer finetune | lbft | lft (slower: SA on every resample)")
 CLEAR = 0.5          # a first-place share below this is "no clear winner"
 COVER = 0.9          # the top-k named when there is no clear winner hold the first place this often
 # The stopping rule (SPEC 11): redraws go on until every share of the consensus (first place,
@@ -51,6 +60,7 @@ class Recommendation:
     k: int
     picks: dict
     lines: list = field(default_factory=list)
+    transfer: str | None = None   # the regime (te_gpu.regimes) the metric set answers for
 
     @property
     def best(self) -> str:
@@ -63,38 +73,102 @@ class Recommendation:
                                                      cap=self.boot.replicates, stopped_by="the cap"))
 
     def to_dict(self, samples: bool = False) -> dict:
-        return dict(best=self.best, verdict=self.lines, labels=self.labels, order=self.order,
+        return dict(best=self.best, verdict=self.lines, transfer=self.transfer,
+                    labels=self.labels, order=self.order,
                     p_first=self.p_first, p_top=self.p_top, k=self.k, picks=self.picks,
                     redraws=self.redraws, bootstrap=self.boot.to_dict(samples))
 
 
-def recommend(zoo, labels=None, *, metrics=DEFAULT_METRICS, replicates: int = DEFAULT_REPLICATES,
-              seed: int = 0, level: float = DEFAULT_LEVEL, sa=None, options=None,
-              predictions=None, device=None, precision: str = "exact",
-              batch_size: int | None = None, k: int = 3, progress: bool = True,
-              mc_error: float | None = MC_ERROR) -> Recommendation:
-    """Rank ``zoo`` by the consensus of ``metrics`` and say how stable that ranking is.
+def recommend(zoo, labels=None, *, transfer: str | None = None, metrics=None,
+              replicates: int = DEFAULT_REPLICATES, seed: int = 0, level: float = DEFAULT_LEVEL,
+              sa=None, sa_options=None, options=None, predictions=None, device=None,
+              precision: str = "exact", batch_size: int | None = None, k: int = 3,
+              progress: bool = True, mc_error: float | None = MC_ERROR) -> Recommendation:
+    """Rank ``zoo`` by the consensus of a metric set and say how stable that ranking is.
 
-    Arguments as :func:`te_gpu.bootstrap.bootstrap_zoo`; ``k``: the "top k" of the shares.
-    Every (metric, SA setting) label takes part in the consensus with equal weight.
-    ``replicates`` is the cap: redraws stop as soon as the verdict is settled to the
-    Monte-Carlo error ``mc_error`` (:func:`settled`); None: all ``replicates`` redraws.
+    ``transfer``: how the chosen model will be trained, ``"finetune"`` (the whole network),
+    ``"lbft"`` (the last block) or ``"lft"`` (a linear probe on frozen features): the
+    metric set, SA included, is that regime's (:mod:`te_gpu.regimes`, chosen on real zoos
+    with measured accuracies), and the verdict names the regime and says where its
+    evidence is weak. ``metrics`` (with ``sa``) instead: a set of your own. Neither: the
+    fast :data:`DEFAULT_METRICS`, and the verdict says which regime that set has evidence
+    for (:data:`DEFAULT_NOTE`). ``sa_options``: SA numbers (alpha, sigma, ...) for a
+    regime's SA labels. Other arguments as :func:`te_gpu.bootstrap.bootstrap_zoo`; ``k``:
+    the "top k" of the shares. Every label of the set takes part in the consensus with
+    equal weight. ``replicates`` is the cap: redraws stop as soon as the verdict is
+    settled to the Monte-Carlo error ``mc_error`` (:func:`settled`); None: all of them.
     """
+    sets = _label_sets(transfer, metrics, sa)
+    default = transfer is None and metrics is None
+    metrics = DEFAULT_METRICS if default else metrics
+    boot = _bootstrap_for(zoo, labels, sets, metrics, sa, sa_options, replicates, seed, level,
+                          options, predictions, device, precision, batch_size, k, progress,
+                          mc_error)
+    name, labels_ = next(iter(sets.items()))
+    rec = from_bootstrap(boot, labels_, k=k, transfer=name)
+    if default:
+        rec.lines.append(DEFAULT_NOTE)
+    return rec
+
+
+def recommend_per_regime(zoo, labels=None, **kwargs) -> dict:
+    """{regime: :class:`Recommendation`} for every transfer regime, from one set of redraws
+    (the union of the regimes' metric sets); arguments as :func:`recommend` without
+    ``transfer``, ``metrics`` and ``sa``."""
+    from .regimes import REGIMES
+
+    sets = {name: r.labels for name, r in REGIMES.items()}
+    k = kwargs.pop("k", 3)
+    args = dict(replicates=DEFAULT_REPLICATES, seed=0, level=DEFAULT_LEVEL, sa_options=None,
+                options=None, predictions=None, device=None, precision="exact",
+                batch_size=None, progress=True, mc_error=MC_ERROR)
+    unknown = set(kwargs) - set(args)
+    if unknown:
+        raise TypeError(f"recommend_per_regime got unexpected argument(s) {sorted(unknown)}")
+    args.update(kwargs)
+    boot = _bootstrap_for(zoo, labels, sets, None, None, args.pop("sa_options"), k=k, **args)
+    return {name: from_bootstrap(boot, lbs, k=k, transfer=name) for name, lbs in sets.items()}
+
+
+def _label_sets(transfer, metrics, sa) -> dict:
+    """{regime name or None: the labels of the consensus}; metrics=None means "the labels
+    of every metric x SA setting asked for" (filled in from the bootstrap)."""
+    from .regimes import get
+
+    if transfer is not None and (metrics is not None or sa is not None):
+        raise ValueError("give either transfer= (its metric set) or metrics=/sa= (your own), "
+                         "not both")
+    if transfer is not None:
+        return {transfer: get(transfer).labels}
+    return {None: None}
+
+
+def _bootstrap_for(zoo, labels, sets, metrics, sa, sa_options, replicates, seed, level, options,
+                   predictions, device, precision, batch_size, k, progress, mc_error):
     from .bootstrap import _check_int, bootstrap_zoo
+    from .regimes import metrics_and_sa
 
     k = _check_int(k, "k", 1)
     if mc_error is not None and (isinstance(mc_error, bool) or not isinstance(mc_error, (int, float))
                                  or not 0 < mc_error < 0.5):
         raise ValueError(f"mc_error must be a number between 0 and 0.5 (e.g. 0.05), got {mc_error!r}")
-    until = None if mc_error is None else (lambda res: settled(res, k=k, error=float(mc_error)))
-    boot = bootstrap_zoo(zoo, labels, metrics=metrics, replicates=replicates, seed=seed,
+    if None not in sets:                     # regimes: the union of their labels
+        union = list(dict.fromkeys(lb for lbs in sets.values() for lb in lbs))
+        metrics, settings = metrics_and_sa(union)
+        sa = [None if v is None else dict(sa_options or {}, variant=v) for v in settings]
+    elif sa_options:
+        raise ValueError("sa_options go with transfer=; with metrics=, pass SA settings as sa=")
+    label_sets = [lbs for lbs in sets.values() if lbs is not None] or [None]
+    until = None if mc_error is None else \
+        (lambda res: settled(res, k=k, error=float(mc_error), label_sets=label_sets))
+    return bootstrap_zoo(zoo, labels, metrics=metrics, replicates=replicates, seed=seed,
                          level=level, sa=sa, options=options, predictions=predictions,
                          device=device, precision=precision, batch_size=batch_size,
                          progress=progress, until=until)
-    return from_bootstrap(boot, k=k)
 
 
-def settled(boot: BootstrapResult, *, k: int = 3, error: float = MC_ERROR) -> tuple:
+def settled(boot: BootstrapResult, *, k: int = 3, error: float = MC_ERROR,
+            label_sets=(None,)) -> tuple:
     """Is the verdict of ``boot``'s redraws so far settled? ``(reason or None, redraws wanted)``.
 
     A share p read from R redraws has the Monte-Carlo standard error sqrt(p (1 - p) / R)
@@ -113,9 +187,12 @@ def settled(boot: BootstrapResult, *, k: int = 3, error: float = MC_ERROR) -> tu
 
     import numpy as np
 
-    _, samples, _ = boot.consensus()
+    shares = []
+    for labels in label_sets:               # each consensus asked for (None: every label)
+        _, samples, _ = boot.consensus(labels)
+        shares += [_first_share(samples).mean(1), (_ahead(samples) < k).mean(1)]
     r = samples.shape[1]
-    shares = np.concatenate([_first_share(samples).mean(1), (_ahead(samples) < k).mean(1)])
+    shares = np.concatenate(shares)
     p = (shares * r + 1) / (r + 2)
     wanted = max(MIN_REDRAWS, float((p * (1 - p)).max()) / error ** 2)
     if r >= wanted:
@@ -123,8 +200,13 @@ def settled(boot: BootstrapResult, *, k: int = 3, error: float = MC_ERROR) -> tu
     return None, math.ceil(wanted)
 
 
-def from_bootstrap(boot: BootstrapResult, labels=None, *, k: int = 3) -> Recommendation:
-    """A :class:`Recommendation` from redraws already computed (all labels by default)."""
+def from_bootstrap(boot: BootstrapResult, labels=None, *, k: int = 3,
+                   transfer: str | None = None) -> Recommendation:
+    """A :class:`Recommendation` from redraws already computed (all labels by default);
+    ``transfer``: the regime whose metric set ``labels`` is (named by the verdict).
+    Labels undefined for this zoo (a zoo-level score, :mod:`te_gpu.combine`) are left out."""
+    if labels is not None:
+        labels = [lb for lb in labels if lb not in boot.undefined]
     labels = list(labels or boot.labels)
     models, samples, point = boot.consensus(labels)
     share = dict(zip(models, _first_share(samples).mean(1).tolist()))
@@ -134,7 +216,7 @@ def from_bootstrap(boot: BootstrapResult, labels=None, *, k: int = 3) -> Recomme
     picks = {lb: max(boot.point[lb], key=lambda m: (boot.point[lb][m], -boot.models.index(m)))
              for lb in labels}
     rec = Recommendation(boot=boot, labels=labels, order=order, p_first=share, p_top=top, k=k,
-                         picks=picks)
+                         picks=picks, transfer=transfer)
     rec.lines = verdict(rec)
     return rec
 
@@ -180,6 +262,14 @@ def verdict(rec: Recommendation) -> list:
     if runner and rec.p_first[best] >= CLEAR:
         lines.append("also first in some resamples: " + ", ".join(
             f"{m} ({_pct(rec.p_first[m])})" for m in runner[:3]))
+    if rec.transfer is not None:
+        from .regimes import get, weak_line
+
+        lines.insert(0, f"for {get(rec.transfer).what} (--transfer {rec.transfer}; the other "
+                        "regimes: --transfer lft, lbft, finetune)")
+        weak = weak_line(rec.transfer)
+        if weak:
+            lines.append(weak)
     return lines
 
 

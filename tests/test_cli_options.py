@@ -121,6 +121,14 @@ def _score_restart(ws, out):
     assert res["options"]["sa_options"]["alpha"] == 0.2 and "rank" in out
 
 
+def _recommend_transfer(ws, out):
+    from te_gpu import regimes
+
+    rec = _json(ws / "rec_lbft.json")
+    assert rec["transfer"] == "lbft" and rec["labels"] == list(regimes.REGIMES["lbft"].labels)
+    assert rec["verdict"][0].startswith("for fine-tuning the last block (--transfer lbft")
+
+
 def _recommend(ws, out):
     rec = _json(ws / "rec.json")
     boot = rec["bootstrap"]
@@ -218,6 +226,8 @@ RUNS = {
                    "--baselines", "{ws}/base.json", "--json", "{ws}/rec.json", "-q"], _recommend),
     "recommend defaults": (["recommend", ZOO, "-B", "5", "--device", "cpu",
                             "--json", "{ws}/rec_default.json", "-q"], _recommend_defaults),
+    "recommend transfer": (["recommend", ZOO, "--transfer", "lbft", "-B", "4", "--device", "cpu",
+                            "--json", "{ws}/rec_lbft.json", "-q"], _recommend_transfer),
     "correlate": (["correlate", "{ws}/scores", "--truth", "{ws}/truth.json", "--regime", "lft",
                    "--group", "a", "--dataset", "toy", "--labels", "logme,knn", "--k", "1,2",
                    "--json", "{ws}/corr.json", "--prior", "{ws}/prior.json"], _correlate),
@@ -351,6 +361,9 @@ def test_the_copied_constants_are_their_modules():
     from te_gpu.pipeline.finetune import REGIMES
 
     assert cli.PRECISIONS == tuple(PRECISIONS) and cli.REGIMES == REGIMES
+    from te_gpu import regimes
+
+    assert cli.TRANSFERS == tuple(regimes.REGIMES)
 
 
 def test_typed_options_use_checked_types():

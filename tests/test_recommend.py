@@ -9,7 +9,7 @@ import pytest
 from te_gpu import save_zoo
 from te_gpu.bootstrap import BootstrapResult, bootstrap_zoo
 from te_gpu.cli import main
-from te_gpu.recommend import format_recommendation, from_bootstrap, recommend
+from te_gpu.recommend import DEFAULT_METRICS, format_recommendation, from_bootstrap, recommend
 
 from helpers import class_features
 
@@ -306,3 +306,47 @@ def test_bootstrap_result_round_trips_through_json(tmp_path):
     assert back.interval("lda") == res.interval("lda") and back.p_first("lda") == res.p_first("lda")
     with pytest.raises(ValueError, match="no redraw scores"):
         BootstrapResult.from_dict(res.to_dict(samples=False))
+
+
+def _three_model_zoo():
+    x, y = class_features(0, n=90, d=6, c=3, spread=1.0)
+    rng = np.random.default_rng(1)
+    return {"weak": x + rng.normal(scale=3.0, size=x.shape), "mid": x + rng.normal(size=x.shape),
+            "strong": 3.0 * x}, y
+
+
+def test_transfer_takes_the_regimes_set_and_names_the_regime():
+    from te_gpu import regimes
+    from te_gpu.recommend import DEFAULT_NOTE, recommend_per_regime
+
+    zoo, y = _three_model_zoo()
+    rec = recommend(zoo, y, transfer="finetune", replicates=20, progress=False)
+    assert rec.labels == list(regimes.REGIMES["finetune"].labels) and rec.transfer == "finetune"
+    assert rec.lines[0].startswith("for fine-tuning the whole network (--transfer finetune")
+    assert (regimes.weak_line("finetune") in rec.lines) == bool(regimes.REGIMES["finetune"].weak)
+    assert rec.best == "strong" and DEFAULT_NOTE not in rec.lines
+    plain = recommend(zoo, y, replicates=20, progress=False)      # neither: the fast default
+    assert plain.labels == list(DEFAULT_METRICS) and plain.transfer is None
+    assert plain.lines[-1] == DEFAULT_NOTE
+    with pytest.raises(ValueError, match="either transfer"):
+        recommend(zoo, y, transfer="lft", metrics=("lda",), progress=False)
+    with pytest.raises(ValueError, match="unknown transfer regime"):
+        recommend(zoo, y, transfer="probe", progress=False)
+    every = recommend_per_regime(zoo, y, replicates=20, progress=False)
+    assert list(every) == list(regimes.REGIMES)
+    assert len({id(r.boot) for r in every.values()}) == 1          # one set of redraws
+    for name, r in every.items():
+        assert r.labels == list(regimes.REGIMES[name].labels) and r.transfer == name
+
+
+def test_cli_transfer_all_answers_each_regime(tmp_path, capsys):
+    zoo, y = _three_model_zoo()
+    save_zoo(tmp_path / "z", "toy", zoo, y)
+    assert main(["recommend", str(tmp_path / "z"), "--transfer", "all", "-B", "4", "--device",
+                 "cpu", "-q", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    for name in ("lft", "lbft", "finetune"):
+        assert f"(--transfer {name};" in out
+    assert set(json.loads((tmp_path / "r.json").read_text())["regimes"]) == {"lft", "lbft", "finetune"}
+    assert main(["recommend", str(tmp_path / "z"), "--transfer", "lft", "--metrics", "lda"]) == 2
+    assert "--transfer chooses the metric set" in capsys.readouterr().err
