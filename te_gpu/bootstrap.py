@@ -174,16 +174,18 @@ class BootstrapResult:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         return method
 
-    def matrix(self, label: str, method: str | None = None):
+    def matrix(self, label: str, method: str | None = None, oriented: bool = False):
         """(models scored for ``label``, their redraw scores as an (L, B) array), centred
-        on the point scores (``method="centred"``) or as computed (``"percentile"``)."""
+        on the point scores (``method="centred"``) or as computed (``"percentile"``);
+        ``oriented``: negated for a lower-is-better metric (:func:`catalogue.oriented`),
+        as every share, consensus and tau_w reads them."""
         if label not in self.samples:
             raise ValueError(f"no bootstrap of {label!r}; have {', '.join(self.samples)}")
         models = [m for m in self.models if m in self.samples[label]]
         s = np.stack([np.asarray(self.samples[label][m], dtype=np.float64) for m in models])
         if self._method(method) == "centred":
             s = s - s.mean(1, keepdims=True) + np.array([self.point[label][m] for m in models])[:, None]
-        return models, s
+        return models, s * (catalogue.orientation(label) if oriented else 1.0)
 
     def interval(self, label: str, level: float | None = None, method: str | None = None) -> dict:
         """{model: (lo, hi)}: the (1 - level)/2 and (1 + level)/2 quantiles (numpy's default
@@ -195,13 +197,13 @@ class BootstrapResult:
         return {m: (float(q[0, i]), float(q[1, i])) for i, m in enumerate(models)}
 
     def p_first(self, label: str, method: str | None = None) -> dict:
-        """{model: share of redraws on which it scores highest} (ties share the place)."""
-        models, s = self.matrix(label, method)
+        """{model: share of redraws on which it scores best} (ties share the place)."""
+        models, s = self.matrix(label, method, oriented=True)
         return dict(zip(models, _first_share(s).mean(1).tolist()))
 
     def p_top(self, label: str, k: int = 3, method: str | None = None) -> dict:
-        """{model: share of redraws on which fewer than k models score strictly higher}."""
-        models, s = self.matrix(label, method)
+        """{model: share of redraws on which fewer than k models score strictly better}."""
+        models, s = self.matrix(label, method, oriented=True)
         k = _check_int(k, "k", 1)
         return dict(zip(models, (_ahead(s) < k).mean(1).tolist()))
 
@@ -218,9 +220,10 @@ class BootstrapResult:
         ranks = np.zeros((len(common), self.replicates))
         point = np.zeros(len(common))
         for lb in labels:
-            models, s = self.matrix(lb, method)
+            models, s = self.matrix(lb, method, oriented=True)
             ranks += _average_ranks(s[[models.index(m) for m in common]])
-            point += _average_ranks(np.array([[self.point[lb][m]] for m in common]))[:, 0]
+            best_up = catalogue.oriented(lb, self.point[lb])
+            point += _average_ranks(np.array([[best_up[m]] for m in common]))[:, 0]
         n = len(labels)
         return common, -ranks / n, dict(zip(common, (-point / n).tolist()))
 
@@ -772,7 +775,7 @@ def tau_w_interval(result: BootstrapResult, label: str, accuracies: dict, *,
     from .rank import weighted_tau
 
     a = 1.0 - _check_level(result.level if level is None else level)
-    models, s = result.matrix(label, method)
+    models, s = result.matrix(label, method, oriented=True)
     if not isinstance(accuracies, dict):
         raise TypeError("accuracies must be a dict {model: accuracy}")
     dropped = sorted(set(models) ^ set(accuracies))
@@ -794,7 +797,8 @@ def tau_w_interval(result: BootstrapResult, label: str, accuracies: dict, *,
         raise ValueError(f"tau_w of {label}: the scores are equal on every redraw")
     best = acc == acc.max()
     k = _check_int(k, "k", 1)
-    return dict(tau_w=weighted_tau([result.point[label][m] for m in models], acc),
+    point = catalogue.oriented(label, result.point[label])
+    return dict(tau_w=weighted_tau([point[m] for m in models], acc),
                 lo=float(np.quantile(defined, a / 2)), hi=float(np.quantile(defined, 1 - a / 2)),
                 samples=taus, undefined=int(taus.size - defined.size),
                 p_best_first=float(_first_share(s)[best].sum(0).mean()),

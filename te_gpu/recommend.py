@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import catalogue
 from .bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES, BootstrapResult, _ahead, _first_share
 
 __all__ = ["DEFAULT_METRICS", "Recommendation", "recommend",
@@ -213,7 +214,8 @@ def from_bootstrap(boot: BootstrapResult, labels=None, *, k: int = 3,
     top = dict(zip(models, (_ahead(samples) < k).mean(1).tolist()))
     # the consensus on the target set; equal mean ranks: the one first more often
     order = sorted(models, key=lambda m: (-point[m], -share[m], models.index(m)))
-    picks = {lb: max(boot.point[lb], key=lambda m: (boot.point[lb][m], -boot.models.index(m)))
+    best_up = {lb: catalogue.oriented(lb, boot.point[lb]) for lb in labels}
+    picks = {lb: max(best_up[lb], key=lambda m: (best_up[lb][m], -boot.models.index(m)))
              for lb in labels}
     rec = Recommendation(boot=boot, labels=labels, order=order, p_first=share, p_top=top, k=k,
                          picks=picks, transfer=transfer)
