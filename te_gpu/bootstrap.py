@@ -20,7 +20,7 @@ batches with the redraws of other models of the same width. Redraw ``r`` uses
 rows for every model (so that models are compared on the same redraw), and does
 not depend on how many redraws are asked for.
 
-Two ways through the engine. LDA, kNN and NCTI on raw features (``FROM_WEIGHTS``)
+Two ways through the engine. LDA, kNN and NCTI on raw features (``Metric.redraws``)
 read a redraw as its multiplicity vector w (how many times each row is in it) and
 what was computed once on the full target set: kNN walks each row's neighbour
 list (:class:`te_gpu.engine.knn.NeighbourLists`), LDA's class means are weighted
@@ -413,12 +413,6 @@ def _slow_notice(seconds: float, done: int, wanted: int, enabled: bool) -> None:
               "each); fewer redraws (-B), fewer metrics or a GPU make it cheaper", file=sys.stderr)
 
 
-# metrics whose raw-feature redraws are computed from multiplicities and what was computed once on
-# the full target set (kNN's neighbour lists; LDA's and NCTI's weighted sums), not from gathered rows
-FROM_WEIGHTS = ("lda", "knn", "ncti")
-KNN_REDRAWS = 16     # redraws per walk of the neighbour lists (R x N x L entries at once)
-
-
 class _Plan:
     """Which (metric, setting) goes which way, and what the weighted path keeps between rounds."""
 
@@ -429,10 +423,12 @@ class _Plan:
         self.feature_metrics = tuple(m for m in names if catalogue.get(m).inputs == "features")
         self.pred_metrics = tuple(m for m in names if catalogue.get(m).inputs == "predictions")
         raw = None in settings
-        self.weighted = tuple(m for m in self.feature_metrics if raw and m in FROM_WEIGHTS)
+        # metrics whose catalogue entry has a redraw hook: raw-feature redraws from
+        # multiplicities and what was computed once on the full target set
+        self.weighted = tuple(m for m in self.feature_metrics if raw and catalogue.get(m).redraws)
         self.gathered = tuple(m for m in self.feature_metrics if m not in self.weighted)
         self.sa_settings = [s for s in settings if s is not None]
-        self.state: dict = {}      # model -> its features and neighbour lists (weighted path)
+        self.state: dict = {}      # model -> {metric: its redraw hook} (weighted path)
 
     def run(self, result: BootstrapResult, idx, rcodes, timer, bar) -> None:
         """Redraws ``idx`` (R, N) of every model, appended to ``result``'s samples."""
@@ -478,10 +474,6 @@ class _Plan:
         w = torch.zeros((b, n), dtype=self.dtype, device=self.dev)
         w.scatter_add_(1, idx, torch.ones_like(idx, dtype=self.dtype))   # multiplicities
         names = list(self.zoo)
-        if "class_index" not in self.state:
-            from .engine.ncti import class_padding_index
-
-            self.state["class_index"] = class_padding_index(self.lab.codes, self.lab.c)
         workers = 1 if self.dev.type == "cuda" else max(1, min(len(names), torch.get_num_threads()))
         if self.dev.type == "cuda":
             with timer.stage("from weights"):
@@ -494,69 +486,22 @@ class _Plan:
             return dict(zip(names, done))
 
     def _one_model(self, nm, w, idx, features_tensor, single: bool) -> dict:
-        """One model's weighted-path values on redraws ``idx`` (its state made on first use)."""
+        """One model's weighted-path values on redraws ``idx`` (its hooks made on first use:
+        ``Metric.redraws``, built once from the full target set)."""
         import torch
 
         from . import zoo as zoo_mod
-        from .engine.knn import NeighbourLists
-        from .engine.lda import lda_weighted
 
         if single:
             torch.set_num_threads(1)          # this worker thread's share of the cores
-        b = idx.shape[0]
-        st = self.state.get(nm)
-        if st is None:
+        hooks = self.state.get(nm)
+        if hooks is None:
             x = features_tensor(zoo_mod._open(nm, self.zoo[nm])[0], self.dev, self.dtype,
                                 name=f"features of model {nm!r}")
-            st = self.state[nm] = {"x": x}
-            if "knn" in self.weighted:
-                st["lists"] = NeighbourLists(x, self.src, **self.opts["knn"])
-        x, vals = st["x"], {}
-        if "lda" in self.weighted:
-            vals["lda"] = lda_weighted(x, self.src, w).tolist()
-        if "knn" in self.weighted:
-            vals["knn"] = [v for r0 in range(0, b, KNN_REDRAWS)
-                           for v in st["lists"].accuracy(w[r0:r0 + KNN_REDRAWS],
-                                                         idx[r0:r0 + KNN_REDRAWS]).tolist()]
-        if "ncti" in self.weighted:
-            vals["ncti"] = self._ncti(x, w, idx)
-        return vals
-
-    def _ncti(self, x, w, idx) -> list:
-        """NCTI's parts per redraw: statistics from weights, the rest on the gathered rows."""
-        from .engine.ncti import ncti_parts_batched, resampled_stats
-        from .engine.stats import TOP_EIGENPAIRS
-
-        n, d = x.shape
-        step = max(1, int(2 ** 24 // x.numel()))       # gathered redraws of about 128 MB at once
-        parts = []
-        for r0 in range(0, w.shape[0], step):
-            ww, ii = w[r0:r0 + step], idx[r0:r0 + step]
-            st, eig = resampled_stats(x, self.src, ww)
-            kw = dict(class_index=self.state["class_index"], **self.opts["ncti"])
-            if eig is None:                              # N <= D: the dual, on the gathered rows
-                seli, ncc, vc = ncti_parts_batched(x[ii], self.lab, st, eig=eig, **kw)
-            else:    # PCA scores of the rows the redraw holds, then laid out as the redraw
-                z = _redraw_scores(x, ww, ii, st.xbar, eig, min(TOP_EIGENPAIRS, n - 1, d))
-                seli, ncc, vc = ncti_parts_batched(x[None].expand(ii.shape[0], -1, -1), self.lab,
-                                                   st, eig=eig, scores=z, **kw)
-            parts.extend(zip(seli.tolist(), ncc.tolist(), vc.tolist()))
-        return parts
-
-
-def _redraw_scores(x, w, idx, xbar, eig, n_comp: int):
-    """(R, N, n_comp) PCA scores of R redraws in redraw order, computed on the rows each
-    holds only (each row's score is the same for all its copies)."""
-    import torch
-
-    from .engine import linalg
-
-    z = torch.zeros((idx.shape[0], x.shape[0], n_comp), dtype=x.dtype, device=x.device)
-    for r in range(idx.shape[0]):
-        rows = (w[r] > 0).nonzero()[:, 0]
-        axes = eig.vecs[r:r + 1].flip(-1)[:, :, :n_comp].to(x.dtype)
-        z[r, rows] = linalg.matmul((x[rows] - xbar[r])[None], axes)[0]
-    return torch.gather(z, 1, idx[:, :, None].expand(-1, -1, n_comp))
+            hooks = self.state[nm] = {m: catalogue.get(m).redraws_fn()(x, self.src, self.lab,
+                                                                       **self.opts[m])
+                                      for m in self.weighted}
+        return {m: hook(w, idx) for m, hook in hooks.items()}
 
 
 def _one_blas_thread():
@@ -627,7 +572,8 @@ def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size
         from .engine.ncti import class_padding_index
 
         class_index = class_padding_index(lab.codes, c)
-    knn = any(catalogue.get(m).name == "knn" for m in metrics)
+    # a head that must know which rows are copies of one sample (kNN leaves them out)
+    grouped = any("groups" in catalogue.get(m).needs for m in metrics)
     out = {}
     for (d, f32), names in groups.items():
         size = batch_size or zoo_mod._batch_size(dev, n, d, c, dtype)
@@ -657,7 +603,7 @@ def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size
                 outputs = core.score_settings(x, lab, metrics, settings, opts=opts,
                                               pca_float32=f32, timer=timer,
                                               class_index=class_index,
-                                              groups=ii if knn else None)
+                                              groups=ii if grouped else None)
             except (torch.OutOfMemoryError, MemoryError):
                 x = None
                 if dev.type == "cuda":

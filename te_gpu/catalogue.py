@@ -93,7 +93,10 @@ class Metric:
     a float (NCTI: its per-model parts). The engine head takes ``(x, labels,
     shared, **options)`` for a (B, N, D) batch (``shared``: the batch's
     statistics, computed on first use) and returns (B,) values (NCTI: a tuple).
-    ``needs`` lists the shared statistics the head reads.
+    ``needs`` lists the shared statistics the head reads (``"groups"``: which rows of a
+    bootstrap redraw are copies of one sample). ``redraws``: a ``module:Class`` built once
+    per model from the full target set and called on bootstrap redraws given as
+    multiplicities (te_gpu.bootstrap), where that is cheaper than rescoring gathered rows.
     """
     name: str
     title: str
@@ -102,10 +105,13 @@ class Metric:
     engine: str
     options: tuple = ()
     inputs: str = "features"            # or "predictions": the source model's softmax
-    needs: frozenset = frozenset()      # of "stats", "spectrum", "class_index"
+    needs: frozenset = frozenset()      # of "stats", "spectrum", "class_index", "groups"
     zoo_level: bool = False             # normalised across the zoo (NCTI)
     parts: tuple = ()                   # names of the per-model parts of a zoo-level score
     part_weights: tuple = ()            # their weights (signs) in the min-max sum (te_gpu.combine)
+    # bootstrap: a class built once per model from the full target set, called on redraws
+    # given as multiplicities (te_gpu.bootstrap; raw features); "" = rescore gathered rows
+    redraws: str = ""
     higher_is_better: bool = True       # every ranking reads scores through oriented()
     sa: bool = True                     # Spread/Attract can precede it
     regression: bool = False            # defined for real-valued targets too
@@ -140,6 +146,9 @@ class Metric:
     def engine_fn(self):
         return _load(self.engine)
 
+    def redraws_fn(self):
+        return _load(self.redraws)
+
 
 def _opt(name, default, help, **kw) -> Option:
     return Option(name, default, help, **kw)
@@ -158,7 +167,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            needs=frozenset({"stats"}), default=True, bounds=((1.0, "maximum"),),
            cite="Shao et al., ECCV 2022"),
     Metric("lda", "LDA score", "SPEC 3", "te_gpu.reference.lda:lda", "te_gpu.engine.lda:head",
-           needs=frozenset({"stats"}), default=True, bounds=((1.0, "maximum"),),
+           needs=frozenset({"stats"}), redraws="te_gpu.engine.lda:Redraws", default=True,
+           bounds=((1.0, "maximum"),),
            cite="Khoba et al., WACV 2025 (released code)"),
     Metric("gbc", "GBC", "SPEC 5", "te_gpu.reference.gbc:gbc", "te_gpu.engine.gbc:head",
            options=(_opt("gaussian", "spherical", "class covariance model",
@@ -170,6 +180,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
                          "scikit-learn 1.0.x (the paper's), or 1/N as current scikit-learn",
                          kind=str, choices=("n_minus_c", "n")),),
            needs=frozenset({"stats", "spectrum", "class_index"}), zoo_level=True,
+           redraws="te_gpu.engine.ncti:Redraws",
            parts=("seli", "ncc", "vc"), part_weights=(1, 1, -1), default=True,
            cite="Wang et al., ICCV 2023"),
     Metric("nleep", "NLEEP", "SPEC 6", "te_gpu.reference.nleep:nleep", "te_gpu.engine.nleep:head",
@@ -198,6 +209,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
                     _opt("distance", "euclidean", "distance between samples", kind=str,
                          choices=("euclidean", "cosine"))),
            tolerance=1e-12, bounds=((0.0, "minimum"), (1.0, "maximum")),
+           needs=frozenset({"groups"}), redraws="te_gpu.engine.knn:Redraws",
            cite="leave-one-out, as transformer-ranker's NearestNeighbors"),
     Metric("leep", "LEEP", "SPEC 10.5", "te_gpu.reference.leep:leep", "te_gpu.engine.leep:head",
            inputs="predictions", sa=False, tolerance=1e-10, bounds=((0.0, "maximum"),),

@@ -51,7 +51,7 @@ def test_names_paths_and_spec_sections():
         section = m.spec.split()[-1]
         assert re.search(rf"^#+ {re.escape(section)}[ .]", SPEC, re.M), (m.name, m.spec)
         assert m.inputs in ("features", "predictions")
-        assert m.needs <= {"stats", "spectrum", "class_index"}
+        assert m.needs <= {"stats", "spectrum", "class_index", "groups"}
         assert m.inputs == "features" or not m.sa
 
 

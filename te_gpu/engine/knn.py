@@ -205,3 +205,21 @@ class NeighbourLists:
                              "neighbours outside its group of copies")
         onehot = self.labels.onehot[rows].to(keys.dtype)        # labels of the resampled rows
         return int(_nearest_votes(keys[None, None], self.k, onehot).argmax(-1))
+
+
+KNN_REDRAWS = 16     # redraws per walk of the neighbour lists (R x N x L entries at once)
+
+
+class Redraws:
+    """The catalogue's redraw hook (``Metric.redraws``, te_gpu.bootstrap): each row's
+    neighbour list built once from the full target set; a redraw, given as multiplicities
+    ``w`` (R, N) and rows ``idx`` (R, N), walks them (:class:`NeighbourLists`)."""
+
+    def __init__(self, x: torch.Tensor, labels: Labels, redraw_labels: Labels, *, k: int,
+                 distance: str):
+        self.lists = NeighbourLists(x, labels, k=k, distance=distance)
+
+    def __call__(self, w: torch.Tensor, idx: torch.Tensor) -> list:
+        return [v for r0 in range(0, w.shape[0], KNN_REDRAWS)
+                for v in self.lists.accuracy(w[r0:r0 + KNN_REDRAWS],
+                                             idx[r0:r0 + KNN_REDRAWS]).tolist()]

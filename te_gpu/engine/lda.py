@@ -33,3 +33,14 @@ def lda_weighted(x: torch.Tensor, labels: Labels, w: torch.Tensor) -> torch.Tens
     logits = x @ means.mT - 0.5 * (means * means).sum(-1)[:, None, :] + prior   # (R, N, C)
     p = true_class(torch.softmax(logits, dim=-1), labels.codes)                  # (R, N)
     return (w.to(p.dtype) * p).sum(-1) / labels.n
+
+
+class Redraws:
+    """The catalogue's redraw hook (te_gpu.bootstrap): the LDA score of each redraw from its
+    multiplicities ``w`` (R, N) (:func:`lda_weighted`)."""
+
+    def __init__(self, x: torch.Tensor, labels: Labels, redraw_labels: Labels):
+        self.x, self.labels = x, labels
+
+    def __call__(self, w: torch.Tensor, idx: torch.Tensor) -> list:
+        return lda_weighted(self.x, self.labels, w).tolist()

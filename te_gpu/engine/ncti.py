@@ -198,3 +198,48 @@ def resampled_stats(x: torch.Tensor, labels: Labels, w: torch.Tensor):
     gram_c = torch.stack(grams)
     eig = Spectrum(*linalg.eigh_top(gram_c.to(torch.float64), TOP_EIGENPAIRS), dual=False)
     return BatchStats(means, xbar, gram_c, None), eig
+
+
+class Redraws:
+    """The catalogue's redraw hook (te_gpu.bootstrap): NCTI's parts of each redraw, its
+    statistics and top eigenpairs from the multiplicities ``w`` (R, N) of the rows it holds
+    (:func:`resampled_stats`), the PCA scores of those rows only, then the unchanged head on
+    the redraw's row order (``redraw_labels``)."""
+
+    def __init__(self, x: torch.Tensor, labels: Labels, redraw_labels: Labels, *,
+                 lda_scaling: str):
+        self.x, self.labels, self.redraw_labels = x, labels, redraw_labels
+        self.kw = dict(lda_scaling=lda_scaling,
+                       class_index=class_padding_index(redraw_labels.codes, redraw_labels.c))
+
+    def __call__(self, w: torch.Tensor, idx: torch.Tensor) -> list:
+        x = self.x
+        n, d = x.shape
+        step = max(1, int(2 ** 24 // x.numel()))       # gathered redraws of about 128 MB at once
+        parts = []
+        for r0 in range(0, w.shape[0], step):
+            ww, ii = w[r0:r0 + step], idx[r0:r0 + step]
+            st, eig = resampled_stats(x, self.labels, ww)
+            if eig is None:                              # N <= D: the dual, on the gathered rows
+                seli, ncc, vc = ncti_parts_batched(x[ii], self.redraw_labels, st, eig=eig,
+                                                   **self.kw)
+            else:    # PCA scores of the rows the redraw holds, then laid out as the redraw
+                z = _redraw_scores(x, ww, ii, st.xbar, eig, min(TOP_EIGENPAIRS, n - 1, d))
+                seli, ncc, vc = ncti_parts_batched(x[None].expand(ii.shape[0], -1, -1),
+                                                   self.redraw_labels, st, eig=eig, scores=z,
+                                                   **self.kw)
+            parts.extend(zip(seli.tolist(), ncc.tolist(), vc.tolist()))
+        return parts
+
+
+def _redraw_scores(x, w, idx, xbar, eig, n_comp: int):
+    """(R, N, n_comp) PCA scores of R redraws in redraw order, computed on the rows each
+    holds only (each row's score is the same for all its copies)."""
+    from . import linalg
+
+    z = torch.zeros((idx.shape[0], x.shape[0], n_comp), dtype=x.dtype, device=x.device)
+    for r in range(idx.shape[0]):
+        rows = (w[r] > 0).nonzero()[:, 0]
+        axes = eig.vecs[r:r + 1].flip(-1)[:, :, :n_comp].to(x.dtype)
+        z[r, rows] = linalg.matmul((x[rows] - xbar[r])[None], axes)[0]
+    return torch.gather(z, 1, idx[:, :, None].expand(-1, -1, n_comp))
