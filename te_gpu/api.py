@@ -40,7 +40,7 @@ def _inputs_check(m: catalogue.Metric, features, labels):
         codes, _ = as_labels(labels)
         check_min_class_size(codes, m.min_class_size, f"{m.title}")
     if m.inputs == "predictions":
-        from .reference.leep import as_probabilities
+        from ._checks import as_probabilities
 
         as_probabilities(features)
 

@@ -569,7 +569,7 @@ def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size
         groups.setdefault((shape[1], f32), []).append(name)
     class_index = None
     if any("class_index" in catalogue.get(m).needs for m in metrics):
-        from .engine.ncti import class_padding_index
+        from .engine.stats import class_padding_index
 
         class_index = class_padding_index(lab.codes, c)
     # a head that must know which rows are copies of one sample (kNN leaves them out)
@@ -677,7 +677,7 @@ def _prediction_pass(result, zoo, predictions, idx, rcodes, c, metrics, opts, de
 
     from . import zoo as zoo_mod
     from .engine.stats import Labels
-    from .reference.leep import as_probabilities
+    from ._checks import as_probabilities
     from .results import ZooResult
 
     b, n = idx.shape

@@ -50,7 +50,7 @@ from ._loader import BatchReader, content_fingerprint, shape_and_dtype
 from .engine import core
 from .engine._tensor import resolve_device, working_dtype
 from .combine import combine_zoo
-from .engine.ncti import class_padding_index
+from .engine.stats import class_padding_index
 from .engine.stats import Labels
 from .io import exclusive_lock
 from .catalogue import resolve_sa
@@ -431,7 +431,7 @@ def _prediction_scores(names, metrics, predictions: dict, job: "_Job", timer) ->
     """{label: {model: score}} of the metrics of the source models' own predictions (LEEP,
     NCE) for the models ``names`` that have them, model by model in float64 (a C x K table
     each: no batching needed)."""
-    from .reference.leep import as_probabilities
+    from ._checks import as_probabilities
 
     if not metrics:
         return {}

@@ -19,7 +19,7 @@ import torch
 from .. import catalogue
 from . import dispatch
 from . import sa as sa_ops
-from .ncti import class_padding_index
+from .stats import class_padding_index
 from .stats import BatchStats, Labels, batch_stats, spectrum
 
 

@@ -14,8 +14,8 @@ import math
 import torch
 
 from . import linalg
-from .stats import (TOP_EIGENPAIRS, BatchStats, Labels, class_sums, shrink, spectrum, true_class,
-                    weighted_rows, within_from_gram)
+from .stats import (TOP_EIGENPAIRS, BatchStats, Labels, class_padding_index, class_sums, shrink,
+                    spectrum, true_class, weighted_rows, within_from_gram)
 
 PCA_DIM = TOP_EIGENPAIRS  # 64 (SPEC 4)
 _SVD_TOL = 1e-4
@@ -24,23 +24,6 @@ _SVD_TOL = 1e-4
 def pca_noise_floor(top_variance: torch.Tensor, n: int, d: int) -> torch.Tensor:
     """Variance below which a principal component is rounding noise (float64 terms)."""
     return max(n, d) * torch.finfo(torch.float64).eps * top_variance
-
-
-def class_padding_index(codes: torch.Tensor, n_classes: int):
-    """Gather index (C, n_max) of each class's samples, padded with 0, and its mask.
-
-    Lets per-class matrices of ragged sizes be stacked into one (C, n_max, ...)
-    tensor whose padding rows are zero (zero rows do not change singular values).
-    """
-    order = torch.argsort(codes, stable=True)
-    counts = torch.bincount(codes, minlength=n_classes)
-    n_max = int(counts.max())
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(n_max, device=codes.device)
-    mask = pos[None, :] < counts[:, None]
-    flat = (starts[:, None] + pos[None, :]).clamp(max=codes.numel() - 1)
-    idx = torch.where(mask, order[flat], torch.zeros_like(flat))
-    return idx, mask
 
 
 def _eigen_branch(z, means_z, sw_z, st_z, labels: Labels, tau, max_comp):

@@ -232,3 +232,20 @@ def weighted_class_means(x: torch.Tensor, labels: Labels, w: torch.Tensor):
         means[:, c] = (w[:, rows].to(x.dtype) @ x[rows]) / labels.counts[c]
     xbar = weighted_rows(labels.counts, means) / labels.n
     return means, xbar
+
+
+def class_padding_index(codes: torch.Tensor, n_classes: int):
+    """Gather index (C, n_max) of each class's samples, padded with 0, and its mask.
+
+    Lets per-class matrices of ragged sizes be stacked into one (C, n_max, ...)
+    tensor whose padding rows are zero (zero rows do not change singular values).
+    """
+    order = torch.argsort(codes, stable=True)
+    counts = torch.bincount(codes, minlength=n_classes)
+    n_max = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(n_max, device=codes.device)
+    mask = pos[None, :] < counts[:, None]
+    flat = (starts[:, None] + pos[None, :]).clamp(max=codes.numel() - 1)
+    idx = torch.where(mask, order[flat], torch.zeros_like(flat))
+    return idx, mask

@@ -31,25 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_features, as_labels
-
-# float32 softmax rows sum to 1 within a few 1e-7; logits or unnormalised scores do not
-ROW_SUM_TOL = 1e-3
-
-
-def as_probabilities(p, n: int | None = None, name: str = "predictions") -> np.ndarray:
-    """Validate an N x K matrix of probabilities (non-negative rows summing to 1)."""
-    arr = as_features(p, name)
-    if n is not None and arr.shape[0] != n:
-        raise ValueError(f"{name} has {arr.shape[0]} rows but labels have {n} entries")
-    if arr.min() < 0:
-        raise ValueError(f"{name} holds negative values: pass the source model's softmax "
-                         "probabilities, not its logits")
-    worst = float(np.abs(arr.sum(axis=1) - 1.0).max())
-    if worst > ROW_SUM_TOL:
-        raise ValueError(f"{name} rows must sum to 1 (softmax probabilities); the worst row "
-                         f"is off by {worst:.3g}")
-    return arr
+from .._checks import as_labels, as_probabilities
 
 
 def _inputs(predictions, labels, name: str, regression: bool):
