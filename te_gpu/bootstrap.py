@@ -433,18 +433,25 @@ class _Plan:
     def run(self, result: BootstrapResult, idx, rcodes, timer, bar) -> None:
         """Redraws ``idx`` (R, N) of every model, appended to ``result``'s samples."""
         from .engine._tensor import features_tensor
+        from .zoo import _NoBar
 
         b = idx.shape[0]
         raw: dict = {}
-        for i, s in enumerate(self.settings):
-            metrics = self.gathered if s is None else self.feature_metrics
-            if metrics:
-                part = _feature_pass(self.zoo, idx, self.lab, metrics, [s], self.opts, self.dtype,
-                                     self.dev, self.batch_size, timer, _NoUpdate(),
-                                     features_tensor)
-                for (nm, _), (vals, opened) in part.items():
-                    entry = raw.setdefault((nm, i), ({}, opened))
-                    entry[0].update(vals)
+        every = range(len(self.settings))
+        # one gathered pass for all settings that read the same metrics (SA settings share
+        # the batch's raw statistics); the raw setting apart when its hooked metrics go the
+        # weighted way
+        passes = [(self.feature_metrics, list(every))] if not self.weighted else [
+            (self.gathered, [i for i in every if self.settings[i] is None]),
+            (self.feature_metrics, [i for i in every if self.settings[i] is not None])]
+        for metrics, which in passes:
+            if not (metrics and which):
+                continue
+            part = _feature_pass(self.zoo, idx, self.lab, metrics,
+                                 [self.settings[i] for i in which], self.opts, self.dtype,
+                                 self.dev, self.batch_size, timer, _NoBar(), features_tensor)
+            for (nm, j), (vals, opened) in part.items():
+                raw.setdefault((nm, which[j]), ({}, opened))[0].update(vals)
         if self.weighted:
             for nm, vals in self._weighted_pass(idx, timer, features_tensor).items():
                 raw.setdefault((nm, self.settings.index(None)), ({}, [False] * b))[0].update(vals)
@@ -514,11 +521,6 @@ def _one_blas_thread():
     except ImportError:
         return contextlib.nullcontext()
     return threadpool_limits(1, user_api="blas")
-
-
-class _NoUpdate:
-    def update(self, k):
-        pass
 
 
 def _append(result: BootstrapResult, part: BootstrapResult) -> None:

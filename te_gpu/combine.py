@@ -81,11 +81,12 @@ def minmax_sum(values: np.ndarray, weights, keep=None) -> np.ndarray:
 
 
 def combine_zoo(metric, parts_by_model: dict, *, label: str | None = None,
-                warn: bool = True) -> Combined:
+                strict: bool = False) -> Combined:
     """``metric``'s combination over the zoo ``{model: parts tuple}`` (its catalogue
     entry names the parts and their weights). A constant part is left out with a
     :class:`ZooLevelWarning`; with no part left, the result is undefined (``scores``
-    None, ``reason`` set) and the warning says so. Never raises for either case."""
+    None, ``reason`` set) and the warning says so, or, with ``strict`` (a caller that
+    asked for this score alone), ``ValueError`` says so."""
     from . import catalogue
 
     m = catalogue.get(metric) if isinstance(metric, str) else metric
@@ -93,7 +94,7 @@ def combine_zoo(metric, parts_by_model: dict, *, label: str | None = None,
     names = list(parts_by_model)
     if len(names) < 2:
         return _undefined(m, name, f"it normalises over a zoo and needs at least 2 models, got "
-                          f"{len(names)}", {}, warn)
+                          f"{len(names)}", {}, strict)
     v = np.array([parts_by_model[k] for k in names], dtype=np.float64)   # (L, P)
     if v.shape[1] != len(m.parts):
         raise ValueError(f"{name}: each model needs {len(m.parts)} parts {m.parts}, got {v.shape[1]}")
@@ -104,8 +105,8 @@ def combine_zoo(metric, parts_by_model: dict, *, label: str | None = None,
     dropped = {p: _why_constant(v[:, j]) for j, p in enumerate(m.parts) if flat[j]}
     if len(dropped) == len(m.parts):
         return _undefined(m, name, f"every part ({', '.join(m.parts)}) is equal across the zoo "
-                          "within 1e-6 of its largest |value|", dropped, warn)
-    if dropped and warn:
+                          "within 1e-6 of its largest |value|", dropped, strict)
+    if dropped:
         warnings.warn(f"{name}: part(s) {', '.join(dropped)} left out of the combination: equal "
                       "across the zoo within 1e-6 of the largest |value| (min-max would rank "
                       "rounding noise)", ZooLevelWarning, stacklevel=2)
@@ -113,9 +114,10 @@ def combine_zoo(metric, parts_by_model: dict, *, label: str | None = None,
     return Combined({k: float(s) for k, s in zip(names, scores)}, m.parts, dropped)
 
 
-def _undefined(m, name, why, dropped, warn) -> Combined:
-    if warn:
-        warnings.warn(f"{name} is undefined for this zoo: {why}", ZooLevelWarning, stacklevel=3)
+def _undefined(m, name, why, dropped, strict) -> Combined:
+    if strict:
+        raise ValueError(f"{m.title} is undefined for this zoo: {why}")
+    warnings.warn(f"{name} is undefined for this zoo: {why}", ZooLevelWarning, stacklevel=3)
     return Combined(None, m.parts, dropped, why)
 
 

@@ -101,10 +101,11 @@ def recommend(zoo, labels=None, *, transfer: str | None = None, metrics=None,
     """
     sets = _label_sets(transfer, metrics, sa)
     default = transfer is None and metrics is None
-    metrics = DEFAULT_METRICS if default else metrics
-    boot = _bootstrap_for(zoo, labels, sets, metrics, sa, sa_options, replicates, seed, level,
-                          options, predictions, device, precision, batch_size, k, progress,
-                          mc_error)
+    boot = _bootstrap_for(zoo, labels, sets, metrics=DEFAULT_METRICS if default else metrics,
+                          sa=sa, sa_options=sa_options, k=k, mc_error=mc_error,
+                          replicates=replicates, seed=seed, level=level, options=options,
+                          predictions=predictions, device=device, precision=precision,
+                          batch_size=batch_size, progress=progress)
     name, labels_ = next(iter(sets.items()))
     rec = from_bootstrap(boot, labels_, k=k, transfer=name)
     if default:
@@ -112,28 +113,22 @@ def recommend(zoo, labels=None, *, transfer: str | None = None, metrics=None,
     return rec
 
 
-def recommend_per_regime(zoo, labels=None, **kwargs) -> dict:
+def recommend_per_regime(zoo, labels=None, *, k: int = 3, sa_options=None,
+                         mc_error: float | None = MC_ERROR, **bootstrap_args) -> dict:
     """{regime: :class:`Recommendation`} for every transfer regime, from one set of redraws
     (the union of the regimes' metric sets); arguments as :func:`recommend` without
     ``transfer``, ``metrics`` and ``sa``."""
     from .regimes import REGIMES
 
     sets = {name: r.labels for name, r in REGIMES.items()}
-    k = kwargs.pop("k", 3)
-    args = dict(replicates=DEFAULT_REPLICATES, seed=0, level=DEFAULT_LEVEL, sa_options=None,
-                options=None, predictions=None, device=None, precision="exact",
-                batch_size=None, progress=True, mc_error=MC_ERROR)
-    unknown = set(kwargs) - set(args)
-    if unknown:
-        raise TypeError(f"recommend_per_regime got unexpected argument(s) {sorted(unknown)}")
-    args.update(kwargs)
-    boot = _bootstrap_for(zoo, labels, sets, None, None, args.pop("sa_options"), k=k, **args)
+    boot = _bootstrap_for(zoo, labels, sets, sa_options=sa_options, k=k, mc_error=mc_error,
+                          **bootstrap_args)
     return {name: from_bootstrap(boot, lbs, k=k, transfer=name) for name, lbs in sets.items()}
 
 
 def _label_sets(transfer, metrics, sa) -> dict:
-    """{regime name or None: the labels of the consensus}; metrics=None means "the labels
-    of every metric x SA setting asked for" (filled in from the bootstrap)."""
+    """{regime name or None: the labels of the consensus}; None: every label of the
+    metrics x SA settings asked for."""
     from .regimes import get
 
     if transfer is not None and (metrics is not None or sa is not None):
@@ -144,8 +139,11 @@ def _label_sets(transfer, metrics, sa) -> dict:
     return {None: None}
 
 
-def _bootstrap_for(zoo, labels, sets, metrics, sa, sa_options, replicates, seed, level, options,
-                   predictions, device, precision, batch_size, k, progress, mc_error):
+def _bootstrap_for(zoo, labels, sets, *, metrics=None, sa=None, sa_options=None, k=3,
+                   mc_error=MC_ERROR, **bootstrap_args):
+    """The redraws of :func:`recommend` (``bootstrap_args``: those of
+    :func:`te_gpu.bootstrap.bootstrap_zoo`), stopped once every consensus of ``sets`` is
+    settled; regimes' sets give the metrics and SA settings (their union)."""
     from .bootstrap import _check_int, bootstrap_zoo
     from .regimes import metrics_and_sa
 
@@ -162,10 +160,7 @@ def _bootstrap_for(zoo, labels, sets, metrics, sa, sa_options, replicates, seed,
     label_sets = [lbs for lbs in sets.values() if lbs is not None] or [None]
     until = None if mc_error is None else \
         (lambda res: settled(res, k=k, error=float(mc_error), label_sets=label_sets))
-    return bootstrap_zoo(zoo, labels, metrics=metrics, replicates=replicates, seed=seed,
-                         level=level, sa=sa, options=options, predictions=predictions,
-                         device=device, precision=precision, batch_size=batch_size,
-                         progress=progress, until=until)
+    return bootstrap_zoo(zoo, labels, metrics=metrics, sa=sa, until=until, **bootstrap_args)
 
 
 def settled(boot: BootstrapResult, *, k: int = 3, error: float = MC_ERROR,

@@ -573,6 +573,17 @@ def test_bad_input_and_options_are_refused(m):
             wrong = "not-a-choice" if o.kind is not str else 3.5
             with pytest.raises(ValueError, match=o.name):
                 impl(x, y, metric=m.name, **{o.name: wrong})
+    # each metric's own function, engine and reference, refuses too (not only score())
+    for fn in (engine_function(m), getattr(ref, m.name)):
+        bad = x.copy()
+        bad[3, 1] = np.nan
+        with pytest.raises(ValueError, match="non-finite"):
+            fn(bad, y)
+        with pytest.raises(ValueError, match="integer class ids"):
+            fn(x, y + 0.5)
+        if not m.regression and "regression" in inspect.signature(fn).parameters:
+            with pytest.raises(ValueError, match="class labels only"):
+                fn(x, y.astype(float) + 0.5, regression=True)
 
 
 def test_zoo_level_metric_is_refused_per_model():

@@ -7,7 +7,7 @@ import torch
 from te_gpu.engine.leep import leep_batched
 from te_gpu.reference.leep import leep
 
-from helpers import class_features, digits_source_half, digits_source_mod5, iris_source_setosa, labels_of, rel
+from helpers import digits_source_half, digits_source_mod5, iris_source_setosa, labels_of, rel
 
 
 def test_bounds():
@@ -47,15 +47,6 @@ def test_known_answer(name, data, opts, value, tol):
 
 
 # --------------------------------------------------------------------- bad input
-
-
-def test_regression_is_refused():
-    x, y = class_features(20, n=30, d=4, c=3)
-    p = np.full((30, 3), 1 / 3)
-    with pytest.raises(ValueError, match="class labels only"):
-        leep(p, y.astype(float) + 0.5, regression=True)
-    with pytest.raises(ValueError, match="integer class ids"):
-        leep(p, y + 0.5)
 
 
 def test_bad_predictions():

@@ -223,13 +223,11 @@ def weighted_class_means(x: torch.Tensor, labels: Labels, w: torch.Tensor):
 
     ``x`` (N, D) the target set, ``w`` (R, N): how many times each row is in each resample
     (a class-stratified resample keeps the class sizes, ``labels.counts``). Returns
-    (means (R, C, D), xbar (R, D)): per class one (R, n_c) @ (n_c, D) product.
+    (means (R, C, D), xbar (R, D)): one (R, C, N) @ (N, D) product (the per-class sums of
+    the weighted rows), with no per-class loop or index look-up.
     """
-    r = w.shape[0]
-    means = torch.empty((r, labels.c, x.shape[1]), dtype=x.dtype, device=x.device)
-    for c in range(labels.c):
-        rows = (labels.codes == c).nonzero()[:, 0]
-        means[:, c] = (w[:, rows].to(x.dtype) @ x[rows]) / labels.counts[c]
+    per_class = w.to(x.dtype)[:, :, None] * labels.onehot.to(x.dtype)      # (R, N, C)
+    means = (per_class.mT @ x) / labels.counts.to(x.dtype)[:, None]
     xbar = weighted_rows(labels.counts, means) / labels.n
     return means, xbar
 

@@ -21,6 +21,15 @@ def class_means(x: np.ndarray, codes: np.ndarray, n_classes: int):
     return counts, sums / counts[:, None]
 
 
+def class_radii(x: np.ndarray, codes: np.ndarray, means: np.ndarray,
+                counts: np.ndarray) -> np.ndarray:
+    """R_c = sqrt(sum over dimensions of class c's population variance) (C,): the class
+    radius that SA's Attract and PED's forces compare with the distances between means."""
+    sq = np.zeros_like(means)
+    np.add.at(sq, codes, (x - means[codes]) ** 2)
+    return np.sqrt((sq / counts[:, None]).sum(axis=1))
+
+
 def within_scatter(x: np.ndarray, codes: np.ndarray, means: np.ndarray) -> np.ndarray:
     r"""Population within-class scatter :math:`S_w = \sum_k \pi_k \mathrm{Cov}_k`.
 

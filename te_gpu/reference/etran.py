@@ -69,10 +69,6 @@ def etran(zoo: dict, labels, *, energy_per_mille: int = ENERGY_PER_MILLE) -> dic
     A part equal across the zoo is left out (:mod:`te_gpu.combine`); ValueError
     where nothing is left (one model, or every part equal).
     """
-    from ..combine import combine_zoo
+    from .score import zoo_score
 
-    parts = {k: etran_parts(v, labels, energy_per_mille=energy_per_mille) for k, v in zoo.items()}
-    got = combine_zoo("etran", parts, warn=False)
-    if got.scores is None:
-        raise ValueError(f"ETran is undefined for this zoo: {got.reason}")
-    return got.scores
+    return zoo_score("etran", zoo, labels, energy_per_mille=energy_per_mille)

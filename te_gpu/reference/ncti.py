@@ -138,17 +138,7 @@ def minmax_combine(parts: dict) -> dict:
     (fewer than two models, or every part constant)."""
     from ..combine import combine_zoo
 
-    got = combine_zoo("ncti", parts, warn=False)
-    if got.scores is None:
-        raise ValueError(f"NCTI is undefined for this zoo: {got.reason}")
-    if got.dropped:
-        import warnings
-
-        from ..combine import ZooLevelWarning
-
-        warnings.warn(f"NCTI: part(s) {', '.join(got.dropped)} left out of the combination: "
-                      "equal across the zoo", ZooLevelWarning, stacklevel=2)
-    return got.scores
+    return combine_zoo("ncti", parts, strict=True).scores
 
 
 def ncti(zoo, labels, *, lda_scaling: str = "n_minus_c", sa=None) -> dict:

@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from .._checks import as_features, as_labels
+from ._common import class_means, class_radii
 
 STEP_OPTIONS = dict(time_step=0.1, exit_ratio=0.5, nsigma=0.6, constant=1.0, eps=1e-3,
                     max_steps=6)
@@ -51,13 +52,8 @@ def _check(time_step, exit_ratio, nsigma, constant, eps, max_steps):
 def class_moves(z: np.ndarray, codes: np.ndarray, n_classes: int, time_step: float,
                 nsigma: float, constant: float) -> np.ndarray:
     """One step's displacement of each class (C x D), in rescaled units."""
-    counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
-    means = np.zeros((n_classes, z.shape[1]))
-    np.add.at(means, codes, z)
-    means /= counts[:, None]
-    sq = np.zeros_like(means)
-    np.add.at(sq, codes, (z - means[codes]) ** 2)
-    radius = np.sqrt((sq / counts[:, None]).sum(axis=1))
+    counts, means = class_means(z, codes, n_classes)
+    radius = class_radii(z, codes, means, counts)
     moves = np.zeros_like(means)
     for a in range(n_classes):
         for b in range(a + 1, n_classes):

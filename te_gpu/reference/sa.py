@@ -25,6 +25,7 @@ import numpy as np
 
 from .._checks import as_features, as_labels
 from ..catalogue import GATE_THRESHOLD, resolve_sa
+from ._common import class_means, class_radii
 from .pca import randomized_pca
 
 
@@ -54,13 +55,8 @@ def pca_signal(s: np.ndarray, n: int, d: int, dtype) -> np.ndarray:
 def attract_delta(z: np.ndarray, codes: np.ndarray, n_classes: int, alpha: float,
                   sigma: float) -> np.ndarray:
     """Per-class displacement Delta (C x D) of the released Attract."""
-    counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
-    means = np.zeros((n_classes, z.shape[1]))
-    np.add.at(means, codes, z)
-    means /= counts[:, None]
-    var = np.zeros_like(means)
-    np.add.at(var, codes, (z - means[codes]) ** 2)
-    radius = np.sqrt((var / counts[:, None]).sum(axis=1))
+    counts, means = class_means(z, codes, n_classes)
+    radius = class_radii(z, codes, means, counts)
     dist = np.sqrt(((means[:, None, :] - means[None, :, :]) ** 2).sum(axis=2))
     with np.errstate(divide="ignore", invalid="ignore"):
         w = (dist - sigma * (radius[:, None] + radius[None, :])) / dist

@@ -62,7 +62,4 @@ def zoo_score(metric: str, zoo, labels, *, sa=None, **metric_options) -> dict:
         if sa_kw is not None:
             feats, _ = spread_attract(feats, labels, **sa_kw)
         parts[name] = m.reference_fn()(feats, labels, **options)
-    got = combine_zoo(m, parts)
-    if got.scores is None:
-        raise ValueError(f"{m.title} is undefined for this zoo: {got.reason}")
-    return got.scores
+    return combine_zoo(m, parts, strict=True).scores
