@@ -487,6 +487,9 @@ class _Plan:
                 return {nm: self._one_model(nm, w, idx, features_tensor, False) for nm in names}
         from concurrent.futures import ThreadPoolExecutor
 
+        # the costliest models first (N D^2: NCTI's Gram and eigensolver), so that no worker
+        # is left with a wide model while the others are done
+        names.sort(key=lambda nm: -_width(nm, self.zoo[nm]))
         with timer.stage("from weights"), _one_blas_thread(), ThreadPoolExecutor(workers) as pool:
             done = pool.map(lambda nm: self._one_model(nm, w, idx, features_tensor, workers > 1),
                             names)
@@ -509,6 +512,13 @@ class _Plan:
                                                                        **self.opts[m])
                                       for m in self.weighted}
         return {m: hook(w, idx) for m, hook in hooks.items()}
+
+
+def _width(name, features) -> int:
+    """A model's feature width D (a store's file is memory-mapped, not read)."""
+    from . import zoo as zoo_mod
+
+    return int(zoo_mod._open(name, features)[1][-1])
 
 
 def _one_blas_thread():

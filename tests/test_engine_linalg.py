@@ -143,3 +143,26 @@ def test_ncti_nuclear_norm_equals_the_sum_of_singular_values(shape):
     got = nuclear_norm(a)
     assert got.shape == want.shape
     assert ((got - want).abs() / want).max() <= 1e-13
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("k, top, rank", [(300, 64, 300), (300, 64, 40), (97, 96, 97), (130, 64, 20)])
+def test_gil_free_syevr_is_scipys_bit_for_bit(path, dtype, k, top, rank):
+    """eigh_top's LAPACK call without the GIL (ctypes on scipy's Cython LAPACK) returns
+    exactly what scipy.linalg.eigh(driver='evr') returns: same routine, same arguments;
+    rank-deficient Grams (duplicated columns) included."""
+    import scipy.linalg
+
+    if path == "torch":
+        pytest.skip("host path only")
+    rng = np.random.default_rng(k + rank)
+    x = rng.standard_normal((400, k)) * np.logspace(0, -3, k)
+    x[:, rank:] = x[:, : k - rank]                       # duplicated columns: rank <= max(rank, k - rank)
+    g = (x.T @ x).astype(dtype)
+    got_vals, got_vecs = linalg._syevr_top(g, top)
+    want_vals, want_vecs = scipy.linalg.eigh(g, driver="evr", subset_by_index=(k - top, k - 1),
+                                             check_finite=False)
+    assert got_vals.dtype == dtype and got_vecs.shape == (k, top)
+    np.testing.assert_array_equal(got_vals, want_vals)
+    np.testing.assert_array_equal(got_vecs, want_vecs)
+

@@ -154,81 +154,68 @@ def head(x: torch.Tensor, labels: Labels, shared, *, lda_scaling: str):
                               lda_scaling=lda_scaling, class_index=shared.class_index)
 
 
-def resampled_stats(x: torch.Tensor, labels: Labels, w: torch.Tensor, centre: torch.Tensor):
-    """The statistics NCTI reads on R resamples of one model, from multiplicities.
-
-    ``x`` (N, D) the target set, ``w`` (R, N) how many times each row is in each
-    resample, ``centre`` (D,) the target set's mean. Returns (:class:`BatchStats` with
-    means, xbar and - when N > D, where NCTI's PCA takes the primal Gram - the centred
-    Gram, :class:`Spectrum` or None).
-    The centred Gram of a resample is sum_j w_j (x_j - xbar_r)(x_j - xbar_r)^T: the
-    rows it holds, each scaled by sqrt(w_j) (about 63 % of N rows, instead of N
-    gathered ones), about the full set's mean, less the rank-one shift to its own.
-    At N <= D the dual Gram of the gathered rows is left to :func:`ncti_parts_batched`.
-    """
-    from .stats import BatchStats, Spectrum, weighted_class_means
-
-    n, d = x.shape
-    means, xbar = weighted_class_means(x, labels, w)
-    if n <= d:
-        return BatchStats(means, xbar, None, None), None
-    grams = []
-    for r in range(w.shape[0]):
-        rows = (w[r] > 0).nonzero()[:, 0]
-        s = (x[rows] - centre) * w[r, rows].to(x.dtype).sqrt()[:, None]
-        shift = xbar[r] - centre
-        grams.append(linalg.gram(s[None])[0] - n * shift[:, None] * shift[None, :])
-    gram_c = torch.stack(grams)
-    eig = Spectrum(*linalg.eigh_top(gram_c.to(torch.float64), TOP_EIGENPAIRS), dual=False)
-    return BatchStats(means, xbar, gram_c, None), eig
-
-
 class Redraws:
-    """The catalogue's redraw hook (te_gpu.bootstrap): NCTI's parts of each redraw, its
-    statistics and top eigenpairs from the multiplicities ``w`` (R, N) of the rows it holds
-    (:func:`resampled_stats`), its PCA scores, then the unchanged head on the redraw's row
-    order (``redraw_labels``)."""
+    """The catalogue's redraw hook (te_gpu.bootstrap): NCTI's parts of each redraw from the
+    multiplicities ``w`` (R, N) of the rows it holds, then the unchanged head on the redraw's
+    row order (``redraw_labels``).
+
+    N > D (the primal Gram): a redraw's centred Gram is sum_j w_j (x_j - xbar_r)(x_j - xbar_r)^T,
+    i.e. the rows it holds (about 63 % of N), about the full set's mean and scaled by sqrt(w_j),
+    less the rank-one shift n (xbar_r - centre)(xbar_r - centre)^T to its own mean. Its top
+    eigenpairs give the PCA axes; the PCA scores of those same rows (unscaled) are laid out in
+    the redraw's row order by an index, so each distinct row is projected once.
+    N <= D: the dual Gram of the gathered rows (``ncti_parts_batched``).
+    """
 
     def __init__(self, x: torch.Tensor, labels: Labels, redraw_labels: Labels, *,
                  lda_scaling: str):
         self.x, self.labels, self.redraw_labels = x, labels, redraw_labels
         self.centre = x.mean(0)                # the target set's mean, once per model
+        self.centred = x - self.centre if x.shape[0] > x.shape[1] else None
         self.kw = dict(lda_scaling=lda_scaling,
                        class_index=class_padding_index(redraw_labels.codes, redraw_labels.c))
 
     def __call__(self, w: torch.Tensor, idx: torch.Tensor) -> list:
-        x = self.x
-        n, d = x.shape
-        step = max(1, int(2 ** 24 // x.numel()))       # gathered redraws of about 128 MB at once
+        from .stats import BatchStats, weighted_class_means
+
+        n = self.x.shape[0]
+        step = max(1, int(2 ** 24 // self.x.numel()))   # redraws of about 128 MB at once
         parts = []
         for r0 in range(0, w.shape[0], step):
             ww, ii = w[r0:r0 + step], idx[r0:r0 + step]
-            st, eig = resampled_stats(x, self.labels, ww, self.centre)
-            if eig is None:                              # N <= D: the dual, on the gathered rows
-                seli, ncc, vc = ncti_parts_batched(x[ii], self.redraw_labels, st, eig=eig,
-                                                   **self.kw)
-            else:    # PCA scores on the redraw's own axes, laid out in its row order
-                z = _redraw_scores(x, self.centre, ii, st.xbar, eig,
-                                   min(TOP_EIGENPAIRS, n - 1, d))
-                seli, ncc, vc = ncti_parts_batched(x[None].expand(ii.shape[0], -1, -1),
-                                                   self.redraw_labels, st, eig=eig, scores=z,
-                                                   **self.kw)
-            parts.extend(zip(seli.tolist(), ncc.tolist(), vc.tolist()))
+            means, xbar = weighted_class_means(self.x, self.labels, ww)
+            st = BatchStats(means, xbar, None, None)
+            x = self.x[None].expand(ii.shape[0], -1, -1)
+            if self.centred is None:                     # N <= D: dual, on the gathered rows
+                out = ncti_parts_batched(self.x[ii], self.redraw_labels, st, **self.kw)
+            else:
+                eig, scores = self._primal(ww, ii, xbar)
+                out = ncti_parts_batched(x, self.redraw_labels, st, eig=eig, scores=scores,
+                                         **self.kw)
+            parts.extend(zip(*(part.tolist() for part in out)))
         return parts
 
+    def _primal(self, w: torch.Tensor, idx: torch.Tensor, xbar: torch.Tensor):
+        """(Spectrum, PCA scores (R, N, n_comp) in redraw order) of redraws ``idx``."""
+        from .stats import Spectrum
 
-def _redraw_scores(x, centre, idx, xbar, eig, n_comp: int):
-    """(R, N, n_comp) PCA scores of R redraws in redraw order: every row projected on the R
-    redraws' axes in one GEMM (centred on the full set's mean, then shifted to each
-    redraw's), then gathered in redraw order. Projecting the rows a redraw lacks too costs
-    about 4 % of a redraw's flops and spares a per-redraw index look-up (a device sync on a
-    GPU)."""
-    from . import linalg
-
-    r, n, d = idx.shape[0], x.shape[0], x.shape[1]
-    axes = eig.vecs.flip(-1)[:, :, :n_comp].to(x.dtype)            # (R, D, n)
-    flat = axes.permute(1, 0, 2).reshape(d, r * n_comp)
-    proj = linalg.matmul((x - centre)[None], flat[None])[0]        # (N, R n)
-    proj = proj.view(n, r, n_comp).permute(1, 0, 2)                # (R, N, n)
-    shift = ((xbar - centre)[:, None, :] @ axes)                    # (R, 1, n)
-    return torch.gather(proj - shift, 1, idx[:, :, None].expand(-1, -1, n_comp))
+        n, d = self.centred.shape
+        held, grams = [], []
+        for r in range(w.shape[0]):
+            rows = (w[r] > 0).nonzero()[:, 0]
+            root = w[r, rows].to(self.centred.dtype).sqrt()
+            scaled = self.centred.index_select(0, rows).mul_(root[:, None])
+            shift = xbar[r] - self.centre
+            grams.append(linalg.gram(scaled[None])[0] - n * shift[:, None] * shift[None, :])
+            held.append((rows, root, scaled, shift))
+        eig = Spectrum(*linalg.eigh_top(torch.stack(grams).to(torch.float64), TOP_EIGENPAIRS),
+                       dual=False)
+        n_comp = min(TOP_EIGENPAIRS, n - 1, d)
+        axes = eig.vecs.flip(-1)[:, :, :n_comp].to(self.centred.dtype)       # (R, D, n)
+        position = torch.empty(n, dtype=torch.long, device=idx.device)
+        scores = []
+        for r, (rows, root, scaled, shift) in enumerate(held):
+            z = linalg.matmul(scaled[None], axes[r:r + 1])[0] / root[:, None] - shift @ axes[r]
+            position[rows] = torch.arange(rows.shape[0], device=idx.device)
+            scores.append(z[position[idx[r]]])
+        return eig, torch.stack(scores)

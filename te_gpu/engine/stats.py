@@ -223,11 +223,13 @@ def weighted_class_means(x: torch.Tensor, labels: Labels, w: torch.Tensor):
 
     ``x`` (N, D) the target set, ``w`` (R, N): how many times each row is in each resample
     (a class-stratified resample keeps the class sizes, ``labels.counts``). Returns
-    (means (R, C, D), xbar (R, D)): one (R, C, N) @ (N, D) product (the per-class sums of
+    (means (R, C, D), xbar (R, D)): one (R C, N) @ (N, D) product (the per-class sums of
     the weighted rows), with no per-class loop or index look-up.
     """
-    per_class = w.to(x.dtype)[:, :, None] * labels.onehot.to(x.dtype)      # (R, N, C)
-    means = (per_class.mT @ x) / labels.counts.to(x.dtype)[:, None]
+    r, c = w.shape[0], labels.c
+    per_class = w.to(x.dtype)[:, None, :] * labels.onehot.T.to(x.dtype)     # (R, C, N)
+    sums = linalg.matmul(per_class.reshape(1, r * c, -1), x[None])[0]      # one GEMM
+    means = sums.view(r, c, -1) / labels.counts.to(x.dtype)[:, None]
     xbar = weighted_rows(labels.counts, means) / labels.n
     return means, xbar
 
