@@ -50,11 +50,14 @@ def _svd_branch(z, means_z, labels: Labels, fac, max_comp):
     n, c = labels.n, labels.c
     priors = labels.counts / n
     within = z - means_z[:, labels.codes]
-    std = within.pow(2).mean(1).sqrt()
-    std = torch.where(std == 0, torch.ones_like(std), std)
-    # singular values and right vectors of the N x n scaled data from its R factor
+    # singular values and right vectors of the N x n scaled data sqrt(fac) within / std
+    # from the R factor of ``within``: scaling columns scales R's columns (Q R D = Q (R D)),
+    # and the column norms of R are those of ``within``, so std needs no pass over N rows
     # (QR is backward stable; U, which scikit-learn computes and drops, is never formed)
-    r = torch.linalg.qr(math.sqrt(fac) * within / std[:, None, :], mode="r").R
+    r = torch.linalg.qr(within, mode="r").R
+    std = (r.pow(2).sum(1) / n).sqrt()
+    std = torch.where(std == 0, torch.ones_like(std), std)
+    r = r * (math.sqrt(fac) / std)[:, None, :]
     _, s, vt = torch.linalg.svd(r, full_matrices=False)
     keep = s > _SVD_TOL
     s_safe = torch.where(keep, s, torch.ones_like(s))
