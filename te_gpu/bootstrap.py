@@ -76,6 +76,7 @@ model whose redraw has fewer than k models strictly ahead.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -391,6 +392,7 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     return result
 
 
+TASK_REDRAWS = 10   # redraws of one model per worker task (weighted path, CPU)
 FIRST_ROUND = 10     # redraws of the first round: enough for a time estimate and first shares
 MIN_ROUND = 10       # later rounds add at least this many
 SLOW_NOTICE_S = 60.0
@@ -429,6 +431,7 @@ class _Plan:
         self.gathered = tuple(m for m in self.feature_metrics if m not in self.weighted)
         self.sa_settings = [s for s in settings if s is not None]
         self.state: dict = {}      # model -> {metric: its redraw hook} (weighted path)
+        self.locks = {nm: threading.Lock() for nm in zoo}   # one hook build per model
 
     def run(self, result: BootstrapResult, idx, rcodes, timer, bar) -> None:
         """Redraws ``idx`` (R, N) of every model, appended to ``result``'s samples."""
@@ -481,36 +484,44 @@ class _Plan:
         w = torch.zeros((b, n), dtype=self.dtype, device=self.dev)
         w.scatter_add_(1, idx, torch.ones_like(idx, dtype=self.dtype))   # multiplicities
         names = list(self.zoo)
-        workers = 1 if self.dev.type == "cuda" else max(1, min(len(names), torch.get_num_threads()))
         if self.dev.type == "cuda":
             with timer.stage("from weights"):
                 return {nm: self._one_model(nm, w, idx, features_tensor, False) for nm in names}
         from concurrent.futures import ThreadPoolExecutor
 
-        # the costliest models first (N D^2: NCTI's Gram and eigensolver), so that no worker
-        # is left with a wide model while the others are done
+        # tasks of at most TASK_REDRAWS redraws of one model, the costliest models first
+        # (N D^2: NCTI's Gram and eigensolver), so that the workers run out of work together
         names.sort(key=lambda nm: -_width(nm, self.zoo[nm]))
+        tasks = [(nm, slice(r0, r0 + TASK_REDRAWS)) for nm in names
+                 for r0 in range(0, b, TASK_REDRAWS)]
+        workers = max(1, min(len(tasks), torch.get_num_threads()))
         with timer.stage("from weights"), _one_blas_thread(), ThreadPoolExecutor(workers) as pool:
-            done = pool.map(lambda nm: self._one_model(nm, w, idx, features_tensor, workers > 1),
-                            names)
-            return dict(zip(names, done))
+            done = pool.map(lambda task: self._one_model(task[0], w[task[1]], idx[task[1]],
+                                                         features_tensor, workers > 1), tasks)
+            out: dict = {}
+            for (nm, _), vals in zip(tasks, done):      # in task order: redraws in order
+                mine = out.setdefault(nm, {m: [] for m in vals})
+                for m, v in vals.items():
+                    mine[m].extend(v)
+            return out
 
     def _one_model(self, nm, w, idx, features_tensor, single: bool) -> dict:
-        """One model's weighted-path values on redraws ``idx`` (its hooks made on first use:
-        ``Metric.redraws``, built once from the full target set)."""
+        """One model's weighted-path values on redraws ``idx`` (its hooks made on first use,
+        once, under the model's lock: ``Metric.redraws``, built from the full target set)."""
         import torch
 
         from . import zoo as zoo_mod
 
         if single:
             torch.set_num_threads(1)          # this worker thread's share of the cores
-        hooks = self.state.get(nm)
-        if hooks is None:
-            x = features_tensor(zoo_mod._open(nm, self.zoo[nm])[0], self.dev, self.dtype,
-                                name=f"features of model {nm!r}")
-            hooks = self.state[nm] = {m: catalogue.get(m).redraws_fn()(x, self.src, self.lab,
-                                                                       **self.opts[m])
-                                      for m in self.weighted}
+        with self.locks[nm]:
+            hooks = self.state.get(nm)
+            if hooks is None:
+                x = features_tensor(zoo_mod._open(nm, self.zoo[nm])[0], self.dev, self.dtype,
+                                    name=f"features of model {nm!r}")
+                hooks = self.state[nm] = {
+                    m: catalogue.get(m).redraws_fn()(x, self.src, self.lab, **self.opts[m])
+                    for m in self.weighted}
         return {m: hook(w, idx) for m, hook in hooks.items()}
 
 
