@@ -328,7 +328,7 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     import torch
 
     from . import zoo as zoo_mod
-    from ._checks import as_labels
+    from ._checks import as_labels, check_min_class_size
     from .engine._tensor import resolve_device, working_dtype
     from .engine.stats import Labels
 
@@ -341,19 +341,25 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     if labels is None and isinstance(zoo, tuple) and len(zoo) == 2:
         zoo, labels = zoo
     # the plain scores first: they validate everything (zoo, labels, metrics, options, class
-    # sizes, predictions) exactly as score_zoo does, and are the point estimates
-    point = zoo_mod.score_zoo(zoo, labels, metrics=metrics, sa=sa, options=options,
-                              predictions=predictions, device=device, precision=precision,
-                              progress=False, distributed=False)
-    t_point = time.perf_counter() - t0
+    # sizes, predictions) exactly as score_zoo does, and are the point estimates (but those
+    # that the redraw hooks give on the way: _points_from_hooks)
     names = catalogue.metric_names(metrics)
     opts = catalogue.resolve_options(names, options)
     settings = zoo_mod._sa_settings(sa)
+    later = _points_from_hooks(names, settings)
+    point = zoo_mod.score_zoo(zoo, labels, metrics=[m for m in names if m not in later], sa=sa,
+                              options={m: o for m, o in (options or {}).items()
+                                       if catalogue.get(m).name not in later},
+                              predictions=predictions, device=device, precision=precision,
+                              progress=False, distributed=False)
+    t_point = time.perf_counter() - t0
     dtype = working_dtype(precision)
     dev = resolve_device(device, *(v for v in zoo.values() if isinstance(v, torch.Tensor)))
 
     codes_np, classes = as_labels(labels)
     c = classes.size
+    for m in later:                     # what score_zoo checks for the metrics it scores
+        check_min_class_size(codes_np, catalogue.get(m).min_class_size, catalogue.get(m).title)
     idx_np, rcodes = resample_indices(codes_np, replicates, seed)
     idx_all = torch.as_tensor(idx_np, device=dev)
     lab = Labels.from_codes(torch.as_tensor(rcodes, device=dev), c, dtype)
@@ -376,6 +382,9 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
             stop = _next_stop(done, wanted, replicates)
             plan.run(result, idx_all[done:stop], rcodes, timer, bar)
             first, done = done == 0, stop
+            if first and later:
+                with timer.stage("points from hooks"):
+                    result.point.update(plan.points(later))
             if until is not None and done >= 2:
                 why, wanted = until(result)
                 wanted = min(replicates, wanted)
@@ -469,6 +478,20 @@ class _Plan:
         _append(result, part_result)
         bar.update(len(self.zoo) * b)
 
+    def points(self, metrics) -> dict:
+        """{label: {model: score}} of ``metrics`` on the target set itself, from their
+        hooks (built by the first round): a redraw that holds every row once, in order."""
+        import torch
+
+        from .results import ZooResult
+
+        n = self.src.n
+        ones = torch.ones((1, n), dtype=self.dtype, device=self.dev)
+        order = torch.arange(n, device=self.dev)[None]
+        return {ZooResult.label(m, None): {nm: float(self.state[nm][m](ones, order)[0])
+                                           for nm in self.zoo}
+                for m in metrics}
+
     def _weighted_pass(self, idx, timer, features_tensor) -> dict:
         """{model: {metric: per-redraw values}} of the metrics in ``self.weighted``.
 
@@ -523,6 +546,17 @@ class _Plan:
                     m: catalogue.get(m).redraws_fn()(x, self.src, self.lab, **self.opts[m])
                     for m in self.weighted}
         return {m: hook(w, idx) for m, hook in hooks.items()}
+
+
+def _points_from_hooks(names, settings) -> list:
+    """The metrics whose raw point estimate comes from their redraw hook, not score_zoo:
+    those whose hook's build does the point's work (``Metric.point_from_redraws``: kNN's
+    neighbour lists are its leave-one-out pass), when the raw features are the only
+    setting (score_zoo scores every metric in every setting) and score_zoo has another
+    metric to score (it validates the call)."""
+    later = [m for m in names if settings == [None] and catalogue.get(m).point_from_redraws
+             and catalogue.get(m).redraws and catalogue.get(m).inputs == "features"]
+    return later if len(later) < len(names) else []
 
 
 def _width(name, features) -> int:

@@ -112,6 +112,9 @@ class Metric:
     # bootstrap: a class built once per model from the full target set, called on redraws
     # given as multiplicities (te_gpu.bootstrap; raw features); "" = rescore gathered rows
     redraws: str = ""
+    # its redraw hook's build does its point estimate's work (kNN: the neighbour lists are
+    # the leave-one-out pass), so the bootstrap reads the point from the hook
+    point_from_redraws: bool = False
     higher_is_better: bool = True       # every ranking reads scores through oriented()
     sa: bool = True                     # Spread/Attract can precede it
     regression: bool = False            # defined for real-valued targets too
@@ -210,6 +213,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
                          choices=("euclidean", "cosine"))),
            tolerance=1e-12, bounds=((0.0, "minimum"), (1.0, "maximum")),
            needs=frozenset({"groups"}), redraws="te_gpu.engine.knn:Redraws",
+           point_from_redraws=True,
            cite="leave-one-out, as transformer-ranker's NearestNeighbors"),
     Metric("leep", "LEEP", "SPEC 10.5", "te_gpu.reference.leep:leep", "te_gpu.engine.leep:head",
            inputs="predictions", sa=False, tolerance=1e-10, bounds=((0.0, "maximum"),),

@@ -178,6 +178,20 @@ def test_batches_and_reruns_do_not_change_the_redraws():
     assert not np.allclose(other.samples["logme"]["a"], many.samples["logme"]["a"])
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_points_from_redraw_hooks_equal_score_zoo(distance):
+    """kNN's raw point comes from its neighbour lists on the target set (the lists are its
+    leave-one-out pass): the same score as score_zoo's, also with ties (rounded features)
+    and dead units; alone, kNN's point is score_zoo's own."""
+    x, y = dead_unit_features(3, n=60, d=12, c=3)
+    zoo = dict(a=x, b=np.round(x, 1), c=x[:, ::-1].copy())
+    opts = {"knn": {"k": 5, "distance": distance}}
+    for metrics in (["lda", "knn"], ["knn"]):
+        res = bootstrap_zoo(zoo, y, metrics=metrics, options=opts, replicates=3, progress=False)
+        plain = te_gpu.score_zoo(zoo, y, metrics=metrics, options=opts, progress=False)
+        assert res.point == plain.scores, metrics
+
+
 def test_a_stopped_run_is_the_first_redraws_of_a_longer_one():
     x, y = class_features(5, n=50, d=7, c=3)
     zoo = _zoo_of(x, 3)
