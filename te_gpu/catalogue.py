@@ -97,6 +97,9 @@ class Metric:
     bootstrap redraw are copies of one sample). ``redraws``: a ``module:Class`` built once
     per model from the full target set and called on bootstrap redraws given as
     multiplicities (te_gpu.bootstrap), where that is cheaper than rescoring gathered rows.
+    ``memory``: a ``module:function`` path, ``(n, d, c, item_bytes) -> bytes`` that one
+    model needs beyond the features and shared statistics (PARC's pairs), which the
+    batch-size chooser adds to its per-model estimate.
     """
     name: str
     title: str
@@ -112,6 +115,7 @@ class Metric:
     # bootstrap: a class built once per model from the full target set, called on redraws
     # given as multiplicities (te_gpu.bootstrap; raw features); "" = rescore gathered rows
     redraws: str = ""
+    memory: str = ""                    # bytes per model beyond the shared estimate ("": none)
     higher_is_better: bool = True       # every ranking reads scores through oriented()
     sa: bool = True                     # Spread/Attract can precede it
     regression: bool = False            # defined for real-valued targets too
@@ -148,6 +152,10 @@ class Metric:
 
     def redraws_fn(self):
         return _load(self.redraws)
+
+    def memory_bytes(self, n: int, d: int, c: int, item: int) -> int:
+        """The ``memory`` declaration's bytes for one model of N x D, C classes (0 if none)."""
+        return int(_load(self.memory)(n, d, c, item)) if self.memory else 0
 
 
 def _opt(name, default, help, **kw) -> Option:
@@ -220,6 +228,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("parc", "PARC", "SPEC 10.7", "te_gpu.reference.parc:parc", "te_gpu.engine.parc:head",
            options=(_opt("pca_dim", 32, "PCA components before the correlations, as the "
                          "released scripts (0: the raw features)", kind=int, minimum=0),),
+           needs=frozenset({"groups"}), memory="te_gpu.engine.parc:pair_memory",
            bounds=((100.0, "maximum"), (-100.0, "minimum")), cite="Bolya et al., NeurIPS 2021"),
     # the parts' min-max values are weighted 0.15 / 0.85 (the released tw.py), not signed
     Metric("etran", "ETran", "SPEC 10.8", "te_gpu.reference.etran:etran_parts",
