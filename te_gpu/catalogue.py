@@ -345,20 +345,48 @@ SA_PRESETS = {"supervised": dict(alpha=0.005), "self-supervised": dict(alpha=0.1
 SA_PRESET_ALIASES = {"group1": "supervised", "group2": "self-supervised"}
 
 
+# ----------------------------------------------------------------- PED (SPEC 10.9)
+
+PED = "ped"          # a perturbation setting beside SA's variants: metric+ped
+PED_OPTIONS = (
+    _opt("time_step", 0.1, "PED's time step tau", positive=True),
+    _opt("exit_ratio", 0.5, "stop when a step moves at most this share of the first one",
+         minimum=0.0),
+    _opt("nsigma", 0.6, "class radius factor nu (overlap = nu (R_a + R_b) - d_ab)",
+         positive=True),
+    _opt("constant", 1.0, "force constant k", positive=True),
+    _opt("eps", 1e-3, "floor of the rescaling's std", positive=True),
+    _opt("max_steps", 6, "most steps", kind=int, minimum=1),
+)
+PED_DEFAULTS = {o.name: o.default for o in PED_OPTIONS}
+PERTURBATIONS = SA_VARIANTS + (PED,)
+
+
 def resolve_sa(sa):
-    """None | False | True | variant name | dict of SA options -> validated options or None."""
+    """None | False | True | variant name | dict of SA options -> validated options or None.
+
+    ``"ped"`` or a dict with ``variant="ped"`` (and PED's options) selects PED instead
+    of SA: ``{"variant": "ped", time_step, exit_ratio, ...}``.
+    """
     if sa is None or sa is False:
         return None
     if sa is True:
         return dict(SA_DEFAULTS)
     if isinstance(sa, str):
         sa = {"variant": sa}
+    if isinstance(sa, dict) and sa.get("variant") == PED:
+        unknown = set(sa) - set(PED_DEFAULTS) - {"variant"}
+        if unknown:
+            raise ValueError(f"unknown PED option(s) {sorted(unknown)}; valid: {sorted(PED_DEFAULTS)}")
+        return dict(variant=PED, **{o.name: o.check(sa.get(o.name, o.default), "PED")
+                                    for o in PED_OPTIONS})
     if isinstance(sa, dict):
         unknown = set(sa) - set(SA_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown SA option(s) {sorted(unknown)}; valid: {sorted(SA_DEFAULTS)}")
         if sa.get("variant", "released") not in SA_VARIANTS:
-            raise ValueError(f"unknown SA variant {sa['variant']!r}; choose one of {SA_VARIANTS}")
+            raise ValueError(f"unknown SA variant {sa['variant']!r}; choose one of "
+                             f"{PERTURBATIONS}")
         return {o.name: o.check(sa.get(o.name, o.default), "SA") for o in SA_OPTIONS}
     raise TypeError(f"sa must be None, a variant name or a dict of options, got {type(sa).__name__}")
 

@@ -7,13 +7,16 @@ them (the same float64 operations in another order; measured 1e-15); engine vs
 reference 1e-10 relative to the features' scale, and equal step counts.
 """
 import importlib
+import json
 
 import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
 
+import te_gpu
 import te_gpu.reference as ref
+from te_gpu import catalogue
 from te_gpu.engine.ped import ped_batched, reference_statistics
 from te_gpu.engine.stats import Labels
 
@@ -194,3 +197,97 @@ def test_engine_separated_classes_and_refusals():
         ped_batched(xt, lab, centre=xt[:, 0, :3], spread=xt[:, 0, :3])
     with pytest.raises(ValueError, match="max_steps"):
         ped_batched(xt, lab, max_steps=0)
+
+
+# ------------------------------------------------------------------ PED as a setting beside SA
+
+def small_zoo():
+    x, y = class_features(12, n=60, d=8, c=3, spread=0.5)
+    return {"a": x, "b": 2.0 * x + np.abs(x), "c": x[:, :5] * 0.5}, y
+
+
+FEATURE_METRICS = [m for m in catalogue.METRICS if catalogue.get(m).inputs == "features"]
+
+
+def test_score_zoo_ped_equals_the_reference_for_every_feature_metric():
+    zoo, y = small_zoo()
+    opts = {"nleep": {"components_per_class": 1}}
+    res = te_gpu.score_zoo(zoo, y, metrics=FEATURE_METRICS, sa=[None, "ped"], options=opts,
+                           progress=False)
+    for m in FEATURE_METRICS:
+        meta = catalogue.get(m)
+        if meta.zoo_level:
+            want = ref.zoo_score(m, zoo, y, sa="ped")
+        else:
+            want = {k: ref.score(f, y, metric=m, sa="ped", **opts.get(m, {})) for k, f in zoo.items()}
+        for k in zoo:
+            got = res.scores[f"{m}+ped"][k]
+            assert abs(got - want[k]) <= max(meta.tolerance, 1e-9) * max(1.0, abs(want[k])), (m, k)
+    assert res.sa["ped"]["a"]["steps"] == ped(zoo["a"], y)[1]["steps"] > 0
+    # per model, and PED's own options through a dict
+    one = te_gpu.score(zoo["b"], y, metric="sfda", sa=dict(variant="ped", time_step=0.3))
+    assert abs(one - ref.score(zoo["b"], y, metric="sfda",
+                               sa=dict(variant="ped", time_step=0.3))) <= 1e-9
+
+
+def test_bootstrap_ped_equals_the_reference_on_each_redraw():
+    from te_gpu.bootstrap import bootstrap_zoo, resample_indices
+    from te_gpu.reference.knn import knn_grouped
+    from te_gpu.reference.parc import parc_grouped
+
+    zoo, y = small_zoo()
+    metrics = ["logme", "sfda", "parc", "knn"]
+    res = bootstrap_zoo(zoo, y, metrics=metrics, replicates=3, seed=5, sa=[None, "ped"],
+                        progress=False)
+    idx, codes = resample_indices(y, 3, 5)
+    for m in metrics:
+        for k, f in zoo.items():
+            for r in range(3):
+                moved = ped(f[idx[r]], codes)[0]
+                grouped = {"parc": parc_grouped, "knn": knn_grouped}.get(m)
+                want = (grouped(moved, codes, idx[r]) if grouped
+                        else ref.score(f[idx[r]], codes, metric=m, sa="ped"))
+                assert abs(res.samples[f"{m}+ped"][k][r] - want) <= 1e-6 * max(1.0, abs(want))
+    assert set(res.sa_applied) == {"ped"}
+
+
+def test_ped_settings_are_checked_and_keyed_apart():
+    assert catalogue.resolve_sa("ped") == dict(variant="ped", **catalogue.PED_DEFAULTS)
+    for bad, match in ((dict(variant="ped", alpha=0.1), "unknown PED option"),
+                       (dict(variant="ped", time_step=-1.0), "time_step"),
+                       (dict(variant="ped", max_steps=1.5), "max_steps"),
+                       ("pde", "unknown SA variant")):
+        with pytest.raises(ValueError, match=match):
+            catalogue.resolve_sa(bad)
+
+
+
+def test_ped_scores_are_checkpointed_and_reused(tmp_path):
+    zoo, y = small_zoo()
+    path = tmp_path / "ck.json"
+    first = te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa=[None, "ped"], checkpoint=path,
+                             progress=False)
+    book = json.loads(path.read_text())
+    keys = {k.split("@")[0] for e in book["models"].values() for k in e["scores"]}
+    assert keys == {"sfda", "sfda+ped"}
+    other = te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa=[dict(variant="ped", time_step=0.3)],
+                             checkpoint=path, progress=False)   # another PED: new scores
+    again = te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa=[None, "ped"], checkpoint=path,
+                             progress=False)
+    assert again.scores == first.scores
+    assert other.scores["sfda+ped"] != first.scores["sfda+ped"]
+
+
+def test_cli_scores_with_ped(tmp_path, capsys):
+    from te_gpu import save_zoo
+    from te_gpu.cli import main
+
+    zoo, y = small_zoo()
+    save_zoo(tmp_path / "zoo", "toy", zoo, y)
+    assert main(["score", str(tmp_path / "zoo"), "--metrics", "sfda,parc", "--sa", "none,ped",
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "after PED" in out and "PED: moved the classes of 3 of 3 models" in out
+    res = json.loads((tmp_path / "out" / "result.json").read_text())
+    want = ref.score(zoo["b"], y, metric="parc", sa="ped")
+    assert abs(res["scores"]["parc+ped"]["b"] - want) <= 1e-9 * abs(want)
