@@ -149,3 +149,15 @@ def as_probabilities(p, n: int | None = None, name: str = "predictions") -> np.n
         raise ValueError(f"{name} rows must sum to 1 (softmax probabilities); the worst row "
                          f"is off by {worst:.3g}")
     return arr
+
+
+def check_ped_options(time_step, exit_ratio, nsigma, constant, eps, max_steps) -> None:
+    """PED's step options (te_gpu.reference.ped, te_gpu.engine.ped); ValueError naming the bad one."""
+    for name, v in (("time_step", time_step), ("exit_ratio", exit_ratio), ("nsigma", nsigma),
+                    ("constant", constant), ("eps", eps)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"PED option {name} must be a finite number, got {v!r}")
+    if eps <= 0:
+        raise ValueError(f"PED option eps must be positive, got {eps!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"PED option max_steps must be an integer >= 1, got {max_steps!r}")

@@ -627,6 +627,12 @@ def parc(features, labels, *, pca_dim=..., sa=..., device=..., precision=...) ->
     rounding splits the same-class pairs into 0 and 2.2e-16 for some classes (SPEC
     10.7 says what that changes).
 
+    Rows equal in exact arithmetic get their exact-arithmetic dissimilarities: rows
+    with equal features (and, in :func:`parc_grouped`, the copies of one sample in a
+    bootstrap redraw) share one row of the matrix, computed once, and are exactly 0
+    apart, where rounding would otherwise give them values 1 ulp apart and order
+    their ties at random (SPEC 10.7).
+
     Parameters
     ----------
     features : array or tensor (N x D)

@@ -97,6 +97,9 @@ class Metric:
     bootstrap redraw are copies of one sample). ``redraws``: a ``module:Class`` built once
     per model from the full target set and called on bootstrap redraws given as
     multiplicities (te_gpu.bootstrap), where that is cheaper than rescoring gathered rows.
+    ``memory``: a ``module:function`` path, ``(n, d, c, item_bytes) -> bytes`` that one
+    model needs beyond the features and shared statistics (PARC's pairs), which the
+    batch-size chooser adds to its per-model estimate.
     """
     name: str
     title: str
@@ -115,6 +118,7 @@ class Metric:
     # its redraw hook's build does its point estimate's work (kNN: the neighbour lists are
     # the leave-one-out pass), so the bootstrap reads the point from the hook
     point_from_redraws: bool = False
+    memory: str = ""                    # bytes per model beyond the shared estimate ("": none)
     higher_is_better: bool = True       # every ranking reads scores through oriented()
     sa: bool = True                     # Spread/Attract can precede it
     regression: bool = False            # defined for real-valued targets too
@@ -151,6 +155,10 @@ class Metric:
 
     def redraws_fn(self):
         return _load(self.redraws)
+
+    def memory_bytes(self, n: int, d: int, c: int, item: int) -> int:
+        """The ``memory`` declaration's bytes for one model of N x D, C classes (0 if none)."""
+        return int(_load(self.memory)(n, d, c, item)) if self.memory else 0
 
 
 def _opt(name, default, help, **kw) -> Option:
@@ -224,6 +232,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("parc", "PARC", "SPEC 10.7", "te_gpu.reference.parc:parc", "te_gpu.engine.parc:head",
            options=(_opt("pca_dim", 32, "PCA components before the correlations, as the "
                          "released scripts (0: the raw features)", kind=int, minimum=0),),
+           needs=frozenset({"groups"}), memory="te_gpu.engine.parc:pair_memory",
            bounds=((100.0, "maximum"), (-100.0, "minimum")), cite="Bolya et al., NeurIPS 2021"),
     # the parts' min-max values are weighted 0.15 / 0.85 (the released tw.py), not signed
     Metric("etran", "ETran", "SPEC 10.8", "te_gpu.reference.etran:etran_parts",
@@ -340,20 +349,48 @@ SA_PRESETS = {"supervised": dict(alpha=0.005), "self-supervised": dict(alpha=0.1
 SA_PRESET_ALIASES = {"group1": "supervised", "group2": "self-supervised"}
 
 
+# ----------------------------------------------------------------- PED (SPEC 10.9)
+
+PED = "ped"          # a perturbation setting beside SA's variants: metric+ped
+PED_OPTIONS = (
+    _opt("time_step", 0.1, "PED's time step tau", positive=True),
+    _opt("exit_ratio", 0.5, "stop when a step moves at most this share of the first one",
+         minimum=0.0),
+    _opt("nsigma", 0.6, "class radius factor nu (overlap = nu (R_a + R_b) - d_ab)",
+         positive=True),
+    _opt("constant", 1.0, "force constant k", positive=True),
+    _opt("eps", 1e-3, "floor of the rescaling's std", positive=True),
+    _opt("max_steps", 6, "most steps", kind=int, minimum=1),
+)
+PED_DEFAULTS = {o.name: o.default for o in PED_OPTIONS}
+PERTURBATIONS = SA_VARIANTS + (PED,)
+
+
 def resolve_sa(sa):
-    """None | False | True | variant name | dict of SA options -> validated options or None."""
+    """None | False | True | variant name | dict of SA options -> validated options or None.
+
+    ``"ped"`` or a dict with ``variant="ped"`` (and PED's options) selects PED instead
+    of SA: ``{"variant": "ped", time_step, exit_ratio, ...}``.
+    """
     if sa is None or sa is False:
         return None
     if sa is True:
         return dict(SA_DEFAULTS)
     if isinstance(sa, str):
         sa = {"variant": sa}
+    if isinstance(sa, dict) and sa.get("variant") == PED:
+        unknown = set(sa) - set(PED_DEFAULTS) - {"variant"}
+        if unknown:
+            raise ValueError(f"unknown PED option(s) {sorted(unknown)}; valid: {sorted(PED_DEFAULTS)}")
+        return dict(variant=PED, **{o.name: o.check(sa.get(o.name, o.default), "PED")
+                                    for o in PED_OPTIONS})
     if isinstance(sa, dict):
         unknown = set(sa) - set(SA_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown SA option(s) {sorted(unknown)}; valid: {sorted(SA_DEFAULTS)}")
         if sa.get("variant", "released") not in SA_VARIANTS:
-            raise ValueError(f"unknown SA variant {sa['variant']!r}; choose one of {SA_VARIANTS}")
+            raise ValueError(f"unknown SA variant {sa['variant']!r}; choose one of "
+                             f"{PERTURBATIONS}")
         return {o.name: o.check(sa.get(o.name, o.default), "SA") for o in SA_OPTIONS}
     raise TypeError(f"sa must be None, a variant name or a dict of options, got {type(sa).__name__}")
 

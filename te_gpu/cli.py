@@ -424,7 +424,9 @@ def _add_sa(p, default="none,released", numbers=True):
     g.add_argument("--sa", type=SA_SETTINGS, default=default,
                    help=_help_text(f"comma-separated settings: none (raw features), "
                                    f"{', '.join(catalogue.SA_VARIANTS)}, or all; "
-                                   f"{_sa_option('variant').help}"))
+                                   f"{_sa_option('variant').help}; ped: PED (Li et al., "
+                                   "ICCV 2023) instead of SA, its default numbers, rescaled by "
+                                   "the target features' own mean and std (SPEC 10.9)"))
     if numbers:
         _add_sa_numbers(g)
 
@@ -568,6 +570,10 @@ def cmd_score(args):
         log(line)
     for variant, infos in result.sa.items():
         applied = sum(1 for i in infos.values() if i and i.get("applied"))
+        if variant == "ped":
+            log(f"PED: moved the classes of {applied} of {len(infos)} models (the rest have no "
+                "overlapping classes and were scored on raw features)")
+            continue
         log(f"SA {variant}: applied to {applied} of {len(infos)} models (the rest failed the gate "
             "and were scored on raw features)")
     if args.csv:
@@ -694,7 +700,7 @@ def cmd_recommend(args):
     from te_gpu.bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES
     from te_gpu.io import load_predictions
     from te_gpu.pipeline.extract import open_zoo
-    from te_gpu.pipeline.scoring import _warnings_to
+    from te_gpu.pipeline.scoring import _warnings_to, settings_of
     from te_gpu.recommend import (DEFAULT_METRICS, MC_ERROR, against_truth, draw,
                                   format_recommendation, format_truth, recommend)
 
@@ -717,7 +723,7 @@ def cmd_recommend(args):
     mc_error = MC_ERROR if args.mc_error is None else (args.mc_error or None)   # 0: every -B
     options = _metric_options(args, metrics)
     sa_opts = _sa_opts(args)
-    sa = [None if v is None else dict(sa_opts, variant=v) for v in args.sa]
+    sa = settings_of(args.sa, sa_opts)
     if args.plots and not args.truth:
         raise PipelineError("--plots draws scores against accuracies: give --truth too")
     baselines = None

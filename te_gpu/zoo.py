@@ -103,8 +103,10 @@ def _sa_settings(sa):
     return [resolve_sa(s) for s in settings]
 
 
-def _batch_size(device: torch.device, n: int, d: int, c: int, dtype: torch.dtype) -> int:
-    """Models per batch: a few copies of the features, Grams and N x C per model.
+def _batch_size(device: torch.device, n: int, d: int, c: int, dtype: torch.dtype,
+                metrics=()) -> int:
+    """Models per batch: a few copies of the features, Grams and N x C per model, plus
+    the largest ``memory`` that one of ``metrics`` declares in the catalogue (PARC's pairs).
 
     Sized from the device's *total* memory, not its free memory, so that the same
     zoo on the same device is always cut into the same batches: batch boundaries
@@ -118,6 +120,7 @@ def _batch_size(device: torch.device, n: int, d: int, c: int, dtype: torch.dtype
     """
     item = torch.finfo(dtype).bits // 8
     per_model = item * (6 * n * d + 8 * d * d + 6 * n * c + 4 * n * 64)
+    per_model += max((catalogue.get(m).memory_bytes(n, d, c, item) for m in metrics), default=0)
     if device.type == "cuda":
         _, total = torch.cuda.mem_get_info(device)
         budget = 0.5 * total
@@ -373,7 +376,7 @@ def _score_missing(book, job: _Job, missing: dict, verified: set, timer, bar, t_
 
     queue = deque()  # (group key, models, batch size)
     for key, names in groups.items():
-        bs = job.batch_size or _batch_size(dev, n, key[0], c, job.dtype)
+        bs = job.batch_size or _batch_size(dev, n, key[0], c, job.dtype, job.metrics)
         if dev.type != "cuda":   # a given size too: larger CPU batches gain little, lose more
             bs = min(bs, _cpu_batch_cap(n, key[0], c))
         queue.extend((key, ch, bs) for ch in plan(names, bs))

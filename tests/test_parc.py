@@ -1,9 +1,11 @@
 """PARC (SPEC 10.7): known answers from the released code, engine = reference on
-fresh inputs, the blockwise average ranks against scipy, and refusals.
+fresh inputs (duplicated samples included: rows equal in exact arithmetic share their
+pair values), the bucketed average ranks against scipy, and refusals.
 
 Tolerances: engine vs reference 1e-9 relative (float64; the pair values differ by
-rounding only, and no pair is closer to another than 1e-8 here); known answers
-1e-9 relative (te_gpu agrees with the released pipeline to 1e-15 on them).
+rounding only, and no two pairs that differ in exact arithmetic are closer than 1e-8
+here); known answers 1e-9 relative (te_gpu agrees with the released pipeline to 1e-15
+on them); ranks against scipy 1e-12.
 """
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import te_gpu
 import te_gpu.reference as ref
 from te_gpu.engine import parc as engine_parc
 from te_gpu.engine.stats import Labels
+from te_gpu.reference.parc import first_rows, parc_grouped
 
 from helpers import class_features, dead_unit_features
 
@@ -87,12 +90,15 @@ def fresh_cases():
     dup_y = class_features(5, n=90, d=12, c=3)[1]
     twins, twins_y = class_features(6, n=60, d=16, c=4, spread=1.0)
     twins[30:40] = twins[:10]                           # duplicated samples: exact ties
+    mixed, mixed_y = class_features(10, n=50, d=9, c=3, spread=1.0)
+    mixed[40:50] = mixed[:10]                           # duplicated in other classes
     return {
         "n<d": class_features(1, n=40, d=60, c=3, spread=1.0),
         "binary-imbalanced": class_features(2, n=0, d=8, sizes=[70, 12], spread=1.0),
         "dead-units": dead_unit_features(3, n=150, d=20, c=4),
         "duplicated-columns": (dup, dup_y),
         "duplicated-samples": (twins, twins_y),
+        "duplicates-across-classes": (mixed, mixed_y),
         "many-classes": class_features(4, n=200, d=50, c=25, spread=1.0),
     }
 
@@ -102,12 +108,28 @@ def fresh_cases():
 def test_engine_equals_reference(case, pca_dim):
     x, y = fresh_cases()[case]
     want = ref.parc(x, y, pca_dim=pca_dim)
-    # duplicated samples: pairs tied in exact arithmetic come out tied or 1 ulp apart
-    # depending on the product's rounding (in the released code too, SPEC 10.7), so
-    # the two implementations rank them differently, by a few ranks among N(N-1)/2
-    tol = 1e-3 if case == "duplicated-samples" else 1e-9
-    assert rel(te_gpu.parc(x, y, pca_dim=pca_dim), want) <= tol
+    assert rel(te_gpu.parc(x, y, pca_dim=pca_dim), want) <= 1e-9
     assert rel(te_gpu.parc(x, y, pca_dim=pca_dim, precision="fast"), want) <= 1e-3
+
+
+def test_copies_share_exact_pair_values_as_in_exact_arithmetic():
+    # rounding (a perturbation after the redraw, here 1e-15) must not split copies:
+    # with groups both implementations give every copy its sample's pair values, which
+    # is PARC of the rows as they are in exact arithmetic (the unperturbed redraw)
+    x, y = class_features(11, n=40, d=10, c=3, spread=1.0)
+    idx = np.random.default_rng(0).integers(0, 40, size=40)
+    xr, yr = x[idx], y[idx]
+    noisy = xr * (1.0 + 1e-15 * np.random.default_rng(1).standard_normal(xr.shape))
+    exact = ref.parc(xr, yr)
+    assert parc_grouped(noisy, yr, idx) == pytest.approx(exact, rel=1e-9)
+    lab = Labels.from_codes(torch.as_tensor(np.unique(yr, return_inverse=True)[1]), 3,
+                            torch.float64)
+    got = engine_parc.parc_batched(torch.as_tensor(noisy[None]), lab,
+                                   groups=torch.as_tensor(idx[None]))
+    assert rel(float(got[0]), exact) <= 1e-9
+    # the same merge without groups: equal rows, found by both as the reference does
+    first = engine_parc.representatives(torch.as_tensor(xr[None]), None)[0].numpy()
+    assert (first == first_rows(xr)).all() and (first == first_rows(noisy, idx)).all()
 
 
 def test_rank_deficient_noise_components_do_not_count():
@@ -125,30 +147,67 @@ def test_scale_and_shift_invariant():
     assert rel(te_gpu.parc(3.0 * x + 5.0, y), base) <= 1e-9
 
 
-@pytest.mark.parametrize("block", [1, 7, 64])
-def test_blockwise_ranks_equal_scipy_with_heavy_ties(monkeypatch, block):
-    # integer pair values from a small set: tie groups cross every block boundary
-    monkeypatch.setattr(engine_parc, "PAIRS_PER_BLOCK", block)
+def chunks_of(values, same, total, size):
+    """A ``blocks`` callable for spearman_pairs: the given (B, M) pairs in chunks."""
+    def blocks():
+        for a in range(0, values.shape[1], size):
+            yield values[:, a:a + size], same[:, a:a + size], total[:, a:a + size]
+    return blocks
+
+
+@pytest.mark.parametrize("block, bucket", [(2, 4), (7, 5), (64, 40), (1000, 1000)])
+def test_bucketed_ranks_equal_scipy_with_heavy_ties_and_weights(monkeypatch, block, bucket):
+    # pair values from a small set (tie groups span every block and bucket), each entry
+    # standing for `total` pairs of which `same` are same-class: scipy on the expanded pairs
+    monkeypatch.setattr(engine_parc, "PAIRS_PER_BUCKET", bucket)
     rng = np.random.default_rng(block)
-    m = 300
-    values = rng.integers(0, 6, size=(3, m)).astype(np.float64)
-    values[2] = rng.normal(size=m)                      # one model without ties
-    cross = rng.random(m) < 0.7
-    got = engine_parc.spearman_binary(torch.as_tensor(values), torch.as_tensor(cross))
+    m = 120
+    values = rng.integers(0, 6, size=(3, m)) / 4.0            # in [0, 2], exact bins
+    values[2] = rng.uniform(0.0, 2.0, size=m)                 # one model without ties
+    total = rng.integers(0, 4, size=(3, m))                   # 0: no pair (padding)
+    same = rng.binomial(total, 0.3)
+    pairs = int(total[0].sum())
+    total[1:] = total[0]                                      # the models share their labels
+    same[1:] = same[0]
+    n_same = int(same[0].sum())
+    got = engine_parc.spearman_pairs(
+        chunks_of(torch.as_tensor(values), torch.as_tensor(same), torch.as_tensor(total), block),
+        n_same, pairs, m)
     for b in range(3):
-        want = scipy.stats.spearmanr(values[b], cross.astype(float)).statistic
-        assert abs(float(got[b]) - want) <= 1e-12 * abs(want)
+        v = np.repeat(values[b], total[b])
+        cross = np.concatenate([np.r_[np.zeros(s), np.ones(t - s)]
+                                for s, t in zip(same[b], total[b])])
+        want = scipy.stats.spearmanr(v, cross).statistic
+        assert abs(float(got[b]) - want) <= 1e-12 * abs(want), (b, float(got[b]), want)
 
 
-def test_batch_and_block_size_do_not_change_scores(monkeypatch):
+@pytest.mark.parametrize("block, bucket", [(50, 60), (5, 300), (10 ** 6, 10 ** 6)])
+def test_batch_block_and_bucket_sizes_do_not_change_scores(monkeypatch, block, bucket):
     x, y = class_features(8, n=70, d=24, c=3, spread=1.0)
-    batch = torch.as_tensor(np.stack([x, np.sqrt(np.abs(x)), x[:, ::-1].copy()]))
+    dup = x.copy()
+    dup[50:] = dup[:20]                                       # merged rows too
+    batch = torch.as_tensor(np.stack([x, np.sqrt(np.abs(x)), x[:, ::-1].copy(), dup]))
     lab = Labels.from_codes(torch.as_tensor(y), 3, torch.float64)
     together = engine_parc.parc_batched(batch, lab)
-    monkeypatch.setattr(engine_parc, "PAIRS_PER_BLOCK", 50)
-    for i in range(3):
+    monkeypatch.setattr(engine_parc, "PAIRS_PER_BLOCK", block)
+    monkeypatch.setattr(engine_parc, "PAIRS_PER_BUCKET", bucket)
+    for i in range(4):
         alone = engine_parc.parc_batched(batch[i:i + 1], lab)
         assert float(alone[0]) == pytest.approx(float(together[i]), rel=1e-12)
+        assert rel(float(alone[0]), ref.parc(batch[i].numpy(), y)) <= 1e-9
+
+
+def test_pair_memory_is_bounded_and_declared_to_the_batch_chooser():
+    from te_gpu import catalogue
+    from te_gpu.zoo import _batch_size
+    small = engine_parc.pair_memory(100, 64, 3, 8)
+    assert small >= 100 * 99 // 2 * 8                         # at least the pair values
+    assert engine_parc.pair_memory(10 ** 5, 64, 3, 8) == engine_parc.pair_memory(10 ** 6, 64, 3, 8)
+    assert catalogue.get("parc").memory_bytes(100, 64, 3, 8) == small
+    cpu = torch.device("cpu")
+    n, d, c = 20_000, 64, 10
+    assert _batch_size(cpu, n, d, c, torch.float64, ("parc",)) < \
+        _batch_size(cpu, n, d, c, torch.float64, ("logme",))
 
 
 def test_refusals():

@@ -18,6 +18,7 @@ import torch
 
 from .. import catalogue
 from . import dispatch
+from . import ped as ped_ops
 from . import sa as sa_ops
 from .stats import class_padding_index
 from .stats import BatchStats, Labels, batch_stats, spectrum
@@ -172,12 +173,23 @@ def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, eig, pca_float32: 
     return open_mask, z_out, infos
 
 
+def ped_moved(x: torch.Tensor, labels: Labels, ped_kw: dict, timer: Timer):
+    """PED on every model of the batch (the features' own statistics rescale them, SPEC
+    10.9): the moved features and one info per model (steps taken, first step's move)."""
+    with timer.stage("ped"):
+        z, info = ped_ops.ped_batched(x, labels, **{k: v for k, v in ped_kw.items()
+                                                    if k != "variant"})
+    infos = [dict(variant=catalogue.PED, applied=s > 0, steps=s, first_move=f)
+             for s, f in zip(info["steps"].tolist(), info["first_move"].tolist())]
+    return z, infos
+
+
 def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: dict,
                    pca_float32: bool = False, timer: Timer | None = None, class_index=None,
                    groups: torch.Tensor | None = None):
     """Scores of B same-width models for several SA settings at once.
 
-    ``settings``: a list of None (raw features) and resolved SA option dicts;
+    ``settings``: a list of None (raw features) and resolved SA (or PED) option dicts;
     ``opts``: {metric: resolved options}. Returns one ``({metric: per-model
     values}, sa infos or None)`` per setting. The work is shared: one
     :class:`Shared` serves the raw metrics, NCTI's PCA and every SA gate; a
@@ -200,6 +212,13 @@ def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: 
     for sa_kw in settings:
         if sa_kw is None:
             out.append((raw_lists(), None))
+            continue
+        if sa_kw["variant"] == catalogue.PED:
+            z, infos = ped_moved(x, labels, sa_kw, timer)
+            moved = Shared(z, labels, timer, class_index=shared._class_index, prefix="ped_",
+                           groups=groups)
+            out.append((_to_lists(metric_heads(moved, metrics, opts, timer=timer, prefix="ped_"),
+                                  b), infos))
             continue
         open_mask, z, infos = sa_split(x, labels, sa_kw, eig=shared.spectrum,
                                        pca_float32=pca_float32, timer=timer)

@@ -38,22 +38,29 @@ def parse_metrics(text) -> tuple:
 
 
 def parse_sa(text) -> list:
-    """``none,released`` -> [None, "released"] (none = raw features)."""
+    """``none,released`` -> [None, "released"] (none = raw features; ``ped``: PED)."""
     items = [s.strip().lower() for s in str(text).split(",") if s.strip()]
     out = []
     for s in items:
         if s in ("none", "raw", "off"):
             out.append(None)
-        elif s in catalogue.SA_VARIANTS:
+        elif s in catalogue.PERTURBATIONS:
             out.append(s)
         elif s == "all":
             out += [None, *catalogue.SA_VARIANTS]
         else:
             raise PipelineError(f"unknown SA setting {s!r}; choose from none, "
-                                f"{', '.join(catalogue.SA_VARIANTS)}, all")
+                                f"{', '.join(catalogue.PERTURBATIONS)}, all")
     if not out:
         raise PipelineError("--sa is empty; use none for raw features only")
     return list(dict.fromkeys(out))
+
+
+def settings_of(names, sa_opts: dict) -> list:
+    """Setting names (None, SA variants, ``ped``) -> score_zoo's settings: SA's variants
+    with SA's numbers, PED with its defaults (SA's numbers are not PED's)."""
+    return [None if v is None else {"variant": v} if v == catalogue.PED
+            else dict(sa_opts, variant=v) for v in names]
 
 
 def sa_options(preset=None, **given) -> dict:
@@ -153,7 +160,7 @@ def _score_into(out: Path, zoo_dir, zoo: dict, *, writes: bool, log, sa, sa_opts
     try:
         result = score_zoo({m: _paths(Path(zoo_dir), m, dataset)[0] for m in zoo["models"]},
                            zoo["labels"], metrics=zoo["metrics"],
-                           sa=[None if v is None else dict(sa_opts, variant=v) for v in sa],
+                           sa=settings_of(sa, sa_opts),
                            predictions=zoo["predictions"], checkpoint=out / CHECKPOINT, **kw)
     except CheckpointError as exc:
         raise PipelineError(f"{exc} (te-gpu score: pass --restart to discard it, or choose another "
@@ -289,6 +296,7 @@ def format_tables(scores: dict, models: list, accuracy: dict | None = None,
         if accuracy:
             table = {accuracy_name: accuracy, **table}
             order = accuracy_name
-        title = "without SA" if variant is None else f"after SA ({variant})"
+        title = ("without SA" if variant is None else "after PED" if variant == catalogue.PED
+                 else f"after SA ({variant})")
         parts.append(f"{title}, best first by {order}:\n" + format_table(table, models, order))
     return "\n\n".join(parts)

@@ -13,6 +13,12 @@ between the two over the N(N-1)/2 pairs i < j. The label side takes the exact
 two values here; the released code computes it with ``np.corrcoef``, whose
 rounding splits the same-class pairs into 0 and 2.2e-16 for some classes (SPEC
 10.7 says what that changes).
+
+Rows equal in exact arithmetic get their exact-arithmetic dissimilarities: rows
+with equal features (and, in :func:`parc_grouped`, the copies of one sample in a
+bootstrap redraw) share one row of the matrix, computed once, and are exactly 0
+apart, where rounding would otherwise give them values 1 ulp apart and order
+their ties at random (SPEC 10.7).
 """
 from __future__ import annotations
 
@@ -52,9 +58,25 @@ def standardise(z: np.ndarray) -> np.ndarray:
     return np.where(constant[None, :], 0.0, (z - z.mean(axis=0)) / std)
 
 
-def feature_dissimilarity(s: np.ndarray) -> np.ndarray:
+def first_equal(keys: np.ndarray) -> np.ndarray:
+    """(N,) the first row with an equal row of ``keys`` (N, K)."""
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return first[inverse.ravel()]
+
+
+def first_rows(x: np.ndarray, groups=None) -> np.ndarray:
+    """(N,) the first row each row is merged with: rows with equal features and the
+    copies of one sample (equal ``groups`` ids), whose features a perturbation after the
+    redraw (SA) may have made unequal by rounding only."""
+    if groups is not None:
+        x = x[first_equal(np.asarray(groups).reshape(-1, 1))]
+    return first_equal(x)
+
+
+def feature_dissimilarity(s: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:
     """N x N matrix 1 - corr(s_i, s_j) (correlation across columns, clipped to [-1, 1]
-    as ``np.corrcoef``)."""
+    as ``np.corrcoef``); with ``first`` (:func:`first_rows`) each pair of merged rows
+    takes the value of their first rows' pair, and a row with its copy is 0."""
     if s.shape[1] < 2:
         raise ValueError(f"PARC correlates samples across at least 2 feature columns, "
                          f"got {s.shape[1]}")
@@ -65,7 +87,11 @@ def feature_dissimilarity(s: np.ndarray) -> np.ndarray:
         raise ValueError(f"PARC: {flat.size} sample(s) (first: row {flat[0]}) have equal "
                          "standardised features; their correlation is undefined")
     u = c / norm[:, None]
-    return 1.0 - np.clip(u @ u.T, -1.0, 1.0)
+    if first is None:
+        return 1.0 - np.clip(u @ u.T, -1.0, 1.0)
+    distinct, at = np.unique(first, return_inverse=True)
+    upper = np.triu(1.0 - np.clip(u[distinct] @ u[distinct].T, -1.0, 1.0), 1)
+    return (upper + upper.T)[np.ix_(at, at)]
 
 
 def check_pairs(codes: np.ndarray, n_classes: int):
@@ -81,11 +107,21 @@ def check_pairs(codes: np.ndarray, n_classes: int):
 
 def parc(features, labels, *, pca_dim: int = PCA_DIM) -> float:
     """PARC of one model (x 100; higher is better)."""
+    return parc_grouped(features, labels, None, pca_dim=pca_dim)
+
+
+def parc_grouped(features, labels, groups, *, pca_dim: int = PCA_DIM) -> float:
+    """PARC of one model whose rows with equal ``groups`` ids are copies of one sample
+    (a bootstrap redraw; None: no copies beyond rows with equal features)."""
     pca_dim = check_pca_dim(pca_dim)
     x = as_features(features)
     codes, classes = as_labels(labels, x.shape[0])
     check_pairs(codes, classes.size)
-    dist = feature_dissimilarity(standardise(reduced_features(x, pca_dim)))
+    if groups is not None and np.shape(groups) != (x.shape[0],):
+        raise ValueError(f"groups must hold one id per sample ({x.shape[0]}), "
+                         f"got shape {np.shape(groups)}")
+    first = first_rows(x, groups)
+    dist = feature_dissimilarity(standardise(reduced_features(x, pca_dim)), first)
     iu = np.triu_indices(x.shape[0], 1)
     cross = (codes[:, None] != codes[None, :])[iu]
     feats = dist[iu]

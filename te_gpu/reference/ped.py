@@ -27,26 +27,13 @@ each other (the released code divides 0 by 0 there).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .._checks import as_features, as_labels
+from .._checks import as_features, as_labels, check_ped_options
 from ._common import class_means, class_radii
 
 STEP_OPTIONS = dict(time_step=0.1, exit_ratio=0.5, nsigma=0.6, constant=1.0, eps=1e-3,
                     max_steps=6)
-
-
-def _check(time_step, exit_ratio, nsigma, constant, eps, max_steps):
-    for name, v in (("time_step", time_step), ("exit_ratio", exit_ratio), ("nsigma", nsigma),
-                    ("constant", constant), ("eps", eps)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"PED option {name} must be a finite number, got {v!r}")
-    if eps <= 0:
-        raise ValueError(f"PED option eps must be positive, got {eps!r}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"PED option max_steps must be an integer >= 1, got {max_steps!r}")
 
 
 def class_moves(z: np.ndarray, codes: np.ndarray, n_classes: int, time_step: float,
@@ -68,18 +55,19 @@ def class_moves(z: np.ndarray, codes: np.ndarray, n_classes: int, time_step: flo
     return moves
 
 
-def ped(features, labels, *, reference_features, time_step: float = 0.1,
+def ped(features, labels, *, reference_features=None, time_step: float = 0.1,
         exit_ratio: float = 0.5, nsigma: float = 0.6, constant: float = 1.0,
         eps: float = 1e-3, max_steps: int = 6):
     """PED-moved features of one model and ``info`` (``steps`` taken, ``first_move``).
 
     ``reference_features``: the same model's features on the reference data set
-    (any number of rows, the same D), which set the rescaling.
+    (any number of rows, the same D), which set the rescaling; None: the features
+    themselves (te_gpu's default where no reference set is at hand, SPEC 10.9).
     """
-    _check(time_step, exit_ratio, nsigma, constant, eps, max_steps)
+    check_ped_options(time_step, exit_ratio, nsigma, constant, eps, max_steps)
     x = as_features(features)
     codes, classes = as_labels(labels, x.shape[0])
-    ref = as_features(reference_features, "reference_features")
+    ref = x if reference_features is None else as_features(reference_features, "reference_features")
     if ref.shape[1] != x.shape[1]:
         raise ValueError(f"reference_features have {ref.shape[1]} columns, features {x.shape[1]}")
     centre, scale = ref.mean(axis=0), np.maximum(ref.std(axis=0), eps)

@@ -1,9 +1,18 @@
 """One entry point for every per-model metric of the catalogue, with optional
-Spread/Attract (SPEC 7.5)."""
+Spread/Attract (SPEC 7.5) or PED (SPEC 10.9)."""
 from __future__ import annotations
 
 from .. import catalogue
+from .ped import ped
 from .sa import resolve_sa, spread_attract
+
+
+def perturbed(features, labels, sa_kw):
+    """The features after the resolved SA or PED setting ``sa_kw`` (PED rescaled by the
+    features' own statistics, as the engine's settings)."""
+    if sa_kw["variant"] == catalogue.PED:
+        return ped(features, labels, **{k: v for k, v in sa_kw.items() if k != "variant"})[0]
+    return spread_attract(features, labels, **sa_kw)[0]
 
 
 def get_metric(metric: str):
@@ -20,8 +29,9 @@ def score(features, labels, *, metric: str, sa=None, **metric_options) -> float:
     LEEP and NCE), optionally after SA.
 
     ``sa``: None (raw features), a variant name (``"released"``,
-    ``"described"``, ``"pca-only"``) with the default options, or a dict of
-    :func:`spread_attract` options. Extra keywords are the metric's options
+    ``"described"``, ``"pca-only"``, or ``"ped"`` for PED) with the default options, or a
+    dict of :func:`spread_attract` (or, with ``variant="ped"``, PED's) options. Extra
+    keywords are the metric's options
     (e.g. ``gaussian="diagonal"`` for GBC, ``seed`` for NLEEP) and, for LogME,
     ``regression``.
     """
@@ -36,7 +46,7 @@ def score(features, labels, *, metric: str, sa=None, **metric_options) -> float:
         if not m.sa:
             raise ValueError(f"Spread/Attract perturbs features; {m.title} reads the source "
                              "model's predictions")
-        features, _ = spread_attract(features, labels, **sa_kw)
+        features = perturbed(features, labels, sa_kw)
     if regression:
         return fn(features, labels, regression=True, **options)
     return fn(features, labels, **options)
@@ -60,6 +70,6 @@ def zoo_score(metric: str, zoo, labels, *, sa=None, **metric_options) -> dict:
     parts = {}
     for name, feats in zoo.items():
         if sa_kw is not None:
-            feats, _ = spread_attract(feats, labels, **sa_kw)
+            feats = perturbed(feats, labels, sa_kw)
         parts[name] = m.reference_fn()(feats, labels, **options)
     return combine_zoo(m, parts, strict=True).scores
