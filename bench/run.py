@@ -346,8 +346,8 @@ def _floor_batch_size(dev, n, d, c, dtype, batch_size):
     if batch_size:
         return batch_size
     try:
-        from te_gpu.zoo import _batch_size   # the engine's own sizing: batched the same way
-        return _batch_size(dev, n, d, c, dtype)
+        from te_gpu.executor import memory_batch_size   # the engine's own sizing: batched alike
+        return memory_batch_size(dev, n, d, c, dtype)
     except ImportError:
         return 1 << 30
 

@@ -613,17 +613,17 @@ def _timer(dev):
 def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size, timer, bar,
                   features_tensor) -> dict:
     """{(model, setting index): ({metric: per-redraw values}, SA gate openings)}."""
+    from collections import deque
+
     import torch
 
+    from . import executor
     from . import zoo as zoo_mod
     from .engine import core
 
     b, n = idx.shape
     c = lab.c
     entries = {name: zoo_mod._open(name, item) for name, item in zoo.items()}
-    groups: dict = {}
-    for name, (_, shape, f32) in entries.items():
-        groups.setdefault((shape[1], f32), []).append(name)
     class_index = None
     if any("class_index" in catalogue.get(m).needs for m in metrics):
         from .engine.stats import class_padding_index
@@ -632,56 +632,55 @@ def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size
     # a head that must know which rows are copies of one sample (kNN leaves them out)
     grouped = any("groups" in catalogue.get(m).needs for m in metrics)
     out = {}
+    loaded: dict = {}                  # each model's features are read once
+    last: dict = {}                    # model -> its last (model, redraw) pair
+
+    def attempt(key, chunk, _staged):
+        d = key[0]
+        with timer.stage("load"):
+            for name, _ in chunk:
+                if name not in loaded:
+                    loaded[name] = features_tensor(entries[name][0], dev, dtype,
+                                                   name=f"features of model {name!r}")
+        with timer.stage("gather"):
+            ii = idx[torch.as_tensor([r for _, r in chunk], device=dev)]        # (chunk, N)
+            x = torch.empty((len(chunk), n, d), dtype=dtype, device=dev)
+            j = 0
+            for name, run in _runs(chunk):
+                torch.index_select(loaded[name], 0, ii[j:j + run].reshape(-1),
+                                   out=x[j:j + run].view(-1, d))
+                j += run
+        return core.score_settings(x, lab, metrics, settings, opts=opts, pca_float32=key[1],
+                                   timer=timer, class_index=class_index,
+                                   groups=ii if grouped else None)
+
+    def finish(key, chunk, outputs):
+        for i, (lists, infos) in enumerate(outputs):
+            for j, (name, r) in enumerate(chunk):
+                vals, opened = out.setdefault((name, i), ({m: [None] * b for m in metrics},
+                                                          [False] * b))
+                for m in metrics:
+                    vals[m][r] = lists[m][j]
+                if infos is not None:
+                    opened[r] = bool(infos[j]["applied"])
+        for name in {name for name, _ in chunk if last[name] in chunk}:
+            loaded.pop(name, None)                                  # done with this model
+        bar.update(len(chunk))
+
+    queue = deque()                    # (group key, (model, redraw) pairs, batch size)
+    groups = executor.width_groups({name: (shape, f32) for name, (_, shape, f32) in entries.items()})
     for (d, f32), names in groups.items():
-        size = batch_size or zoo_mod._batch_size(dev, n, d, c, dtype)
+        size = batch_size or executor.memory_batch_size(dev, n, d, c, dtype, metrics)
         if batch_size is None and dev.type != "cuda":
             size = min(size, CPU_BATCH_ROWS)
         pairs = [(name, r) for name in names for r in range(b)]
-        last = {name: i for i, (name, _) in enumerate(pairs)}
-        loaded: dict = {}
-        pos = 0
-        while pos < len(pairs):
-            chunk = pairs[pos:pos + size]
-            try:
-                with timer.stage("load"):
-                    for name, _ in chunk:
-                        if name not in loaded:   # each model's features are read once
-                            loaded[name] = features_tensor(entries[name][0], dev, dtype,
-                                                           name=f"features of model {name!r}")
-                with timer.stage("gather"):
-                    rows = torch.as_tensor([r for _, r in chunk], device=dev)
-                    ii = idx[rows]                                      # (chunk, N)
-                    x = torch.empty((len(chunk), n, d), dtype=dtype, device=dev)
-                    j = 0
-                    for name, run in _runs(chunk):
-                        torch.index_select(loaded[name], 0, ii[j:j + run].reshape(-1),
-                                           out=x[j:j + run].view(-1, d))
-                        j += run
-                outputs = core.score_settings(x, lab, metrics, settings, opts=opts,
-                                              pca_float32=f32, timer=timer,
-                                              class_index=class_index,
-                                              groups=ii if grouped else None)
-            except (torch.OutOfMemoryError, MemoryError):
-                x = None
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-                if size == 1:
-                    raise MemoryError(f"one redraw of a model of width {d} (N={n}) does not fit "
-                                      f"in the memory of {dev}") from None
-                size = max(1, size // 2)
-                continue
-            for i, (lists, infos) in enumerate(outputs):
-                for j, (name, r) in enumerate(chunk):
-                    vals, opened = out.setdefault((name, i), ({m: [None] * b for m in metrics},
-                                                              [False] * b))
-                    for m in metrics:
-                        vals[m][r] = lists[m][j]
-                    if infos is not None:
-                        opened[r] = bool(infos[j]["applied"])
-            pos += len(chunk)
-            for name in [m for m in loaded if last[m] < pos]:
-                del loaded[name]                                    # done with this model
-            bar.update(len(chunk))
+        last.update({name: pair for pair in pairs for name in [pair[0]]})
+        queue.extend(((d, f32), chunk, size) for chunk in executor.cut(pairs, size))
+    executor.run_batches(
+        queue, attempt=attempt, finish=finish, device=dev,
+        replan=lambda key, pairs, size: executor.cut(pairs, size),
+        too_big=lambda key: f"one redraw of a model of width {key[0]} (N={n}) does not fit "
+                            f"in the memory of {dev}")
     return out
 
 

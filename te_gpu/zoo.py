@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import catalogue
+from . import catalogue, executor
 from ._checks import as_labels, check_min_class_size
 from ._loader import BatchReader, content_fingerprint, shape_and_dtype
 from .engine import core
@@ -61,12 +61,6 @@ DEFAULT_METRICS = catalogue.DEFAULT_METRICS
 
 
 CHECKPOINT_FORMAT = "te_gpu.checkpoint/2"
-# CPU batch budget in units of _model_work: 8 models of 2,000 x 768 x 100 classes,
-# 3 of 10,000 x 768. On the 2-core Xeon of bench/RESULTS.md ("Checkpoint"), 16
-# models of 2,000 x 768 took 12.8 s one per batch, 7.5-8.0 s eight per batch and
-# 6.6-7.0 s sixteen per batch with 2 threads (7.1-8.4 s for all three with 1
-# thread): larger batches gain little, and a batch is what an interruption loses
-CPU_BATCH_WORK = 6.4e10
 
 
 class CheckpointError(ValueError):
@@ -101,46 +95,6 @@ def _sa_settings(sa):
     if not settings:
         raise ValueError("sa=[] asks for nothing; use None for raw features")
     return [resolve_sa(s) for s in settings]
-
-
-def _batch_size(device: torch.device, n: int, d: int, c: int, dtype: torch.dtype,
-                metrics=()) -> int:
-    """Models per batch: a few copies of the features, Grams and N x C per model, plus
-    the largest ``memory`` that one of ``metrics`` declares in the catalogue (PARC's pairs).
-
-    Sized from the device's *total* memory, not its free memory, so that the same
-    zoo on the same device is always cut into the same batches: batch boundaries
-    can change the last bits of a score (reduction orders), and reruns must be
-    bit-identical. If other work leaves too little free, the out-of-memory retry
-    halves the batch.
-
-    On the CPU the batch is also capped at a few seconds of work
-    (``CPU_BATCH_WORK``), so checkpoints come often; the cap depends on shapes
-    only, so batches stay the same from run to run.
-    """
-    item = torch.finfo(dtype).bits // 8
-    per_model = item * (6 * n * d + 8 * d * d + 6 * n * c + 4 * n * 64)
-    per_model += max((catalogue.get(m).memory_bytes(n, d, c, item) for m in metrics), default=0)
-    if device.type == "cuda":
-        _, total = torch.cuda.mem_get_info(device)
-        budget = 0.5 * total
-    else:
-        try:
-            budget = 0.25 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            budget = 2 * 2 ** 30
-    size = int(min(256, max(1, budget // per_model)))
-    return size if device.type == "cuda" else min(size, _cpu_batch_cap(n, d, c))
-
-
-def _cpu_batch_cap(n: int, d: int, c: int) -> int:
-    """The most models a CPU batch holds: ``CPU_BATCH_WORK`` of work, at least one model."""
-    return int(max(1, CPU_BATCH_WORK // _model_work(n, d, c)))
-
-
-def _model_work(n: int, d: int, c: int) -> int:
-    """Rough flops of scoring one model: Grams (2 N D^2), eigensolves (~10 D^3), N x D x C heads."""
-    return 2 * n * d * d + 10 * d ** 3 + 4 * n * d * c
 
 
 def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, device=None,
@@ -364,68 +318,56 @@ def _score_missing(book, job: _Job, missing: dict, verified: set, timer, bar, t_
     lab = Labels.from_codes(codes, c, job.dtype)
     class_index = (class_padding_index(codes, c)
                    if any("class_index" in catalogue.get(m).needs for m in job.metrics) else None)
-    groups: dict = {}  # (width, float32 input) -> models
-    for name, (arr, shape, f32) in job.entries.items():
-        groups.setdefault((shape[1], f32), []).append(name)
+    groups = executor.width_groups({name: (shape, f32)
+                                    for name, (_, shape, f32) in job.entries.items()})
 
-    def plan(names, bs):
+    def plan(key, names, bs):
         """Batches of one group, cut at fixed places (so no score depends on what a
         checkpoint held); a batch with nothing missing is skipped."""
-        chunks = _cut(names, bs, ramp=dev.type != "cuda")
-        return [ch for ch in chunks if any(missing[m] for m in ch)]
+        return [ch for ch in executor.cut(names, bs, ramp=dev.type != "cuda")
+                if any(missing[m] for m in ch)]
 
     queue = deque()  # (group key, models, batch size)
     for key, names in groups.items():
-        bs = job.batch_size or _batch_size(dev, n, key[0], c, job.dtype, job.metrics)
+        bs = job.batch_size or executor.memory_batch_size(dev, n, key[0], c, job.dtype,
+                                                          job.metrics)
         if dev.type != "cuda":   # a given size too: larger CPU batches gain little, lose more
-            bs = min(bs, _cpu_batch_cap(n, key[0], c))
-        queue.extend((key, ch, bs) for ch in plan(names, bs))
+            bs = min(bs, executor.cpu_batch_cap(n, key[0], c))
+        queue.extend((key, ch, bs) for ch in plan(key, names, bs))
+
+    def attempt(key, chunk, staged):
+        # only the scores some model of the batch lacks (metrics x settings covering them)
+        wanted = set().union(*(missing[m] for m in chunk))
+        metrics = [m for m in job.metrics if any(k[0] == m for k in wanted)]
+        settings = [i for i in range(len(job.settings)) if any(k[1] == i for k in wanted)]
+        with timer.stage("load"):
+            x, prints = reader.to_device(staged, chunk, key[0])
+        outputs = core.score_settings(x, lab, metrics, [job.settings[i] for i in settings],
+                                      opts=job.opts, pca_float32=key[1], timer=timer,
+                                      class_index=class_index)
+        return prints, metrics, zip(settings, outputs)
+
+    def finish(key, chunk, outputs):
+        prints, metrics, per_setting = outputs
+        for name, fp in prints.items():
+            book.bind(name, fp)
+        for i, (lists, infos) in per_setting:
+            _store(book, job, chunk, i, metrics, lists, infos)
+        newly = [m for m in chunk if missing[m]]
+        for m in newly:
+            missing[m] = set()
+        bar.update(len(newly))
+        book.save(time.perf_counter() - t_start)
 
     # fingerprints only matter to a checkpoint; verified models have theirs already
     reader = BatchReader(job.entries, n, dev, job.dtype,
                          fingerprint=frozenset(job.entries) - verified if book.path else frozenset())
     try:
-        ahead = reader.prefetch(queue[0][1], *queue[0][0]) if queue else None
-        while queue:
-            (d, f32), chunk, bs = queue.popleft()
-            staged = ahead
-            ahead = reader.prefetch(queue[0][1], *queue[0][0]) if queue else None
-            # only the scores some model of the batch lacks (metrics x settings covering them)
-            wanted = set().union(*(missing[m] for m in chunk))
-            metrics = [m for m in job.metrics if any(k[0] == m for k in wanted)]
-            settings = [i for i in range(len(job.settings)) if any(k[1] == i for k in wanted)]
-            try:
-                with timer.stage("load"):
-                    x, prints = reader.to_device(staged, chunk, d)
-                outputs = core.score_settings(x, lab, metrics, [job.settings[i] for i in settings],
-                                              opts=job.opts, pca_float32=f32, timer=timer,
-                                              class_index=class_index)
-            except (torch.OutOfMemoryError, MemoryError):
-                x = None
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-                if len(chunk) == 1:
-                    raise MemoryError(f"one model of width {d} (N={n}) does not fit in the "
-                                      f"memory of {dev}") from None
-                # re-cut this batch and the rest of its group at half its size
-                rest = [ch for k, ch, _ in queue if k == (d, f32)]
-                others = [item for item in queue if item[0] != (d, f32)]
-                left = [m for ch in [chunk] + rest for m in ch]
-                half = max(1, len(chunk) // 2)
-                queue = deque([((d, f32), ch, half) for ch in plan(left, half)] + others)
-                if ahead is not None:
-                    ahead.cancel()
-                ahead = reader.prefetch(queue[0][1], *queue[0][0]) if queue else None
-                continue
-            for name, fp in prints.items():
-                book.bind(name, fp)
-            for i, (lists, infos) in zip(settings, outputs):
-                _store(book, job, chunk, i, metrics, lists, infos)
-            newly = [m for m in chunk if missing[m]]
-            for m in newly:
-                missing[m] = set()
-            bar.update(len(newly))
-            book.save(time.perf_counter() - t_start)
+        executor.run_batches(
+            queue, attempt=attempt, finish=finish, replan=plan, device=dev,
+            prefetch=lambda key, chunk: reader.prefetch(chunk, *key),
+            too_big=lambda key: f"one model of width {key[0]} (N={n}) does not fit in the "
+                                f"memory of {dev}")
     finally:
         reader.close()
 
@@ -469,16 +411,6 @@ def _fill_predictions(result: ZooResult, metrics, shards: list) -> None:
             result.skipped[label] = absent
         if not result.scores[label]:
             del result.scores[label]
-
-
-def _cut(names: list, size: int, ramp: bool) -> list:
-    """``names`` in batches of ``size``; with ``ramp`` the first ones hold 1, 2, 4, ...
-    models, so the first checkpoint (and move of the progress bar) comes after one."""
-    chunks, i, step = [], 0, 1 if ramp else size
-    while i < len(names):
-        chunks.append(names[i:i + step])
-        i, step = i + step, min(size, 2 * step)
-    return chunks
 
 
 def _store(book, job: _Job, chunk, i: int, metrics, lists, infos) -> None:

@@ -18,7 +18,8 @@ import torch
 
 import te_gpu
 from te_gpu.io import LockError, StaleLockWarning, exclusive_lock
-from te_gpu.zoo import CheckpointError, CheckpointWarning, _batch_size
+from te_gpu.executor import memory_batch_size
+from te_gpu.zoo import CheckpointError, CheckpointWarning
 
 from helpers import width_zoo
 
@@ -238,25 +239,25 @@ def test_integer_and_float_sa_numbers_are_one_setting(tmp_path, scored):
 # --------------------------------------------------------------------------
 
 def test_cpu_batches_are_a_few_seconds_of_work_fixed_by_shape():
-    from te_gpu.zoo import CPU_BATCH_WORK, _model_work
+    from te_gpu.executor import CPU_BATCH_WORK, model_work
 
     cpu = torch.device("cpu")
     for n, d, c in [(2000, 768, 100), (10_000, 768, 100), (50_000, 2048, 100), (1000, 128, 10)]:
-        size = _batch_size(cpu, n, d, c, torch.float64)
-        assert size == 1 or size * _model_work(n, d, c) <= CPU_BATCH_WORK
-        assert size == _batch_size(cpu, n, d, c, torch.float64)
-    assert _batch_size(cpu, 2000, 768, 100, torch.float64) == 8
-    assert _batch_size(cpu, 50_000, 2048, 100, torch.float64) == 1
-    assert _batch_size(cpu, 300, 40, 5, torch.float64) >= 64   # small models batch widely
+        size = memory_batch_size(cpu, n, d, c, torch.float64)
+        assert size == 1 or size * model_work(n, d, c) <= CPU_BATCH_WORK
+        assert size == memory_batch_size(cpu, n, d, c, torch.float64)
+    assert memory_batch_size(cpu, 2000, 768, 100, torch.float64) == 8
+    assert memory_batch_size(cpu, 50_000, 2048, 100, torch.float64) == 1
+    assert memory_batch_size(cpu, 300, 40, 5, torch.float64) >= 64   # small models batch widely
 
 
 def test_cpu_batches_ramp_up_from_one_model():
-    from te_gpu.zoo import _cut
+    from te_gpu.executor import cut
 
     names = [f"m{i}" for i in range(12)]
-    assert [len(c) for c in _cut(names, 4, ramp=True)] == [1, 2, 4, 4, 1]
-    assert [len(c) for c in _cut(names, 4, ramp=False)] == [4, 4, 4]
-    assert sum(_cut(names, 5, ramp=True), []) == names
+    assert [len(c) for c in cut(names, 4, ramp=True)] == [1, 2, 4, 4, 1]
+    assert [len(c) for c in cut(names, 4, ramp=False)] == [4, 4, 4]
+    assert sum(cut(names, 5, ramp=True), []) == names
 
 
 def test_interrupted_after_the_first_model_keeps_it_and_sums_durations(tmp_path, monkeypatch):

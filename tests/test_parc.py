@@ -199,15 +199,15 @@ def test_batch_block_and_bucket_sizes_do_not_change_scores(monkeypatch, block, b
 
 def test_pair_memory_is_bounded_and_declared_to_the_batch_chooser():
     from te_gpu import catalogue
-    from te_gpu.zoo import _batch_size
+    from te_gpu.executor import memory_batch_size
     small = engine_parc.pair_memory(100, 64, 3, 8)
     assert small >= 100 * 99 // 2 * 8                         # at least the pair values
     assert engine_parc.pair_memory(10 ** 5, 64, 3, 8) == engine_parc.pair_memory(10 ** 6, 64, 3, 8)
     assert catalogue.get("parc").memory_bytes(100, 64, 3, 8) == small
     cpu = torch.device("cpu")
     n, d, c = 20_000, 64, 10
-    assert _batch_size(cpu, n, d, c, torch.float64, ("parc",)) < \
-        _batch_size(cpu, n, d, c, torch.float64, ("logme",))
+    assert memory_batch_size(cpu, n, d, c, torch.float64, ("parc",)) < \
+        memory_batch_size(cpu, n, d, c, torch.float64, ("logme",))
 
 
 def test_refusals():

@@ -260,3 +260,48 @@ def test_killed_run_resumes_to_the_same_json(tmp_path):
     a, b = json.loads(full.read_text()), json.loads(resumed.read_text())
     for key in ("scores", "parts", "sa", "models"):
         assert a[key] == b[key]
+
+
+def test_bootstrap_out_of_memory_retries_with_smaller_batches_and_says_when_one_redraw_cannot_fit(
+        monkeypatch):
+    """The bootstrap's gathered path shares score_zoo's executor: a batch of (model, redraw)
+    pairs that runs out of memory is halved down to one pair, with the same redraws."""
+    from te_gpu.bootstrap import bootstrap_zoo
+    from te_gpu.engine import core
+
+    zoo, y = _zoo(widths=(6,) * 3)
+    kw = dict(metrics=["logme", "sfda"], replicates=4, seed=3, progress=False)
+    want = bootstrap_zoo(zoo, y, batch_size=1, **kw)
+    real = core.score_settings
+    seen = []
+
+    def flaky(x, *args, **k):
+        seen.append(x.shape[0])
+        if x.shape[0] > 1:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return real(x, *args, **k)
+
+    monkeypatch.setattr(core, "score_settings", flaky)
+    got = bootstrap_zoo(zoo, y, batch_size=8, **kw)
+    assert max(seen) == 8 and seen.count(1) >= len(zoo) * 4     # (the point pass adds its own)
+    for label in want.samples:
+        for name in zoo:
+            np.testing.assert_array_equal(got.samples[label][name], want.samples[label][name])
+
+    point_done = []                    # the point estimates pass; every redraw fails
+    real_score_zoo = te_gpu.zoo.score_zoo
+
+    def point_then_flag(*a, **k):
+        out = real_score_zoo(*a, **k)
+        point_done.append(True)
+        return out
+
+    def after_the_point(x, *a, **k):
+        if point_done:
+            raise torch.OutOfMemoryError("simulated")
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(te_gpu.zoo, "score_zoo", point_then_flag)
+    monkeypatch.setattr(core, "score_settings", after_the_point)
+    with pytest.raises(MemoryError, match="one redraw of a model of width 6 .* does not fit"):
+        bootstrap_zoo(zoo, y, batch_size=2, **kw)
