@@ -11,7 +11,7 @@ sys.path.insert(0, "bench")
 import torch
 torch.set_num_threads(int(sys.argv[2]))
 import numpy as np
-import te_gpu, te_gpu._loader as L, te_gpu.zoo as Z, zoo_synth as zs
+import te_gpu, te_gpu._loader as L, te_gpu.checkpoint as C, zoo_synth as zs
 from run import evict
 
 M, REPEATS = int(sys.argv[3]), int(sys.argv[4])
@@ -22,7 +22,7 @@ paths, y = zs.zoo_paths(root, z["models"]), z["labels"]
 KW = dict(metrics=("logme", "sfda", "lda", "gbc", "ncti"), sa=[None, "released"],
           precision="exact", progress=False, device="cpu")
 spent = dict(hash=0.0, save=0.0)
-real_fp, real_save = L.content_fingerprint, Z._Checkpoint.save
+real_fp, real_save = L.content_fingerprint, C.Checkpoint.save
 
 def fp(x):
     t = time.thread_time()
@@ -35,7 +35,7 @@ def save(self, s):
     real_save(self, s)
     spent["save"] += time.perf_counter() - t
 
-L.content_fingerprint, Z._Checkpoint.save = fp, save
+L.content_fingerprint, C.Checkpoint.save = fp, save
 rows = []
 
 def run(what, **kw):

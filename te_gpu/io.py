@@ -12,8 +12,8 @@ and the scores of one metric as a JSON object
 Arrays are always loaded with ``allow_pickle=False``: a pickled ``.npy`` can
 run arbitrary code when loaded, and zoos are often downloaded from strangers.
 Files are written to a temporary name and renamed into place, so a crash
-mid-write never leaves a truncated file behind. A lock file
-(:func:`exclusive_lock`) keeps a second run off a checkpoint or output folder.
+mid-write never leaves a truncated file behind (the lock files that keep a
+second run off a checkpoint, store or output folder: :mod:`te_gpu.locks`).
 """
 from __future__ import annotations
 
@@ -21,19 +21,14 @@ import json
 import math
 import numbers
 import os
-import socket
-import time
 import uuid
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from te_gpu._checks import as_features
 
-__all__ = ["load_zoo", "save_zoo", "read_scores", "write_scores", "atomic_write",
-           "exclusive_lock", "LockError", "StaleLockWarning"]
+__all__ = ["load_zoo", "save_zoo", "read_scores", "write_scores", "atomic_write"]
 
 _FEATURE = "_{dataset}_feature.npy"
 _LABEL = "_{dataset}_label.npy"
@@ -62,160 +57,6 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-# --------------------------------------------------------------------------
-# a lock file: one run at a time on a checkpoint or output folder
-# --------------------------------------------------------------------------
-
-class LockError(RuntimeError):
-    """The lock is held by another run that is (or may be) still running."""
-
-
-class StaleLockWarning(UserWarning):
-    """A lock left by a run that is no longer running was taken over."""
-
-
-# an empty lock is one being written (create, then write); only a crash in that
-# instant leaves it empty, so after this long it is taken for stale
-_EMPTY_LOCK_GRACE_S = 60.0
-
-
-def _process_start(pid: int):
-    """Start time of ``pid`` (Linux clock ticks since boot) or None where unknown.
-
-    A pid is reused once its process is gone; its start time tells the run that
-    wrote a lock from an unrelated process that later got the same pid.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return int(fh.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
-def _holder_is_dead(holder: dict) -> bool:
-    """True only when the lock's run is certainly gone: same host, pid dead or reused."""
-    if holder.get("host") != socket.gethostname():
-        return False
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    if not _pid_alive(pid):
-        return True
-    start, now = holder.get("start"), _process_start(pid)
-    return start is not None and now is not None and start != now
-
-
-def _describe_holder(holder: dict) -> str:
-    since = holder.get("time")
-    when = "?"
-    if isinstance(since, (int, float)):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
-    return f"pid {holder.get('pid')} on {holder.get('host')}, since {when}"
-
-
-def _read_lock(lock: Path):
-    """(raw text, holder dict or None). None: empty or unparsable (being written)."""
-    try:
-        text = lock.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None, None
-    try:
-        holder = json.loads(text)
-    except ValueError:
-        return text, None
-    return text, holder if isinstance(holder, dict) else None
-
-
-def _take_over(lock: Path, seen: str) -> None:
-    """Remove the stale lock whose text is ``seen``, never a live one.
-
-    The lock is renamed aside first (atomic: of two runs taking it over, one gets
-    it) and its text compared with what was judged stale; if another run has
-    replaced it meanwhile, it is put back.
-    """
-    aside = lock.with_name(f"{lock.name}.{uuid.uuid4().hex}.stale")
-    try:
-        os.rename(lock, aside)
-    except FileNotFoundError:
-        return
-    try:
-        if aside.read_text(encoding="utf-8") != seen:
-            try:
-                os.link(aside, lock)
-            except FileExistsError:
-                pass
-    finally:
-        aside.unlink(missing_ok=True)
-
-
-def _acquire(lock: Path, what: str) -> str:
-    mine = json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), time=time.time(),
-                           start=_process_start(os.getpid())))
-    for _ in range(5):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            text, holder = _read_lock(lock)
-            if text is None:
-                continue  # released meanwhile: try again
-            if holder is None:
-                try:
-                    age = time.time() - lock.stat().st_mtime
-                except FileNotFoundError:
-                    continue
-                if age < _EMPTY_LOCK_GRACE_S:
-                    raise LockError(f"{what} is in use: {lock} is being taken by another run") from None
-                warnings.warn(f"{lock}: taking over an unreadable lock {age:.0f} s old", StaleLockWarning,
-                              stacklevel=4)
-            elif _holder_is_dead(holder):
-                warnings.warn(f"{lock}: taking over the lock of a run that is no longer running "
-                              f"({_describe_holder(holder)})", StaleLockWarning, stacklevel=4)
-            else:
-                raise LockError(f"{what} is in use by another run ({_describe_holder(holder)}); wait "
-                                f"for it to end, or delete {lock} if that run is gone") from None
-            _take_over(lock, text)
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(mine)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return mine
-    raise LockError(f"{what} is in use: could not take {lock} (other runs keep taking it)")
-
-
-@contextmanager
-def exclusive_lock(path, what: str | None = None):
-    """Hold the lock file ``path`` (created with O_CREAT | O_EXCL) for the ``with`` block.
-
-    It holds the pid, host name, time and process start time of its run. A second
-    run raises :class:`LockError` naming the holder; a lock whose run is dead on
-    this host (pid gone, or reused by another process) is taken over with a
-    :class:`StaleLockWarning`. A lock from another host is never taken over.
-    """
-    lock = Path(path)
-    what = what or str(lock)
-    if not lock.parent.is_dir():
-        raise FileNotFoundError(f"cannot lock {what}: folder {lock.parent} does not exist")
-    mine = _acquire(lock, what)
-    try:
-        yield lock
-    finally:
-        if _read_lock(lock)[0] == mine:  # never remove a lock another run has taken over
-            lock.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------

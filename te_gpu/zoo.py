@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
 import warnings
 from collections import deque
@@ -49,26 +48,16 @@ from ._checks import as_labels, check_min_class_size
 from ._loader import BatchReader, content_fingerprint, shape_and_dtype
 from .engine import core
 from .engine._tensor import resolve_device, working_dtype
+from .checkpoint import Checkpoint, CheckpointWarning, labels_sha1, shard_path
 from .combine import combine_zoo
 from .engine.stats import class_padding_index
 from .engine.stats import Labels
-from .io import exclusive_lock
+from .locks import exclusive_lock
 from .catalogue import resolve_sa
 from .distributed import joined
 from .results import ZooResult
 
 DEFAULT_METRICS = catalogue.DEFAULT_METRICS
-
-
-CHECKPOINT_FORMAT = "te_gpu.checkpoint/2"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed: unreadable, older format, or other labels."""
-
-
-class CheckpointWarning(UserWarning):
-    """A model's features differ from those its checkpointed scores were computed on."""
 
 
 def _open(name, item):
@@ -129,8 +118,8 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
         the models whose features changed (a :class:`CheckpointWarning` says so),
         and computes only the metrics / SA settings / options not there yet; so a
         killed run resumes and ends with the same scores. Other labels raise
-        :class:`CheckpointError`. A second run on the same checkpoint raises
-        :class:`te_gpu.io.LockError` while the first is alive.
+        :class:`te_gpu.checkpoint.CheckpointError`. A second run on the same
+        checkpoint raises :class:`te_gpu.locks.LockError` while the first is alive.
     distributed : None: share the zoo out between the ranks of an initialised process
         group, or of the torchrun environment (then initialise gloo, with NCCL on
         CUDA, and destroy it on the way out); every rank must call ``score_zoo``.
@@ -170,7 +159,7 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
         codes_np, classes = as_labels(labels)
         costs = [_work_estimate(item, codes_np.size) for item in zoo.values()] if world.size > 1 else []
         # before any work: the ranks must agree on what they share out, or they would deadlock
-        world.check_same(labels=_labels_sha1(codes_np), zoo=_digest([list(zoo), costs]),
+        world.check_same(labels=labels_sha1(codes_np), zoo=_digest([list(zoo), costs]),
                          settings=_digest(sorted(_score_keys(metrics, settings, opts,
                                                              precision).values())))
         mine = world.shard(list(zoo), costs) if world.size > 1 else list(zoo)
@@ -187,7 +176,9 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
         timer = core.Timer(dev)
         with ExitStack() as held:   # rank 0 holds the checkpoint's lock to the end
             book = _open_checkpoint(world, held, checkpoint, n, codes_np, mine)
-            book.describe(job)
+            book.describe({key: dict(metric=m, sa=job.settings[i], precision=job.precision,
+                                     options=_options_of(m, job.opts))
+                           for (m, i), key in job.keys.items()})
             shards = world.gather("gathering the scores", lambda: dict(
                 models=_score_shard(book, job, timer, progress and world.rank == 0, t_start),
                 predictions=_prediction_scores(mine, from_predictions, predictions or {}, job,
@@ -254,13 +245,13 @@ def _open_checkpoint(world, held, checkpoint, n: int, codes: np.ndarray, mine: l
         if path is not None:
             held.enter_context(exclusive_lock(path.with_name(path.name + ".lock"),
                                               f"checkpoint {path}"))
-        book = _Checkpoint.open(path, n, codes)
+        book = Checkpoint.open(path, n, codes)
         book.absorb_shards()
         return book
 
     book = world.share("reading the checkpoint", on_rank0)
     if world.rank != 0:
-        book.path = _shard_path(path, world.rank) if path is not None else None
+        book.path = shard_path(path, world.rank) if path is not None else None
         book.models = {name: book.models[name] for name in mine if name in book.models}
     return book
 
@@ -534,128 +525,6 @@ def _changed(book, name: str, what: str) -> None:
     warnings.warn(f"model {name!r}: features changed since checkpoint {book.path} was written "
                   f"({what}); rescoring it", CheckpointWarning, stacklevel=4)
     del book.models[name]
-
-
-def _well_formed(entry) -> bool:
-    return (isinstance(entry, dict) and isinstance(entry.get("content"), dict)
-            and {"shape", "dtype", "sha256"} <= set(entry["content"])
-            and isinstance(entry.get("scores"), dict) and isinstance(entry.get("sa"), dict))
-
-
-def checkpoint_files(path) -> list:
-    """The checkpoint ``path`` and, beside it, the shard files an interrupted distributed run
-    left (``<path>.rank<k>``): those that exist. ``te-gpu score --restart`` removes them all."""
-    path = Path(path)
-    return ([path] if path.is_file() else []) + _shard_files(path)
-
-
-def _labels_sha1(codes: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(codes).tobytes()).hexdigest()
-
-
-def _shard_path(path: Path, rank: int) -> Path:
-    """Where rank ``rank`` > 0 of a distributed run keeps its progress beside ``path``."""
-    return path.with_name(f"{path.name}.rank{rank}")
-
-
-def _shard_files(path: Path) -> list:
-    """The shard files beside the checkpoint ``path`` (not their locks or temporary files)."""
-    pattern = re.compile(re.escape(path.name) + r"\.rank\d+")
-    if not path.parent.is_dir():
-        return []
-    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
-
-
-class _Checkpoint:
-    """What a run has scored: per model, its content fingerprint, its scores by key
-    and its SA diagnostics by key; the labels they were computed with; the
-    seconds earlier runs spent. Kept in memory; written only when ``path`` is set."""
-
-    def __init__(self, path, n: int, labels_sha1: str):
-        self.path, self.n, self.labels_sha1 = path, n, labels_sha1
-        self.models: dict = {}
-        self.settings: dict = {}   # key -> what it stands for, for people reading the file
-        self.elapsed = 0.0         # seconds of earlier runs
-
-    @classmethod
-    def open(cls, path, n: int, codes: np.ndarray) -> "_Checkpoint":
-        book = cls(path, n, _labels_sha1(codes))
-        if path is None or not path.exists():
-            return book
-        book.models, book.settings, book.elapsed = book._read(path)
-        return book
-
-    def _read(self, path) -> tuple:
-        """(models, settings, elapsed) of a checkpoint file written for these labels."""
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); delete it to start "
-                                  "afresh") from None
-        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint {path} was written by an earlier te_gpu (or is not a "
-                                  "te_gpu checkpoint) and cannot be resumed; delete it to start afresh")
-        if saved.get("n") != self.n or saved.get("labels_sha1") != self.labels_sha1:
-            raise CheckpointError(f"checkpoint {path} holds scores for other labels (N = {saved.get('n')}"
-                                  f", here {self.n}); delete it or choose another path")
-        models = saved.get("models")
-        if not isinstance(models, dict) or not all(_well_formed(e) for e in models.values()):
-            raise CheckpointError(f"checkpoint {path} is malformed; delete it to start afresh")
-        return models, saved.get("settings", {}), float(saved.get("elapsed", 0.0))
-
-    def absorb_shards(self) -> None:
-        """Take in the shard files ``<path>.rank<k>`` that the ranks of an interrupted
-        distributed run wrote (any number of ranks), write the merged file, remove them.
-
-        A shard's entry replaces the file's: a rank started from the file's entry and
-        saved it with what it added. Whatever is taken in, each model's content is
-        still checked against its fingerprint before its scores are reused.
-        """
-        shards = _shard_files(self.path) if self.path is not None else []
-        for shard in shards:
-            models, settings, elapsed = self._read(shard)
-            self.models.update(models)
-            self.settings.update(settings)
-            self.elapsed = max(self.elapsed, elapsed)   # the ranks ran at the same time
-        if shards:
-            self.save(0.0)
-            self.remove_shards()
-
-    def remove_shards(self) -> None:
-        for shard in _shard_files(self.path):
-            shard.unlink(missing_ok=True)
-
-    def describe(self, job: _Job) -> None:
-        for (m, i), key in job.keys.items():
-            self.settings[key] = dict(metric=m, sa=job.settings[i], precision=job.precision,
-                                      options=_options_of(m, job.opts))
-
-    def bind(self, name: str, fingerprint: dict) -> None:
-        """The model's entry is for these contents: drop what was computed on others."""
-        entry = self.models.get(name)
-        if entry is None or entry["content"] != fingerprint:
-            self.models[name] = dict(content=fingerprint, scores={}, sa={})
-
-    def _entry(self, name: str) -> dict:
-        # without a file, models are never fingerprinted (bound): nothing to check them against
-        return self.models.setdefault(name, dict(content=None, scores={}, sa={}))
-
-    def put(self, name: str, key: str, value) -> None:
-        self._entry(name)["scores"][key] = list(value) if isinstance(value, tuple) else value
-
-    def put_sa(self, name: str, key: str, info: dict) -> None:
-        self._entry(name)["sa"][key] = info
-
-    def save(self, run_seconds: float) -> None:
-        """Write it (atomically: a reader sees the old file or the new one)."""
-        if self.path is None:
-            return
-        from .io import atomic_write
-
-        text = json.dumps(dict(format=CHECKPOINT_FORMAT, n=self.n, labels_sha1=self.labels_sha1,
-                               elapsed=self.elapsed + run_seconds, settings=self.settings,
-                               models=self.models), allow_nan=False)
-        atomic_write(self.path, lambda fh: fh.write(text.encode()))
 
 
 class _NoBar:

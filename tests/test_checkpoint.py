@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import te_gpu
-from te_gpu.io import LockError, StaleLockWarning, exclusive_lock
+from te_gpu.locks import LockError, StaleLockWarning, exclusive_lock
 from te_gpu.executor import memory_batch_size
-from te_gpu.zoo import CheckpointError, CheckpointWarning
+from te_gpu.checkpoint import CheckpointError, CheckpointWarning
 
 from helpers import width_zoo
 

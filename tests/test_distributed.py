@@ -42,12 +42,13 @@ DRIVER = textwrap.dedent("""
     import atexit, json, os, sys, time
     import torch
     torch.set_num_threads(1)
+    import te_gpu.checkpoint as checkpoint
     import te_gpu.zoo as zoo
     from te_gpu.cli import main
 
     rank = int(os.environ.get("RANK", 0))
     record = dict(opened=[], scored=[])
-    real_open, real_store, real_save = zoo._open, zoo._store, zoo._Checkpoint.save
+    real_open, real_store, real_save = zoo._open, zoo._store, checkpoint.Checkpoint.save
 
     def opened(name, item):
         record["opened"].append(name)
@@ -64,7 +65,7 @@ DRIVER = textwrap.dedent("""
 
     zoo._open, zoo._store = opened, stored
     if os.environ.get("TEST_SLOW_RANK") == str(rank):
-        zoo._Checkpoint.save = slow_save
+        checkpoint.Checkpoint.save = slow_save
 
     def dump():
         with open(os.path.join(os.environ["TEST_RECORD"], f"rank{rank}.json"), "w") as fh:

@@ -1016,7 +1016,7 @@ def _lock_store(out: Path, held: ExitStack) -> None:
     """Keep a second extraction off ``out`` while this one runs (its temporary files would be
     taken for leftovers); a folder made only to hold the lock is removed again if nothing
     was written into it (a failed extraction leaves no empty folder)."""
-    from te_gpu.io import LockError, exclusive_lock
+    from te_gpu.locks import LockError, exclusive_lock
 
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,7 @@ def score_directory(zoo_dir, out, *, dataset=None, metrics=catalogue.DEFAULT_MET
     import torch
 
     from te_gpu import distributed
-    from te_gpu.io import LockError
+    from te_gpu.locks import LockError
 
     if chunk < 1:
         raise PipelineError("--chunk must be at least 1")
@@ -125,8 +125,9 @@ def _open_on_rank0(zoo_dir, out: Path, dataset, metrics, models, restart, log, h
     """The zoo's models, labels, data set, the metrics it can take and its prediction files;
     the output folder made and locked (the lock in ``held``), an old checkpoint removed on
     ``restart``. Run by rank 0 alone; the other ranks get what it returns."""
-    from te_gpu.io import exclusive_lock, prediction_path
-    from te_gpu.zoo import checkpoint_files
+    from te_gpu.io import prediction_path
+    from te_gpu.locks import exclusive_lock
+    from te_gpu.checkpoint import checkpoint_files
 
     from .extract import open_zoo
 
@@ -152,7 +153,7 @@ def _score_into(out: Path, zoo_dir, zoo: dict, *, writes: bool, log, sa, sa_opts
     """score_zoo on the zoo's feature files with the checkpoint in ``out``; then, where
     ``writes`` (rank 0), the outputs."""
     from te_gpu import score_zoo
-    from te_gpu.zoo import CheckpointError
+    from te_gpu.checkpoint import CheckpointError
 
     from .extract import _paths
 
@@ -189,8 +190,8 @@ def _warnings_to(log, zoo_level: bool = True):
     happen. Every rank combines the same zoo-level scores: ``zoo_level=False`` (ranks
     other than 0) keeps their identical warnings out of the log."""
     from te_gpu.combine import ZooLevelWarning
-    from te_gpu.io import StaleLockWarning
-    from te_gpu.zoo import CheckpointWarning
+    from te_gpu.locks import StaleLockWarning
+    from te_gpu.checkpoint import CheckpointWarning
 
     ours = (CheckpointWarning, StaleLockWarning, ZooLevelWarning)
     with warnings.catch_warnings():
