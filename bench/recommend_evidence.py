@@ -46,7 +46,7 @@ import torch  # noqa: E402
 torch.set_num_threads(args.threads)
 import te_gpu  # noqa: E402
 from te_gpu import rank  # noqa: E402
-from te_gpu.bootstrap import _first_share, bootstrap_zoo  # noqa: E402
+from te_gpu.bootstrap import bootstrap_zoo, first_places  # noqa: E402
 from te_gpu.pipeline.finetune import linear_probe  # noqa: E402
 
 L, C, R, N, N_TEST = 8, 10, 16, 500, 3000
@@ -124,7 +124,7 @@ def evaluate(name, zoo, y, truth):
     for size in (1, 2, 3):
         for combo in itertools.combinations(boot_metrics, size):
             models, samples, point = boot.consensus(combo)
-            pf = dict(zip(models, _first_share(samples).mean(1)))
+            pf = dict(zip(models, first_places(samples).mean(1)))
             top = max(models, key=lambda m: (point[m], pf[m]))
             sets[",".join(combo)] = dict(
                 judge(point, truth), p_best_first=float(sum(pf[m] for m in best)),

@@ -230,15 +230,15 @@ def judge(result, label: str, accuracy: dict) -> dict:
 def judge_static(values: dict, accuracy: dict) -> dict:
     """A static ranking has no redraws: its shares are those of its one order (ties shared)."""
     from te_gpu.baselines import static_tau
-    from te_gpu.bootstrap import _ahead, _first_share
+    from te_gpu.bootstrap import first_places, models_ahead
 
     models = list(accuracy)
     v = np.array([[values[m]] for m in models])
     a = np.array([accuracy[m] for m in models])
     best = a == a.max()
     return dict(tau_w=static_tau(values, accuracy)["tau_w"],
-                p_best_first=round(float(_first_share(v)[best].sum()), 4),
-                p_best_top=float((_ahead(v)[best] < 3).any()))
+                p_best_first=round(float(first_places(v)[best].sum()), 4),
+                p_best_top=float((models_ahead(v)[best] < 3).any()))
 
 
 def candidate_sets(labels) -> list:

@@ -27,7 +27,7 @@ def check_magnitude(amax: float, name: str, dtype: str = "float64") -> None:
                          f"Gram matrices overflow: rescale the features{hint}")
 
 
-def _to_numpy(x, name):
+def as_numpy(x, name):
     """Anything array-like (numpy, torch tensor on any device, lists) -> ndarray."""
     if x is None:
         raise TypeError(f"{name} is None")
@@ -49,6 +49,13 @@ def _to_numpy(x, name):
     return arr
 
 
+def check_int(value, name: str, minimum: int) -> int:
+    """An integer (not a bool) >= ``minimum``, as int; else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_values(amax: float, name: str, dtype: str = "float64", count_bad=None) -> None:
     """Finiteness and magnitude from one reduction: max |x| is NaN or inf iff some
     value is (max propagates NaN), so the features are read once, not twice.
@@ -64,7 +71,7 @@ def as_features(x, name: str = "features", dtype=np.float64) -> np.ndarray:
 
     The result never aliases the input, so no caller can see its data change.
     """
-    arr = _to_numpy(x, name)
+    arr = as_numpy(x, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (N samples x D dims), got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -82,7 +89,7 @@ def as_labels(y, n: int | None = None, name: str = "labels"):
     are accepted only when every value is integral. Returns ``(codes, classes)``
     where ``classes[codes] == y``.
     """
-    arr = _to_numpy(y, name)
+    arr = as_numpy(y, name)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1:
@@ -107,7 +114,7 @@ def as_labels(y, n: int | None = None, name: str = "labels"):
 
 def as_targets(y, n: int, name: str = "targets") -> np.ndarray:
     """Validate regression targets: N or N x T real values -> float64 N x T."""
-    arr = _to_numpy(y, name)
+    arr = as_numpy(y, name)
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:

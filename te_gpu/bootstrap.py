@@ -84,7 +84,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import catalogue
+from . import catalogue, executor
+from ._checks import check_int
 
 __all__ = ["BootstrapResult", "bootstrap_zoo", "resample_indices", "tau_w_interval",
            "DEFAULT_REPLICATES", "DEFAULT_LEVEL"]
@@ -96,12 +97,6 @@ METHODS = ("centred", "percentile")
 # ("Bootstrap"), 8 models x 20 redraws of 1,000 x 256 took 3.2-3.6 s of CPU at 4-16 rows per
 # batch and 3.8-4.4 s in one batch of 160 (memory traffic of the large batch)
 CPU_BATCH_ROWS = 16
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_level(level) -> float:
@@ -121,9 +116,9 @@ def resample_indices(labels, replicates: int, seed: int = 0, *, first: int = 0):
     """
     from ._checks import as_labels
 
-    replicates = _check_int(replicates, "replicates", 1)
-    seed = _check_int(seed, "seed", 0)
-    first = _check_int(first, "first", 0)
+    replicates = check_int(replicates, "replicates", 1)
+    seed = check_int(seed, "seed", 0)
+    first = check_int(first, "first", 0)
     codes, classes = as_labels(labels)
     counts = np.bincount(codes, minlength=classes.size)
     order = np.argsort(codes, kind="stable")            # the rows of each class, in order
@@ -200,13 +195,13 @@ class BootstrapResult:
     def p_first(self, label: str, method: str | None = None) -> dict:
         """{model: share of redraws on which it scores best} (ties share the place)."""
         models, s = self.matrix(label, method, oriented=True)
-        return dict(zip(models, _first_share(s).mean(1).tolist()))
+        return dict(zip(models, first_places(s).mean(1).tolist()))
 
     def p_top(self, label: str, k: int = 3, method: str | None = None) -> dict:
         """{model: share of redraws on which fewer than k models score strictly better}."""
         models, s = self.matrix(label, method, oriented=True)
-        k = _check_int(k, "k", 1)
-        return dict(zip(models, (_ahead(s) < k).mean(1).tolist()))
+        k = check_int(k, "k", 1)
+        return dict(zip(models, (models_ahead(s) < k).mean(1).tolist()))
 
     def consensus(self, labels=None, method: str | None = None):
         """(models, (L, B) array, {model: point value}): minus the mean rank over ``labels``
@@ -269,13 +264,13 @@ class BootstrapResult:
                    undefined=d.get("undefined", {}), dropped=d.get("dropped", {}))
 
 
-def _first_share(s: np.ndarray) -> np.ndarray:
+def first_places(s: np.ndarray) -> np.ndarray:
     """(L, B) -> (L, B): 1/t for the t models tied at a redraw's highest score, else 0."""
     top = s == s.max(0, keepdims=True)
     return top / top.sum(0, keepdims=True)
 
 
-def _ahead(s: np.ndarray) -> np.ndarray:
+def models_ahead(s: np.ndarray) -> np.ndarray:
     """(L, B) -> (L, B) int: how many models score strictly higher on each redraw."""
     srt = np.sort(s, axis=0)
     out = np.empty(s.shape, dtype=np.int64)
@@ -286,8 +281,8 @@ def _ahead(s: np.ndarray) -> np.ndarray:
 
 def _average_ranks(s: np.ndarray) -> np.ndarray:
     """(L, B) -> (L, B): 0-based rank of each model on each redraw, best first, ties averaged."""
-    ahead = _ahead(s)
-    tied = s.shape[0] - ahead - _ahead(-s)       # models scoring exactly the same, itself included
+    ahead = models_ahead(s)
+    tied = s.shape[0] - ahead - models_ahead(-s)       # models scoring exactly the same, itself included
     return ahead + (tied - 1) / 2.0
 
 
@@ -333,8 +328,8 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     from .engine.stats import Labels
 
     t0 = time.perf_counter()
-    replicates = _check_int(replicates, "replicates", 2)
-    seed = _check_int(seed, "seed", 0)
+    replicates = check_int(replicates, "replicates", 2)
+    seed = check_int(seed, "seed", 0)
     level = _check_level(level)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -345,7 +340,7 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     # that the redraw hooks give on the way: _points_from_hooks)
     names = catalogue.metric_names(metrics)
     opts = catalogue.resolve_options(names, options)
-    settings = zoo_mod._sa_settings(sa)
+    settings = zoo_mod.sa_settings(sa)
     later = _points_from_hooks(names, settings)
     point = zoo_mod.score_zoo(zoo, labels, metrics=[m for m in names if m not in later], sa=sa,
                               options={m: o for m, o in (options or {}).items()
@@ -372,7 +367,8 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
                                           sa=list(settings), precision=precision))
     plan = _Plan(zoo, names, settings, opts, dtype, dev, batch_size, lab, src, predictions or {})
     timer = _timer(dev)
-    bar = _progress(len(zoo) * replicates, progress)
+    bar = executor.progress_bar(len(zoo) * replicates, progress, unit="redraw",
+                                desc="bootstrap")
     done, wanted = 0, replicates
     reason = ("the cap (-B) came before the stopping rule was met" if until is not None
               else "all the redraws asked for (-B)")
@@ -445,7 +441,6 @@ class _Plan:
     def run(self, result: BootstrapResult, idx, rcodes, timer, bar) -> None:
         """Redraws ``idx`` (R, N) of every model, appended to ``result``'s samples."""
         from .engine._tensor import features_tensor
-        from .zoo import _NoBar
 
         b = idx.shape[0]
         raw: dict = {}
@@ -461,7 +456,7 @@ class _Plan:
                 continue
             part = _feature_pass(self.zoo, idx, self.lab, metrics,
                                  [self.settings[i] for i in which], self.opts, self.dtype,
-                                 self.dev, self.batch_size, timer, _NoBar(), features_tensor)
+                                 self.dev, self.batch_size, timer, executor.NoBar(), features_tensor)
             for (nm, j), (vals, opened) in part.items():
                 raw.setdefault((nm, which[j]), ({}, opened))[0].update(vals)
         if self.weighted:
@@ -540,7 +535,7 @@ class _Plan:
         with self.locks[nm]:
             hooks = self.state.get(nm)
             if hooks is None:
-                x = features_tensor(zoo_mod._open(nm, self.zoo[nm])[0], self.dev, self.dtype,
+                x = features_tensor(zoo_mod.open_features(nm, self.zoo[nm])[0], self.dev, self.dtype,
                                     name=f"features of model {nm!r}")
                 hooks = self.state[nm] = {
                     m: catalogue.get(m).redraws_fn()(x, self.src, self.lab, **self.opts[m])
@@ -563,7 +558,7 @@ def _width(name, features) -> int:
     """A model's feature width D (a store's file is memory-mapped, not read)."""
     from . import zoo as zoo_mod
 
-    return int(zoo_mod._open(name, features)[1][-1])
+    return int(zoo_mod.open_features(name, features)[1][-1])
 
 
 def _one_blas_thread():
@@ -592,18 +587,6 @@ def _append(result: BootstrapResult, part: BootstrapResult) -> None:
     result.replicates = b0 + b1
 
 
-def _progress(total: int, enabled: bool):
-    from .zoo import _NoBar
-
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, unit="redraw", desc="bootstrap", leave=False)
-
-
 def _timer(dev):
     from .engine.core import Timer
 
@@ -617,13 +600,12 @@ def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size
 
     import torch
 
-    from . import executor
     from . import zoo as zoo_mod
     from .engine import core
 
     b, n = idx.shape
     c = lab.c
-    entries = {name: zoo_mod._open(name, item) for name, item in zoo.items()}
+    entries = {name: zoo_mod.open_features(name, item) for name, item in zoo.items()}
     class_index = None
     if any("class_index" in catalogue.get(m).needs for m in metrics):
         from .engine.stats import class_padding_index
@@ -742,7 +724,7 @@ def _prediction_pass(result, zoo, predictions, idx, rcodes, c, metrics, opts, de
         for name in zoo:
             if name not in predictions:
                 continue
-            arr, _, _ = zoo_mod._open(name, predictions[name])
+            arr, _, _ = zoo_mod.open_features(name, predictions[name])
             p = torch.as_tensor(as_probabilities(np.asarray(arr), n, f"predictions of model {name!r}"),
                                 dtype=torch.float64, device=dev)
             step = max(1, int(2 ** 27 // max(1, p.numel())))   # about 1 GiB of float64 at a time
@@ -798,12 +780,12 @@ def tau_w_interval(result: BootstrapResult, label: str, accuracies: dict, *,
     if defined.size == 0:
         raise ValueError(f"tau_w of {label}: the scores are equal on every redraw")
     best = acc == acc.max()
-    k = _check_int(k, "k", 1)
+    k = check_int(k, "k", 1)
     point = catalogue.oriented(label, result.point[label])
     return dict(tau_w=weighted_tau([point[m] for m in models], acc),
                 lo=float(np.quantile(defined, a / 2)), hi=float(np.quantile(defined, 1 - a / 2)),
                 samples=taus, undefined=int(taus.size - defined.size),
-                p_best_first=float(_first_share(s)[best].sum(0).mean()),
-                p_best_top=float((_ahead(s)[best] < k).any(0).mean()), k=k,
+                p_best_first=float(first_places(s)[best].sum(0).mean()),
+                p_best_top=float((models_ahead(s)[best] < k).any(0).mean()), k=k,
                 best=[m for m, bb in zip(models, best) if bb], models=models,
                 level=1.0 - a)

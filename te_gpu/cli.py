@@ -683,7 +683,7 @@ def cmd_baselines(args):
 def _static_baselines(accuracy: dict, info: dict, store: dict | None = None):
     """{name: tau_w} of the shipped static rankings (ImageNet top-1, size, width) of these
     models against ``accuracy``, where te_gpu has facts for them, and of those the zoo's
-    store knows (``store``: te_gpu.recommend.store_rankings) where it has none; else None."""
+    store knows (``store``: te_gpu.pipeline.extract.store_rankings) where it has none; else None."""
     from te_gpu.baselines import static_tau
     from te_gpu.pipeline.correlation import static_rankings_for
 
@@ -700,8 +700,9 @@ def cmd_recommend(args):
     from te_gpu.bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES
     from te_gpu.io import load_predictions
     from te_gpu.pipeline.extract import open_zoo
+    from te_gpu.pipeline.plots import recommend_figures
     from te_gpu.pipeline.scoring import _warnings_to, settings_of
-    from te_gpu.recommend import (DEFAULT_METRICS, MC_ERROR, against_truth, draw,
+    from te_gpu.recommend import (DEFAULT_METRICS, MC_ERROR, against_truth,
                                   format_recommendation, format_truth, recommend)
 
     log = _log(args)
@@ -787,11 +788,11 @@ def cmd_recommend(args):
         if args.plots:
             where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)
             if baselines is None:
-                from te_gpu.recommend import store_rankings
+                from te_gpu.pipeline.extract import store_rankings
 
                 known = store_rankings(args.zoo, dataset, [m for m in zoo if m in accuracy])
                 baselines = _static_baselines(accuracy, info, known)
-            for f in draw(rec, accuracy, args.plots, regime=info.get("regime"),
+            for f in recommend_figures(rec, accuracy, args.plots, regime=info.get("regime"),
                           baselines=baselines, where=where):
                 log(f"wrote {f}")
     if args.json:

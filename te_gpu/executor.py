@@ -120,3 +120,24 @@ def run_batches(queue: deque, *, attempt: Callable, finish: Callable, replan: Ca
             ahead = stage(queue[0] if queue else None)
             continue
         finish(key, items, outputs)
+
+
+class NoBar:
+    """A progress bar that shows nothing (progress off, or tqdm missing)."""
+
+    def update(self, k):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress_bar(total: int, enabled: bool, *, unit: str, desc: str):
+    """A tqdm bar over ``total`` units (with its rate and time left), or a :class:`NoBar`."""
+    if not enabled:
+        return NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency, but a bar is not worth failing over
+        return NoBar()
+    return tqdm(total=total, unit=unit, desc=desc, leave=False)

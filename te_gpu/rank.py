@@ -27,7 +27,7 @@ from importlib import resources
 
 import numpy as np
 
-from te_gpu._checks import _to_numpy
+from te_gpu._checks import as_numpy
 
 __all__ = [
     "weighted_tau",
@@ -53,7 +53,7 @@ _PAIRS_PER_BLOCK = 1 << 22
 
 def _vector(x, name: str) -> np.ndarray:
     """One real, finite, 1-D sequence -> fresh float64 array."""
-    arr = _to_numpy(x, name)  # TypeError for None, strings, objects, complex
+    arr = as_numpy(x, name)  # TypeError for None, strings, objects, complex
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D (one value per model), got shape {arr.shape}")
     out = np.array(arr, dtype=np.float64, copy=True)

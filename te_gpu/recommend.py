@@ -22,7 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import catalogue
-from .bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES, BootstrapResult, _ahead, _first_share
+from ._checks import check_int
+from .bootstrap import (DEFAULT_LEVEL, DEFAULT_REPLICATES, BootstrapResult, first_places,
+                        models_ahead)
 
 __all__ = ["DEFAULT_METRICS", "Recommendation", "recommend",
            "recommend_per_regime", "verdict", "format_recommendation"]
@@ -144,10 +146,10 @@ def _bootstrap_for(zoo, labels, sets, *, metrics=None, sa=None, sa_options=None,
     """The redraws of :func:`recommend` (``bootstrap_args``: those of
     :func:`te_gpu.bootstrap.bootstrap_zoo`), stopped once every consensus of ``sets`` is
     settled; regimes' sets give the metrics and SA settings (their union)."""
-    from .bootstrap import _check_int, bootstrap_zoo
+    from .bootstrap import bootstrap_zoo
     from .regimes import metrics_and_sa
 
-    k = _check_int(k, "k", 1)
+    k = check_int(k, "k", 1)
     if mc_error is not None and (isinstance(mc_error, bool) or not isinstance(mc_error, (int, float))
                                  or not 0 < mc_error < 0.5):
         raise ValueError(f"mc_error must be a number between 0 and 0.5 (e.g. 0.05), got {mc_error!r}")
@@ -186,7 +188,7 @@ def settled(boot: BootstrapResult, *, k: int = 3, error: float = MC_ERROR,
     shares = []
     for labels in label_sets:               # each consensus asked for (None: every label)
         _, samples, _ = boot.consensus(labels)
-        shares += [_first_share(samples).mean(1), (_ahead(samples) < k).mean(1)]
+        shares += [first_places(samples).mean(1), (models_ahead(samples) < k).mean(1)]
     r = samples.shape[1]
     shares = np.concatenate(shares)
     p = (shares * r + 1) / (r + 2)
@@ -205,8 +207,8 @@ def from_bootstrap(boot: BootstrapResult, labels=None, *, k: int = 3,
         labels = [lb for lb in labels if lb not in boot.undefined]
     labels = list(labels or boot.labels)
     models, samples, point = boot.consensus(labels)
-    share = dict(zip(models, _first_share(samples).mean(1).tolist()))
-    top = dict(zip(models, (_ahead(samples) < k).mean(1).tolist()))
+    share = dict(zip(models, first_places(samples).mean(1).tolist()))
+    top = dict(zip(models, (models_ahead(samples) < k).mean(1).tolist()))
     # the consensus on the target set; equal mean ranks: the one first more often
     order = sorted(models, key=lambda m: (-point[m], -share[m], models.index(m)))
     best_up = {lb: catalogue.oriented(lb, boot.point[lb]) for lb in labels}
@@ -354,55 +356,3 @@ def format_truth(rows: list, level: float) -> str:
                      f"{r['hi']:+.3f}]  most accurate first in {_pct(r['p_best_first'])}, "
                      f"in the top {r['k']} in {_pct(r['p_best_top'])}")
     return "\n".join(lines)
-
-
-def draw(rec: Recommendation, accuracy: dict, folder, *, regime=None, baselines=None,
-         where: str = "") -> list:
-    """PNGs in ``folder``: each label's score against accuracy with its intervals and the
-    models' names (``{label}_vs_accuracy.png``), and tau_w per label with intervals and
-    ``baselines`` ({name: tau_w}) as lines (``tau_w.png``; :func:`store_rankings` gives
-    the static rankings a te_gpu store knows). The accuracy axis is named after ``regime``,
-    with "(%)" where the accuracies are percentages. Returns the paths."""
-    from pathlib import Path
-
-    from .pipeline.plots import accuracy_label, in_percent, score_figure, tau_figure
-
-    folder = Path(folder)
-    rows = against_truth(rec, accuracy)
-    axis = accuracy_label(regime, in_percent(accuracy))
-    files = []
-    level = f"{100 * rec.boot.level:.0f} %"
-    for r in rows:
-        lb = r["label"]
-        if lb == CONSENSUS:
-            continue
-        scores = {m: rec.boot.point[lb][m] for m in r["models"]}
-        title = f"{lb}: tau_w = {r['tau_w']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
-        files.append(score_figure([(title, scores)], accuracy, folder / f"{lb}_vs_accuracy.png",
-                                  suptitle=f"{lb} against {where or 'accuracy'} ({level} intervals "
-                                           f"over {rec.boot.replicates} resamples)",
-                                  xlabel=axis,
-                                  intervals=[rec.boot.interval(lb)], names=True))
-    files.append(tau_figure([(r["label"], r["tau_w"], r["lo"], r["hi"]) for r in rows],
-                            folder / "tau_w.png", baselines=baselines,
-                            title=f"tau_w against {axis}"
-                                  f"{' - ' + where if where else ''} ({level} intervals)"))
-    return files
-
-
-def store_rankings(directory, dataset: str, models) -> dict:
-    """{name: {model: value}}: the static rankings a te_gpu store's manifest knows for
-    ``models`` on ``dataset`` - "parameters" (of the network) and "feature width" (D) -
-    each where the manifest gives it for every model; {} for a directory without one."""
-    from .baselines import FACT_NAMES
-    from .pipeline.extract import read_manifest
-
-    manifest = read_manifest(directory) or {}
-    entries = manifest.get("datasets", {}).get(dataset, {}).get("models", {})
-    out = {}
-    for name, key in ((FACT_NAMES["params"], "params"), (FACT_NAMES["feature_width"], "dim")):
-        values = {m: entries.get(m, {}).get(key) for m in models}
-        if values and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                          for v in values.values()):
-            out[name] = {m: float(v) for m, v in values.items()}
-    return out

@@ -60,7 +60,7 @@ from .results import ZooResult
 DEFAULT_METRICS = catalogue.DEFAULT_METRICS
 
 
-def _open(name, item):
+def open_features(name, item):
     """A zoo entry -> (array-like, shape, is_float32) without reading a file into memory."""
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
@@ -79,7 +79,7 @@ def _open(name, item):
     return item, tuple(item.shape), str(item.dtype) == "float32"
 
 
-def _sa_settings(sa):
+def sa_settings(sa):
     settings = list(sa) if isinstance(sa, (list, tuple)) else [sa]
     if not settings:
         raise ValueError("sa=[] asks for nothing; use None for raw features")
@@ -151,7 +151,7 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
     unknown = set(predictions or {}) - set(zoo) if from_predictions else set()
     if unknown:
         raise ValueError(f"predictions given for model(s) not in the zoo: {sorted(unknown)}")
-    settings = _sa_settings(sa)
+    settings = sa_settings(sa)
     dtype = working_dtype(precision)
     dev = resolve_device(device, *(v for v in zoo.values() if isinstance(v, torch.Tensor)))
     with joined(dev, enabled=distributed is not False) as world:
@@ -219,7 +219,7 @@ def _open_models(world, zoo, mine: list) -> tuple:
 
     def open_mine():
         for name in mine:
-            arr, shape, f32 = _open(name, zoo[name])
+            arr, shape, f32 = open_features(name, zoo[name])
             if len(shape) != 2:
                 raise ValueError(f"features of model {name!r} must be 2-D (N x D), got shape {shape}")
             entries[name] = (arr, shape, f32)
@@ -258,7 +258,7 @@ def _open_checkpoint(world, held, checkpoint, n: int, codes: np.ndarray, mine: l
 
 def _score_shard(book, job: "_Job", timer, show_progress: bool, t_start: float) -> dict:
     """Score what this rank's models miss (checkpointing as it goes) -> their entries."""
-    bar = _progress(len(job.entries), show_progress)
+    bar = executor.progress_bar(len(job.entries), show_progress, unit="model", desc="scoring")
     try:
         with timer.stage("verify"):
             missing, verified = _plan_models(book, job, bar)
@@ -376,7 +376,7 @@ def _prediction_scores(names, metrics, predictions: dict, job: "_Job", timer) ->
         probs = {}
         for name in names:
             if name in predictions:
-                arr, shape, _ = _open(name, predictions[name])
+                arr, shape, _ = open_features(name, predictions[name])
                 p = as_probabilities(np.asarray(arr), job.codes.size, f"predictions of model {name!r}")
                 probs[name] = torch.as_tensor(p, dtype=torch.float64, device=job.device)[None]
         scores = {}
@@ -525,21 +525,3 @@ def _changed(book, name: str, what: str) -> None:
     warnings.warn(f"model {name!r}: features changed since checkpoint {book.path} was written "
                   f"({what}); rescoring it", CheckpointWarning, stacklevel=4)
     del book.models[name]
-
-
-class _NoBar:
-    def update(self, k):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency, but a bar is not worth failing over
-        return _NoBar()
-    return tqdm(total=total, unit="model", desc="scoring", leave=False)

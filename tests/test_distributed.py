@@ -48,7 +48,7 @@ DRIVER = textwrap.dedent("""
 
     rank = int(os.environ.get("RANK", 0))
     record = dict(opened=[], scored=[])
-    real_open, real_store, real_save = zoo._open, zoo._store, checkpoint.Checkpoint.save
+    real_open, real_store, real_save = zoo.open_features, zoo._store, checkpoint.Checkpoint.save
 
     def opened(name, item):
         record["opened"].append(name)
@@ -63,7 +63,7 @@ DRIVER = textwrap.dedent("""
         real_save(self, *a)
         time.sleep(60)
 
-    zoo._open, zoo._store = opened, stored
+    zoo.open_features, zoo._store = opened, stored
     if os.environ.get("TEST_SLOW_RANK") == str(rank):
         checkpoint.Checkpoint.save = slow_save
 

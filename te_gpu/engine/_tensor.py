@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import torch
 
-from .._checks import _to_numpy, as_labels, check_values
+from .._checks import as_numpy, as_labels, check_values
 
 PRECISIONS = {"exact": torch.float64, "fast": torch.float32}
 
@@ -49,7 +49,7 @@ def host_tensor(x, name: str = "features") -> torch.Tensor:
     """A tensor view of ``x`` (no copy where possible), refusing non-numeric data.
 
     numpy input goes through the same dtype checks as the reference's
-    (``_checks._to_numpy``); read-only and memory-mapped arrays are viewed, not
+    (``_checks.as_numpy``); read-only and memory-mapped arrays are viewed, not
     copied: every caller copies out of the view, never into it.
     """
     if isinstance(x, torch.Tensor):
@@ -57,7 +57,7 @@ def host_tensor(x, name: str = "features") -> torch.Tensor:
         if t.is_complex():
             raise TypeError(f"{name} is complex; transferability scores need real features")
         return t
-    arr = _to_numpy(x, name)
+    arr = as_numpy(x, name)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if not arr.flags.c_contiguous:

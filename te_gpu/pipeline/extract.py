@@ -547,7 +547,7 @@ def _write_book(path: Path, manifest: dict) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
-def _paths(directory: Path, model: str, dataset: str):
+def store_paths(directory: Path, model: str, dataset: str):
     return (directory / f"{model}_{dataset}_feature.npy", directory / f"{model}_{dataset}_label.npy")
 
 
@@ -555,7 +555,7 @@ def _cached(directory: Path, entry: dict | None, record: dict, model: str, datas
             labels: np.ndarray) -> bool:
     if entry is None or entry.get("spec") != record:
         return False
-    feat, lab = _paths(directory, model, dataset)
+    feat, lab = store_paths(directory, model, dataset)
     if not (feat.is_file() and lab.is_file()):
         return False
     if entry.get("classes") and not prediction_path(directory, model, dataset).is_file():
@@ -849,7 +849,7 @@ def _merge(job: _Job, plan: _Plan, book: "_Book", results: list) -> None:
     """Rank 0: the other ranks' models into the manifest, listed in the order one process
     would list them; the manifest written, then the ranks' shard files removed."""
     for rank, result in enumerate(results[1:], start=1):
-        unseen = [n for n in result["entries"] if not _paths(job.out, n, job.dataset)[0].is_file()]
+        unseen = [n for n in result["entries"] if not store_paths(job.out, n, job.dataset)[0].is_file()]
         if unseen:
             raise PipelineError(f"rank {rank} wrote {', '.join(unseen)} where rank 0 does not see "
                                 f"it: {_SHARED_OUT}")
@@ -1080,7 +1080,7 @@ def find_cached(stores, spec: ModelSpec, data: ImageSet):
                 rec = {k: v for k, v in (entry.get("spec") or {}).items() if k != "name"}
                 if rec == record and _cached(Path(directory), entry, entry["spec"], name, dataset,
                                              data.labels.astype(np.int64)):
-                    feats = np.load(_paths(Path(directory), name, dataset)[0], allow_pickle=False)
+                    feats = np.load(store_paths(Path(directory), name, dataset)[0], allow_pickle=False)
                     return feats, Path(directory)
     return None
 
@@ -1141,10 +1141,27 @@ def open_zoo(path, dataset: str | None = None, models=None):
     manifest = read_manifest(directory)
     if models is None and manifest is not None and dataset in manifest.get("datasets", {}):
         listed = list(manifest["datasets"][dataset].get("models", {}))
-        on_disk = [m for m in listed if _paths(directory, m, dataset)[0].is_file()]
+        on_disk = [m for m in listed if store_paths(directory, m, dataset)[0].is_file()]
         models = on_disk or None
     try:
         zoo, labels = load_zoo(directory, dataset, models=models, mmap=True)
     except (FileNotFoundError, ValueError) as exc:
         raise PipelineError(str(exc)) from None
     return zoo, labels, dataset
+
+
+def store_rankings(directory, dataset: str, models) -> dict:
+    """{name: {model: value}}: the static rankings a te_gpu store's manifest knows for
+    ``models`` on ``dataset`` - "parameters" (of the network) and "feature width" (D) -
+    each where the manifest gives it for every model; {} for a directory without one."""
+    from te_gpu.baselines import FACT_NAMES
+
+    manifest = read_manifest(directory) or {}
+    entries = manifest.get("datasets", {}).get(dataset, {}).get("models", {})
+    out = {}
+    for name, key in ((FACT_NAMES["params"], "params"), (FACT_NAMES["feature_width"], "dim")):
+        values = {m: entries.get(m, {}).get(key) for m in models}
+        if values and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                          for v in values.values()):
+            out[name] = {m: float(v) for m, v in values.items()}
+    return out

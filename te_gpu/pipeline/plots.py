@@ -477,3 +477,36 @@ def embedding_figure(panels, labels, out, *, class_names=None, suptitle="", max_
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
     return out
+
+
+def recommend_figures(rec, accuracy: dict, folder, *, regime=None, baselines=None,
+                      where: str = "") -> list:
+    """PNGs in ``folder``: each label's score against accuracy with its intervals and the
+    models' names (``{label}_vs_accuracy.png``), and tau_w per label with intervals and
+    ``baselines`` ({name: tau_w}) as lines (``tau_w.png``;
+    :func:`te_gpu.pipeline.extract.store_rankings` gives the static rankings a te_gpu
+    store knows). The accuracy axis is named after ``regime``,
+    with "(%)" where the accuracies are percentages. Returns the paths."""
+    from te_gpu.recommend import CONSENSUS, against_truth
+
+    folder = Path(folder)
+    rows = against_truth(rec, accuracy)
+    axis = accuracy_label(regime, in_percent(accuracy))
+    files = []
+    level = f"{100 * rec.boot.level:.0f} %"
+    for r in rows:
+        lb = r["label"]
+        if lb == CONSENSUS:
+            continue
+        scores = {m: rec.boot.point[lb][m] for m in r["models"]}
+        title = f"{lb}: tau_w = {r['tau_w']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
+        files.append(score_figure([(title, scores)], accuracy, folder / f"{lb}_vs_accuracy.png",
+                                  suptitle=f"{lb} against {where or 'accuracy'} ({level} intervals "
+                                           f"over {rec.boot.replicates} resamples)",
+                                  xlabel=axis,
+                                  intervals=[rec.boot.interval(lb)], names=True))
+    files.append(tau_figure([(r["label"], r["tau_w"], r["lo"], r["hi"]) for r in rows],
+                            folder / "tau_w.png", baselines=baselines,
+                            title=f"tau_w against {axis}"
+                                  f"{' - ' + where if where else ''} ({level} intervals)"))
+    return files

@@ -155,11 +155,11 @@ def _score_into(out: Path, zoo_dir, zoo: dict, *, writes: bool, log, sa, sa_opts
     from te_gpu import score_zoo
     from te_gpu.checkpoint import CheckpointError
 
-    from .extract import _paths
+    from .extract import store_paths
 
     dataset = zoo["dataset"]
     try:
-        result = score_zoo({m: _paths(Path(zoo_dir), m, dataset)[0] for m in zoo["models"]},
+        result = score_zoo({m: store_paths(Path(zoo_dir), m, dataset)[0] for m in zoo["models"]},
                            zoo["labels"], metrics=zoo["metrics"],
                            sa=settings_of(sa, sa_opts),
                            predictions=zoo["predictions"], checkpoint=out / CHECKPOINT, **kw)
