@@ -111,7 +111,7 @@ def nleep_memory_bytes(b: int, n: int, d_in: int, k: int, d_kept: int,
     pca = b * (n * d_in + 2 * m * m + n * m)
     km = b * (3 * n * k + 2 * k * d_kept)
     width = 1 + d_kept + d_kept * (d_kept + 1) // 2
-    rows = n if n * width * item <= _MOMENT_ROWS_BYTES else _rows_per_block(n, width)
+    rows = n if n * width * item <= _MOMENT_ROWS_BYTES else _samples_per_block(n, width)
     em = b * (rows * width + 4 * n * k + 6 * k * d_kept * d_kept + 2 * k * width)
     return item * max(pca, km + em)
 
@@ -198,9 +198,35 @@ def _sq_dist(x: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor) -> torch.Tens
 
     ``x_sq`` (B, N, 1) is ``(x * x).sum(-1)``, computed once by the caller (k-means
     asks for distances to the same samples about 100 times)."""
-    # in place, in the reference's order: (x_sq - 2 x.c) + c_sq, each step rounded as there
-    d = _matmul(x, c.mT).mul_(-2.0).add_(x_sq).add_((c * c).sum(-1)[:, None, :])
+    # in place, in the reference's order: (x_sq - 2 x.c) + c_sq, each step rounded as
+    # there (x.(-2c) is -2 (x.c) exactly: scaling by a power of two)
+    d = _matmul(x, c.mT * -2.0).add_(x_sq).add_((c * c).sum(-1)[:, None, :])
     return d.clamp_min_(0.0)
+
+
+def _argmin(v: torch.Tensor) -> torch.Tensor:
+    """``v.argmin(-1)`` (the first of equal minima, as numpy's); numpy's on the CPU,
+    4x faster there than torch's over rows of K = 50 values."""
+    if v.device.type != "cpu":
+        return v.argmin(-1)
+    return torch.from_numpy(v.numpy().argmin(-1))
+
+
+def _cluster_sums(z: torch.Tensor, labels: torch.Tensor, k: int):
+    """(counts (B, K), sums (B, K, d)) of the samples of each cluster.
+
+    CPU: ``bincount`` and ``index_add_`` (rows added in order, O(N d)); elsewhere a
+    one-hot product (deterministic, no atomics), O(N K d). On the CPU the product
+    and its one-hot took 0.6 (d = 20) to 1.5 ms (d = 84) of each Lloyd iteration at
+    N x K = 6000 x 50, these 0.35-0.45 ms."""
+    b, n, d = z.shape
+    if z.device.type != "cpu":
+        onehot = _onehot(labels, k, z.dtype)
+        return onehot.sum(1), _matmul(onehot.mT, z)
+    flat = (labels + torch.arange(b)[:, None] * k).reshape(-1)             # (B N,)
+    counts = torch.bincount(flat, minlength=b * k).to(z.dtype).view(b, k)
+    sums = z.new_zeros(b * k, d).index_add_(0, flat, z.reshape(b * n, d)).view(b, k, d)
+    return counts, sums
 
 
 def _onehot(labels: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
@@ -283,10 +309,8 @@ def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     check = _check_every(dev)
     for it in range(max_iter):
-        labels = _sq_dist(z, centers, z_sq).argmin(-1)                     # (B, N)
-        onehot = _onehot(labels, k, dt)                                    # (B, N, K)
-        counts = onehot.sum(1)                                             # (B, K)
-        sums = _matmul(onehot.mT, z)                                       # (B, K, d)
+        labels = _argmin(_sq_dist(z, centers, z_sq))                       # (B, N)
+        counts, sums = _cluster_sums(z, labels, k)                         # (B, K), (B, K, d)
         new = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1.0)[..., None],
                           centers)
         shift = ((new - centers) ** 2).sum((1, 2))
@@ -294,56 +318,73 @@ def kmeans_batched(z: torch.Tensor, dims: torch.Tensor, k: int, u: np.ndarray, *
         done = done | (shift <= threshold)
         if (it + 1) % check == 0 and bool(done.all()):
             break
-    return _sq_dist(z, centers, z_sq).argmin(-1)
+    return _argmin(_sq_dist(z, centers, z_sq))
 
 
 # --------------------------------------------------------------------------- EM
-def _blocks(n: int, rows: int):
-    return [(s, min(s + rows, n)) for s in range(0, n, rows)]
+def _blocks(n: int, cols: int):
+    return [(s, min(s + cols, n)) for s in range(0, n, cols)]
 
 
-def _rows_per_block(n: int, width: int) -> int:
-    """Rows of one block whose (rows x width) slab is about ``_BLOCK_BYTES`` per model.
-    Depends on N and the width only, never on the batch size, so a model's
+def _samples_per_block(n: int, width: int) -> int:
+    """Samples of one block whose (width x samples) slab is about ``_BLOCK_BYTES`` per
+    model. Depends on N and the width only, never on the batch size, so a model's
     rounding does not depend on the batch it is in."""
     return max(1, min(n, _BLOCK_BYTES // (8 * max(width, 1))))
 
 
-class _MomentRows:
-    r"""Per sample the row :math:`[1, z, z_a z_b\ (a \le b)]`, width 1 + d + d(d+1)/2.
+class _MomentColumns:
+    r"""Per sample the column :math:`[1, z, z_a z_b\ (a \le b)]`, (B, width, N),
+    width 1 + d + d(d+1)/2.
 
-    Both EM steps are one GEMM against these rows: ``resp^T rows`` is every
-    component's mass, first moment and second moment (upper triangle); ``rows
-    theta^T`` is every component's Mahalanobis term (:func:`_quadratic_forms`).
-    They do not change between iterations, so they are built once and kept
-    while they fit ``_MOMENT_ROWS_BYTES`` per model, else rebuilt block by block.
+    Both EM steps are one GEMM against these columns: ``resp cols^T`` (resp
+    (B, K, N)) is every component's mass, first moment and second moment (upper
+    triangle); ``theta cols`` every component's log density
+    (:func:`_log_density_coefficients`). They do not change between iterations, so
+    they are built once and kept while they fit ``_MOMENT_ROWS_BYTES`` per model,
+    else rebuilt block by block of samples.
+
+    Samples run along the last axis: every product z_a z_{a..d-1} is then written
+    as contiguous rows (4-5x faster to build at d = 84-109 than the (N, width)
+    layout, whose writes are strided), and ``theta cols`` (K x N out) ran at 40-43
+    GFLOP/s against 28-32 for ``rows theta^T`` (N x K out) with one OpenBLAS thread
+    (bench/RESULTS.md, "NLEEP near its floor", second part).
     """
 
     def __init__(self, z: torch.Tensor):
         b, n, d = z.shape
-        self.z, self.d = z, d
+        self.zt, self.d = z.mT.contiguous(), d                            # (B, d, N)
         self.width = 1 + d + d * (d + 1) // 2
         kept = n * self.width * z.element_size() <= _MOMENT_ROWS_BYTES
-        self.full = self._build(z) if kept else None
-        self.rows = n if kept else _rows_per_block(n, self.width)
+        self.full = self._build(self.zt) if kept else None
+        self.cols = n if kept else _samples_per_block(n, self.width)
 
-    def _build(self, zb: torch.Tensor) -> torch.Tensor:
+    def _build(self, zt: torch.Tensor) -> torch.Tensor:
         # one slice product per dimension a, z_a * z_{a..d-1}: a gather of the
         # d(d+1)/2 index pairs ran 4x slower on the CPU
-        out = torch.empty(zb.shape[:2] + (self.width,), dtype=zb.dtype, device=zb.device)
-        out[..., 0] = 1.0
-        out[..., 1:1 + self.d] = zb
+        shape = (zt.shape[0], self.width, zt.shape[2])
+        if zt.device.type == "cpu":
+            # numpy on the CPU: its allocation asks for huge pages, and torch's first
+            # touch of 175 MB (d = 84) cost 3-4x numpy's; so did its broadcast multiply
+            src, mul = zt.numpy(), np.multiply
+            dst = np.empty(shape, dtype=src.dtype)
+            out = torch.from_numpy(dst)
+        else:
+            src, mul = zt, torch.mul
+            dst = out = torch.empty(shape, dtype=zt.dtype, device=zt.device)
+        dst[:, 0] = 1.0
+        dst[:, 1:1 + self.d] = src
         at = 1 + self.d
         for a in range(self.d):
-            torch.mul(zb[..., a:a + 1], zb[..., a:], out=out[..., at:at + self.d - a])
+            mul(src[:, a:a + 1], src[:, a:], out=dst[:, at:at + self.d - a])
             at += self.d - a
         return out
 
     def blocks(self):
-        """(start, end, rows of samples start..end-1) covering every sample."""
-        for s, e in _blocks(self.z.shape[1], self.rows):
-            yield s, e, (self.full[:, s:e] if self.full is not None
-                         else self._build(self.z[:, s:e]))
+        """(start, end, columns of samples start..end-1) covering every sample."""
+        for s, e in _blocks(self.zt.shape[2], self.cols):
+            yield s, e, (self.full[..., s:e] if self.full is not None
+                         else self._build(self.zt[..., s:e].contiguous()))
 
 
 def _params_from_moments(moments: torch.Tensor, n: int, d: int, pad_diag: torch.Tensor):
@@ -368,12 +409,14 @@ def _params_from_moments(moments: torch.Tensor, n: int, d: int, pad_diag: torch.
     return (nk / n, means, chol), (info != 0).any(-1)
 
 
-def _quadratic_forms(params, log2pi_d: torch.Tensor):
-    r"""(theta (B, K, width), const (B, 1, K)): log pi_k + log N(z | mu_k, Sigma_k) of a
-    sample is ``const_k - 0.5 rows(z) . theta_k``.
+def _log_density_coefficients(params, log2pi_d: torch.Tensor) -> torch.Tensor:
+    r"""theta (B, K, width): log pi_k + log N(z | mu_k, Sigma_k) of a sample is
+    ``theta_k . col(z)``.
 
     With the precision P = L^{-T} L^{-1}, (z - mu)^T P (z - mu) = mu^T P mu
-    - 2 (P mu)^T z + sum_{a<=b} c_ab z_a z_b, c_aa = P_aa, c_ab = P_ab + P_ba.
+    - 2 (P mu)^T z + sum_{a<=b} c_ab z_a z_b, c_aa = P_aa, c_ab = P_ab + P_ba; theta
+    holds -1/2 of each coefficient, and the constant column log pi_k - (log det
+    Sigma_k + d log 2 pi + mu^T P mu) / 2.
     """
     weights, means, chol = params
     d = chol.shape[-1]
@@ -382,36 +425,30 @@ def _quadratic_forms(params, log2pi_d: torch.Tensor):
     prec = inv.mT @ inv
     sym = prec + prec.mT
     upper = torch.triu_indices(d, d, device=chol.device)
-    quad = sym[..., upper[0], upper[1]]
-    quad[..., (upper[0] == upper[1]).nonzero()[:, 0]] *= 0.5              # c_aa = P_aa
-    lin = -(sym @ means[..., None])[..., 0]                               # -2 P mu
+    quad = sym[..., upper[0], upper[1]].mul_(-0.5)
+    quad[..., (upper[0] == upper[1]).nonzero()[:, 0]] *= 0.5              # -P_aa / 2
+    lin = (sym @ means[..., None])[..., 0].mul_(0.5)                      # P mu
     cst = (means * (prec @ means[..., None])[..., 0]).sum(-1, keepdim=True)
-    theta = torch.cat([cst, lin, quad], dim=-1)
     logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
     const = torch.log(weights) - 0.5 * (logdet + log2pi_d[:, None])
-    return theta, const[:, None, :]
+    return torch.cat([const[..., None] - 0.5 * cst, lin, quad], dim=-1)
 
 
-def _log_joint(rows_b: torch.Tensor, theta: torch.Tensor, const: torch.Tensor) -> torch.Tensor:
-    """(B, n, width) moment rows -> log pi_k + log N(z_i | mu_k, Sigma_k), (B, n, K)."""
-    return const - 0.5 * _matmul(rows_b, theta.mT)
-
-
-def _em_sweep(rows: _MomentRows, params, log2pi_d: torch.Tensor):
+def _em_sweep(cols: _MomentColumns, params, log2pi_d: torch.Tensor):
     """An E step and the next M step's sums in one sweep over the samples:
     (moments (B, K, width), mean log-likelihood (B,))."""
-    theta, const = _quadratic_forms(params, log2pi_d)
+    theta = _log_density_coefficients(params, log2pi_d)
     moments, loglik = 0, 0
-    for _, _, rb in rows.blocks():
-        lj = _log_joint(rb, theta, const)
-        top = lj.amax(-1, keepdim=True)
+    for _, _, cb in cols.blocks():
+        lj = _matmul(theta, cb)                                           # (B, K, n)
+        top = lj.amax(-2, keepdim=True)
         # exp(t) for t < -708 is subnormal or 0, and ran 5-20x slower on the CPU;
         # responsibilities under 3e-308 change no sum, so they are floored there
-        e = torch.exp((lj - top).clamp_min_(_EXP_FLOOR))
-        total = e.sum(-1, keepdim=True)
-        moments = moments + _matmul((e / total).mT, rb)
+        e = lj.sub_(top).clamp_min_(_EXP_FLOOR).exp_()
+        total = e.sum(-2, keepdim=True)
+        moments = moments + _matmul(e.div_(total), cb.mT)
         loglik = loglik + (top + torch.log(total)).sum((-2, -1))
-    return moments, loglik / rows.z.shape[1]
+    return moments, loglik / cols.zt.shape[2]
 
 
 def _cancels(params) -> torch.Tensor:
@@ -425,25 +462,27 @@ def _cancels(params) -> torch.Tensor:
 
 
 def _m_step_centred(z: torch.Tensor, resp: torch.Tensor, pad_diag: torch.Tensor):
-    """:func:`_params_from_moments` from the scatter about each mean, as the reference
-    (holds B K N d values: the fallback where :func:`_cancels`)."""
+    """:func:`_params_from_moments` from the scatter about each mean, as the reference,
+    for responsibilities ``resp`` (B, K, N) (holds B K N d values: the fallback where
+    :func:`_cancels`)."""
     n = z.shape[1]
-    nk = resp.sum(1) + 10 * torch.finfo(z.dtype).eps                     # (B, K)
-    means = (resp.mT @ z) / nk[..., None]                                 # (B, K, d)
+    nk = resp.sum(-1) + 10 * torch.finfo(z.dtype).eps                    # (B, K)
+    means = (resp @ z) / nk[..., None]                                    # (B, K, d)
     diff = z[:, None, :, :] - means[:, :, None, :]                         # (B, K, N, d)
-    cov = (resp.mT[..., None] * diff).mT @ diff / nk[..., None, None]     # (B, K, d, d)
+    cov = (resp[..., None] * diff).mT @ diff / nk[..., None, None]        # (B, K, d, d)
     chol, info = torch.linalg.cholesky_ex(cov + torch.diag_embed(pad_diag))
     return (nk / n, means, chol), (info != 0).any(-1)
 
 
 def _log_joint_centred(z: torch.Tensor, params, log2pi_d: torch.Tensor) -> torch.Tensor:
-    """:func:`_log_joint` from each sample's whitened difference to each mean (B, N, K)."""
+    """log pi_k + log N(z_i | mu_k, Sigma_k) (B, K, N) from each sample's whitened
+    difference to each mean."""
     weights, means, chol = params
     diff = z[:, None, :, :] - means[:, :, None, :]                         # (B, K, N, d)
     w = torch.linalg.solve_triangular(chol, diff.mT, upper=False)        # (B, K, d, N)
     logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
     out = -0.5 * ((w * w).sum(-2) + logdet[..., None] + log2pi_d[:, None, None])
-    return out.mT + torch.log(weights)[:, None, :]
+    return out + torch.log(weights)[..., None]
 
 
 def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: int = 0,
@@ -453,29 +492,29 @@ def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: in
     dev, dt = z.device, z.dtype
     if u is None:
         u = _uniforms(k, seed)
-    onehot = _onehot(kmeans_batched(z, dims, k, u), k, dt)
-    rows = _MomentRows(z)
+    resp = _onehot(kmeans_batched(z, dims, k, u), k, dt).mT               # (B, K, N)
+    cols = _MomentColumns(z)
     real = torch.arange(d, device=dev)[None, :] < dims[:, None]
     pad_diag = torch.where(real, torch.tensor(_REG_COVAR, dtype=dt, device=dev),
                            torch.tensor(1.0, dtype=dt, device=dev))[:, None, :]
     log2pi_d = dims.to(dt) * math.log(2 * math.pi)
 
     params, failed = _params_from_moments(
-        sum(_matmul(onehot[:, s:e].mT, rb) for s, e, rb in rows.blocks()), n, d, pad_diag)
+        sum(_matmul(resp[..., s:e], cb.mT) for s, e, cb in cols.blocks()), n, d, pad_diag)
     exact = bool(_cancels(params).any())   # from here on the whole batch takes the centred path
     if exact:
-        params, failed = _m_step_centred(z, onehot, pad_diag)
+        params, failed = _m_step_centred(z, resp, pad_diag)
     lower = torch.full((b,), -math.inf, dtype=dt, device=dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     check = _check_every(dev)
     for it in range(_EM_MAX_ITER):
         if exact:
             lj = _log_joint_centred(z, params, log2pi_d)
-            norm = torch.logsumexp(lj, dim=-1)                             # (B, N)
-            new, bad = _m_step_centred(z, torch.exp(lj - norm[..., None]), pad_diag)
-            new_lower = norm.mean(-1)
+            norm = torch.logsumexp(lj, dim=-2, keepdim=True)              # (B, 1, N)
+            new, bad = _m_step_centred(z, torch.exp(lj - norm), pad_diag)
+            new_lower = norm.mean((-2, -1))
         else:
-            moments, new_lower = _em_sweep(rows, params, log2pi_d)
+            moments, new_lower = _em_sweep(cols, params, log2pi_d)
             new, bad = _params_from_moments(moments, n, d, pad_diag)
         keep = done
         params = tuple(torch.where(keep.view(-1, *([1] * (o.dim() - 1))), o, nw)
@@ -496,9 +535,10 @@ def gmm_posteriors_batched(z: torch.Tensor, dims: torch.Tensor, k: int, seed: in
     if exact:
         lj = _log_joint_centred(z, params, log2pi_d)
     else:
-        theta, const = _quadratic_forms(params, log2pi_d)
-        lj = torch.cat([_log_joint(rb, theta, const) for _, _, rb in rows.blocks()], dim=1)
-    return torch.exp(lj - torch.logsumexp(lj, dim=-1, keepdim=True))
+        theta = _log_density_coefficients(params, log2pi_d)
+        lj = torch.cat([_matmul(theta, cb) for _, _, cb in cols.blocks()], dim=-1)
+    q = torch.exp(lj - torch.logsumexp(lj, dim=-2, keepdim=True))
+    return q.mT.contiguous()
 
 
 # ------------------------------------------------------------------------ score
