@@ -278,3 +278,49 @@ def test_tight_components_far_from_the_origin_equal_reference(spread, monkeypatc
     ref = reference_scores(x, y, 2, 3)
     assert max_rel(engine_scores(x, y, 3, 2, 3).numpy(), ref) < EXACT_RTOL
     assert bool(calls) == (spread < 1)
+
+
+def rank_deficient_zoo(seed=3, n=240):
+    """Two ReLU models with dead units, duplicated and collinear columns (rank < D); the
+    second has 10 more dead units and a shift."""
+    from helpers import relu_features
+
+    x, y = relu_features(seed, n, 40, c=4, dead=5, dup=4, collinear=3)
+    other = x.copy()
+    other[:, 10:20] = 0.0
+    return np.stack([x, other + 0.2]), y.astype(np.int64)
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("name", ["imbalanced", "n_less_than_d_two_classes", "rank_deficient"])
+def test_m_step_sums_dense_or_sparse_equal_reference(name, path, monkeypatch):
+    # On the CPU the M step's sums skip negligible responsibilities when few count
+    # (_sparse_moments); the test data mostly take the dense product, so each path is
+    # forced here: every sum sparse (share 1.0) or every sum dense (share -1).
+    monkeypatch.setattr(engine_nleep, "_SPARSE_DENSITY", 1.0 if path == "sparse" else -1.0)
+    if name == "rank_deficient":
+        x, y = rank_deficient_zoo()
+        c, r, seed = 4, 3, 5
+        ref = reference_scores(x, y, r, seed)
+    else:
+        x, y, c, r, seed, ref = case(name)
+    assert max_rel(engine_scores(x, y, c, r, seed).numpy(), ref) < EXACT_RTOL
+
+
+def test_sparse_moments_equal_dense_product_less_the_negligible():
+    # Exactly the dense product's sums over the responsibilities that count, in the
+    # moment columns' order; those left out (under 1e-30 of their component's largest)
+    # change no sum beyond rounding.
+    gen = torch.Generator().manual_seed(13)
+    z = torch.randn(1, 300, 5, dtype=torch.float64, generator=gen) * 3 + 1
+    r = torch.rand(1, 4, 300, dtype=torch.float64, generator=gen)
+    r[0, 1, ::3] = 1e-40            # negligible next to that component's largest
+    r[0, 2] = 0.0
+    r[0, 2, 7] = 1e-200             # a (near-)empty component keeps its only sample
+    cols = engine_nleep._MomentColumns(z)
+    dense = engine_nleep._matmul(r, cols.full.mT)
+    rn = r[0].numpy()
+    counts = rn > engine_nleep._NEGLIGIBLE * rn.max(-1, keepdims=True)
+    sparse = engine_nleep._sparse_moments(rn, counts, cols.z1[0].numpy())
+    assert not counts[1, ::3].any() and counts[2].sum() == 1
+    np.testing.assert_allclose(sparse, dense[0].numpy(), rtol=1e-13, atol=0)
