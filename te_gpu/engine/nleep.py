@@ -20,44 +20,50 @@ set of class codes:
    whose centres moved less than its threshold stops changing.
 4. EM for a full-covariance Gaussian mixture of ``K = r C`` components,
    ``reg_covar`` 1e-6, tolerance 1e-3 on the mean log-likelihood, at most 100
-   iterations, per-model convergence, then a final E step. Both steps are one
-   GEMM against each sample's moment row :math:`[1, z, z_a z_b\ (a \le b)]`
-   (width :math:`w = 1 + d + d(d+1)/2`, built once per model): the M step's
-   ``resp^T rows`` gives every component's mass, mean and scatter (the scatter
-   about the mean from the raw second moment), the E step's ``rows theta^T``
-   every component's Mahalanobis term (``theta`` holds the packed precision
-   matrix, the linear and the constant coefficients). That is the floor's
-   arithmetic, 2 K N d(d+1) flops per iteration, with no (B, K, N, d) tensor
-   (bench/RESULTS.md, "NLEEP near its floor"). Raw moments cancel where a
-   component sits far from the origin compared with its spread (about eps
-   (|mu|/sigma)^2 relative); past |mu|/sigma = 1e3 on some axis
+   iterations, per-model convergence, then a final E step. Both steps are
+   products with each sample's moment column :math:`[1, z, z_a z_b\ (a \le b)]`
+   (width :math:`w = 1 + d + d(d+1)/2`, built once per model, samples along the
+   last axis): the E step's ``theta cols`` gives every component's log density
+   (``theta`` holds the packed precision matrix, the linear and the constant
+   coefficients), the M step's ``resp cols^T`` every component's mass, mean and
+   scatter (the scatter about the mean from the raw second moment). That is the
+   floor's arithmetic, 2 K N d(d+1) flops per iteration, with no (B, K, N, d)
+   tensor (bench/RESULTS.md, "NLEEP near its floor"). On the CPU the M step
+   skips responsibilities under 1e-30 of their component's largest when at most
+   15 % of them are left (:func:`_sparse_moments`: 2-14 % at d >= 37 on a real
+   zoo, a sixth to a twentieth of the dense product's time). Raw moments cancel
+   where a component sits far from the origin compared with its spread (about
+   eps (|mu|/sigma)^2 relative); past |mu|/sigma = 1e3 on some axis
    (:func:`_cancels`) the EM takes the reference's centred formulation instead.
    Below it, in float64, the scores of the tests' zoos moved by at most 5e-15
-   and those of a real 13-model zoo by at most 2e-14 relative.
+   and those of a real 13-model zoo by at most 1e-13 relative.
 5. NLEEP from the posteriors, :func:`nleep_from_posteriors_batched`.
 
-Nothing loops over models, classes or mixture components in Python; the loops
-are over centres (k-means++ is sequential), Lloyd and EM iterations, row blocks
-and (building the moment rows) the d kept dimensions. Off the CPU the host is
-asked whether every model has converged only every few iterations; on the CPU
-every iteration, and the catalogue head scores one model at a time there (no
-padding, no frozen models computed). Whether raw moments would cancel
-(:func:`_cancels`, then the batch switches to the reference's centred EM) is
-asked after every iteration on every device, until it answers yes.
+Nothing loops over classes in Python, nor over models or mixture components off
+the CPU; the loops are over centres (k-means++ is sequential), Lloyd and EM
+iterations, sample blocks and (building the moment columns) the d kept
+dimensions; on the CPU also over models (numpy's BLAS per model) and, in the
+sparse M step, over components. Off the CPU the host is asked whether every
+model has converged only every few iterations; on the CPU every iteration, and
+the catalogue head scores one model at a time there (no padding, no frozen
+models computed). Whether raw moments would cancel (:func:`_cancels`, then the
+batch switches to the reference's centred EM) is asked after every iteration on
+every device, until it answers yes.
 
-Memory. With :math:`d=k_{max}` and K components, the EM holds the moment rows
-``B * N * w`` (kept while one model's fit 512 MiB, else built per block of
-rows), ``4 * B * N * K`` for log densities and posteriors and about
+Memory. With :math:`d=k_{max}` and K components, the EM holds the moment
+columns ``B * N * w`` (kept while one model's fit 512 MiB, else built per block
+of samples), ``4 * B * N * K`` for log densities and posteriors and about
 ``6 * B * K * d * d`` for covariances, factors and precisions; k-means needs
 ``B * N * K``; the PCA needs ``B * N * D`` plus ``B * min(N, D)**2`` for the
 Gram matrix (:func:`nleep_memory_bytes`). In bytes, multiply by 8 (float64) or
 4 (float32). Pass ``models_per_chunk`` to bound it: models are independent, so
 chunking changes nothing but the peak memory.
 
-Determinism: no atomics (``index_add_``/``scatter_add_``) anywhere; class and
-cluster sums are one-hot matmuls, centre picks are ``gather``, and the k-means++
-cumulative sums avoid ``torch.cumsum`` off the CPU (see :func:`_cdf`). Same
-inputs and seed on the same device give bit-identical scores.
+Determinism: no atomics anywhere; off the CPU class and cluster sums are one-hot
+matmuls (on the CPU ``index_add_``, which adds rows in order), centre picks are
+``gather``, and the k-means++ cumulative sums avoid ``torch.cumsum`` off the CPU
+(see :func:`_cdf`). Same inputs and seed on the same device give bit-identical
+scores.
 """
 from __future__ import annotations
 
@@ -88,8 +94,8 @@ _BLOCK_BYTES = 1 << 22  # per model: a block of the EM's (rows x width) slabs
 _RAW_MOMENT_LIMIT = 1e6  # see _cancels
 _EXP_FLOOR = -708.0  # exp(-708) = 3.3e-308, the smallest normal double's neighbourhood
 _NEGLIGIBLE = 1e-30  # responsibilities under this times their component's largest: see _moments
-_SPARSE_DENSITY = 0.25  # ... and the share of the others below which the M step skips them
-_MOMENT_ROWS_BYTES = 1 << 29  # per model: the EM's moment rows are kept up to this size
+_SPARSE_DENSITY = 0.15  # ... and the share of the others below which the M step skips them
+_MOMENT_ROWS_BYTES = 1 << 29  # per model: the EM's moment columns are kept up to this size
 _CHECK_EVERY = 4  # iterations between host checks of "has every model converged?" off the CPU
 
 
@@ -360,17 +366,17 @@ class _MomentColumns:
     r"""Per sample the column :math:`[1, z, z_a z_b\ (a \le b)]`, (B, width, N),
     width 1 + d + d(d+1)/2.
 
-    Both EM steps are one GEMM against these columns: ``resp cols^T`` (resp
-    (B, K, N)) is every component's mass, first moment and second moment (upper
-    triangle); ``theta cols`` every component's log density
-    (:func:`_log_density_coefficients`). They do not change between iterations, so
-    they are built once and kept while they fit ``_MOMENT_ROWS_BYTES`` per model,
-    else rebuilt block by block of samples.
+    Both EM steps are products with these columns: ``theta cols`` is every
+    component's log density (:func:`_log_density_coefficients`), ``resp cols^T``
+    (resp (B, K, N)) every component's mass, first moment and second moment
+    (upper triangle; :func:`_moments`, which on the CPU may take the samples'
+    ``z1 = [1, z]`` rows instead). They do not change between iterations, so they
+    are built once and kept while they fit ``_MOMENT_ROWS_BYTES`` per model, else
+    rebuilt block by block of samples.
 
-    Samples run along the last axis: every product z_a z_{a..d-1} is then written
-    as contiguous rows (4-5x faster to build at d = 84-109 than the (N, width)
-    layout, whose writes are strided), and ``theta cols`` (K x N out) ran at 40-43
-    GFLOP/s against 28-32 for ``rows theta^T`` (N x K out) with one OpenBLAS thread
+    Samples run along the last axis: every product z_a z_{a..d-1} is written as
+    contiguous rows, and ``theta cols`` (K x N out) ran at 40-43 GFLOP/s against
+    28-32 for ``rows theta^T`` (N x K out) with one OpenBLAS thread
     (bench/RESULTS.md, "NLEEP near its floor", second part).
     """
 
@@ -414,8 +420,9 @@ def _moments(resp: torch.Tensor, cb: torch.Tensor, z1: torch.Tensor) -> torch.Te
     (B, width, n), and the samples' [1, z] rows z1 (B, n, 1 + d).
 
     On the CPU, per model, a model whose responsibilities are mostly negligible takes
-    :func:`_sparse_moments` (about 2-12 % of them count once d >= 37 on a real zoo,
-    and the dense product spends 2 K n width flops on all of them)."""
+    :func:`_sparse_moments` (2-14 % of them count at d >= 37 on a real zoo, and the
+    dense product spends 2 K n width flops on all of them; below 15 % the sparse
+    sums cost less, bench/RESULTS.md)."""
     if resp.device.type != "cpu":
         return _matmul(resp, cb.mT)
     rn, cn, zn = resp.numpy(), cb.numpy(), z1.numpy()
@@ -434,19 +441,20 @@ def _sparse_moments(r: np.ndarray, counts: np.ndarray, z1: np.ndarray) -> np.nda
 
     Component k's sums are the upper triangle of sum_i r_ki z1_i z1_i^T, z1 = [1, z]
     (row by row: [mass, first moment, second moment], the moment columns' order),
-    one (1 + d) x (1 + d) product over the samples where ``counts[k]``. Left out:
+    one (1 + d) x (1 + d) product of sqrt(r_k) z1 with itself over the samples where
+    ``counts[k]``. Left out:
     responsibilities under ``_NEGLIGIBLE`` times their component's largest, together
     at most N * 1e-30 of that component's mass."""
     comp, idx = np.nonzero(counts)                                         # by component
     rows = z1[idx]                                                         # (nnz, 1 + d)
-    weighted = rows * r[comp, idx][:, None]
+    rows *= np.sqrt(r[comp, idx])[:, None]     # sqrt(r) z1: each product a^T a is a syrk
     k, p = r.shape[0], z1.shape[1]
     bounds = np.searchsorted(comp, np.arange(k + 1))
     full = np.zeros((k, p, p), dtype=r.dtype)
-    for j in range(k):   # one product per component, about 0.01 ms each
-        lo, hi = bounds[j], bounds[j + 1]
-        if hi > lo:
-            np.matmul(weighted[lo:hi].T, rows[lo:hi], out=full[j])
+    for j in range(k):   # one product per component, 0.01-0.1 ms each
+        a = rows[bounds[j]:bounds[j + 1]]
+        if a.shape[0]:
+            np.matmul(a.T, a, out=full[j])
     upper = np.triu_indices(p)
     return full[:, upper[0], upper[1]]
 
