@@ -324,3 +324,22 @@ def test_sparse_moments_equal_dense_product_less_the_negligible():
     sparse = engine_nleep._sparse_moments(rn, counts, cols.z1[0].numpy())
     assert not counts[1, ::3].any() and counts[2].sum() == 1
     np.testing.assert_allclose(sparse, dense[0].numpy(), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_head_reads_the_shared_centred_gram_in_float64(dtype):
+    # At N >= D the catalogue head's PCA reads the other metrics' centred Gram (float64
+    # features only); the scores equal those of the engine's own Gram and the reference.
+    from te_gpu.engine.core import Shared
+    from te_gpu.engine.stats import Labels
+
+    x, y = rank_deficient_zoo()                                  # N = 240 > D = 40
+    xt = torch.from_numpy(x).to(dtype)
+    lab = Labels.from_codes(torch.from_numpy(y), 4, dtype)
+    shared = Shared(xt, lab)
+    got = engine_nleep.head(xt, lab, shared, components_per_class=3, seed=5)
+    assert got.dtype == torch.float64
+    assert shared.used == ({"stats"} if dtype == torch.float64 else set())
+    own = engine_scores(xt.double().numpy(), y, 4, 3, 5)
+    assert max_rel(got.numpy(), own.numpy()) < 1e-12
+    assert max_rel(got.numpy(), reference_scores(xt.double().numpy(), y, 3, 5)) < EXACT_RTOL
