@@ -343,3 +343,25 @@ def test_head_reads_the_shared_centred_gram_in_float64(dtype):
     own = engine_scores(xt.double().numpy(), y, 4, 3, 5)
     assert max_rel(got.numpy(), own.numpy()) < 1e-12
     assert max_rel(got.numpy(), reference_scores(xt.double().numpy(), y, 3, 5)) < EXACT_RTOL
+
+
+def test_device_paths_of_columns_and_cluster_sums_run_on_the_cpu():
+    # The paths taken off the CPU (torch's products for the moment columns, one-hot
+    # products for Lloyd's cluster sums), forced here, equal the CPU's numpy ones.
+    gen = torch.Generator().manual_seed(17)
+    z = torch.randn(2, 90, 6, dtype=torch.float64, generator=gen)
+    z[1, :, 4:] = 0.0                                        # zero padding of a smaller model
+    cols = engine_nleep._MomentColumns(z)
+    torch.testing.assert_close(cols._build(cols.zt, host=False), cols._build(cols.zt, host=True),
+                               rtol=0, atol=0)
+    rows = torch.cat([torch.ones(2, 90, 1, dtype=torch.float64), z], dim=-1)
+    upper = torch.triu_indices(7, 7)
+    want = (rows[..., :, None] * rows[..., None, :])[..., upper[0], upper[1]].mT
+    torch.testing.assert_close(cols.full, want, rtol=0, atol=0)
+    labels = torch.randint(0, 5, (2, 90), generator=gen)
+    labels[0, labels[0] == 3] = 4                            # an empty cluster
+    counts, sums = engine_nleep._cluster_sums(z, labels, 5, host=True)
+    counts_dev, sums_dev = engine_nleep._cluster_sums(z, labels, 5, host=False)
+    torch.testing.assert_close(counts, counts_dev, rtol=0, atol=0)
+    torch.testing.assert_close(sums, sums_dev, rtol=1e-14, atol=1e-14)
+    assert counts[0, 3] == 0 and bool((sums[0, 3] == 0).all())

@@ -230,15 +230,15 @@ def _argmin(v: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(v.numpy().argmin(-1))
 
 
-def _cluster_sums(z: torch.Tensor, labels: torch.Tensor, k: int):
+def _cluster_sums(z: torch.Tensor, labels: torch.Tensor, k: int, host: bool | None = None):
     """(counts (B, K), sums (B, K, d)) of the samples of each cluster.
 
     CPU: ``bincount`` and ``index_add_`` (rows added in order, O(N d)); elsewhere a
     one-hot product (deterministic, no atomics), O(N K d). On the CPU the product
     and its one-hot took 0.6 (d = 20) to 1.5 ms (d = 84) of each Lloyd iteration at
-    N x K = 6000 x 50, these 0.35-0.45 ms."""
+    N x K = 6000 x 50, these 0.35-0.45 ms. ``host`` forces one path (tests)."""
     b, n, d = z.shape
-    if z.device.type != "cpu":
+    if not (z.device.type == "cpu" if host is None else host):
         onehot = _onehot(labels, k, z.dtype)
         return onehot.sum(1), _matmul(onehot.mT, z)
     flat = (labels + torch.arange(b)[:, None] * k).reshape(-1)             # (B N,)
@@ -400,13 +400,16 @@ class _MomentColumns:
         self.full = self._build(self.zt) if kept else None
         self.cols = n if kept else _samples_per_block(n, self.width)
 
-    def _build(self, zt: torch.Tensor) -> torch.Tensor:
+    def _build(self, zt: torch.Tensor, host: bool | None = None) -> torch.Tensor:
+        """The columns of samples ``zt`` (B, d, n); ``host`` forces numpy's products
+        (the CPU's) or torch's (elsewhere), for the tests."""
         # one slice product per dimension a, z_a * z_{a..d-1}: a gather of the
         # d(d+1)/2 index pairs ran 4x slower on the CPU
         out = torch.empty((zt.shape[0], self.width, zt.shape[2]), dtype=zt.dtype, device=zt.device)
         # numpy's multiply on the CPU: torch's broadcast one ran 3x slower here
-        cpu = zt.device.type == "cpu"
-        src, dst, mul = (zt.numpy(), out.numpy(), np.multiply) if cpu else (zt, out, torch.mul)
+        if host is None:
+            host = zt.device.type == "cpu"
+        src, dst, mul = (zt.numpy(), out.numpy(), np.multiply) if host else (zt, out, torch.mul)
         dst[:, 0] = 1.0
         dst[:, 1:1 + self.d] = src
         at = 1 + self.d
