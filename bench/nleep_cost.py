@@ -114,7 +114,10 @@ def te_gpu_stages(x: torch.Tensor, codes: torch.Tensor, c: int, k: int) -> dict:
                  "cpu_s": round(gmm["cpu_s"] - km.cpu, 4)}
     out["em_iterations"] = max(ms.calls, fb.calls) - 1   # M steps after the initial one
     out["centred_fallback_m_steps"] = fb.calls if fallback != m_step else None
-    out["lloyd_iterations"] = sq.calls - (k - 1) - 2   # seeding: 1 + (k-1) distance calls, +1 final
+    # _sq_dist: once per Lloyd iteration, once for the final labels, and (engines without
+    # _candidate_sq_dist) 1 + (k-1) times in the seeding
+    seeding = 0 if hasattr(engine, "_candidate_sq_dist") else 1 + (k - 1)
+    out["lloyd_iterations"] = sq.calls - seeding - 1
     t0 = clock()
     out["score"] = float(engine.nleep_from_posteriors_batched(q, codes, c)[0])
     out["nleep_from_posteriors"] = since(t0)

@@ -199,7 +199,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
                          kind=int, minimum=1),
                     _opt("seed", 0, "seed of the mixture's k-means initialisation",
                          kind=int, minimum=0)),
-           bounds=((1.0, "maximum"),), cite="Li et al., CVPR 2021"),
+           needs=frozenset({"stats"}), bounds=((1.0, "maximum"),), cite="Li et al., CVPR 2021"),
     Metric("hscore", "H-score", "SPEC 10.1", "te_gpu.reference.hscore:h_score",
            "te_gpu.engine.hscore:head", options=(_RCOND,), needs=frozenset({"stats"}),
            tolerance=1e-8, bound_note="H-score's maximum is C - 1, which every model reaches "

@@ -278,3 +278,90 @@ def test_tight_components_far_from_the_origin_equal_reference(spread, monkeypatc
     ref = reference_scores(x, y, 2, 3)
     assert max_rel(engine_scores(x, y, 3, 2, 3).numpy(), ref) < EXACT_RTOL
     assert bool(calls) == (spread < 1)
+
+
+def rank_deficient_zoo(seed=3, n=240):
+    """Two ReLU models with dead units, duplicated and collinear columns (rank < D); the
+    second has 10 more dead units and a shift."""
+    from helpers import relu_features
+
+    x, y = relu_features(seed, n, 40, c=4, dead=5, dup=4, collinear=3)
+    other = x.copy()
+    other[:, 10:20] = 0.0
+    return np.stack([x, other + 0.2]), y.astype(np.int64)
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("name", ["imbalanced", "n_less_than_d_two_classes", "rank_deficient"])
+def test_m_step_sums_dense_or_sparse_equal_reference(name, path, monkeypatch):
+    # On the CPU the M step's sums skip negligible responsibilities when few count
+    # (_sparse_moments); the test data mostly take the dense product, so each path is
+    # forced here: every sum sparse (share 1.0) or every sum dense (share -1).
+    monkeypatch.setattr(engine_nleep, "_SPARSE_DENSITY", 1.0 if path == "sparse" else -1.0)
+    if name == "rank_deficient":
+        x, y = rank_deficient_zoo()
+        c, r, seed = 4, 3, 5
+        ref = reference_scores(x, y, r, seed)
+    else:
+        x, y, c, r, seed, ref = case(name)
+    assert max_rel(engine_scores(x, y, c, r, seed).numpy(), ref) < EXACT_RTOL
+
+
+def test_sparse_moments_equal_dense_product_less_the_negligible():
+    # Exactly the dense product's sums over the responsibilities that count, in the
+    # moment columns' order; those left out (under 1e-30 of their component's largest)
+    # change no sum beyond rounding.
+    gen = torch.Generator().manual_seed(13)
+    z = torch.randn(1, 300, 5, dtype=torch.float64, generator=gen) * 3 + 1
+    r = torch.rand(1, 4, 300, dtype=torch.float64, generator=gen)
+    r[0, 1, ::3] = 1e-40            # negligible next to that component's largest
+    r[0, 2] = 0.0
+    r[0, 2, 7] = 1e-200             # a (near-)empty component keeps its only sample
+    cols = engine_nleep._MomentColumns(z)
+    dense = engine_nleep._matmul(r, cols.full.mT)
+    rn = r[0].numpy()
+    counts = rn > engine_nleep._NEGLIGIBLE * rn.max(-1, keepdims=True)
+    sparse = engine_nleep._sparse_moments(rn, counts, cols.z1[0].numpy())
+    assert not counts[1, ::3].any() and counts[2].sum() == 1
+    np.testing.assert_allclose(sparse, dense[0].numpy(), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_head_reads_the_shared_centred_gram_in_float64(dtype):
+    # At N >= D the catalogue head's PCA reads the other metrics' centred Gram (float64
+    # features only); the scores equal those of the engine's own Gram and the reference.
+    from te_gpu.engine.core import Shared
+    from te_gpu.engine.stats import Labels
+
+    x, y = rank_deficient_zoo()                                  # N = 240 > D = 40
+    xt = torch.from_numpy(x).to(dtype)
+    lab = Labels.from_codes(torch.from_numpy(y), 4, dtype)
+    shared = Shared(xt, lab)
+    got = engine_nleep.head(xt, lab, shared, components_per_class=3, seed=5)
+    assert got.dtype == torch.float64
+    assert shared.used == ({"stats"} if dtype == torch.float64 else set())
+    own = engine_scores(xt.double().numpy(), y, 4, 3, 5)
+    assert max_rel(got.numpy(), own.numpy()) < 1e-12
+    assert max_rel(got.numpy(), reference_scores(xt.double().numpy(), y, 3, 5)) < EXACT_RTOL
+
+
+def test_device_paths_of_columns_and_cluster_sums_run_on_the_cpu():
+    # The paths taken off the CPU (torch's products for the moment columns, one-hot
+    # products for Lloyd's cluster sums), forced here, equal the CPU's numpy ones.
+    gen = torch.Generator().manual_seed(17)
+    z = torch.randn(2, 90, 6, dtype=torch.float64, generator=gen)
+    z[1, :, 4:] = 0.0                                        # zero padding of a smaller model
+    cols = engine_nleep._MomentColumns(z)
+    torch.testing.assert_close(cols._build(cols.zt, host=False), cols._build(cols.zt, host=True),
+                               rtol=0, atol=0)
+    rows = torch.cat([torch.ones(2, 90, 1, dtype=torch.float64), z], dim=-1)
+    upper = torch.triu_indices(7, 7)
+    want = (rows[..., :, None] * rows[..., None, :])[..., upper[0], upper[1]].mT
+    torch.testing.assert_close(cols.full, want, rtol=0, atol=0)
+    labels = torch.randint(0, 5, (2, 90), generator=gen)
+    labels[0, labels[0] == 3] = 4                            # an empty cluster
+    counts, sums = engine_nleep._cluster_sums(z, labels, 5, host=True)
+    counts_dev, sums_dev = engine_nleep._cluster_sums(z, labels, 5, host=False)
+    torch.testing.assert_close(counts, counts_dev, rtol=0, atol=0)
+    torch.testing.assert_close(sums, sums_dev, rtol=1e-14, atol=1e-14)
+    assert counts[0, 3] == 0 and bool((sums[0, 3] == 0).all())
