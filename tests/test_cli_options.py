@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from helpers import class_features  # noqa: E402
 
-from te_gpu import cli, save_zoo  # noqa: E402
+from te_gpu import catalogue, cli, save_zoo  # noqa: E402
 from te_gpu.cli import build_parser, main  # noqa: E402
 
 TESTS = Path(__file__).parent
@@ -136,10 +136,11 @@ def _recommend(ws, out):
     assert boot["options"]["redraws"] == dict(done=4, cap=4,
                                               stopped_by="all the redraws asked for (-B)")
     assert boot["models"] == list(MODELS) and rec["k"] == 2
-    assert rec["labels"] == ["lda", "knn", "lda+released", "knn+released"]
+    assert rec["labels"] == ["lda", "knn", "lda+released", "knn+released", "lda+ped", "knn+ped"]
     opts = boot["options"]
     assert opts["options"]["knn"]["k"] == 1 and opts["precision"] == "fast"
     assert opts["sa"][1] == dict(alpha=0.01, sigma=0.5, force=1.5, pca_dim=4, gate=False, variant="released")
+    assert opts["sa"][2] == dict(variant="ped", **catalogue.PED_DEFAULTS)   # SA's numbers are not PED's
     assert rec["truth"]["info"]["group"] == "a" and rec["truth"]["info"]["regime"] == "lft"
     assert (ws / "plots" / "tau_w.png").stat().st_size > 1000
     assert out.count("\n") > 3                                          # the table, the verdict
@@ -218,7 +219,7 @@ RUNS = {
     "score restart": (["score", ZOO, "--metrics", "logme", "--sa", "none", "--alpha", "0.2",
                        "--out", "{ws}/s1", "--restart"], _score_restart),
     "recommend": (["recommend", ZOO, "--dataset", "toy", "--models", "m0,m1,m2", "--metrics", "lda,knn",
-                   "--opt", "knn.k=1", "--sa", "none,released", "--preset", "supervised",
+                   "--opt", "knn.k=1", "--sa", "none,released,ped", "--preset", "supervised",
                    "--alpha", "0.01", "--sigma", "0.5", "--force", "1.5", "--pca-dim", "4", "--no-gate",
                    "-B", "4", "--mc-error", "0", "--seed", "3", "--level", "0.8", "--k", "2",
                    "--top", "2", "--precision", "fast", "--device", "cpu", "--batch-size", "3",

@@ -197,6 +197,25 @@ def test_batch_block_and_bucket_sizes_do_not_change_scores(monkeypatch, block, b
         assert rel(float(alone[0]), ref.parc(batch[i].numpy(), y)) <= 1e-9
 
 
+def test_no_model_holds_more_than_a_bucket_of_pairs(monkeypatch):
+    # 120 samples: 7,140 pairs; buckets of 500 (+ the largest bin, here 1-2 pairs)
+    x, y = class_features(13, n=120, d=12, c=3, spread=1.0)
+    lab = Labels.from_codes(torch.as_tensor(y), 3, torch.float64)
+    held = []
+    gather = engine_parc.gather_bucket
+
+    def recording(blocks, bounds, size, *rest):
+        out = gather(blocks, bounds, size, *rest)
+        held.append(int((out[2] > 0).sum(1).max()))
+        return out
+
+    monkeypatch.setattr(engine_parc, "PAIRS_PER_BUCKET", 500)
+    monkeypatch.setattr(engine_parc, "gather_bucket", recording)
+    got = engine_parc.parc_batched(torch.as_tensor(x[None]), lab)
+    assert len(held) >= 14 and max(held) <= 510 and sum(held) == 120 * 119 // 2
+    assert rel(float(got[0]), ref.parc(x, y)) <= 1e-9
+
+
 def test_pair_memory_is_bounded_and_declared_to_the_batch_chooser():
     from te_gpu import catalogue
     from te_gpu.executor import memory_batch_size

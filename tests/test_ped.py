@@ -219,7 +219,8 @@ def test_score_zoo_ped_equals_the_reference_for_every_feature_metric():
         if meta.zoo_level:
             want = ref.zoo_score(m, zoo, y, sa="ped")
         else:
-            want = {k: ref.score(f, y, metric=m, sa="ped", **opts.get(m, {})) for k, f in zoo.items()}
+            want = {k: ref.score(f, y, metric=m, sa="ped", **opts.get(m, {}))
+                    for k, f in zoo.items()}
         for k in zoo:
             got = res.scores[f"{m}+ped"][k]
             assert abs(got - want[k]) <= max(meta.tolerance, 1e-9) * max(1.0, abs(want[k])), (m, k)

@@ -177,7 +177,8 @@ def bucket_bounds(blocks, b: int, device):
     bucket = (counts.cumsum(1) - counts) // PAIRS_PER_BUCKET       # (B, BINS), non-decreasing
     r = int(bucket.max()) + 1
     sizes = torch.zeros((b, r), dtype=torch.int64, device=device).scatter_add_(1, bucket, counts)
-    first_bin = torch.searchsorted(bucket, torch.arange(r + 1, device=device).expand(b, -1).contiguous())
+    wanted = torch.arange(r + 1, device=device).expand(b, -1).contiguous()
+    first_bin = torch.searchsorted(bucket, wanted)                  # each bucket's first bin
     edges = torch.where(first_bin < BINS, 2.0 * first_bin.to(torch.float64) / BINS,
                         torch.inf).mT                               # (R + 1, B); the last
     # bin holds 2.0 too, so a model's last bucket reaches +inf
@@ -239,7 +240,7 @@ def spearman_pairs(blocks, n_same: int, m: int, most_pairs: int) -> torch.Tensor
     iterator per pass, of (B, P) values, same-class counts and pair counts, M pairs per
     model) and the same-class / cross-class indicator. ``most_pairs``: a bound on the
     (value, count) entries of a model (one bucket when it fits)."""
-    v0 = next(iter(blocks()))[0]
+    v0 = next(iter(blocks()))[0]                         # the batch's shape and dtype
     b, device, dtype = v0.shape[0], v0.device, v0.dtype
     if most_pairs <= PAIRS_PER_BUCKET:
         plan = [(None, most_pairs)]
@@ -250,7 +251,6 @@ def spearman_pairs(blocks, n_same: int, m: int, most_pairs: int) -> torch.Tensor
     ties = torch.zeros(b, dtype=torch.float64, device=device)
     below = torch.zeros_like(doubled)
     widest = torch.zeros_like(doubled)
-
     for bounds, size in plan:
         vals, same, total = gather_bucket(blocks, bounds, size, b, device, dtype)
         d, t, w = bucket_sums(vals, same, total, below)
@@ -269,6 +269,7 @@ def spearman_pairs(blocks, n_same: int, m: int, most_pairs: int) -> torch.Tensor
 
 
 def same_class_pairs(labels: Labels) -> int:
+    """Pairs i < j of one class (n_0); ValueError where there are none."""
     sizes = torch.bincount(labels.codes, minlength=labels.c)
     same = int((sizes * (sizes - 1) // 2).sum())
     if same == 0:

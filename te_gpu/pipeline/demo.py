@@ -134,7 +134,8 @@ def draw_plots(result, accuracy, rows, out, dataset, train, sa, log=print) -> li
         for v in variants:
             lbl = f"{metric}+{v}"
             if lbl in result.scores:
-                panels.append((f"{metric}, SA {v}: tau_w = {tau[lbl]:+.3f}", result.scores[lbl]))
+                setting = "PED" if v == "ped" else f"SA {v}"
+                panels.append((f"{metric}, {setting}: tau_w = {tau[lbl]:+.3f}", result.scores[lbl]))
         f = score_figure(panels, accuracy, out / "plots" / f"{metric}_vs_accuracy.png",
                          suptitle=f"{metric} score against linear-probe accuracy on {dataset}",
                          xlabel="linear-probe accuracy (%)")
@@ -143,7 +144,7 @@ def draw_plots(result, accuracy, rows, out, dataset, train, sa, log=print) -> li
     best = max(accuracy, key=accuracy.get)
     zoo, labels, _ = open_zoo(out / "features", dataset, models=[best])
     x = np.asarray(zoo[best], dtype=np.float64)
-    variant = variants[0] if variants else "released"
+    variant = next((v for v in variants if v != "ped"), "released")   # the figure shows SA
     z, info = spread_attract(x, labels, variant=variant)
     z = z.detach().cpu().numpy() if hasattr(z, "detach") else np.asarray(z)
     f = embedding_figure([("raw features (PCA)", pca_2d(x)),
