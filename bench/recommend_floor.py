@@ -28,6 +28,7 @@ ap.add_argument("out")
 ap.add_argument("--baseline-src", default=None, help="PYTHONPATH of the older te_gpu")
 ap.add_argument("--baseline-B", type=int, default=20)
 args = ap.parse_args()
+args.zoo = os.path.abspath(args.zoo)
 root = Path(__file__).resolve().parent.parent
 env = dict(os.environ, HF_HUB_OFFLINE="1")
 
@@ -40,7 +41,10 @@ def children_cpu() -> float:
 def timed(name, argv, src):
     load0 = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), children_cpu()
+    # from a neutral folder: ``python -m`` puts the working folder first on sys.path, so run
+    # from the repository root it would import that tree's te_gpu whatever PYTHONPATH says
     proc = subprocess.run([sys.executable, "-m", "te_gpu", *argv], env=dict(env, PYTHONPATH=str(src)),
+                          cwd=tempfile.gettempdir(),
                           capture_output=True, text=True)
     row = dict(name=name, argv=argv, wall_s=time.perf_counter() - t0, cpu_s=children_cpu() - c0,
                load_before=load0, load_after=os.getloadavg()[0], rc=proc.returncode,
