@@ -6,12 +6,13 @@
 #   bash bench/gpu_session.sh zoo_a    # zoo a full size: exact/fast, cuSOLVER/default, kernels off/on
 #   bash bench/gpu_session.sh zoo_b    # zoo b full size from disk (writes 15.4 GB to $TMPDIR once)
 #   bash bench/gpu_session.sh bootstrap  # redraws on CUDA = reference; cost per redraw (RESULTS "Bootstrap")
+#   bash bench/gpu_session.sh recommend  # issue 21: te-gpu recommend (defaults) against score, same run
 #
 # The device machines have torch, triton, scipy and scikit-learn but no network:
 # te_gpu is installed from this tree without dependencies. Outside the device
 # tool, OUT defaults to bench/results/gpu.
 set -u
-stage=${1:?usage: bash bench/gpu_session.sh tests|zoo_a|zoo_b|bootstrap}
+stage=${1:?usage: bash bench/gpu_session.sh tests|zoo_a|zoo_b|bootstrap|recommend}
 OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 export HF_HUB_OFFLINE=1
@@ -68,6 +69,24 @@ bootstrap)
         --metrics logme,sfda,ncti --naive 20 > "$OUT/bootstrap_cost_cuda.txt" 2>&1
     tail -3 "$OUT/bootstrap_tests.txt"; tail -6 "$OUT/bootstrap_cost_cuda.txt"
     ;;
+recommend)
+    # the zoo of issue 21 in shape (13 models, N = 6,000, C = 10; widths as its fashion-mnist
+    # features: 5 x 1,280, 4 x 320-352, 4 x 96-120) with synthetic values (the real features
+    # are not in git); RECOMMEND_N / DEVICE shrink it / run it elsewhere for a dry run
+    zoo=$(mktemp -d)
+    python -c "
+import sys; sys.path.insert(0, 'bench')
+import zoo_synth as zs
+from te_gpu.io import save_zoo
+widths = [1280] * 5 + [320, 320, 320, 352] + [96, 112, 112, 120]
+zoo, y = zs.make_zoo(widths, int(sys.argv[2]), c=10, seed=0)
+save_zoo(sys.argv[1], 'synth', zoo, y)" "$zoo" "${RECOMMEND_N:-6000}" || exit 1
+    timeout 420 python bench/recommend_floor.py "$zoo" "$OUT/recommend_floor_cuda.json" \
+        --device "${DEVICE:-cuda}" > "$OUT/recommend_floor_cuda.txt" 2>&1
+    echo "rc=$?" >> "$OUT/recommend_floor_cuda.txt"
+    rm -rf "$zoo"
+    cat "$OUT/recommend_floor_cuda.txt"
+    ;;
 *)
-    echo "unknown stage $stage (tests, zoo_a, zoo_b)"; exit 2 ;;
+    echo "unknown stage $stage (tests, zoo_a, zoo_b, bootstrap, recommend)"; exit 2 ;;
 esac

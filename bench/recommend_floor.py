@@ -1,6 +1,6 @@
 """`te-gpu recommend` with its defaults against `te-gpu score` of the same metrics, in one run.
 
-python bench/recommend_floor.py ZOO OUT.json [--baseline-src DIR --baseline-B 20]
+python bench/recommend_floor.py ZOO OUT.json [--baseline-src DIR --baseline-B 20] [--device D]
 (from the repository root; ZOO: a te_gpu store, e.g. the 13-model zoo of issue 21)
 
 Runs, one after the other, as a user would (fresh processes, HF_HUB_OFFLINE=1):
@@ -27,6 +27,7 @@ ap.add_argument("zoo")
 ap.add_argument("out")
 ap.add_argument("--baseline-src", default=None, help="PYTHONPATH of the older te_gpu")
 ap.add_argument("--baseline-B", type=int, default=20)
+ap.add_argument("--device", default=None, help="passed to every command (default: te-gpu's own)")
 args = ap.parse_args()
 args.zoo = os.path.abspath(args.zoo)
 root = Path(__file__).resolve().parent.parent
@@ -39,6 +40,7 @@ def children_cpu() -> float:
 
 
 def timed(name, argv, src):
+    argv = argv + (["--device", args.device] if args.device else [])
     load0 = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), children_cpu()
     # from a neutral folder: ``python -m`` puts the working folder first on sys.path, so run
@@ -63,7 +65,7 @@ with tempfile.TemporaryDirectory() as tmp:
     if args.baseline_src:
         rows.append(timed(f"recommend -B {args.baseline_B} (before)",
                           ["recommend", args.zoo, "-q", "-B", str(args.baseline_B)], args.baseline_src))
-out = dict(zoo=args.zoo, cores=os.cpu_count(), runs=rows,
+out = dict(zoo=args.zoo, cores=os.cpu_count(), device=args.device, runs=rows,
            recommend=dict(redraws=rec.get("redraws"), verdict=rec.get("verdict"), order=rec.get("order"),
                           p_first=rec.get("p_first"), timings=rec.get("bootstrap", {}).get("timings")),
            ratio_recommend_to_score=rows[1]["wall_s"] / rows[0]["wall_s"])
