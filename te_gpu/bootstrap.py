@@ -26,8 +26,9 @@ what was computed once on the full target set: kNN walks each row's neighbour
 list (:class:`te_gpu.engine.knn.NeighbourLists`), LDA's class means are weighted
 sums and each distinct row's term counts w times, NCTI's centred Gram is a sum over
 the rows the redraw holds scaled by sqrt(w) (then its own top eigenpairs, as on any
-features). On a CPU the models of this path go to one worker per core, each with
-one BLAS thread. Every other metric, and every metric after SA, is scored on the
+features). On a CPU this path's work goes, in tasks of at most :data:`TASK_REDRAWS`
+redraws of one model (widest first), to one worker thread per core, each with one
+BLAS thread (the eigensolver releases the GIL: :mod:`te_gpu.engine.linalg`). Every other metric, and every metric after SA, is scored on the
 gathered rows: each model's features are read once, the (models x redraws, N, D)
 batches are gathered from them (``x[idx]``) in chunks sized from the device's
 memory and go through the same engine heads as :func:`te_gpu.score_zoo`.
@@ -58,7 +59,8 @@ features, equal to the float64 reference on ``x[idx], y[idx]``; tested):
 * LEEP, NCE: the rows of the model's own predictions are resampled the same way.
 
 Point estimates (``point``) are the scores on the target set as given
-(:func:`te_gpu.score_zoo`). Repeated rows shift most scores: a redraw holds about
+(:func:`te_gpu.score_zoo`; kNN's, on raw features alone, from its neighbour lists on
+the target set itself, the same value without repeating the lists' N^2 D work). Repeated rows shift most scores: a redraw holds about
 63 % of the distinct samples, so TransRate's coding rate drops, in-sample fits
 (LogME, SFDA, regularized H-score) look tighter, and a plain percentile interval
 of the redraws misses the score's expectation at this N (at a nominal 90 %, on

@@ -9,7 +9,9 @@ go model by model to numpy/scipy's LAPACK, for measured reasons
 SA gate read, where ``torch.linalg.eigh`` always computes all D of them; and
 OpenBLAS's GEMM, ``syevd`` and ``posv`` ran 1.5-2x faster than torch's MKL
 calls on the AMD CPU measured. All are deterministic and per model, so a
-model's result does not depend on the batch it is in.
+model's result does not depend on the batch it is in. ``syevr`` is called
+through scipy's Cython LAPACK API, which lets other threads run meanwhile
+(scipy's own wrapper holds the GIL): the bootstrap's CPU workers solve at once.
 
 Below ``HOST_MIN_DIM`` the torch path is kept on CPU too: OpenBLAS's worker
 threads spin for a while after each call (about 0.1 s by default), taking
