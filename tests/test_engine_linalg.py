@@ -166,3 +166,11 @@ def test_gil_free_syevr_is_scipys_bit_for_bit(path, dtype, k, top, rank):
     np.testing.assert_array_equal(got_vals, want_vals)
     np.testing.assert_array_equal(got_vecs, want_vecs)
 
+
+
+def test_gil_free_syevr_checks_the_declared_arguments(path):
+    """The Cython API's declaration must be syevr's 21 pointers with 32-bit integers;
+    another (e.g. a 64-bit-integer build) is not called through ctypes."""
+    assert linalg._argument_kinds("void (char *, int *, __pyx_t_x_d *, float *, long *)") == "cidf?"
+    # the scipy that CI pins declares exactly that: the GIL-free path is the one in use
+    assert linalg._nogil_syevr("d") is not None and linalg._nogil_syevr("f") is not None

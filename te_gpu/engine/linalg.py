@@ -166,8 +166,27 @@ def _nogil_syevr(char: str):
     get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
     get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object,
                                                                   ctypes.c_char_p]
-    address = get_pointer(capsule, get_name(capsule))
+    signature = get_name(capsule)
+    if _argument_kinds(signature.decode()) != _SYEVR_KINDS.replace("r", char):
+        return None        # another ABI (e.g. 64-bit integers): scipy's own wrapper then
+    address = get_pointer(capsule, signature)
     return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 21)(address)
+
+
+# syevr's 21 arguments as scipy's Cython API declares them: c = char *, i = int *,
+# r = real * (d: double, f: float), all by pointer (LAPACK's Fortran convention)
+_SYEVR_KINDS = "cccirirriirirriiriiii"
+
+
+def _argument_kinds(signature: str) -> str:
+    """'void (char *, int *, ..._d *)' -> 'cid' (anything else -> '?')."""
+    kinds = []
+    for arg in signature[signature.index("(") + 1:signature.rindex(")")].split(","):
+        arg = arg.strip()
+        kinds.append("c" if arg == "char *" else "i" if arg == "int *" else
+                     "d" if arg.endswith("_d *") or arg == "double *" else
+                     "f" if arg.endswith("_s *") or arg == "float *" else "?")
+    return "".join(kinds)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
