@@ -247,14 +247,19 @@ def spearman_pairs(blocks, n_same: int, m: int, most_pairs: int) -> torch.Tensor
     else:
         bounds, sizes = bucket_bounds(blocks, b, device)
         plan = [(bounds[r], size) for r, size in enumerate(sizes) if size]
-    doubled = torch.zeros(b, dtype=torch.int64, device=device)
+    # the doubled rank sum grows as N^4: int64 within a bucket (checked), Python integers
+    # across buckets, so it stays exact where an int64 total would wrap (N > ~65,000)
+    doubled = [0] * b
     ties = torch.zeros(b, dtype=torch.float64, device=device)
-    below = torch.zeros_like(doubled)
-    widest = torch.zeros_like(doubled)
+    below = torch.zeros(b, dtype=torch.int64, device=device)
+    widest = torch.zeros_like(below)
     for bounds, size in plan:
         vals, same, total = gather_bucket(blocks, bounds, size, b, device, dtype)
+        if int(total.sum(1).max()) * (2 * m + 1) >= 2 ** 63:
+            raise ValueError(f"PARC: {m} pairs per model are too many for its exact rank sums "
+                             "(int64); subsample the target set")
         d, t, w = bucket_sums(vals, same, total, below)
-        doubled += d
+        doubled = [acc + part for acc, part in zip(doubled, d.tolist())]
         ties += t
         widest = torch.maximum(widest, w)
         below += total.sum(1)
@@ -262,7 +267,8 @@ def spearman_pairs(blocks, n_same: int, m: int, most_pairs: int) -> torch.Tensor
         raise ValueError("PARC: every pair of samples is equally dissimilar; the rank "
                          "correlation is undefined")
     n1 = m - n_same
-    numerator = (doubled - n1 * (m + 1)).to(torch.float64) / 2.0
+    numerator = torch.tensor([(dd - n1 * (m + 1)) / 2.0 for dd in doubled], dtype=torch.float64,
+                             device=device)
     mf = float(m)
     spread = (mf ** 3 - mf - ties) / 12.0 * (n_same * n1 / mf)
     return numerator / spread.sqrt()
