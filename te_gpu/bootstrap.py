@@ -298,11 +298,12 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
                   options: dict | None = None,
                   predictions: dict | None = None, device=None, precision: str = "exact",
                   batch_size: int | None = None, progress: bool = True,
-                  until=None) -> BootstrapResult:
+                  until=None, ped_reference: dict | None = None) -> BootstrapResult:
     """Every model of ``zoo`` scored on up to ``replicates`` class-stratified redraws of its targets.
 
     Parameters as :func:`te_gpu.score_zoo` (``zoo``, ``labels``, ``metrics``, ``sa``,
-    ``options``, ``predictions``, ``device``, ``precision``), plus
+    ``options``, ``predictions``, ``device``, ``precision``, ``ped_reference``: PED's
+    reference statistics are not redrawn), plus
     ``replicates`` : redraws B (>= 2), or their cap when ``until`` stops earlier;
     ``seed`` : redraw r uses ``numpy.random.default_rng([seed, r])`` (:func:`resample_indices`);
     ``level`` : of the intervals (0.95: from the 2.5 and 97.5 percentiles);
@@ -348,7 +349,8 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
                               options={m: o for m, o in (options or {}).items()
                                        if catalogue.get(m).name not in later},
                               predictions=predictions, device=device, precision=precision,
-                              progress=False, distributed=False)
+                              progress=False, distributed=False, ped_reference=ped_reference)
+    ped_stats = zoo_mod.ped_reference_stats(zoo, ped_reference, settings)[0]
     t_point = time.perf_counter() - t0
     dtype = working_dtype(precision)
     dev = resolve_device(device, *(v for v in zoo.values() if isinstance(v, torch.Tensor)))
@@ -367,7 +369,8 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
                              undefined=dict(point.undefined), dropped=dict(point.dropped),
                              options=dict(metrics=list(names), options=opts,
                                           sa=list(settings), precision=precision))
-    plan = _Plan(zoo, names, settings, opts, dtype, dev, batch_size, lab, src, predictions or {})
+    plan = _Plan(zoo, names, settings, opts, dtype, dev, batch_size, lab, src, predictions or {},
+                 ped_stats)
     timer = _timer(dev)
     bar = executor.progress_bar(len(zoo) * replicates, progress, unit="redraw",
                                 desc="bootstrap")
@@ -425,8 +428,9 @@ def _slow_notice(seconds: float, done: int, wanted: int, enabled: bool) -> None:
 class _Plan:
     """Which (metric, setting) goes which way, and what the weighted path keeps between rounds."""
 
-    def __init__(self, zoo, names, settings, opts, dtype, dev, batch_size, lab, src, predictions):
-        self.zoo, self.settings, self.opts = zoo, settings, opts
+    def __init__(self, zoo, names, settings, opts, dtype, dev, batch_size, lab, src, predictions,
+                 ped_stats=None):
+        self.zoo, self.settings, self.opts, self.ped_stats = zoo, settings, opts, ped_stats
         self.dtype, self.dev, self.batch_size = dtype, dev, batch_size
         self.lab, self.src, self.predictions = lab, src, predictions
         self.feature_metrics = tuple(m for m in names if catalogue.get(m).inputs == "features")
@@ -458,7 +462,8 @@ class _Plan:
                 continue
             part = _feature_pass(self.zoo, idx, self.lab, metrics,
                                  [self.settings[i] for i in which], self.opts, self.dtype,
-                                 self.dev, self.batch_size, timer, executor.NoBar(), features_tensor)
+                                 self.dev, self.batch_size, timer, executor.NoBar(),
+                                 features_tensor, self.ped_stats)
             for (nm, j), (vals, opened) in part.items():
                 raw.setdefault((nm, which[j]), ({}, opened))[0].update(vals)
         if self.weighted:
@@ -596,8 +601,9 @@ def _timer(dev):
 
 
 def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size, timer, bar,
-                  features_tensor) -> dict:
-    """{(model, setting index): ({metric: per-redraw values}, SA gate openings)}."""
+                  features_tensor, ped_stats=None) -> dict:
+    """{(model, setting index): ({metric: per-redraw values}, SA gate openings)};
+    ``ped_stats``: {model: (mean, std)} of PED's reference features, or None."""
     from collections import deque
 
     import torch
@@ -636,7 +642,9 @@ def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size
                 j += run
         return core.score_settings(x, lab, metrics, settings, opts=opts, pca_float32=key[1],
                                    timer=timer, class_index=class_index,
-                                   groups=ii if grouped else None)
+                                   groups=ii if grouped else None,
+                                   ped_stats=zoo_mod.ped_batch_stats(
+                                       ped_stats, [name for name, _ in chunk], dev))
 
     def finish(key, chunk, outputs):
         for i, (lists, infos) in enumerate(outputs):

@@ -418,8 +418,9 @@ def _add_sa_numbers(g):
                    help=_help_text(f"apply SA to every model (by default: {_sa_option('gate').help})"))
 
 
-def _add_sa(p, default="none,released", numbers=True):
-    """--sa (settings from te_gpu.catalogue.SA_VARIANTS) and, with ``numbers``, SA's numbers."""
+def _add_sa(p, default="none,released", numbers=True, ped_reference=False):
+    """--sa (settings from te_gpu.catalogue.SA_VARIANTS) and, with ``numbers``, SA's numbers;
+    with ``ped_reference``, --ped-reference (a data set of the same store)."""
     g = p.add_argument_group("Spread/Attract (SA)")
     g.add_argument("--sa", type=SA_SETTINGS, default=default,
                    help=_help_text(f"comma-separated settings: none (raw features), "
@@ -427,8 +428,21 @@ def _add_sa(p, default="none,released", numbers=True):
                                    f"{_sa_option('variant').help}; ped: PED (Li et al., "
                                    "ICCV 2023) instead of SA, its default numbers, rescaled by "
                                    "the target features' own mean and std (SPEC 10.9)"))
+    if ped_reference:
+        g.add_argument("--ped-reference", default=None,
+                       metavar="DATASET", help="with --sa ...,ped: rescale each model by the mean "
+                       "and std of its features on DATASET in the same folder (the released "
+                       "scripts: ImageNet validation images) instead of the target's own")
     if numbers:
         _add_sa_numbers(g)
+
+
+def _ped_reference(args):
+    """--ped-reference's data set, refused without a PED setting in --sa."""
+    dataset = getattr(args, "ped_reference", None)
+    if dataset is not None and catalogue.PED not in args.sa:
+        raise PipelineError("--ped-reference rescales PED: add ped to --sa")
+    return dataset
 
 
 def _sa_opts(args):
@@ -560,7 +574,7 @@ def cmd_score(args):
                                      device=args.device, batch_size=args.batch_size,
                                      chunk=args.chunk, restart=args.restart,
                                      progress=_progress(args), options=options, models=models,
-                                     log=log)
+                                     log=log, ped_reference=_ped_reference(args))
     except distributed.DistributedError as exc:
         raise PipelineError(str(exc)) from None
     if not rank0:
@@ -750,6 +764,10 @@ def cmd_recommend(args):
     common = dict(replicates=replicates, seed=args.seed, level=level, options=options,
                   predictions=predictions, device=device, precision=args.precision,
                   batch_size=args.batch_size, k=args.k, progress=_progress(args), mc_error=mc_error)
+    if _ped_reference(args):
+        from te_gpu.pipeline.extract import ped_reference_paths
+
+        common["ped_reference"] = ped_reference_paths(args.zoo, list(zoo), args.ped_reference)
     with _warnings_to(log):   # a zoo-level part left out: one line
         if transfer == "all":
             from te_gpu.recommend import recommend_per_regime
@@ -1017,7 +1035,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", default=None, help="data set of the zoo (needed if it holds several)")
     _add_zoo_models(s)
     _add_metrics(s)
-    _add_sa(s)
+    _add_sa(s, ped_reference=True)
     _add_precision(s)
     _add_device(s)
     s.add_argument("--batch-size", type=COUNT, default=None, help="models per batch (default: from free memory)")
@@ -1103,7 +1121,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "side by side. Without it, --metrics/--sa (default: a fast set whose "
                         "evidence is for a linear probe; the verdict says so)")
     _add_metrics(r, default_from="te_gpu.recommend:DEFAULT_METRICS")
-    _add_sa(r, default="none")
+    _add_sa(r, default="none", ped_reference=True)
     _default_from(r.add_argument("--replicates", "-B", type=_int_at_least(2, "needs at least 2 resamples"),
                                  default=None,
                                  help="most resamples of the target set (fewer once the verdict is settled)"),

@@ -86,7 +86,8 @@ def recommend(zoo, labels=None, *, transfer: str | None = None, metrics=None,
               replicates: int = DEFAULT_REPLICATES, seed: int = 0, level: float = DEFAULT_LEVEL,
               sa=None, sa_options=None, options=None, predictions=None, device=None,
               precision: str = "exact", batch_size: int | None = None, k: int = 3,
-              progress: bool = True, mc_error: float | None = MC_ERROR) -> Recommendation:
+              progress: bool = True, mc_error: float | None = MC_ERROR,
+              ped_reference=None) -> Recommendation:
     """Rank ``zoo`` by the consensus of a metric set and say how stable that ranking is.
 
     ``transfer``: how the chosen model will be trained, ``"finetune"`` (the whole network),
@@ -107,7 +108,7 @@ def recommend(zoo, labels=None, *, transfer: str | None = None, metrics=None,
                           sa=sa, sa_options=sa_options, k=k, mc_error=mc_error,
                           replicates=replicates, seed=seed, level=level, options=options,
                           predictions=predictions, device=device, precision=precision,
-                          batch_size=batch_size, progress=progress)
+                          batch_size=batch_size, progress=progress, ped_reference=ped_reference)
     name, labels_ = next(iter(sets.items()))
     rec = from_bootstrap(boot, labels_, k=k, transfer=name)
     if default:

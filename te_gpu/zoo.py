@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from . import catalogue, executor
-from ._checks import as_labels, check_min_class_size
+from ._checks import as_features, as_labels, check_min_class_size
 from ._loader import BatchReader, content_fingerprint, shape_and_dtype
 from .engine import core
 from .engine._tensor import resolve_device, working_dtype
@@ -86,10 +86,50 @@ def sa_settings(sa):
     return [resolve_sa(s) for s in settings]
 
 
+def _is_ped(setting) -> bool:
+    return setting is not None and setting.get("variant") == catalogue.PED
+
+
+def ped_reference_stats(zoo, ped_reference, settings):
+    """({model: (mean (D,), population std (D,))} of each model's PED reference features,
+    their digest), or (None, None) without ``ped_reference``; checked against the zoo."""
+    if ped_reference is None:
+        return None, None
+    if not any(_is_ped(s) for s in settings):
+        raise ValueError("ped_reference is given but no setting is PED (sa='ped')")
+    if not hasattr(ped_reference, "items"):
+        raise TypeError("ped_reference must be a mapping of model name -> reference features")
+    unknown = sorted(set(ped_reference) - set(zoo))
+    missing = [name for name in zoo if name not in ped_reference]
+    if unknown or missing:
+        raise ValueError(f"ped_reference must hold every model of the zoo and no other: "
+                         f"unknown {unknown}, missing {missing}")
+    stats, digest = {}, hashlib.sha1()
+    for name in zoo:
+        d = open_features(name, zoo[name])[1][1]
+        what = f"PED reference features of model {name!r}"
+        ref = as_features(np.asarray(open_features(what, ped_reference[name])[0]), what)
+        if ref.shape[1] != d:
+            raise ValueError(f"{what} have {ref.shape[1]} columns, its features {d}")
+        stats[name] = (ref.mean(0), ref.std(0))
+        for part in (name.encode(), *(v.tobytes() for v in stats[name])):
+            digest.update(part)
+    return stats, digest.hexdigest()[:10]
+
+
+def ped_batch_stats(stats, names, device):
+    """(mean, std), each (B, D) float64 on ``device``, of the models ``names``; None without."""
+    if stats is None:
+        return None
+    return tuple(torch.as_tensor(np.stack([stats[name][k] for name in names]), device=device)
+                 for k in (0, 1))
+
+
 def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, device=None,
               precision: str = "exact", batch_size: int | None = None, progress: bool = True,
               options: dict | None = None, predictions: dict | None = None,
-              checkpoint=None, distributed: bool | None = None) -> ZooResult:
+              checkpoint=None, distributed: bool | None = None,
+              ped_reference: dict | None = None) -> ZooResult:
     """Score every model of ``zoo`` with every metric in ``metrics``.
 
     Parameters
@@ -99,7 +139,11 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
     labels : N integer class ids shared by every model.
     metrics : names of :mod:`te_gpu.catalogue` metrics, or ``"all"``.
     sa : None (raw features), an SA variant name or options dict, or a list of
-        such settings (``[None, "released"]`` scores both).
+        such settings (``[None, "released"]`` scores both); ``"ped"``: PED.
+    ped_reference : {model: its features on PED's reference data (array, tensor or
+        ``.npy`` path; the released scripts: ImageNet validation images)}, for every
+        model, when a setting is PED: PED rescales by their mean and std instead of the
+        target features' own (SPEC 10.9).
     device : None (the first tensor's device, else CPU), ``"cpu"``, ``"cuda"``, ...
     precision : ``"exact"`` (float64) or ``"fast"`` (float32 features).
     options : {metric: {option: value}}, e.g. ``{"gbc": {"gaussian": "diagonal"}}``;
@@ -152,6 +196,7 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
     if unknown:
         raise ValueError(f"predictions given for model(s) not in the zoo: {sorted(unknown)}")
     settings = sa_settings(sa)
+    ped_stats, ped_digest = ped_reference_stats(zoo, ped_reference, settings)
     dtype = working_dtype(precision)
     dev = resolve_device(device, *(v for v in zoo.values() if isinstance(v, torch.Tensor)))
     with joined(dev, enabled=distributed is not False) as world:
@@ -161,7 +206,7 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
         # before any work: the ranks must agree on what they share out, or they would deadlock
         world.check_same(labels=labels_sha1(codes_np), zoo=_digest([list(zoo), costs]),
                          settings=_digest(sorted(_score_keys(metrics, settings, opts,
-                                                             precision).values())))
+                                                             ped_digest, precision).values())))
         mine = world.shard(list(zoo), costs) if world.size > 1 else list(zoo)
         entries, n = _open_models(world, zoo, mine)
         if codes_np.size != n:
@@ -172,7 +217,7 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
                            options=dict(metrics=list(names), options=opts, sa=list(settings)))
         job = _Job(entries=entries, n=n, codes=codes_np, c=classes.size, device=dev, dtype=dtype,
                    metrics=metrics, settings=settings, opts=opts, precision=precision,
-                   batch_size=batch_size)
+                   batch_size=batch_size, ped_stats=ped_stats, ped_digest=ped_digest)
         timer = core.Timer(dev)
         with ExitStack() as held:   # rank 0 holds the checkpoint's lock to the end
             book = _open_checkpoint(world, held, checkpoint, n, codes_np, mine)
@@ -295,11 +340,14 @@ class _Job:
     opts: dict
     precision: str
     batch_size: int | None
+    ped_stats: dict | None = None       # {model: (mean, std)} of PED's reference features
+    ped_digest: str | None = None       # ... and their digest, which keys the PED scores
 
     def __post_init__(self):
-        self.keys = _score_keys(self.metrics, self.settings, self.opts, self.precision)
-        self.sa_keys = {i: _sa_key(s, self.precision) for i, s in enumerate(self.settings)
-                        if s is not None}
+        self.keys = _score_keys(self.metrics, self.settings, self.opts, self.ped_digest,
+                                self.precision)
+        self.sa_keys = {i: _sa_key(s, self.ped_digest, self.precision)
+                        for i, s in enumerate(self.settings) if s is not None}
 
 
 def _score_missing(book, job: _Job, missing: dict, verified: set, timer, bar, t_start) -> None:
@@ -335,7 +383,8 @@ def _score_missing(book, job: _Job, missing: dict, verified: set, timer, bar, t_
             x, prints = reader.to_device(staged, chunk, key[0])
         outputs = core.score_settings(x, lab, metrics, [job.settings[i] for i in settings],
                                       opts=job.opts, pca_float32=key[1], timer=timer,
-                                      class_index=class_index)
+                                      class_index=class_index,
+                                      ped_stats=ped_batch_stats(job.ped_stats, chunk, dev))
         return prints, metrics, zip(settings, outputs)
 
     def finish(key, chunk, outputs):
@@ -460,13 +509,16 @@ def _canonical_sa(s):
             for k, v in s.items()}
 
 
-def _score_keys(metrics, settings, opts: dict, precision: str) -> dict:
-    """{(metric, setting index): key}: ``label@hash`` of all a score depends on."""
+def _score_keys(metrics, settings, opts: dict, ped_digest, precision: str) -> dict:
+    """{(metric, setting index): key}: ``label@hash`` of all a score depends on (a PED
+    setting's: also its reference statistics' digest, where given)."""
     keys = {}
     for i, s in enumerate(settings):
         for m in metrics:
             spec = dict(metric=m, sa=_canonical_sa(s), precision=precision,
                         options=_options_of(m, opts))
+            if _is_ped(s) and ped_digest is not None:
+                spec["reference"] = ped_digest
             keys[(m, i)] = f"{ZooResult.label(m, s)}@{_digest(spec)}"
     return keys
 
@@ -476,9 +528,12 @@ def _options_of(metric: str, opts: dict) -> dict:
     return dict(opts[metric])
 
 
-def _sa_key(s, precision: str) -> str:
+def _sa_key(s, ped_digest, precision: str) -> str:
     """Key of one SA setting's diagnostics (gate value, displacement, ...)."""
-    return f"{s['variant']}@{_digest(dict(sa=_canonical_sa(s), precision=precision))}"
+    spec = dict(sa=_canonical_sa(s), precision=precision)
+    if _is_ped(s) and ped_digest is not None:
+        spec["reference"] = ped_digest
+    return f"{s['variant']}@{_digest(spec)}"
 
 
 def _plan_models(book, job: _Job, bar) -> tuple:

@@ -87,6 +87,9 @@ def ws(tmp_path_factory):
         x, y = class_features(i, n=60, d=8, c=3, spread=1.0 + i)
         zoo[m] = x
     save_zoo(root / "zoo", "toy", zoo, y)
+    # a store with PED reference features beside the target's (data set "ref")
+    save_zoo(root / "zoo_ped", "toy", zoo, y)
+    save_zoo(root / "zoo_ped", "ref", {m: 2.0 * x[:40] + 1.0 for m, x in zoo.items()}, y[:40])
     _truth_file(root / "truth.json")
     (root / "prior.json").write_text(json.dumps({"m0": 1.0, "m1": 2.0, "m2": 3.0}))
     (root / "base.json").write_text(json.dumps({"ImageNet top-1": 0.3}))
@@ -113,6 +116,25 @@ def _score_subset(ws, out):
     assert res["precision"] == "fast" and res["device"] == "cpu" and opts["dataset"] == "toy"
     assert opts["sa_options"] == dict(alpha=0.1, sigma=0.5, force=2.0, pca_dim=4, gate=False)
     assert (ws / "s1.csv").read_text().splitlines()[0].startswith("model,logme,")
+
+
+def _score_ped_reference(ws, out):
+    """--ped-reference: PED rescaled by each model's features on the folder's "ref" data."""
+    import te_gpu
+    from te_gpu import load_zoo
+
+    zoo, y = load_zoo(ws / "zoo_ped", "toy")
+    ref, _ = load_zoo(ws / "zoo_ped", "ref")
+    want = te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa="ped", ped_reference=ref, progress=False)
+    own = te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa="ped", progress=False)
+    got = _json(ws / "sp" / "result.json")["scores"]["sfda+ped"]
+    for m in zoo:
+        assert got[m] == pytest.approx(want.scores["sfda+ped"][m], rel=1e-12)
+    assert got != own.scores["sfda+ped"]
+
+
+def _recommend_ped_reference(ws, out):
+    assert set(_json(ws / "rec_ped.json")["p_first"]) == {"m0", "m1", "m2"}
 
 
 def _score_restart(ws, out):
@@ -216,6 +238,12 @@ RUNS = {
                       "--sigma", "0.5", "--force", "2", "--pca-dim", "4", "--no-gate",
                       "--precision", "fast", "--device", "cpu", "--batch-size", "1", "--chunk", "1",
                       "--out", "{ws}/s1", "--csv", "{ws}/s1.csv", "--quiet"], _score_subset),
+    "score ped reference": (["score", "{ws}/zoo_ped", "--dataset", "toy", "--metrics", "sfda",
+                             "--sa", "ped", "--ped-reference", "ref", "--out", "{ws}/sp", "-q"],
+                            _score_ped_reference),
+    "recommend ped reference": (["recommend", "{ws}/zoo_ped", "--dataset", "toy", "--metrics", "lda",
+                                 "--sa", "ped", "--ped-reference", "ref", "-B", "3", "--device", "cpu",
+                                 "--json", "{ws}/rec_ped.json", "-q"], _recommend_ped_reference),
     "score restart": (["score", ZOO, "--metrics", "logme", "--sa", "none", "--alpha", "0.2",
                        "--out", "{ws}/s1", "--restart"], _score_restart),
     "recommend": (["recommend", ZOO, "--dataset", "toy", "--models", "m0,m1,m2", "--metrics", "lda,knn",
@@ -486,3 +514,16 @@ def test_an_unwritable_output_is_one_line(ws, capsys):
     _, err = capsys.readouterr()
     assert code == 2 and err.count("\n") == 1 and "prior.json" in err, err
     assert not any(word in err for word in INTERNALS)
+
+
+def test_ped_reference_needs_ped_and_the_reference_files(ws, capsys):
+    for argv, match in ((["--sa", "released", "--ped-reference", "ref"], "add ped to --sa"),
+                        (["--sa", "ped", "--ped-reference", "nowhere"], "no reference features")):
+        for cmd in (["score", str(ws / "zoo_ped"), "--dataset", "toy", "--metrics", "lda",
+                     "--out", str(ws / "sp_bad")],
+                    ["recommend", str(ws / "zoo_ped"), "--dataset", "toy", "--metrics", "lda",
+                     "-B", "2", "--device", "cpu"]):
+            assert main(cmd + argv) == 2
+            err = capsys.readouterr().err
+            assert match in err and "Traceback" not in err, err
+

@@ -292,3 +292,75 @@ def test_cli_scores_with_ped(tmp_path, capsys):
     res = json.loads((tmp_path / "out" / "result.json").read_text())
     want = ref.score(zoo["b"], y, metric="parc", sa="ped")
     assert abs(res["scores"]["parc+ped"]["b"] - want) <= 1e-9 * abs(want)
+
+
+# ------------------------------------------------------------------ PED's reference statistics
+
+def reference_zoo(zoo):
+    """Each model's features on other data (as the released scripts' ImageNet features):
+    other rows, scale and offset (a dead unit stays constant there: its spread is floored)."""
+    rng = np.random.default_rng(3)
+    return {k: 1.5 * f[rng.permutation(len(f))[:40]] + rng.normal(size=f.shape[1])
+            for k, f in zoo.items()}
+
+
+def test_score_zoo_ped_reference_equals_the_reference_for_every_per_model_metric():
+    zoo, y = small_zoo()
+    dead = 2.0 * np.maximum(zoo["a"], 0.0)        # ReLU features: dead units, a duplicated one
+    dead[:, :2] = 0.0
+    dead[:, 3] = dead[:, 4]
+    zoo["dead"] = dead
+    refs = reference_zoo(zoo)
+    metrics = ["sfda", "logme", "lda", "gbc", "knn"]
+    res = te_gpu.score_zoo(zoo, y, metrics=metrics, sa=[None, "ped"], ped_reference=refs,
+                           progress=False)
+    own = te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa="ped", progress=False)
+    for k, f in zoo.items():
+        moved = ped(f, y, reference_features=refs[k])[0]
+        for m in metrics:
+            want = ref.score(moved, y, metric=m)
+            got = res.scores[f"{m}+ped"][k]
+            assert abs(got - want) <= 1e-8 * max(1.0, abs(want)), (m, k, got, want)
+    assert res.scores["sfda+ped"] != own.scores["sfda+ped"]
+    assert res.scores["sfda"] == te_gpu.score_zoo(zoo, y, metrics=["sfda"], progress=False).scores["sfda"]
+
+
+def test_ped_reference_is_checked_and_keys_the_checkpoint(tmp_path):
+    zoo, y = small_zoo()
+    refs = reference_zoo(zoo)
+    for kw, match in ((dict(sa="released"), "no setting is PED"),
+                      (dict(sa="ped", ped_reference={"a": refs["a"]}), "missing"),
+                      (dict(sa="ped", ped_reference=dict(refs, z=refs["a"])), "unknown"),
+                      (dict(sa="ped", ped_reference=dict(refs, a=refs["c"])), "columns")):
+        kw.setdefault("ped_reference", refs)
+        with pytest.raises(ValueError, match=match):
+            te_gpu.score_zoo(zoo, y, metrics=["sfda"], progress=False, **kw)
+    path = tmp_path / "ck.json"
+    first = te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa="ped", ped_reference=refs,
+                             checkpoint=path, progress=False)
+    other_refs = {k: v * 3.0 for k, v in refs.items()}
+    second = te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa="ped", ped_reference=other_refs,
+                              checkpoint=path, progress=False)      # new reference: rescored
+    fresh = te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa="ped", ped_reference=other_refs,
+                             progress=False)
+    assert second.scores == fresh.scores != first.scores
+    again = te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa="ped", ped_reference=refs,
+                             checkpoint=path, progress=False)
+    assert again.scores == first.scores
+
+
+def test_bootstrap_ped_reference_equals_the_reference_on_each_redraw():
+    """The reference statistics are the model's, not the redraw's: not resampled."""
+    from te_gpu.bootstrap import bootstrap_zoo, resample_indices
+
+    zoo, y = small_zoo()
+    refs = reference_zoo(zoo)
+    res = bootstrap_zoo(zoo, y, metrics=["sfda", "lda"], replicates=3, seed=2, sa="ped",
+                        ped_reference=refs, progress=False, batch_size=2)
+    idx, codes = resample_indices(y, 3, 2)
+    for k, f in zoo.items():
+        for r in range(3):
+            moved = ped(f[idx[r]], codes, reference_features=refs[k])[0]
+            for m in ("sfda", "lda"):
+                want = ref.score(moved, codes, metric=m)
+                assert abs(res.samples[f"{m}+ped"][k][r] - want) <= 1e-6 * max(1.0, abs(want))

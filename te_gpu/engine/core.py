@@ -173,12 +173,15 @@ def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, eig, pca_float32: 
     return open_mask, z_out, infos
 
 
-def ped_moved(x: torch.Tensor, labels: Labels, ped_kw: dict, timer: Timer):
-    """PED on every model of the batch (the features' own statistics rescale them, SPEC
-    10.9): the moved features and one info per model (steps taken, first step's move)."""
+def ped_moved(x: torch.Tensor, labels: Labels, ped_kw: dict, timer: Timer, stats=None):
+    """PED on every model of the batch (SPEC 10.9), rescaled by ``stats`` = (mean, std),
+    each (B, D), of each model's reference features, or by the features' own: the moved
+    features and one info per model (steps taken, first step's move)."""
+    centre, spread = (None, None) if stats is None else stats
     with timer.stage("ped"):
-        z, info = ped_ops.ped_batched(x, labels, **{k: v for k, v in ped_kw.items()
-                                                    if k != "variant"})
+        z, info = ped_ops.ped_batched(x, labels, centre=centre, spread=spread,
+                                      **{k: v for k, v in ped_kw.items()
+                                         if k not in ("variant", "reference")})
     infos = [dict(variant=catalogue.PED, applied=s > 0, steps=s, first_move=f)
              for s, f in zip(info["steps"].tolist(), info["first_move"].tolist())]
     return z, infos
@@ -186,7 +189,7 @@ def ped_moved(x: torch.Tensor, labels: Labels, ped_kw: dict, timer: Timer):
 
 def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: dict,
                    pca_float32: bool = False, timer: Timer | None = None, class_index=None,
-                   groups: torch.Tensor | None = None):
+                   groups: torch.Tensor | None = None, ped_stats=None):
     """Scores of B same-width models for several SA settings at once.
 
     ``settings``: a list of None (raw features) and resolved SA (or PED) option dicts;
@@ -194,6 +197,7 @@ def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: 
     values}, sa infos or None)`` per setting. The work is shared: one
     :class:`Shared` serves the raw metrics, NCTI's PCA and every SA gate; a
     model whose gate stays closed reuses its raw scores. ``groups``: see :class:`Shared`.
+    ``ped_stats``: (mean, std), each (B, D), of the models' PED reference features, or None.
     """
     timer = timer or _null_timer()
     b = x.shape[0]
@@ -214,7 +218,7 @@ def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: 
             out.append((raw_lists(), None))
             continue
         if sa_kw["variant"] == catalogue.PED:
-            z, infos = ped_moved(x, labels, sa_kw, timer)
+            z, infos = ped_moved(x, labels, sa_kw, timer, ped_stats)
             moved = Shared(z, labels, timer, class_index=shared._class_index, prefix="ped_",
                            groups=groups)
             out.append((_to_lists(metric_heads(moved, metrics, opts, timer=timer, prefix="ped_"),

@@ -1165,3 +1165,16 @@ def store_rankings(directory, dataset: str, models) -> dict:
                           for v in values.values()):
             out[name] = {m: float(v) for m, v in values.items()}
     return out
+
+
+def ped_reference_paths(directory, models, dataset: str) -> dict:
+    """{model: its ``{model}_{dataset}_feature.npy``} in the store ``directory``, for PED's
+    reference statistics (``te-gpu score/recommend --ped-reference DATASET``);
+    PipelineError naming what is missing."""
+    paths = {m: store_paths(Path(directory), m, dataset)[0] for m in models}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise PipelineError(f"--ped-reference {dataset}: no reference features "
+                            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+                            f"(te-gpu extract --data ... writes them beside the target's)")
+    return paths

@@ -78,7 +78,7 @@ def sa_options(preset=None, **given) -> dict:
 def score_directory(zoo_dir, out, *, dataset=None, metrics=catalogue.DEFAULT_METRICS,
                     sa=(None, "released"), sa_opts=None, precision="exact", device=None,
                     batch_size=None, chunk=16, restart=False, progress=True, options=None,
-                    models=None, log=print):
+                    models=None, log=print, ped_reference=None):
     """Score a zoo directory into ``out`` with :func:`te_gpu.score_zoo` (resuming) -> ZooResult.
 
     ``options``: {metric: {option: value}} (see :mod:`te_gpu.catalogue`). The
@@ -87,6 +87,8 @@ def score_directory(zoo_dir, out, *, dataset=None, metrics=catalogue.DEFAULT_MET
     between two checkpoints; ``restart`` discards the checkpoint of an earlier
     run. Warnings about the checkpoint (a model whose features changed, a stale
     lock taken over) and metrics skipped for want of an input go to ``log``.
+    ``ped_reference``: a data set of the same folder whose features give PED's reference
+    statistics (:func:`te_gpu.score_zoo`'s ``ped_reference``).
 
     Under torchrun (or in an initialised process group) every rank calls it:
     rank 0 reads the zoo's listing and labels, takes the folder's lock and
@@ -115,7 +117,7 @@ def score_directory(zoo_dir, out, *, dataset=None, metrics=catalogue.DEFAULT_MET
             result = _score_into(out, zoo_dir, zoo, writes=rank == 0, log=log, sa=sa,
                                  sa_opts=sa_opts, device=device, precision=precision,
                                  progress=progress, batch_size=min(batch_size or chunk, chunk),
-                                 options=options)
+                                 options=options, ped_reference=ped_reference)
     except LockError as exc:
         raise PipelineError(str(exc)) from None
     return result
@@ -149,15 +151,18 @@ def _open_on_rank0(zoo_dir, out: Path, dataset, metrics, models, restart, log, h
                 predictions=predictions)
 
 
-def _score_into(out: Path, zoo_dir, zoo: dict, *, writes: bool, log, sa, sa_opts, **kw):
+def _score_into(out: Path, zoo_dir, zoo: dict, *, writes: bool, log, sa, sa_opts,
+                ped_reference=None, **kw):
     """score_zoo on the zoo's feature files with the checkpoint in ``out``; then, where
     ``writes`` (rank 0), the outputs."""
     from te_gpu import score_zoo
     from te_gpu.checkpoint import CheckpointError
 
-    from .extract import store_paths
+    from .extract import ped_reference_paths, store_paths
 
     dataset = zoo["dataset"]
+    if ped_reference is not None:
+        kw["ped_reference"] = ped_reference_paths(zoo_dir, zoo["models"], ped_reference)
     try:
         result = score_zoo({m: store_paths(Path(zoo_dir), m, dataset)[0] for m in zoo["models"]},
                            zoo["labels"], metrics=zoo["metrics"],
