@@ -28,8 +28,8 @@ sums and each distinct row's term counts w times, NCTI's centred Gram is a sum o
 the rows the redraw holds scaled by sqrt(w) (then its own top eigenpairs, as on any
 features). On a CPU this path's work goes, in tasks of at most :data:`TASK_REDRAWS`
 redraws of one model (widest first), to one worker thread per core, each with one
-BLAS thread (the eigensolver releases the GIL: :mod:`te_gpu.engine.linalg`). Every other metric, and every metric after SA, is scored on the
-gathered rows: each model's features are read once, the (models x redraws, N, D)
+BLAS thread (the eigensolver releases the GIL: :mod:`te_gpu.engine.linalg`). Every
+other metric, and every metric after SA, is scored on the gathered rows: each model's features are read once, the (models x redraws, N, D)
 batches are gathered from them (``x[idx]``) in chunks sized from the device's
 memory and go through the same engine heads as :func:`te_gpu.score_zoo`.
 
@@ -60,8 +60,8 @@ features, equal to the float64 reference on ``x[idx], y[idx]``; tested):
 
 Point estimates (``point``) are the scores on the target set as given
 (:func:`te_gpu.score_zoo`; kNN's, on raw features alone, from its neighbour lists on
-the target set itself, the same value without repeating the lists' N^2 D work). Repeated rows shift most scores: a redraw holds about
-63 % of the distinct samples, so TransRate's coding rate drops, in-sample fits
+the target set itself, the same value without repeating the lists' N^2 D work).
+Repeated rows shift most scores: a redraw holds about 63 % of the distinct samples, so TransRate's coding rate drops, in-sample fits
 (LogME, SFDA, regularized H-score) look tighter, and a plain percentile interval
 of the redraws misses the score's expectation at this N (at a nominal 90 %, on
 synthetic zoos of known order: TransRate's covered it in 18 % of cases,
@@ -284,7 +284,7 @@ def models_ahead(s: np.ndarray) -> np.ndarray:
 def _average_ranks(s: np.ndarray) -> np.ndarray:
     """(L, B) -> (L, B): 0-based rank of each model on each redraw, best first, ties averaged."""
     ahead = models_ahead(s)
-    tied = s.shape[0] - ahead - models_ahead(-s)       # models scoring exactly the same, itself included
+    tied = s.shape[0] - ahead - models_ahead(-s)   # models scoring exactly the same, itself too
     return ahead + (tied - 1) / 2.0
 
 
@@ -345,12 +345,13 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     opts = catalogue.resolve_options(names, options)
     settings = zoo_mod.sa_settings(sa)
     later = _points_from_hooks(names, settings)
+    # PED's reference read once: its statistics go to score_zoo and to the redraws
+    ped_stats = zoo_mod.ped_reference_stats(zoo, ped_reference, settings)[0]
     point = zoo_mod.score_zoo(zoo, labels, metrics=[m for m in names if m not in later], sa=sa,
                               options={m: o for m, o in (options or {}).items()
                                        if catalogue.get(m).name not in later},
                               predictions=predictions, device=device, precision=precision,
-                              progress=False, distributed=False, ped_reference=ped_reference)
-    ped_stats = zoo_mod.ped_reference_stats(zoo, ped_reference, settings)[0]
+                              progress=False, distributed=False, ped_reference=ped_stats)
     t_point = time.perf_counter() - t0
     dtype = working_dtype(precision)
     dev = resolve_device(device, *(v for v in zoo.values() if isinstance(v, torch.Tensor)))
@@ -542,8 +543,8 @@ class _Plan:
         with self.locks[nm]:
             hooks = self.state.get(nm)
             if hooks is None:
-                x = features_tensor(zoo_mod.open_features(nm, self.zoo[nm])[0], self.dev, self.dtype,
-                                    name=f"features of model {nm!r}")
+                x = features_tensor(zoo_mod.open_features(nm, self.zoo[nm])[0], self.dev,
+                                    self.dtype, name=f"features of model {nm!r}")
                 hooks = self.state[nm] = {
                     m: catalogue.get(m).redraws_fn()(x, self.src, self.lab, **self.opts[m])
                     for m in self.weighted}
@@ -660,13 +661,12 @@ def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size
         bar.update(len(chunk))
 
     queue = deque()                    # (group key, (model, redraw) pairs, batch size)
-    groups = executor.width_groups({name: (shape, f32) for name, (_, shape, f32) in entries.items()})
-    for (d, f32), names in groups.items():
+    for (d, f32), names in executor.width_groups(entries).items():
         size = batch_size or executor.memory_batch_size(dev, n, d, c, dtype, metrics)
         if batch_size is None and dev.type != "cuda":
             size = min(size, CPU_BATCH_ROWS)
         pairs = [(name, r) for name in names for r in range(b)]
-        last.update({name: pair for pair in pairs for name in [pair[0]]})
+        last.update({name: (name, b - 1) for name in names})
         queue.extend(((d, f32), chunk, size) for chunk in executor.cut(pairs, size))
     executor.run_batches(
         queue, attempt=attempt, finish=finish, device=dev,

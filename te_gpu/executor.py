@@ -71,10 +71,11 @@ def cut(items: list, size: int, ramp: bool = False) -> list:
     return chunks
 
 
-def width_groups(shapes: dict) -> dict:
-    """{(width, float32 input): [names]} of ``shapes`` = {name: (shape, is_float32)}, in order."""
+def width_groups(entries: dict) -> dict:
+    """{(width, float32 input): [names]} of ``entries`` = {name: (features, shape,
+    is_float32)} (``te_gpu.zoo.open_features``), in order."""
     groups: dict = {}
-    for name, (shape, f32) in shapes.items():
+    for name, (_, shape, f32) in entries.items():
         groups.setdefault((shape[1], f32), []).append(name)
     return groups
 

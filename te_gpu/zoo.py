@@ -90,9 +90,18 @@ def _is_ped(setting) -> bool:
     return setting is not None and setting.get("variant") == catalogue.PED
 
 
+@dataclass(frozen=True)
+class ReferenceStats:
+    """One model's PED reference statistics: the per-dimension mean and population std
+    (D,) of its features on the reference data. A value of ``ped_reference`` may be one
+    instead of the features (the statistics are all PED reads of them)."""
+    mean: np.ndarray
+    std: np.ndarray
+
+
 def ped_reference_stats(zoo, ped_reference, settings):
-    """({model: (mean (D,), population std (D,))} of each model's PED reference features,
-    their digest), or (None, None) without ``ped_reference``; checked against the zoo."""
+    """({model: :class:`ReferenceStats`} of each model's PED reference, their digest), or
+    (None, None) without ``ped_reference``; checked against the zoo."""
     if ped_reference is None:
         return None, None
     if not any(_is_ped(s) for s in settings):
@@ -108,11 +117,16 @@ def ped_reference_stats(zoo, ped_reference, settings):
     for name in zoo:
         d = open_features(name, zoo[name])[1][1]
         what = f"PED reference features of model {name!r}"
-        ref = as_features(np.asarray(open_features(what, ped_reference[name])[0]), what)
-        if ref.shape[1] != d:
-            raise ValueError(f"{what} have {ref.shape[1]} columns, its features {d}")
-        stats[name] = (ref.mean(0), ref.std(0))
-        for part in (name.encode(), *(v.tobytes() for v in stats[name])):
+        given = ped_reference[name]
+        if isinstance(given, ReferenceStats):
+            mean, std = (np.asarray(v, dtype=np.float64) for v in (given.mean, given.std))
+        else:
+            ref = as_features(np.asarray(open_features(what, given)[0]), what)
+            mean, std = ref.mean(0), ref.std(0)
+        if mean.shape != (d,) or std.shape != (d,):
+            raise ValueError(f"{what} have {mean.shape[-1]} columns, its features {d}")
+        stats[name] = ReferenceStats(mean, std)
+        for part in (name.encode(), mean.tobytes(), std.tobytes()):
             digest.update(part)
     return stats, digest.hexdigest()[:10]
 
@@ -121,8 +135,8 @@ def ped_batch_stats(stats, names, device):
     """(mean, std), each (B, D) float64 on ``device``, of the models ``names``; None without."""
     if stats is None:
         return None
-    return tuple(torch.as_tensor(np.stack([stats[name][k] for name in names]), device=device)
-                 for k in (0, 1))
+    return tuple(torch.as_tensor(np.stack([getattr(stats[name], k) for name in names]),
+                                 device=device) for k in ("mean", "std"))
 
 
 def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, device=None,
@@ -141,9 +155,9 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
     sa : None (raw features), an SA variant name or options dict, or a list of
         such settings (``[None, "released"]`` scores both); ``"ped"``: PED.
     ped_reference : {model: its features on PED's reference data (array, tensor or
-        ``.npy`` path; the released scripts: ImageNet validation images)}, for every
-        model, when a setting is PED: PED rescales by their mean and std instead of the
-        target features' own (SPEC 10.9).
+        ``.npy`` path; the released scripts: ImageNet validation images), or their
+        :class:`ReferenceStats`}, for every model, when a setting is PED: PED rescales
+        by their mean and std instead of the target features' own (SPEC 10.9).
     device : None (the first tensor's device, else CPU), ``"cpu"``, ``"cuda"``, ...
     precision : ``"exact"`` (float64) or ``"fast"`` (float32 features).
     options : {metric: {option: value}}, e.g. ``{"gbc": {"gaussian": "diagonal"}}``;
@@ -357,8 +371,7 @@ def _score_missing(book, job: _Job, missing: dict, verified: set, timer, bar, t_
     lab = Labels.from_codes(codes, c, job.dtype)
     class_index = (class_padding_index(codes, c)
                    if any("class_index" in catalogue.get(m).needs for m in job.metrics) else None)
-    groups = executor.width_groups({name: (shape, f32)
-                                    for name, (_, shape, f32) in job.entries.items()})
+    groups = executor.width_groups(job.entries)
 
     def plan(key, names, bs):
         """Batches of one group, cut at fixed places (so no score depends on what a
@@ -516,9 +529,7 @@ def _score_keys(metrics, settings, opts: dict, ped_digest, precision: str) -> di
     for i, s in enumerate(settings):
         for m in metrics:
             spec = dict(metric=m, sa=_canonical_sa(s), precision=precision,
-                        options=_options_of(m, opts))
-            if _is_ped(s) and ped_digest is not None:
-                spec["reference"] = ped_digest
+                        options=_options_of(m, opts), **_reference_of(s, ped_digest))
             keys[(m, i)] = f"{ZooResult.label(m, s)}@{_digest(spec)}"
     return keys
 
@@ -530,10 +541,13 @@ def _options_of(metric: str, opts: dict) -> dict:
 
 def _sa_key(s, ped_digest, precision: str) -> str:
     """Key of one SA setting's diagnostics (gate value, displacement, ...)."""
-    spec = dict(sa=_canonical_sa(s), precision=precision)
-    if _is_ped(s) and ped_digest is not None:
-        spec["reference"] = ped_digest
+    spec = dict(sa=_canonical_sa(s), precision=precision, **_reference_of(s, ped_digest))
     return f"{s['variant']}@{_digest(spec)}"
+
+
+def _reference_of(setting, ped_digest) -> dict:
+    """What a setting's scores depend on beyond its numbers: PED's reference, where given."""
+    return dict(reference=ped_digest) if _is_ped(setting) and ped_digest is not None else {}
 
 
 def _plan_models(book, job: _Job, bar) -> tuple:

@@ -364,3 +364,19 @@ def test_bootstrap_ped_reference_equals_the_reference_on_each_redraw():
             for m in ("sfda", "lda"):
                 want = ref.score(moved, codes, metric=m)
                 assert abs(res.samples[f"{m}+ped"][k][r] - want) <= 1e-6 * max(1.0, abs(want))
+
+
+def test_ped_reference_takes_the_statistics_instead_of_the_features():
+    from te_gpu.zoo import ReferenceStats
+
+    zoo, y = small_zoo()
+    refs = reference_zoo(zoo)
+    stats = {k: ReferenceStats(r.mean(0), r.std(0)) for k, r in refs.items()}
+    by_features = te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa="ped", ped_reference=refs,
+                                   progress=False)
+    by_stats = te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa="ped", ped_reference=stats,
+                                progress=False)
+    assert by_stats.scores == by_features.scores
+    with pytest.raises(ValueError, match="columns"):
+        te_gpu.score_zoo(zoo, y, metrics=["sfda"], sa="ped", progress=False,
+                         ped_reference=dict(stats, a=ReferenceStats(np.zeros(3), np.ones(3))))

@@ -163,7 +163,8 @@ class Redraws:
     row order (``redraw_labels``).
 
     N > D (the primal Gram): a redraw's centred Gram is sum_j w_j (x_j - xbar_r)(x_j - xbar_r)^T,
-    i.e. the rows it holds (about 63 % of N), about the full set's mean and scaled by sqrt(w_j),
+    i.e. the rows it holds (about 63 % of N), about the full set's mean and scaled by sqrt(w_j)
+    (gathered, then centred and scaled in place: no centred copy of the features is kept),
     less the rank-one shift n (xbar_r - centre)(xbar_r - centre)^T to its own mean. Its top
     eigenpairs give the PCA axes; the PCA scores of those same rows (unscaled) are laid out in
     the redraw's row order by an index, so each distinct row is projected once.
@@ -174,7 +175,6 @@ class Redraws:
                  lda_scaling: str):
         self.x, self.labels, self.redraw_labels = x, labels, redraw_labels
         self.centre = x.mean(0)                # the target set's mean, once per model
-        self.centred = x - self.centre if x.shape[0] > x.shape[1] else None
         self.kw = dict(lda_scaling=lda_scaling,
                        class_index=class_padding_index(redraw_labels.codes, redraw_labels.c))
 
@@ -188,12 +188,12 @@ class Redraws:
             ww, ii = w[r0:r0 + step], idx[r0:r0 + step]
             means, xbar = weighted_class_means(self.x, self.labels, ww)
             st = BatchStats(means, xbar, None, None)
-            x = self.x[None].expand(ii.shape[0], -1, -1)
-            if self.centred is None:                     # N <= D: dual, on the gathered rows
+            if n <= self.x.shape[1]:                     # N <= D: dual, on the gathered rows
                 out = ncti_parts_batched(self.x[ii], self.redraw_labels, st, **self.kw)
-            else:
+            else:       # the head reads x for its shape only: a view, no copy
                 eig, scores = self._primal(ww, ii, xbar)
-                out = ncti_parts_batched(x, self.redraw_labels, st, eig=eig, scores=scores,
+                out = ncti_parts_batched(self.x[None].expand(ii.shape[0], -1, -1),
+                                         self.redraw_labels, st, eig=eig, scores=scores,
                                          **self.kw)
             parts.extend(zip(*(part.tolist() for part in out)))
         return parts
@@ -206,8 +206,8 @@ class Redraws:
         one paid its page faults again (33 ms of a 330 ms redraw, measured)."""
         from .stats import Spectrum
 
-        n, d = self.centred.shape
-        dtype, dev = self.centred.dtype, self.centred.device
+        n, d = self.x.shape
+        dtype, dev = self.x.dtype, self.x.device
         n_comp = min(TOP_EIGENPAIRS, n - 1, d)
         top = min(TOP_EIGENPAIRS, d)
         b = w.shape[0]
@@ -219,8 +219,8 @@ class Redraws:
         for r in range(b):
             rows = (w[r] > 0).nonzero()[:, 0]
             root = w[r, rows].to(dtype).sqrt()
-            scaled = torch.index_select(self.centred, 0, rows, out=rows_buf[:rows.shape[0]])
-            scaled.mul_(root[:, None])
+            scaled = torch.index_select(self.x, 0, rows, out=rows_buf[:rows.shape[0]])
+            scaled.sub_(self.centre).mul_(root[:, None])     # as (x - centre)[rows], exactly
             shift = xbar[r] - self.centre
             gram = linalg.gram(scaled[None]) - n * shift[:, None] * shift[None, :]
             evals[r], vecs[r] = (t[0] for t in linalg.eigh_top(gram.to(torch.float64),
