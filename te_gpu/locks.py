@@ -150,19 +150,29 @@ def _acquire(lock: Path, what: str) -> str:
 
 
 @contextmanager
-def exclusive_lock(path, what: str | None = None):
+def exclusive_lock(path, what: str | None = None, wait: float = 0.0):
     """Hold the lock file ``path`` (created with O_CREAT | O_EXCL) for the ``with`` block.
 
     It holds the pid, host name, time and process start time of its run. A second
-    run raises :class:`LockError` naming the holder; a lock whose run is dead on
-    this host (pid gone, or reused by another process) is taken over with a
-    :class:`StaleLockWarning`. A lock from another host is never taken over.
+    run raises :class:`LockError` naming the holder, after retrying for up to ``wait``
+    seconds (for locks held only for a moment, such as a file's read-modify-write); a
+    lock whose run is dead on this host (pid gone, or reused by another process) is
+    taken over with a :class:`StaleLockWarning`. A lock from another host is never
+    taken over.
     """
     lock = Path(path)
     what = what or str(lock)
     if not lock.parent.is_dir():
         raise FileNotFoundError(f"cannot lock {what}: folder {lock.parent} does not exist")
-    mine = _acquire(lock, what)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            mine = _acquire(lock, what)
+            break
+        except LockError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
     try:
         yield lock
     finally:

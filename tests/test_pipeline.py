@@ -265,6 +265,45 @@ def test_ground_truth_file_round_trip(tmp_path):
     assert info["shipped"] and acc["resnet50"] == 96.28
 
 
+def test_ground_truth_writers_at_once_lose_nothing(tmp_path):
+    """Several finetune runs merging into one file (one per network, say): every accuracy
+    lands, and a merge waits for a held lock instead of overwriting."""
+    import multiprocessing
+    import threading
+
+    from te_gpu.locks import exclusive_lock
+    from te_gpu.pipeline.finetune import write_ground_truth
+
+    p = tmp_path / "gt.json"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_many, args=(str(p), k)) for k in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+        assert proc.exitcode == 0
+    table = json.loads(p.read_text())["groups"]["g"]["regimes"]["finetune"]["toy"]
+    assert table == {f"m{k}-{i}": float(10 * k + i) for k in range(3) for i in range(20)}
+    # a held lock: the merge waits for it, then writes
+    done = threading.Event()
+    with exclusive_lock(tmp_path / "gt.json.lock"):
+        t = threading.Thread(target=lambda: (write_ground_truth(
+            p, group="g", regime="lft", dataset="toy", accuracies={"late": 1.0}), done.set()))
+        t.start()
+        assert not done.wait(0.3)
+    t.join(timeout=30)
+    assert done.is_set() and json.loads(p.read_text())["groups"]["g"]["regimes"]["lft"]["toy"] == {"late": 1.0}
+    assert not (tmp_path / "gt.json.lock").exists()
+
+
+def _write_many(path, k):
+    from te_gpu.pipeline.finetune import write_ground_truth
+
+    for i in range(20):
+        write_ground_truth(path, group="g", regime="finetune", dataset="toy",
+                           accuracies={f"m{k}-{i}": float(10 * k + i)})
+
+
 def test_last_block_fine_tuning_trains_only_the_last_stage():
     from te_gpu.pipeline.finetune import _network, _set_trainable
 

@@ -340,10 +340,21 @@ def finetune_model(spec, train: ImageSet, test: ImageSet, *, regime: str, lrs=DE
 def write_ground_truth(path, *, group: str, regime: str, dataset: str, accuracies: dict,
                        details: dict | None = None) -> dict:
     """Merge ``{model: accuracy %}`` into ``path`` (``{"groups": {group: {"models": [...],
-    "regimes": {regime: {dataset: {model: acc}}}}}}``, the shipped tables' format)."""
-    from te_gpu.io import atomic_write
+    "regimes": {regime: {dataset: {model: acc}}}}}}``, the shipped tables' format). Runs
+    that write one file at once (say, one per network) take turns: each merge holds
+    ``path``.lock for its read and write, so none loses another's accuracies."""
+    from te_gpu.locks import exclusive_lock
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(path.with_name(path.name + ".lock"), f"ground-truth file {path}",
+                        wait=60.0):
+        return _merge_ground_truth(path, group, regime, dataset, accuracies, details)
+
+
+def _merge_ground_truth(path: Path, group, regime, dataset, accuracies, details) -> dict:
+    from te_gpu.io import atomic_write
+
     data = {}
     if path.is_file():
         try:
@@ -364,7 +375,6 @@ def write_ground_truth(path, *, group: str, regime: str, dataset: str, accuracie
         d = data.setdefault("_details", {}).setdefault(group, {}).setdefault(regime, {})
         d.setdefault(dataset, {}).update(details)
     text = json.dumps(data, indent=1, allow_nan=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
     return data
 
