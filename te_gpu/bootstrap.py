@@ -426,6 +426,25 @@ def _slow_notice(seconds: float, done: int, wanted: int, enabled: bool) -> None:
               "each); fewer redraws (-B), fewer metrics or a GPU make it cheaper", file=sys.stderr)
 
 
+class _BarShare:
+    """Passes that each cover the same (model, redraw) pairs advance one bar by their
+    mean progress: ``update(k)`` counts k pairs of one pass; ``shown`` is what reached
+    the bar."""
+
+    def __init__(self, bar, passes: int):
+        self.bar, self.passes, self.seen, self.shown = bar, passes, 0, 0
+
+    def update(self, k):
+        self.seen += k
+        now = self.seen // self.passes
+        if now > self.shown:
+            self.bar.update(now - self.shown)
+            self.shown = now
+
+    def close(self):
+        pass
+
+
 class _Plan:
     """Which (metric, setting) goes which way, and what the weighted path keeps between rounds."""
 
@@ -458,12 +477,13 @@ class _Plan:
         passes = [(self.feature_metrics, list(every))] if not self.weighted else [
             (self.gathered, [i for i in every if self.settings[i] is None]),
             (self.feature_metrics, [i for i in every if self.settings[i] is not None])]
+        passes = [(metrics, which) for metrics, which in passes if metrics and which]
+        # the gathered passes move the bar batch by batch (a round can take minutes)
+        share = _BarShare(bar, max(1, len(passes)))
         for metrics, which in passes:
-            if not (metrics and which):
-                continue
             part = _feature_pass(self.zoo, idx, self.lab, metrics,
                                  [self.settings[i] for i in which], self.opts, self.dtype,
-                                 self.dev, self.batch_size, timer, executor.NoBar(),
+                                 self.dev, self.batch_size, timer, share,
                                  features_tensor, self.ped_stats)
             for (nm, j), (vals, opened) in part.items():
                 raw.setdefault((nm, which[j]), ({}, opened))[0].update(vals)
@@ -479,7 +499,8 @@ class _Plan:
             _prediction_pass(part_result, self.zoo, self.predictions, idx, rcodes, self.lab.c,
                              self.pred_metrics, self.opts, self.dev, timer, None)
         _append(result, part_result)
-        bar.update(len(self.zoo) * b)
+        if len(self.zoo) * b > share.shown:          # the weighted pass, and rounding
+            bar.update(len(self.zoo) * b - share.shown)
 
     def points(self, metrics) -> dict:
         """{label: {model: score}} of ``metrics`` on the target set itself, from their

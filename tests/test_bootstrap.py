@@ -211,6 +211,38 @@ def test_a_stopped_run_is_the_first_redraws_of_a_longer_one():
     assert (short.samples["knn"]["a"] == full.samples["knn"]["a"][:20]).all()
 
 
+def test_the_bar_moves_within_a_round_and_ends_at_its_total(monkeypatch):
+    """A round's gathered batches move the bar as they finish (a round of SA redraws can
+    take minutes on a real zoo); passes over the same pairs share it; the total is exact."""
+    import te_gpu.executor as executor
+
+    class Recorder:
+        def __init__(self):
+            self.steps = []
+
+        def update(self, k):
+            self.steps.append(k)
+
+        def close(self):
+            pass
+
+    bars = []
+
+    def fake_bar(total, enabled, **kw):
+        bars.append((total, Recorder()))
+        return bars[-1][1]
+
+    monkeypatch.setattr(executor, "progress_bar", fake_bar)
+    x, y = class_features(5, n=50, d=7, c=3)
+    zoo = _zoo_of(x, 3)
+    for metrics, sa in ((["sfda"], [None]), (["knn", "sfda"], [None, "released"])):
+        bootstrap_zoo(zoo, y, metrics=metrics, sa=sa, replicates=6, batch_size=2, seed=1,
+                      progress=True)
+        total, rec = bars[-1]
+        assert total == len(zoo) * 6 and sum(rec.steps) == total, (metrics, rec.steps)
+        assert len(rec.steps) > 2 and all(k > 0 for k in rec.steps), (metrics, rec.steps)
+
+
 def test_one_line_when_the_first_redraws_predict_more_than_a_minute(capsys):
     from te_gpu.bootstrap import _next_stop, _slow_notice
 
