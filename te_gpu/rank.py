@@ -458,8 +458,10 @@ def list_ground_truth() -> dict:
 
     Returns
     -------
-    ``{group: {"regimes": [...], "datasets": [...], "models": [...]}}``;
-    datasets are those of any regime, in the order the file first lists them.
+    ``{group: {"regimes": [...], "datasets": [...], "models": [...], "measured":
+    {regime: [datasets]}}}``; datasets are those of any regime, in the order the file
+    first lists them; ``measured`` names those each regime has a table for (a zoo need
+    not be measured in every regime).
     """
     out = {}
     for name, group in _shipped_groups().items():
@@ -468,6 +470,7 @@ def list_ground_truth() -> dict:
             "regimes": list(group["regimes"]),
             "datasets": list(datasets),
             "models": list(group["models"]),
+            "measured": {regime: list(table) for regime, table in group["regimes"].items()},
         }
     return out
 

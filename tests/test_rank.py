@@ -278,9 +278,14 @@ def test_list_ground_truth():
     assert g1["regimes"] == ["finetune", "lbft", "lft"]
     assert "aircraft" in g1["datasets"] and len(g1["datasets"]) == 11
     assert "resnet34" in g1["models"] and len(g1["models"]) == 11
+    assert all(g1["measured"][r] == g1["datasets"] for r in g1["regimes"])
+    # a wheels zoo measured in some regimes only is listed under those
+    wheels = listing["wheels"]["measured"]
+    assert "fmnist64n6k" in wheels["finetune"] and "fmnist64n6k" not in wheels["lbft"]
     for group, info in listing.items():
         for regime in info["regimes"]:
-            for dataset in info["datasets"]:
+            assert info["measured"][regime] and set(info["measured"][regime]) <= set(info["datasets"])
+            for dataset in info["measured"][regime]:
                 names = set(ground_truth(group, regime, dataset))
                 # the measured wheels zoos differ in their candidates (tests/test_regimes.py)
                 assert names <= set(info["models"]) if group == "wheels" else names == set(info["models"])

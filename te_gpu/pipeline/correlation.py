@@ -193,7 +193,7 @@ def _truth_tables(truth, *, regime=None, dataset=None, group=None) -> tuple:
         if regime not in shipped[truth]["regimes"]:
             raise PipelineError(f"unknown regime {regime!r} for {truth}; valid: "
                                 f"{', '.join(shipped[truth]['regimes'])}")
-        names = [dataset] if dataset else shipped[truth]["datasets"]
+        names = [dataset] if dataset else shipped[truth]["measured"][regime]
         tables = {}
         for name in names:
             tables[name] = read_ground_truth(truth, regime=regime, dataset=name)[0]
