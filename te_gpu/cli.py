@@ -640,6 +640,9 @@ def cmd_correlate(args):
         for group, d in rank.list_ground_truth().items():
             print(f"{group}: regimes {', '.join(d['regimes'])}\n  datasets {', '.join(d['datasets'])}"
                   f"\n  models {', '.join(d['models'])}")
+            for regime, names in d["measured"].items():
+                if names != d["datasets"]:
+                    print(f"  {regime} measured on {', '.join(names)} only")
         return 0
     if not args.scores:
         raise PipelineError("give score files or folders (te-gpu score's --out), or --list")
@@ -1010,7 +1013,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--group", default="custom", help="group name in the ground-truth file")
     f.add_argument("--dataset", default=None, help="data set name in the ground-truth file")
     f.add_argument("--out", "-o", type=OUTPUT_FILE, default="ground_truth.json",
-                   help="the ground-truth file (merged into)")
+                   help="the ground-truth file (merged into; runs writing one file at once take turns)")
     _add_device(f, amp=True)
     _add_quiet(f)
     f.set_defaults(func=cmd_finetune)
