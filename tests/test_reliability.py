@@ -171,11 +171,11 @@ def test_zoo_reruns_bit_identical_and_batch_size_changes_last_bits_only():
             assert c[label][name] == pytest.approx(a[label][name], rel=1e-12, abs=1e-14)
 
 
-def test_simulated_out_of_memory_retries_with_smaller_batches(monkeypatch):
+def _out_of_memory_above_one(monkeypatch) -> list:
+    """The engine runs out of memory (simulated) on any batch of more than one model or
+    redraw; returns the batch sizes it was given, in order."""
     from te_gpu.engine import core
 
-    zoo, y = _zoo(widths=(6,) * 6)   # one width: batches of 1, 2 and 3 on a CPU (they ramp up)
-    want = te_gpu.score_zoo(zoo, y, batch_size=1, progress=False)
     real = core.score_settings
     seen = []
 
@@ -186,6 +186,13 @@ def test_simulated_out_of_memory_retries_with_smaller_batches(monkeypatch):
         return real(x, *args, **kw)
 
     monkeypatch.setattr(core, "score_settings", flaky)
+    return seen
+
+
+def test_simulated_out_of_memory_retries_with_smaller_batches(monkeypatch):
+    zoo, y = _zoo(widths=(6,) * 6)   # one width: batches of 1, 2 and 3 on a CPU (they ramp up)
+    want = te_gpu.score_zoo(zoo, y, batch_size=1, progress=False)
+    seen = _out_of_memory_above_one(monkeypatch)
     got = te_gpu.score_zoo(zoo, y, batch_size=4, progress=False)
     assert got.scores == want.scores  # every model ended up scored alone, as in `want`
     assert max(seen) > 1 and seen.count(1) >= len(zoo)
@@ -273,15 +280,7 @@ def test_bootstrap_out_of_memory_retries_with_smaller_batches_and_says_when_one_
     kw = dict(metrics=["logme", "sfda"], replicates=4, seed=3, progress=False)
     want = bootstrap_zoo(zoo, y, batch_size=1, **kw)
     real = core.score_settings
-    seen = []
-
-    def flaky(x, *args, **k):
-        seen.append(x.shape[0])
-        if x.shape[0] > 1:
-            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
-        return real(x, *args, **k)
-
-    monkeypatch.setattr(core, "score_settings", flaky)
+    seen = _out_of_memory_above_one(monkeypatch)
     got = bootstrap_zoo(zoo, y, batch_size=8, **kw)
     assert max(seen) == 8 and seen.count(1) >= len(zoo) * 4     # (the point pass adds its own)
     for label in want.samples:
