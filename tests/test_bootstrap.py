@@ -82,6 +82,82 @@ def test_knn_grouped_is_knn_with_singleton_groups_and_refuses_too_few_neighbours
                        k=3, groups=torch.arange(40)[None]).item() == ref.knn(x, y, k=3)
 
 
+def _twins_and_ties(seed, n, d, c, *, integer):
+    """Features with duplicate samples (equal vectors of different samples, as duplicate
+    images give) and, when ``integer``, many exactly tied distances; imbalanced labels."""
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([np.arange(c), rng.choice(c, n - c, p=np.linspace(2, 1, c) / np.linspace(2, 1, c).sum())])
+    x = rng.normal(size=(n, d)) + y[:, None]
+    x[:, : d // 3] = 0.0                                   # dead units: rank-deficient
+    if integer:
+        x = np.round(x)
+    x[n - n // 4:] = x[: n // 4]                           # a quarter are twins of others
+    return x, y
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("case", ["integer-euclidean", "twins-euclidean", "twins-cosine", "c2-cosine"])
+def test_grouped_knn_on_distinct_samples_equals_the_reference_on_the_resampled_rows(case, k):
+    """The engine scores a resample on its distinct samples (copies counted, near-ties at
+    the k-th key scored on the rows); the reference walks the rows. Integer features
+    make exact ties, so both the walk and its fallback are exercised."""
+    from te_gpu.engine.knn import knn_batched
+    from te_gpu.engine.stats import Labels
+
+    c = 2 if case.startswith("c2") else 4
+    x, y = _twins_and_ties(k, n=90, d=9, c=c, integer=case.startswith("integer"))
+    distance = case.split("-")[1]
+    idx, codes = resample_indices(y, 5, seed=k)
+    lab = Labels.from_codes(torch.as_tensor(codes), c, torch.float64)
+    for dtype in (torch.float64, torch.float32):
+        got = knn_batched(torch.as_tensor(x[idx], dtype=dtype), lab, k=k, distance=distance,
+                          groups=torch.as_tensor(idx)).tolist()
+        want = [knn_grouped(x[r], codes, r, k=k, distance=distance) for r in idx]
+        if dtype == torch.float64 or case.startswith("integer"):
+            assert got == want, (dtype, got, want)       # accuracies: multiples of 1/N
+        else:                                            # float32: near-ties may round apart
+            assert np.abs(np.subtract(got, want)).max() <= 3 / len(y)
+
+
+def test_grouped_knn_takes_a_samples_first_copy_for_all_its_copies():
+    """Copies a few units in the last place apart (SA's PCA on a resample can leave them
+    so) score as the sample they are: the first copy's vector for every copy."""
+    from te_gpu.engine.knn import knn_batched
+    from te_gpu.engine.stats import Labels
+
+    x, y = class_features(5, n=60, d=6, c=3, spread=0.3)
+    idx, codes = resample_indices(y, 3, seed=2)
+    rows = x[idx]
+    jitter = 1 + 4 * np.finfo(float).eps * np.random.default_rng(0).integers(-1, 2, rows.shape)
+    snapped = []
+    for r, ids in zip(rows, idx):
+        first = {s: j for j, s in reversed(list(enumerate(ids)))}
+        snapped.append(r[[first[s] for s in ids]])
+    lab = Labels.from_codes(torch.as_tensor(codes), 3, torch.float64)
+    got = knn_batched(torch.as_tensor(rows * jitter), lab, k=3, groups=torch.as_tensor(idx))
+    want = [knn_grouped(sn, codes, ids, k=3) for sn, ids in zip(snapped, idx)]
+    assert got.tolist() == want
+
+
+@pytest.mark.parametrize("d", [7, 64])
+def test_knn_breaks_ties_of_equal_vectors_by_index(d):
+    """Three samples share each vector (duplicate images): their keys tie exactly, however
+    a matrix product rounds, and the lower index is the neighbour. Blocks of classes
+    0, 0, 1 and k = 1: the first two blocks find a class-0 twin (right), the third finds
+    one too (wrong): 2/3; the higher index would give 0."""
+    from te_gpu.engine.knn import knn_batched
+    from te_gpu.engine.stats import Labels
+
+    base = np.random.default_rng(3).normal(size=(40, d))
+    x = np.concatenate([base, base, base])
+    y = np.repeat([0, 0, 1], 40)
+    assert ref.knn(x, y, k=1) == 2 / 3
+    assert knn_grouped(x, y, np.arange(120), k=1) == 2 / 3
+    lab = Labels.from_codes(torch.as_tensor(y), 2, torch.float64)
+    assert knn_batched(torch.as_tensor(x)[None], lab, k=1).item() == 2 / 3
+    assert knn_batched(torch.as_tensor(x)[None], lab, k=1, groups=torch.arange(120)[None]).item() == 2 / 3
+
+
 # ------------------------------------------------------------------ engine = reference
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),

@@ -12,7 +12,10 @@ tied vote.
 ``groups`` (B, N), optional: rows with equal ids are copies of one sample (the
 rows of a bootstrap resample, :mod:`te_gpu.bootstrap`), and a query leaves out
 its whole group, not only itself: a copy at distance 0 would otherwise vote for
-the query's own class. None: each row its own group (plain leave-one-out).
+the query's own class. None: each row its own group (plain leave-one-out). With
+groups the work is done on the distinct samples (a resample holds about 63 % of
+them, so 40 % of the N x N keys): all copies of a sample answer alike, and a
+neighbour counts as many times as it has copies (:func:`_knn_distinct`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ CHUNK = 1024
 # 0.023-0.026 s with blocks of 1-2 M entries (bench/RESULTS.md, "Bootstrap"). Queries are
 # independent, so the block size changes no score.
 CPU_BLOCK = 1 << 20
+# grouped kNN: keys this many units of rounding (of the largest squared norm) apart are
+# treated as tied and scored exactly (equal vectors can round a few units apart in a
+# matrix product; real features hold duplicate images)
+TIE_ULPS = 64
 
 
 def _keys(q: torch.Tensor, x: torch.Tensor, sq: torch.Tensor | None) -> torch.Tensor:
@@ -68,26 +75,110 @@ def knn_batched(x: torch.Tensor, labels: Labels, *, k: int = 3, distance: str = 
         sq = None
     else:
         sq = (x * x).sum(-1)
+    if groups is not None:
+        return _knn_distinct(x, sq, labels, k, groups, chunk)
     onehot = labels.onehot.to(x.dtype)
     correct = torch.zeros(b, dtype=torch.float64, device=x.device)
-    short = torch.zeros((), dtype=torch.bool, device=x.device)   # checked once, after the loop
     for i0 in range(0, n, chunk):
         i1 = min(i0 + chunk, n)
         keys = _keys(x[:, i0:i1], x, sq)
         rows = torch.arange(i1 - i0, device=x.device)
-        kth = None
-        if groups is None:
-            keys[:, rows, rows + i0] = float("inf")        # leave the sample out
-        else:                                              # leave its group out
-            keys.masked_fill_(groups[:, i0:i1, None] == groups[:, None, :], float("inf"))
-            kth = _kth(keys, k)
-            short |= torch.isinf(kth).any()                # no GPU sync inside the loop
-        pred = _nearest_votes(keys, k, onehot, kth).argmax(-1)  # (B, q)
+        keys[:, rows, rows + i0] = float("inf")            # leave the sample out
+        pred = _nearest_votes(keys, k, onehot).argmax(-1)  # (B, q)
         correct += (pred == labels.codes[i0:i1]).sum(-1)
-    if groups is not None and bool(short):
-        raise ValueError(f"kNN with k = {k}: a sample has fewer than {k} neighbours "
-                         "outside its group of copies")
     return correct / n
+
+
+def _distinct(groups: torch.Tensor):
+    """The distinct samples of each row of ``groups`` (B, N): ``first`` (B, M) the row
+    of each one's first copy, ``count`` (B, M) its copies (0 pads a row with fewer
+    than M), ``of_row`` (B, N) which distinct sample each row is."""
+    b, n = groups.shape
+    ids, order = torch.sort(groups, dim=-1, stable=True)    # copies side by side, in row order
+    new = torch.ones_like(ids, dtype=torch.bool)
+    new[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    slot = torch.cumsum(new, -1) - 1
+    m = int(slot[:, -1].max()) + 1                          # one host sync per batch
+    first = torch.zeros((b, m), dtype=order.dtype, device=groups.device)
+    first.scatter_reduce_(1, slot, order, "amin", include_self=False)
+    count = torch.zeros((b, m), dtype=torch.float64, device=groups.device)
+    count.scatter_add_(1, slot, torch.ones_like(slot, dtype=torch.float64))
+    of_row = torch.empty_like(slot).scatter_(1, order, slot)
+    return first, count, of_row
+
+
+def _knn_distinct(x, sq, labels: Labels, k: int, groups: torch.Tensor, chunk: int):
+    """Leave-group-out kNN accuracy (B,) from the distinct samples of each row of groups.
+
+    A sample's first copy stands for all of them (SA's PCA can leave copies apart in
+    their last bits; a copy is the same sample). A distinct query walks its nearest
+    other samples, k + 1 of them, taking each one's copies until k are taken: the k
+    nearest rows of the resampled set. Where that cannot decide - the k-th row's key
+    within rounding of another sample's (the resampled set breaks ties by row
+    position, and a matrix product can give two equal feature vectors keys a few units
+    in the last place apart) - the query is scored on the rows themselves, with keys
+    that are equal for equal vectors (:func:`_exact_predictions`).
+    """
+    b, n, _ = x.shape
+    first, count, of_row = _distinct(groups)
+    m = first.shape[1]
+    xd = torch.gather(x, 1, first[..., None].expand(-1, -1, x.shape[-1]))
+    sqd = None if sq is None else torch.gather(sq, 1, first)
+    codes = labels.codes[first]                             # (B, M)
+    absent = count == 0
+    scale = 1.0 if sqd is None else 2.0 * sqd.amax(-1)[:, None, None]
+    tol = TIE_ULPS * torch.finfo(x.dtype).eps * scale
+    take_n = min(k + 1, m)
+    chunk = chunk if x.is_cuda else max(1, min(chunk, CPU_BLOCK // (b * m)))
+    correct = torch.zeros(b, dtype=torch.float64, device=x.device)
+    undecided = []
+    for i0 in range(0, m, chunk):
+        i1 = min(i0 + chunk, m)
+        keys = _keys(xd[:, i0:i1], xd, sqd)                  # (B, q, M)
+        rows = torch.arange(i1 - i0, device=x.device)
+        keys[:, rows, rows + i0] = float("inf")             # leave the sample (all copies) out
+        keys.masked_fill_(absent[:, None, :], float("inf"))
+        v, j = torch.topk(keys, take_n, dim=-1, largest=False)        # ascending
+        cnt = torch.where(torch.isinf(v), 0.0, torch.gather(count[:, None].expand_as(keys), -1, j))
+        cum = torch.cumsum(cnt, -1)
+        take = torch.minimum(cnt, (k - (cum - cnt)).clamp(min=0))
+        votes = torch.zeros((b, i1 - i0, labels.c), dtype=take.dtype, device=x.device)
+        votes.scatter_add_(2, torch.gather(codes[:, None].expand_as(keys), -1, j), take)
+        at = torch.searchsorted(cum, torch.full_like(cum[..., :1], float(k))).clamp(max=take_n - 1)
+        kth = torch.gather(v, -1, at)
+        tied = (((v - kth).abs() <= tol) & (cnt > 0)).sum(-1) > 1
+        unsure = ~absent[:, i0:i1] & ((cum[..., -1] < k) | tied)
+        hit = (votes.argmax(-1) == codes[:, i0:i1]) & ~unsure
+        correct += (count[:, i0:i1] * hit).sum(-1)
+        undecided.append(unsure.nonzero() + torch.as_tensor([0, i0], device=x.device))
+    undecided = torch.cat(undecided)
+    for bb in undecided[:, 0].unique().tolist():            # rare: near-ties at the k-th key
+        queries = undecided[undecided[:, 0] == bb, 1]
+        pred = _exact_predictions(xd[bb], sqd is None, of_row[bb], queries, labels, k, chunk)
+        correct[bb] += (count[bb, queries] * (pred == codes[bb, queries])).sum()
+    return correct / n
+
+
+def _exact_predictions(xd, cosine: bool, of_row, queries, labels: Labels, k: int, chunk: int):
+    """Predictions for distinct samples ``queries`` on the resampled rows (``of_row``: the
+    distinct sample of each row), ties by row position. Keys are taken against each
+    distinct vector once and spread to its rows, so that equal vectors tie exactly."""
+    xu, of_vector = torch.unique(xd, dim=0, return_inverse=True)
+    to_row = of_vector[of_row]                              # each row's vector
+    sq = None if cosine else (xu * xu).sum(-1)[None]
+    onehot = labels.onehot.to(xd.dtype)
+    chunk = max(1, min(chunk, CPU_BLOCK // of_row.numel()))
+    preds = []
+    for q0 in range(0, queries.numel(), chunk):
+        q = queries[q0:q0 + chunk]
+        keys = _keys(xd[q][None], xu[None], sq)[0][:, to_row]          # (q, N)
+        keys.masked_fill_(of_row[None, :] == q[:, None], float("inf"))
+        kth = _kth(keys, k)
+        if bool(torch.isinf(kth).any()):
+            raise ValueError(f"kNN with k = {k}: a sample has fewer than {k} neighbours "
+                             "outside its group of copies")
+        preds.append(_nearest_votes(keys[None], k, onehot, kth[None]).argmax(-1)[0])
+    return torch.cat(preds)
 
 
 def head(x: torch.Tensor, labels: Labels, shared, *, k: int, distance: str) -> torch.Tensor:

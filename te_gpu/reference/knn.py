@@ -77,14 +77,19 @@ def _loo_accuracy(x, codes, n_classes, k, distance, chunk, groups) -> float:
     check_options(k, distance, chunk, n)
     if distance == "cosine":
         x = unit_rows(x)
-    sq = (x * x).sum(axis=1)
+    # keys against each distinct vector, then spread to its rows: equal vectors (copies,
+    # duplicate images) get equal keys, and their ties go by index as stated above (a
+    # matrix product may round two equal columns apart)
+    xu, of = np.unique(x, axis=0, return_inverse=True)
+    of = of.reshape(-1)
+    squ = (xu * xu).sum(axis=1)
     correct = 0
     for i0 in range(0, n, chunk):
         i1 = min(i0 + chunk, n)
         if distance == "euclidean":
-            s = sq[None, :] - 2.0 * (x[i0:i1] @ x.T)
+            s = (squ[None, :] - 2.0 * (x[i0:i1] @ xu.T))[:, of]
         else:
-            s = -(x[i0:i1] @ x.T)
+            s = (-(x[i0:i1] @ xu.T))[:, of]
         if groups is None:
             s[np.arange(i1 - i0), np.arange(i0, i1)] = np.inf  # leave the sample out
         else:
