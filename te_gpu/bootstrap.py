@@ -298,12 +298,13 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
                   options: dict | None = None,
                   predictions: dict | None = None, device=None, precision: str = "exact",
                   batch_size: int | None = None, progress: bool = True,
-                  until=None, ped_reference: dict | None = None) -> BootstrapResult:
+                  until=None, ped_reference: dict | None = None, only=None) -> BootstrapResult:
     """Every model of ``zoo`` scored on up to ``replicates`` class-stratified redraws of its targets.
 
     Parameters as :func:`te_gpu.score_zoo` (``zoo``, ``labels``, ``metrics``, ``sa``,
-    ``options``, ``predictions``, ``device``, ``precision``, ``ped_reference``: PED's
-    reference statistics are not redrawn), plus
+    ``options``, ``predictions``, ``device``, ``precision``, ``only``: the labels to
+    compute, on the target set and on every redraw; ``ped_reference``: PED's reference
+    statistics are not redrawn), plus
     ``replicates`` : redraws B (>= 2), or their cap when ``until`` stops earlier;
     ``seed`` : redraw r uses ``numpy.random.default_rng([seed, r])`` (:func:`resample_indices`);
     ``level`` : of the intervals (0.95: from the 2.5 and 97.5 percentiles);
@@ -326,7 +327,7 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     import torch
 
     from . import zoo as zoo_mod
-    from ._checks import as_labels, check_min_class_size
+    from ._checks import as_labels
     from .engine._tensor import resolve_device, working_dtype
     from .engine.stats import Labels
 
@@ -341,25 +342,33 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     # the plain scores first: they validate everything (zoo, labels, metrics, options, class
     # sizes, predictions) exactly as score_zoo does, and are the point estimates (but those
     # that the redraw hooks give on the way: _points_from_hooks)
+    from .results import ZooResult
+
     names = catalogue.metric_names(metrics)
     opts = catalogue.resolve_options(names, options)
     settings = zoo_mod.sa_settings(sa)
-    later = _points_from_hooks(names, settings)
+    feature_names = tuple(m for m in names if catalogue.get(m).inputs == "features")
+    only = only if only is None or isinstance(only, str) else list(only)
+    keys = zoo_mod.wanted_keys(feature_names, settings, only,
+                               tuple(m for m in names if m not in feature_names))
+    per_setting = [tuple(m for m in feature_names if keys is None or (m, i) in keys)
+                   for i in range(len(settings))]
+    only = list(only) if only is not None else [
+        *(ZooResult.label(m, s) for i, s in enumerate(settings) for m in per_setting[i]),
+        *(m for m in names if m not in feature_names)]
+    later = _points_from_hooks(only, settings, per_setting)
     # PED's reference read once: its statistics go to score_zoo and to the redraws
     ped_stats = zoo_mod.ped_reference_stats(zoo, ped_reference, settings)[0]
-    point = zoo_mod.score_zoo(zoo, labels, metrics=[m for m in names if m not in later], sa=sa,
-                              options={m: o for m, o in (options or {}).items()
-                                       if catalogue.get(m).name not in later},
+    point = zoo_mod.score_zoo(zoo, labels, metrics=names, sa=sa, options=options,
                               predictions=predictions, device=device, precision=precision,
-                              progress=False, distributed=False, ped_reference=ped_stats)
+                              progress=False, distributed=False, ped_reference=ped_stats,
+                              only=[lb for lb in only if lb not in later])
     t_point = time.perf_counter() - t0
     dtype = working_dtype(precision)
     dev = resolve_device(device, *(v for v in zoo.values() if isinstance(v, torch.Tensor)))
 
     codes_np, classes = as_labels(labels)
     c = classes.size
-    for m in later:                     # what score_zoo checks for the metrics it scores
-        check_min_class_size(codes_np, catalogue.get(m).min_class_size, catalogue.get(m).title)
     idx_np, rcodes = resample_indices(codes_np, replicates, seed)
     idx_all = torch.as_tensor(idx_np, device=dev)
     lab = Labels.from_codes(torch.as_tensor(rcodes, device=dev), c, dtype)
@@ -369,9 +378,10 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
                              method=method, point=dict(point.scores), skipped=dict(point.skipped),
                              undefined=dict(point.undefined), dropped=dict(point.dropped),
                              options=dict(metrics=list(names), options=opts,
-                                          sa=list(settings), precision=precision))
-    plan = _Plan(zoo, names, settings, opts, dtype, dev, batch_size, lab, src, predictions or {},
-                 ped_stats)
+                                          sa=list(settings), precision=precision, only=only))
+    plan = _Plan(zoo, [m for m in names if m in feature_names or m in only], settings,
+                 per_setting, opts, dtype, dev, batch_size, lab, src,
+                 predictions or {}, ped_stats)
     timer = _timer(dev)
     bar = executor.progress_bar(len(zoo) * replicates, progress, unit="redraw",
                                 desc="bootstrap")
@@ -426,41 +436,21 @@ def _slow_notice(seconds: float, done: int, wanted: int, enabled: bool) -> None:
               "each); fewer redraws (-B), fewer metrics or a GPU make it cheaper", file=sys.stderr)
 
 
-class _BarShare:
-    """Passes that each cover the same (model, redraw) pairs advance one bar by their
-    mean progress: ``update(k)`` counts k pairs of one pass; ``shown`` is what reached
-    the bar."""
-
-    def __init__(self, bar, passes: int):
-        self.bar, self.passes, self.seen, self.shown = bar, passes, 0, 0
-
-    def update(self, k):
-        self.seen += k
-        now = self.seen // self.passes
-        if now > self.shown:
-            self.bar.update(now - self.shown)
-            self.shown = now
-
-    def close(self):
-        pass
-
-
 class _Plan:
     """Which (metric, setting) goes which way, and what the weighted path keeps between rounds."""
 
-    def __init__(self, zoo, names, settings, opts, dtype, dev, batch_size, lab, src, predictions,
-                 ped_stats=None):
+    def __init__(self, zoo, names, settings, wanted, opts, dtype, dev, batch_size, lab, src,
+                 predictions, ped_stats=None):
         self.zoo, self.settings, self.opts, self.ped_stats = zoo, settings, opts, ped_stats
+        self.wanted = wanted              # per setting, the feature metrics it scores
         self.dtype, self.dev, self.batch_size = dtype, dev, batch_size
         self.lab, self.src, self.predictions = lab, src, predictions
-        self.feature_metrics = tuple(m for m in names if catalogue.get(m).inputs == "features")
         self.pred_metrics = tuple(m for m in names if catalogue.get(m).inputs == "predictions")
-        raw = None in settings
-        # metrics whose catalogue entry has a redraw hook: raw-feature redraws from
-        # multiplicities and what was computed once on the full target set
-        self.weighted = tuple(m for m in self.feature_metrics if raw and catalogue.get(m).redraws)
-        self.gathered = tuple(m for m in self.feature_metrics if m not in self.weighted)
-        self.sa_settings = [s for s in settings if s is not None]
+        self.raw = settings.index(None) if None in settings else None
+        # raw metrics whose catalogue entry has a redraw hook: redraws from multiplicities
+        # and what was computed once on the full target set
+        self.weighted = () if self.raw is None else tuple(
+            m for m in wanted[self.raw] if catalogue.get(m).redraws)
         self.state: dict = {}      # model -> {metric: its redraw hook} (weighted path)
         self.locks = {nm: threading.Lock() for nm in zoo}   # one hook build per model
 
@@ -470,37 +460,32 @@ class _Plan:
 
         b = idx.shape[0]
         raw: dict = {}
-        every = range(len(self.settings))
-        # one gathered pass for all settings that read the same metrics (SA settings share
-        # the batch's raw statistics); the raw setting apart when its hooked metrics go the
-        # weighted way
-        passes = [(self.feature_metrics, list(every))] if not self.weighted else [
-            (self.gathered, [i for i in every if self.settings[i] is None]),
-            (self.feature_metrics, [i for i in every if self.settings[i] is not None])]
-        passes = [(metrics, which) for metrics, which in passes if metrics and which]
-        # the gathered passes move the bar batch by batch (a round can take minutes)
-        share = _BarShare(bar, max(1, len(passes)))
-        for metrics, which in passes:
-            part = _feature_pass(self.zoo, idx, self.lab, metrics,
+        # one gathered pass for every setting that has metrics to gather (SA settings share
+        # the batch's raw statistics); the raw setting's hooked metrics go the weighted way
+        gathered = [tuple(m for m in ms if i != self.raw or m not in self.weighted)
+                    for i, ms in enumerate(self.wanted)]
+        which = [i for i, ms in enumerate(gathered) if ms]
+        if which:
+            part = _feature_pass(self.zoo, idx, self.lab, [gathered[i] for i in which],
                                  [self.settings[i] for i in which], self.opts, self.dtype,
-                                 self.dev, self.batch_size, timer, share,
-                                 features_tensor, self.ped_stats)
+                                 self.dev, self.batch_size, timer, bar, features_tensor,
+                                 self.ped_stats)
             for (nm, j), (vals, opened) in part.items():
                 raw.setdefault((nm, which[j]), ({}, opened))[0].update(vals)
         if self.weighted:
             for nm, vals in self._weighted_pass(idx, timer, features_tensor).items():
-                raw.setdefault((nm, self.settings.index(None)), ({}, [False] * b))[0].update(vals)
+                raw.setdefault((nm, self.raw), ({}, [False] * b))[0].update(vals)
         part_result = BootstrapResult(models=result.models, replicates=b, seed=result.seed,
                                       level=result.level, undefined=result.undefined,
                                       dropped=result.dropped)   # zoo-level parts as on the target set
-        if self.feature_metrics:
-            _fill(part_result, raw, self.feature_metrics, self.settings, b)
+        if any(self.wanted):
+            _fill(part_result, raw, self.wanted, self.settings, b)
         if self.pred_metrics:
             _prediction_pass(part_result, self.zoo, self.predictions, idx, rcodes, self.lab.c,
                              self.pred_metrics, self.opts, self.dev, timer, None)
         _append(result, part_result)
-        if len(self.zoo) * b > share.shown:          # the weighted pass, and rounding
-            bar.update(len(self.zoo) * b - share.shown)
+        if not which:                                # the weighted pass alone
+            bar.update(len(self.zoo) * b)
 
     def points(self, metrics) -> dict:
         """{label: {model: score}} of ``metrics`` on the target set itself, from their
@@ -572,15 +557,16 @@ class _Plan:
         return {m: hook(w, idx) for m, hook in hooks.items()}
 
 
-def _points_from_hooks(names, settings) -> list:
-    """The metrics whose raw point estimate comes from their redraw hook, not score_zoo:
-    those whose hook's build does the point's work (``Metric.point_from_redraws``: kNN's
-    neighbour lists are its leave-one-out pass), when the raw features are the only
-    setting (score_zoo scores every metric in every setting) and score_zoo has another
-    metric to score (it validates the call)."""
-    later = [m for m in names if settings == [None] and catalogue.get(m).point_from_redraws
-             and catalogue.get(m).redraws and catalogue.get(m).inputs == "features"]
-    return later if len(later) < len(names) else []
+def _points_from_hooks(only, settings, wanted) -> list:
+    """The raw labels (metric names) whose point estimate comes from their redraw hook,
+    not score_zoo: those whose hook's build does the point's work
+    (``Metric.point_from_redraws``: kNN's neighbour lists are its leave-one-out pass),
+    when score_zoo has another label of ``only`` to score (it validates the call)."""
+    if None not in settings:
+        return []
+    later = [m for m in wanted[settings.index(None)] if catalogue.get(m).point_from_redraws
+             and catalogue.get(m).redraws]
+    return later if len(later) < len(only) else []
 
 
 def _width(name, features) -> int:
@@ -622,10 +608,11 @@ def _timer(dev):
     return Timer(dev)
 
 
-def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size, timer, bar,
+def _feature_pass(zoo, idx, lab, wanted, settings, opts, dtype, dev, batch_size, timer, bar,
                   features_tensor, ped_stats=None) -> dict:
-    """{(model, setting index): ({metric: per-redraw values}, SA gate openings)};
-    ``ped_stats``: {model: (mean, std)} of PED's reference features, or None."""
+    """{(model, setting index): ({metric: per-redraw values}, SA gate openings)} of the
+    metrics ``wanted`` in each setting; ``ped_stats``: {model: (mean, std)} of PED's
+    reference features, or None."""
     from collections import deque
 
     import torch
@@ -635,6 +622,7 @@ def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size
 
     b, n = idx.shape
     c = lab.c
+    metrics = tuple(dict.fromkeys(m for ms in wanted for m in ms))
     entries = {name: zoo_mod.open_features(name, item) for name, item in zoo.items()}
     class_index = None
     if any("class_index" in catalogue.get(m).needs for m in metrics):
@@ -664,17 +652,17 @@ def _feature_pass(zoo, idx, lab, metrics, settings, opts, dtype, dev, batch_size
                 j += run
         return core.score_settings(x, lab, metrics, settings, opts=opts, pca_float32=key[1],
                                    timer=timer, class_index=class_index,
-                                   groups=ii if grouped else None,
+                                   groups=ii if grouped else None, wanted=wanted,
                                    ped_stats=zoo_mod.ped_batch_stats(
                                        ped_stats, [name for name, _ in chunk], dev))
 
     def finish(key, chunk, outputs):
         for i, (lists, infos) in enumerate(outputs):
             for j, (name, r) in enumerate(chunk):
-                vals, opened = out.setdefault((name, i), ({m: [None] * b for m in metrics},
+                vals, opened = out.setdefault((name, i), ({m: [None] * b for m in lists},
                                                           [False] * b))
-                for m in metrics:
-                    vals[m][r] = lists[m][j]
+                for m, v in lists.items():
+                    vals[m][r] = v[j]
                 if infos is not None:
                     opened[r] = bool(infos[j]["applied"])
         for name in {name for name, _ in chunk if last[name] in chunk}:
@@ -708,16 +696,19 @@ def _runs(chunk):
     return [(name, k) for name, k in runs]
 
 
-def _fill(result: BootstrapResult, raw: dict, metrics, settings, b: int) -> None:
-    """Redraw scores into ``result``: per-model metrics as they are; a zoo-level metric
-    combined over the zoo on each redraw with the parts the target set kept
-    (te_gpu.combine), none where it is undefined on the target set."""
+def _fill(result: BootstrapResult, raw: dict, wanted, settings, b: int) -> None:
+    """Redraw scores (of the metrics ``wanted`` in each setting) into ``result``: per-model
+    metrics as they are; a zoo-level metric combined over the zoo on each redraw with the
+    parts the target set kept (te_gpu.combine), none where it is undefined on the target
+    set."""
     from .combine import minmax_sum
     from .results import ZooResult
 
     names = result.models
     for i, s in enumerate(settings):
-        for m in metrics:
+        if not wanted[i]:
+            continue
+        for m in wanted[i]:
             lbl, meta = ZooResult.label(m, s), catalogue.get(m)
             if lbl in result.undefined:
                 continue

@@ -154,16 +154,18 @@ def _bootstrap_for(zoo, labels, sets, *, metrics=None, sa=None, sa_options=None,
     if mc_error is not None and (isinstance(mc_error, bool) or not isinstance(mc_error, (int, float))
                                  or not 0 < mc_error < 0.5):
         raise ValueError(f"mc_error must be a number between 0 and 0.5 (e.g. 0.05), got {mc_error!r}")
-    if None not in sets:                     # regimes: the union of their labels
-        union = list(dict.fromkeys(lb for lbs in sets.values() for lb in lbs))
-        metrics, settings = metrics_and_sa(union)
+    only = None
+    if None not in sets:                     # regimes: the union of their labels, and only those
+        only = list(dict.fromkeys(lb for lbs in sets.values() for lb in lbs))
+        metrics, settings = metrics_and_sa(only)
         sa = [None if v is None else dict(sa_options or {}, variant=v) for v in settings]
     elif sa_options:
         raise ValueError("sa_options go with transfer=; with metrics=, pass SA settings as sa=")
     label_sets = [lbs for lbs in sets.values() if lbs is not None] or [None]
     until = None if mc_error is None else \
         (lambda res: settled(res, k=k, error=float(mc_error), label_sets=label_sets))
-    return bootstrap_zoo(zoo, labels, metrics=metrics, sa=sa, until=until, **bootstrap_args)
+    return bootstrap_zoo(zoo, labels, metrics=metrics, sa=sa, until=until, only=only,
+                         **bootstrap_args)
 
 
 def settled(boot: BootstrapResult, *, k: int = 3, error: float = MC_ERROR,

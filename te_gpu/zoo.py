@@ -143,7 +143,7 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
               precision: str = "exact", batch_size: int | None = None, progress: bool = True,
               options: dict | None = None, predictions: dict | None = None,
               checkpoint=None, distributed: bool | None = None,
-              ped_reference: dict | None = None) -> ZooResult:
+              ped_reference: dict | None = None, only=None) -> ZooResult:
     """Score every model of ``zoo`` with every metric in ``metrics``.
 
     Parameters
@@ -183,6 +183,9 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
         CUDA, and destroy it on the way out); every rank must call ``score_zoo``.
         False: this process scores the whole zoo alone (a call made by one rank only).
         Pass ``.npy`` paths (or memory maps) so that each rank reads only its models.
+    only : None (every metric in every setting), or the result labels to compute out of
+        ``metrics`` x ``sa`` (``metric`` or ``metric+variant``, as ``scores`` names them):
+        ``["knn", "sfda+released"]`` scores kNN raw and after SA, SFDA after SA only.
 
     Returns
     -------
@@ -210,6 +213,10 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
     if unknown:
         raise ValueError(f"predictions given for model(s) not in the zoo: {sorted(unknown)}")
     settings = sa_settings(sa)
+    only = only if only is None or isinstance(only, str) else list(only)
+    wanted = wanted_keys(metrics, settings, only, from_predictions)
+    if wanted is not None:
+        from_predictions = tuple(m for m in from_predictions if m in only)
     ped_stats, ped_digest = ped_reference_stats(zoo, ped_reference, settings)
     dtype = working_dtype(precision)
     dev = resolve_device(device, *(v for v in zoo.values() if isinstance(v, torch.Tensor)))
@@ -220,7 +227,8 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
         # before any work: the ranks must agree on what they share out, or they would deadlock
         world.check_same(labels=labels_sha1(codes_np), zoo=_digest([list(zoo), costs]),
                          settings=_digest(sorted(_score_keys(metrics, settings, opts,
-                                                             ped_digest, precision).values())))
+                                                             ped_digest, precision,
+                                                             wanted).values())))
         mine = world.shard(list(zoo), costs) if world.size > 1 else list(zoo)
         entries, n = _open_models(world, zoo, mine)
         if codes_np.size != n:
@@ -228,10 +236,12 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
         for m in names:
             check_min_class_size(codes_np, catalogue.get(m).min_class_size, catalogue.get(m).title)
         result = ZooResult(models=list(zoo), device=str(dev), precision=precision,
-                           options=dict(metrics=list(names), options=opts, sa=list(settings)))
+                           options=dict(metrics=list(names), options=opts, sa=list(settings),
+                                        **({} if only is None else {"only": list(only)})))
         job = _Job(entries=entries, n=n, codes=codes_np, c=classes.size, device=dev, dtype=dtype,
                    metrics=metrics, settings=settings, opts=opts, precision=precision,
-                   batch_size=batch_size, ped_stats=ped_stats, ped_digest=ped_digest)
+                   batch_size=batch_size, ped_stats=ped_stats, ped_digest=ped_digest,
+                   wanted=wanted)
         timer = core.Timer(dev)
         with ExitStack() as held:   # rank 0 holds the checkpoint's lock to the end
             book = _open_checkpoint(world, held, checkpoint, n, codes_np, mine)
@@ -356,12 +366,14 @@ class _Job:
     batch_size: int | None
     ped_stats: dict | None = None       # {model: (mean, std)} of PED's reference features
     ped_digest: str | None = None       # ... and their digest, which keys the PED scores
+    wanted: set | None = None           # {(metric, setting index)} to score; None: all
 
     def __post_init__(self):
         self.keys = _score_keys(self.metrics, self.settings, self.opts, self.ped_digest,
-                                self.precision)
+                                self.precision, self.wanted)
         self.sa_keys = {i: _sa_key(s, self.ped_digest, self.precision)
-                        for i, s in enumerate(self.settings) if s is not None}
+                        for i, s in enumerate(self.settings)
+                        if s is not None and any(k[1] == i for k in self.keys)}
 
 
 def _score_missing(book, job: _Job, missing: dict, verified: set, timer, bar, t_start) -> None:
@@ -397,7 +409,9 @@ def _score_missing(book, job: _Job, missing: dict, verified: set, timer, bar, t_
         outputs = core.score_settings(x, lab, metrics, [job.settings[i] for i in settings],
                                       opts=job.opts, pca_float32=key[1], timer=timer,
                                       class_index=class_index,
-                                      ped_stats=ped_batch_stats(job.ped_stats, chunk, dev))
+                                      ped_stats=ped_batch_stats(job.ped_stats, chunk, dev),
+                                      wanted=[[m for m in metrics if (m, i) in wanted]
+                                              for i in settings])
         return prints, metrics, zip(settings, outputs)
 
     def finish(key, chunk, outputs):
@@ -405,7 +419,7 @@ def _score_missing(book, job: _Job, missing: dict, verified: set, timer, bar, t_
         for name, fp in prints.items():
             book.bind(name, fp)
         for i, (lists, infos) in per_setting:
-            _store(book, job, chunk, i, metrics, lists, infos)
+            _store(book, job, chunk, i, lists, infos)
         newly = [m for m in chunk if missing[m]]
         for m in newly:
             missing[m] = set()
@@ -466,9 +480,9 @@ def _fill_predictions(result: ZooResult, metrics, shards: list) -> None:
             del result.scores[label]
 
 
-def _store(book, job: _Job, chunk, i: int, metrics, lists, infos) -> None:
+def _store(book, job: _Job, chunk, i: int, lists, infos) -> None:
     """One SA setting's scores of a batch into the checkpoint, refusing non-finite values."""
-    for m in metrics:
+    for m in lists:
         for name, v in zip(chunk, lists[m]):
             if not np.all(np.isfinite(v)):
                 raise FloatingPointError(
@@ -486,23 +500,23 @@ def _fill_result(result: ZooResult, book, job: _Job) -> None:
     from their raw parts: a part equal across the zoo is left out, and a metric with
     nothing left is marked undefined (a warning; the other scores stand)."""
     names = result.models
-    for i, s in enumerate(job.settings):
-        for m in job.metrics:
-            lbl, key = ZooResult.label(m, s), job.keys[(m, i)]
-            vals = {name: book.models[name]["scores"][key] for name in names}
-            if catalogue.get(m).zoo_level:
-                result.parts[lbl] = {name: tuple(vals[name]) for name in names}
-                got = combine_zoo(m, vals, label=lbl)
-                if got.dropped:
-                    result.dropped[lbl] = got.dropped
-                if got.scores is None:
-                    result.undefined[lbl] = got.reason
-                    continue
-                result.scores[lbl] = got.scores
-            else:
-                result.scores[lbl] = {name: float(vals[name]) for name in names}
-        if s is not None:
-            result.sa[s["variant"]] = {name: book.models[name]["sa"][job.sa_keys[i]] for name in names}
+    for (m, i), key in job.keys.items():                # setting by setting
+        lbl = ZooResult.label(m, job.settings[i])
+        vals = {name: book.models[name]["scores"][key] for name in names}
+        if not catalogue.get(m).zoo_level:
+            result.scores[lbl] = {name: float(vals[name]) for name in names}
+            continue
+        result.parts[lbl] = {name: tuple(vals[name]) for name in names}
+        got = combine_zoo(m, vals, label=lbl)
+        if got.dropped:
+            result.dropped[lbl] = got.dropped
+        if got.scores is None:
+            result.undefined[lbl] = got.reason
+        else:
+            result.scores[lbl] = got.scores
+    for i, sa_key in job.sa_keys.items():
+        result.sa[job.settings[i]["variant"]] = {name: book.models[name]["sa"][sa_key]
+                                                 for name in names}
 
 
 # --------------------------------------------------------------------------
@@ -522,12 +536,31 @@ def _canonical_sa(s):
             for k, v in s.items()}
 
 
-def _score_keys(metrics, settings, opts: dict, ped_digest, precision: str) -> dict:
+def wanted_keys(metrics, settings, only, from_predictions=()) -> set | None:
+    """{(metric, setting index)} of the labels ``only`` of ``metrics`` x ``settings``
+    (LEEP/NCE, ``from_predictions``, on raw predictions only); None: all of them."""
+    if only is None:
+        return None
+    if isinstance(only, str) or not all(isinstance(lb, str) for lb in only):
+        raise TypeError(f"only must be a list of labels such as ['knn', 'sfda+released'], "
+                        f"got {only!r}")
+    product = {ZooResult.label(m, s): (m, i) for i, s in enumerate(settings) for m in metrics}
+    unknown = [lb for lb in only if lb not in product and lb not in from_predictions]
+    if unknown or not only:
+        raise ValueError(f"only: {unknown or 'nothing'} is not among the labels of the metrics "
+                         f"x SA settings asked for ({', '.join([*product, *from_predictions])})")
+    return {product[lb] for lb in only if lb in product}
+
+
+def _score_keys(metrics, settings, opts: dict, ped_digest, precision: str,
+                wanted: set | None = None) -> dict:
     """{(metric, setting index): key}: ``label@hash`` of all a score depends on (a PED
-    setting's: also its reference statistics' digest, where given)."""
+    setting's: also its reference statistics' digest, where given); only those ``wanted``."""
     keys = {}
     for i, s in enumerate(settings):
         for m in metrics:
+            if wanted is not None and (m, i) not in wanted:
+                continue
             spec = dict(metric=m, sa=_canonical_sa(s), precision=precision,
                         options=_options_of(m, opts), **_reference_of(s, ped_digest))
             keys[(m, i)] = f"{ZooResult.label(m, s)}@{_digest(spec)}"

@@ -158,6 +158,43 @@ def test_knn_breaks_ties_of_equal_vectors_by_index(d):
     assert knn_batched(torch.as_tensor(x)[None], lab, k=1, groups=torch.arange(120)[None]).item() == 2 / 3
 
 
+def test_only_redraws_the_labels_asked_for(monkeypatch):
+    """bootstrap_zoo(only=): the point and every redraw of those labels, equal to the full
+    product's, and no head run for another label (raw SFDA where SA's gate stays shut)."""
+    from te_gpu.engine import core
+
+    x, y = class_features(6, n=60, d=8, c=3)
+    zoo = _zoo_of(x, 4)
+    zoo["shut"] = 0.05 * x                                 # SA's gate stays shut (and c's)
+    kw = dict(metrics=["knn", "sfda", "lda"], sa=[None, "released"], replicates=4, seed=2,
+              progress=False)
+    full = bootstrap_zoo(zoo, y, **kw)
+    gates = te_gpu.score_zoo(zoo, y, metrics=["lda"], sa="released", progress=False).sa["released"]
+    calls, real = [], core.metric_heads
+    monkeypatch.setattr(core, "metric_heads", lambda shared, metrics, opts, *, timer=None, prefix="":
+                        calls.extend((prefix, m, shared.x.shape[0]) for m in metrics)
+                        or real(shared, metrics, opts, timer=timer, prefix=prefix))
+    only = ["knn", "sfda+released", "lda+released"]
+    part = bootstrap_zoo(zoo, y, only=only, **kw)
+    assert part.labels == only and part.options["only"] == only
+    for lbl in only:
+        assert part.point[lbl] == full.point[lbl]
+        for name in zoo:
+            assert (part.samples[lbl][name] == full.samples[lbl][name]).all(), (lbl, name)
+    assert part.sa_applied == full.sa_applied and full.sa_applied["released"]["shut"] == 0.0
+    assert {m for p, m, _ in calls if p == "sa_"} == {"sfda", "lda"}
+    # raw heads: SFDA and LDA only where the gate stays shut, on the target set and on the
+    # redraws (kNN raw goes by its neighbour lists)
+    shut = sum(not g["applied"] for g in gates.values()) + round(
+        sum(4 * (1 - share) for share in full.sa_applied["released"].values()))
+    assert shut >= 5
+    for m in ("sfda", "lda"):
+        assert sum(b for p, mm, b in calls if (p, mm) == ("", m)) == shut, calls
+    assert {m for p, m, _ in calls if p == ""} == {"sfda", "lda"}
+    with pytest.raises(ValueError, match="not among the labels"):
+        bootstrap_zoo(zoo, y, only=["logme"], **kw)
+
+
 # ------------------------------------------------------------------ engine = reference
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -289,7 +326,7 @@ def test_a_stopped_run_is_the_first_redraws_of_a_longer_one():
 
 def test_the_bar_moves_within_a_round_and_ends_at_its_total(monkeypatch):
     """A round's gathered batches move the bar as they finish (a round of SA redraws can
-    take minutes on a real zoo); passes over the same pairs share it; the total is exact."""
+    take minutes on a real zoo); the total is exact."""
     import te_gpu.executor as executor
 
     class Recorder:

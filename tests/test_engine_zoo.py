@@ -66,3 +66,59 @@ def test_fast_precision_with_n_below_d_is_finite_and_close():
         exact = te_gpu.score(x, y, metric=metric)
         assert np.isfinite(fast)
         assert fast == pytest.approx(exact, rel=2e-3, abs=1e-4)
+
+
+def _heads_called(monkeypatch):
+    """[(prefix, metric)] of every engine head run (core.metric_heads), as calls go."""
+    from te_gpu.engine import core
+
+    calls, real = [], core.metric_heads
+
+    def spy(shared, metrics, opts, *, timer=None, prefix=""):
+        calls.extend((prefix, m) for m in metrics)
+        return real(shared, metrics, opts, timer=timer, prefix=prefix)
+
+    monkeypatch.setattr(core, "metric_heads", spy)
+    return calls
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_only_scores_the_labels_asked_for_and_equals_the_full_product(
+        checkpointed, tmp_path, monkeypatch):
+    """only=: the labels of a regime's set, not every metric in every setting; the scores
+    are those of the full product, and a checkpoint of them serves a later full run."""
+    zoo, y = ragged_zoo(12)
+    # a model whose SA gate stays shut (small variance): its scores after SA are its raw ones
+    zoo["shut"] = 0.2 * np.maximum(zoo["model_1_30"], 0.0)
+    zoo["shut"][:, :4] = 0.0                              # dead units
+    args = dict(metrics=("knn", "sfda", "ncti"), sa=[None, "released"], progress=False)
+    ck = tmp_path / "ck.json" if checkpointed else None
+    full = te_gpu.score_zoo(zoo, y, **args)
+    calls = _heads_called(monkeypatch)
+    only = ["knn", "sfda+released", "ncti+released"]
+    part = te_gpu.score_zoo(zoo, y, only=only, checkpoint=ck, **args)
+    assert sorted(part.scores) == sorted(only) and part.options["only"] == only
+    for label in only:
+        assert part.scores[label] == full.scores[label]
+    assert part.sa["released"] == full.sa["released"]
+    assert ("sa_", "knn") not in calls                    # kNN after SA was not asked for
+    closed = [m for m, info in full.sa["released"].items() if not info["applied"]]
+    # raw SFDA only where SA left the features as they were (its score there is the raw one)
+    assert calls.count(("", "sfda")) == 1 and closed == ["shut"]
+    if checkpointed:                                      # the rest, from the same checkpoint
+        calls.clear()
+        again = te_gpu.score_zoo(zoo, y, checkpoint=ck, **args)
+        assert ("sa_", "sfda") not in calls and ("sa_", "ncti") not in calls
+        assert calls.count(("", "knn")) == 1              # raw kNN of the shut model only
+        for label in full.scores:
+            assert again.scores[label] == pytest.approx(full.scores[label], rel=1e-12)
+
+
+def test_only_refuses_labels_outside_the_product():
+    zoo, y = ragged_zoo(13)
+    with pytest.raises(ValueError, match=r"\['knn\+released'\] is not among the labels"):
+        te_gpu.score_zoo(zoo, y, metrics=("knn",), only=["knn+released"], progress=False)
+    with pytest.raises(ValueError, match="nothing"):
+        te_gpu.score_zoo(zoo, y, metrics=("knn",), only=[], progress=False)
+    with pytest.raises(TypeError, match="list of labels"):
+        te_gpu.score_zoo(zoo, y, metrics=("knn",), only="knn", progress=False)

@@ -322,6 +322,7 @@ def test_transfer_takes_the_regimes_set_and_names_the_regime():
     zoo, y = _three_model_zoo()
     rec = recommend(zoo, y, transfer="finetune", replicates=20, progress=False)
     assert rec.labels == list(regimes.REGIMES["finetune"].labels) and rec.transfer == "finetune"
+    assert sorted(rec.boot.labels) == sorted(rec.labels)    # those only, not metrics x settings
     assert rec.lines[0].startswith("for fine-tuning the whole network (--transfer finetune")
     assert (regimes.weak_line("finetune") in rec.lines) == bool(regimes.REGIMES["finetune"].weak)
     assert rec.best == "strong" and DEFAULT_NOTE not in rec.lines
@@ -335,6 +336,8 @@ def test_transfer_takes_the_regimes_set_and_names_the_regime():
     every = recommend_per_regime(zoo, y, replicates=20, progress=False)
     assert list(every) == list(regimes.REGIMES)
     assert len({id(r.boot) for r in every.values()}) == 1          # one set of redraws
+    assert set(next(iter(every.values())).boot.labels) == {
+        lb for r in regimes.REGIMES.values() for lb in r.labels}
     for name, r in every.items():
         assert r.labels == list(regimes.REGIMES[name].labels) and r.transfer == name
 

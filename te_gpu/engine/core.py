@@ -189,11 +189,12 @@ def ped_moved(x: torch.Tensor, labels: Labels, ped_kw: dict, timer: Timer, stats
 
 def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: dict,
                    pca_float32: bool = False, timer: Timer | None = None, class_index=None,
-                   groups: torch.Tensor | None = None, ped_stats=None):
+                   groups: torch.Tensor | None = None, ped_stats=None, wanted=None):
     """Scores of B same-width models for several SA settings at once.
 
     ``settings``: a list of None (raw features) and resolved SA (or PED) option dicts;
-    ``opts``: {metric: resolved options}. Returns one ``({metric: per-model
+    ``opts``: {metric: resolved options}; ``wanted``: per setting, the metrics to score
+    there (None: every metric in every setting). Returns one ``({metric: per-model
     values}, sa infos or None)`` per setting. The work is shared: one
     :class:`Shared` serves the raw metrics, NCTI's PCA and every SA gate; a
     model whose gate stays closed reuses its raw scores. ``groups``: see :class:`Shared`.
@@ -201,27 +202,33 @@ def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: 
     """
     timer = timer or _null_timer()
     b = x.shape[0]
+    wanted = [tuple(metrics)] * len(settings) if wanted is None else [tuple(w) for w in wanted]
     shared = Shared(x, labels, timer, class_index=class_index, groups=groups)
-    raw = None  # per-model raw values, computed once if any setting needs them
+    raw: dict = {}  # metric -> per-model raw values of the whole batch, each computed once
 
-    def raw_lists(rows=None):
-        nonlocal raw
-        if raw is None and (rows is None or len(rows) == b):
-            raw = _to_lists(metric_heads(shared, metrics, opts, timer=timer), b)
-        if raw is not None:
-            return raw if rows is None else {m: [v[i] for i in rows] for m, v in raw.items()}
-        return _to_lists(metric_heads(shared.subset(rows), metrics, opts, timer=timer), len(rows))
+    def raw_lists(ms, rows=None):
+        todo = [m for m in ms if m not in raw]
+        if todo and (rows is None or len(rows) == b):
+            raw.update(_to_lists(metric_heads(shared, todo, opts, timer=timer), b))
+            todo = []
+        if rows is None:
+            return {m: raw[m] for m in ms}
+        got = {m: [raw[m][i] for i in rows] for m in ms if m in raw}
+        if todo:      # closed models only: their raw scores of these metrics
+            got.update(_to_lists(metric_heads(shared.subset(rows), todo, opts, timer=timer),
+                                 len(rows)))
+        return got
 
     out = []
-    for sa_kw in settings:
+    for sa_kw, ms in zip(settings, wanted):
         if sa_kw is None:
-            out.append((raw_lists(), None))
+            out.append((raw_lists(ms), None))
             continue
         if sa_kw["variant"] == catalogue.PED:
             z, infos = ped_moved(x, labels, sa_kw, timer, ped_stats)
             moved = Shared(z, labels, timer, class_index=shared._class_index, prefix="ped_",
                            groups=groups)
-            out.append((_to_lists(metric_heads(moved, metrics, opts, timer=timer, prefix="ped_"),
+            out.append((_to_lists(metric_heads(moved, ms, opts, timer=timer, prefix="ped_"),
                                   b), infos))
             continue
         open_mask, z, infos = sa_split(x, labels, sa_kw, eig=shared.spectrum,
@@ -230,17 +237,17 @@ def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: 
         closed = [i for i, o in enumerate(open_mask) if not o]
         opened = [i for i, o in enumerate(open_mask) if o]
         if closed:  # SA leaves these features as they are: their raw scores stand
-            res = raw_lists(closed)
+            res = raw_lists(ms, closed)
             for j, i in enumerate(closed):
                 per_model[i] = {m: v[j] for m, v in res.items()}
         if opened:
             sa_shared = Shared(z, labels, timer, class_index=shared._class_index, prefix="sa_",
                                groups=None if groups is None else groups[opened])
-            res = _to_lists(metric_heads(sa_shared, metrics, opts, timer=timer, prefix="sa_"),
+            res = _to_lists(metric_heads(sa_shared, ms, opts, timer=timer, prefix="sa_"),
                             len(opened))
             for j, i in enumerate(opened):
                 per_model[i] = {m: v[j] for m, v in res.items()}
-        out.append(({m: [pm[m] for pm in per_model] for m in metrics}, infos))
+        out.append(({m: [pm[m] for pm in per_model] for m in ms}, infos))
     return out
 
 
