@@ -21,7 +21,7 @@ from ._stubs import metric_doc, public_name, zoo_doc
 from .engine import core
 from .engine._tensor import (features_tensor, is_float32_input, labels_tensor, resolve_device,
                              working_dtype)
-from .engine.stats import Labels, batch_stats, spectrum
+from .engine.stats import Labels
 
 
 def _prepare(features, labels, device, precision, dtype=None):
@@ -99,8 +99,8 @@ def spread_attract(features, labels, *, alpha: float = 0.005, sigma: float = 0.6
     sa_kw = catalogue.resolve_sa(dict(alpha=alpha, sigma=sigma, force=force, pca_dim=pca_dim,
                                       gate=gate, variant=variant))
     x, lab, f32 = _prepare(features, labels, device, precision)
-    st = batch_stats(x, lab)
-    open_mask, z, infos = core.sa_split(x, lab, sa_kw, eig=spectrum(x, st), pca_float32=f32)
+    open_mask, z, infos = core.sa_split(x, lab, sa_kw, shared=core.Shared(x, lab),
+                                        pca_float32=f32)
     return (z[0] if open_mask[0] else x[0]), infos[0]
 
 

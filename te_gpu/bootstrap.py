@@ -653,6 +653,7 @@ def _feature_pass(zoo, idx, lab, wanted, settings, opts, dtype, dev, batch_size,
         return core.score_settings(x, lab, metrics, settings, opts=opts, pca_float32=key[1],
                                    timer=timer, class_index=class_index,
                                    groups=ii if grouped else None, wanted=wanted,
+                                   exact_gate=False,     # a redraw keeps the decision only
                                    ped_stats=zoo_mod.ped_batch_stats(
                                        ped_stats, [name for name, _ in chunk], dev))
 

@@ -80,6 +80,63 @@ def test_gate_flips_just_around_the_threshold(seed):
     assert info_b["pca_dim"] is None and info_b["displacement_norm"] == 0.0
 
 
+def _scaled_batch(seed, shapes_and_gates):
+    """Models (one batch, one N) whose gate values are the ones given: features scaled."""
+    xs = []
+    for k, (d, m) in enumerate(shapes_and_gates):
+        x, y = class_features(seed + k, n=60, d=d, c=3, spread=0.5)
+        if d > 4:
+            x[:, :2] = 0.0                                  # dead units
+        xs.append(x * np.sqrt(m / gate_value(x)))
+    return xs, y
+
+
+@pytest.mark.parametrize("d", [1, 2, 9, 90])
+def test_gate_bounds_bracket_the_gate_value(d):
+    import torch
+
+    from te_gpu.engine.sa import gate_bounds
+
+    xs, _ = _scaled_batch(3, [(d, m) for m in (0.1, 4.0, 40.0)])
+    lower, upper = gate_bounds(torch.as_tensor(np.stack(xs)))
+    for lo, hi, x in zip(lower.tolist(), upper.tolist(), xs):
+        m = gate_value(x)
+        assert lo <= m * (1 + 1e-12) and m <= hi * (1 + 1e-12), (lo, m, hi)
+    if d == 1:                                              # one variance: it is the value
+        assert lower.tolist() == pytest.approx(upper.tolist(), rel=1e-12)
+
+
+def test_redraws_gate_decides_by_bounds_where_they_are_clear(monkeypatch):
+    """exact_gate=False (the bootstrap's redraws): the same decisions, the spectrum only
+    for the models the bounds leave undecided, their values exact, the others None."""
+    import torch
+
+    from te_gpu import catalogue
+    from te_gpu.engine import core
+    from te_gpu.engine.stats import Labels
+
+    gates = [0.2, GATE_THRESHOLD * (1 - 1e-7), GATE_THRESHOLD * (1 + 1e-7), 50.0, 5.0]
+    xs, y = _scaled_batch(8, [(12, m) for m in gates])
+    x = torch.as_tensor(np.stack(xs))
+    lab = Labels.from_codes(torch.as_tensor(y), 3, torch.float64)
+    sa_kw = catalogue.resolve_sa("released")
+    exact = core.sa_split(x, lab, sa_kw, shared=core.Shared(x, lab), pca_float32=False)
+    sizes, real = [], core.spectrum
+    monkeypatch.setattr(core, "spectrum", lambda xx, st: sizes.append(xx.shape[0]) or real(xx, st))
+    fast = core.sa_split(x, lab, sa_kw, shared=core.Shared(x, lab), pca_float32=False,
+                         exact_gate=False)
+    assert fast[0] == exact[0] == [False, False, True, True, True]
+    assert torch.equal(fast[1], exact[1])
+    valued = [i for i, info in enumerate(fast[2]) if info["gate_value"] is not None]
+    assert sizes == [len(valued)] and 1 in valued and 2 in valued and 3 not in valued
+    for i in valued:
+        assert fast[2][i]["gate_value"] == pytest.approx(exact[2][i]["gate_value"], rel=1e-13)
+    sizes.clear()
+    open_all = core.sa_split(x, lab, dict(sa_kw, gate=False), shared=core.Shared(x, lab),
+                             pca_float32=False, exact_gate=False)
+    assert open_all[0] == [True] * 5 and sizes == []        # no gate: no spectrum at all
+
+
 def test_closed_gate_returns_raw_features_as_float64():
     x, y = class_features(6, n=50, d=8, c=3, spread=0.5, noise=0.3)
     assert gate_value(x) < GATE_THRESHOLD

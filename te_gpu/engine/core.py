@@ -136,22 +136,39 @@ def metric_heads(shared: Shared, metrics, opts: dict, *, timer: Timer | None = N
     return out
 
 
-def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, eig, pca_float32: bool,
-             timer: Timer | None = None):
+def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, shared: "Shared",
+             pca_float32: bool, timer: Timer | None = None, exact_gate: bool = True):
     """Gate every model, perturb the open ones.
 
+    ``exact_gate=False`` (the bootstrap's redraws, which keep only the decision): a gate
+    that cheap bounds on its value decide (:func:`te_gpu.engine.sa.gate_bounds`, away from
+    the threshold) needs no spectrum; its ``gate_value`` is then None.
     Returns (open_mask: list[bool], z_open (B_open, N, n) or None, infos: list[dict]).
     """
     timer = timer or _null_timer()
     b, n, d = x.shape
     with timer.stage("sa_gate"):
-        gate = sa_ops.gate_values(eig.evals, n)
-        is_open = (gate > sa_ops.GATE_THRESHOLD) if sa_kw["gate"] else torch.ones_like(gate, dtype=torch.bool)
-        open_mask = is_open.tolist()                          # one host sync per batch
-        gate_list = gate.tolist()
+        gate = torch.full((b,), float("nan"), dtype=torch.float64, device=x.device)
+        exact = torch.ones(b, dtype=torch.bool, device=x.device)
+        if not exact_gate and not sa_kw["gate"]:
+            exact[:] = False                                # open, whatever the value
+        elif not exact_gate:
+            lower, upper = sa_ops.gate_bounds(x)
+            margin = sa_ops.GATE_BOUND_MARGIN * sa_ops.GATE_THRESHOLD
+            exact = (lower <= sa_ops.GATE_THRESHOLD + margin) & (upper >= sa_ops.GATE_THRESHOLD - margin)
+            gate = torch.where(lower > sa_ops.GATE_THRESHOLD, torch.inf, -torch.inf).to(gate)
+        rows = exact.nonzero()[:, 0].tolist()               # one host sync per batch
+        if rows:
+            part = shared if len(rows) == b else shared.subset(rows)
+            gate[rows] = sa_ops.gate_values(part.spectrum.evals, n).to(gate)
+        is_open = gate > sa_ops.GATE_THRESHOLD if sa_kw["gate"] else torch.ones_like(exact)
+        open_mask = is_open.tolist()
+        valued = set(rows)
+        gate_list = [g if i in valued else None for i, g in enumerate(gate.tolist())]
     infos = [dict(gate_value=g, gate_threshold=sa_ops.GATE_THRESHOLD,
-                  gate_margin=g - sa_ops.GATE_THRESHOLD, applied=bool(o), variant=sa_kw["variant"],
-                  pca_dim=None, displacement_norm=0.0) for g, o in zip(gate_list, open_mask)]
+                  gate_margin=None if g is None else g - sa_ops.GATE_THRESHOLD,
+                  applied=bool(o), variant=sa_kw["variant"], pca_dim=None,
+                  displacement_norm=0.0) for g, o in zip(gate_list, open_mask)]
     if not any(open_mask):
         return open_mask, None, infos
     sel = torch.as_tensor(open_mask, device=x.device)
@@ -189,7 +206,8 @@ def ped_moved(x: torch.Tensor, labels: Labels, ped_kw: dict, timer: Timer, stats
 
 def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: dict,
                    pca_float32: bool = False, timer: Timer | None = None, class_index=None,
-                   groups: torch.Tensor | None = None, ped_stats=None, wanted=None):
+                   groups: torch.Tensor | None = None, ped_stats=None, wanted=None,
+                   exact_gate: bool = True):
     """Scores of B same-width models for several SA settings at once.
 
     ``settings``: a list of None (raw features) and resolved SA (or PED) option dicts;
@@ -199,6 +217,7 @@ def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: 
     :class:`Shared` serves the raw metrics, NCTI's PCA and every SA gate; a
     model whose gate stays closed reuses its raw scores. ``groups``: see :class:`Shared`.
     ``ped_stats``: (mean, std), each (B, D), of the models' PED reference features, or None.
+    ``exact_gate``: see :func:`sa_split`.
     """
     timer = timer or _null_timer()
     b = x.shape[0]
@@ -231,8 +250,9 @@ def score_settings(x: torch.Tensor, labels: Labels, metrics, settings, *, opts: 
             out.append((_to_lists(metric_heads(moved, ms, opts, timer=timer, prefix="ped_"),
                                   b), infos))
             continue
-        open_mask, z, infos = sa_split(x, labels, sa_kw, eig=shared.spectrum,
-                                       pca_float32=pca_float32, timer=timer)
+        open_mask, z, infos = sa_split(x, labels, sa_kw, shared=shared,
+                                       pca_float32=pca_float32, timer=timer,
+                                       exact_gate=exact_gate)
         per_model = [None] * b
         closed = [i for i, o in enumerate(open_mask) if not o]
         opened = [i for i, o in enumerate(open_mask) if o]

@@ -27,6 +27,26 @@ def gate_values(evals_c: torch.Tensor, n: int) -> torch.Tensor:
     return evals_c[:, -2:].mean(-1) / n
 
 
+# A bound decides the gate only this far (relative) from the threshold: beyond rounding
+# of a variance summed over N rows in either precision
+GATE_BOUND_MARGIN = 1e-3
+
+
+def gate_bounds(x: torch.Tensor) -> tuple:
+    """Bounds (lower, upper), each (B,), on the gate value of (B, N, D) features, for the
+    cost of their column variances (N D, against N D^2 for the covariance's spectrum).
+
+    The gate value m is the mean of the covariance's two largest eigenvalues. By Ky Fan's
+    principle their sum is at least the sum of any two diagonal entries, the two largest
+    variances; and the eigenvalues are non-negative, so it is at most the trace.
+    """
+    d = x.shape[-1]
+    xc = x - x.mean(1, keepdim=True)
+    var = (xc * xc).mean(1)                                    # population variances (B, D)
+    two = min(2, d)
+    return var.topk(two, dim=-1).values.sum(-1) / two, var.sum(-1) / two
+
+
 def randomized_pca_batched(xc: torch.Tensor, n_comp: int, *, seed: int = SA_PCA_SEED,
                            n_oversamples: int = 10, n_iter: int = 1) -> torch.Tensor:
     """Scores of scikit-learn's randomized PCA for B centred models (B, N, D) -> (B, N, n).
