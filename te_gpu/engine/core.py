@@ -21,7 +21,7 @@ from . import dispatch
 from . import ped as ped_ops
 from . import sa as sa_ops
 from .stats import class_padding_index
-from .stats import BatchStats, Labels, batch_stats, spectrum
+from .stats import BatchStats, Labels, batch_stats, sample_copies, spectrum
 
 
 class Timer:
@@ -179,8 +179,16 @@ def sa_split(x: torch.Tensor, labels: Labels, sa_kw: dict, *, shared: "Shared",
         # only down to about eps32^(1/3) s_max (its power step cubes the spectrum),
         # so "fast" on float64 input would change what SA computes
         xo = x[sel].to(torch.float32 if pca_float32 else torch.float64)
-        xc = xo - xo.mean(1, keepdim=True)
-        z = sa_ops.drop_noise_components(sa_ops.randomized_pca_batched(xc, n_comp), d).to(x.dtype)
+        if shared.groups is None:
+            xc = xo - xo.mean(1, keepdim=True)
+            z = sa_ops.randomized_pca_batched(xc, n_comp)
+        else:                # a resample: the PCA of its distinct samples, counted (63 % of N)
+            first, count, of_row = sample_copies(shared.groups[sel])
+            xd = torch.gather(xo, 1, first[..., None].expand(-1, -1, d))
+            w = count.to(xd.dtype)[..., None]
+            xc = (xd - (xd * w).sum(1, keepdim=True) / n) * (w > 0)
+            z = sa_ops.randomized_pca_batched(xc, n_comp, copies=(count, of_row))
+        z = sa_ops.drop_noise_components(z, d).to(x.dtype)
     with timer.stage("sa_perturb"):
         z_out, disp = dispatch.perturb(z, labels, alpha=sa_kw["alpha"], sigma=sa_kw["sigma"],
                                        force=sa_kw["force"], variant=sa_kw["variant"])

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .stats import Labels, right
+from .stats import Labels, right, sample_copies
 
 CHUNK = 1024
 # On a CPU the (B, chunk, N) key block is kept near 2^20 entries (8 MB in float64): with 16
@@ -89,24 +89,6 @@ def knn_batched(x: torch.Tensor, labels: Labels, *, k: int = 3, distance: str = 
     return correct / n
 
 
-def _distinct(groups: torch.Tensor):
-    """The distinct samples of each row of ``groups`` (B, N): ``first`` (B, M) the row
-    of each one's first copy, ``count`` (B, M) its copies (0 pads a row with fewer
-    than M), ``of_row`` (B, N) which distinct sample each row is."""
-    b, n = groups.shape
-    ids, order = torch.sort(groups, dim=-1, stable=True)    # copies side by side, in row order
-    new = torch.ones_like(ids, dtype=torch.bool)
-    new[:, 1:] = ids[:, 1:] != ids[:, :-1]
-    slot = torch.cumsum(new, -1) - 1
-    m = int(slot[:, -1].max()) + 1                          # one host sync per batch
-    first = torch.zeros((b, m), dtype=order.dtype, device=groups.device)
-    first.scatter_reduce_(1, slot, order, "amin", include_self=False)
-    count = torch.zeros((b, m), dtype=torch.float64, device=groups.device)
-    count.scatter_add_(1, slot, torch.ones_like(slot, dtype=torch.float64))
-    of_row = torch.empty_like(slot).scatter_(1, order, slot)
-    return first, count, of_row
-
-
 def _knn_distinct(x, sq, labels: Labels, k: int, groups: torch.Tensor, chunk: int):
     """Leave-group-out kNN accuracy (B,) from the distinct samples of each row of groups.
 
@@ -120,7 +102,7 @@ def _knn_distinct(x, sq, labels: Labels, k: int, groups: torch.Tensor, chunk: in
     that are equal for equal vectors (:func:`_exact_predictions`).
     """
     b, n, _ = x.shape
-    first, count, of_row = _distinct(groups)
+    first, count, of_row = sample_copies(groups)
     m = first.shape[1]
     xd = torch.gather(x, 1, first[..., None].expand(-1, -1, x.shape[-1]))
     sqd = None if sq is None else torch.gather(sq, 1, first)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from .sa import drop_noise_components, randomized_pca_batched
-from .stats import Labels
+from .stats import Labels, sample_copies
 
 PAIRS_PER_BLOCK = 1 << 20     # pair values per model computed at a time
 PAIRS_PER_BUCKET = 1 << 23    # pair values per model gathered and sorted at a time
@@ -101,8 +101,8 @@ def representatives(x: torch.Tensor, groups: torch.Tensor | None) -> torch.Tenso
     after the redraw (SA) may have told apart by rounding only. Equal in exact arithmetic,
     such rows must not be ordered by the rounding of the products below."""
     if groups is not None:      # each row as its sample's first copy, then equal rows
-        first_copy = first_equal(groups[..., None].to(torch.int64))
-        x = x.gather(1, first_copy[..., None].expand_as(x))
+        first, _, of_row = sample_copies(groups)
+        x = x.gather(1, first.gather(1, of_row)[..., None].expand_as(x))
     return first_equal(x)
 
 

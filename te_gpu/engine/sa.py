@@ -48,19 +48,37 @@ def gate_bounds(x: torch.Tensor) -> tuple:
 
 
 def randomized_pca_batched(xc: torch.Tensor, n_comp: int, *, seed: int = SA_PCA_SEED,
-                           n_oversamples: int = 10, n_iter: int = 1) -> torch.Tensor:
+                           n_oversamples: int = 10, n_iter: int = 1,
+                           copies: tuple | None = None) -> torch.Tensor:
     """Scores of scikit-learn's randomized PCA for B centred models (B, N, D) -> (B, N, n).
 
     The Gaussian test matrix comes from ``numpy.random.RandomState(seed)`` so the
     result equals the reference (and scikit-learn) up to floating-point rounding.
+
+    ``copies``: None, or ``(count, of_row)`` of :func:`te_gpu.engine.stats.sample_copies`
+    when ``xc`` (B, M, D) holds the distinct samples of N-row resamples (centred on the
+    resample, padding rows zero): the scores of the N rows, for the cost of M. A resample
+    is S A with A the distinct rows scaled by the square roots of their counts and S
+    (N x M) a matrix of orthonormal columns, so its products, QR and SVD are A's (the test
+    matrix of the N < D form becoming S^T Omega) and its scores S times A's.
     """
-    b, n, d = xc.shape
+    b, rows, d = xc.shape
+    n = rows if copies is None else copies[1].shape[-1]
     transpose = n < d
+    omega = np.random.RandomState(seed).normal(size=(n if transpose else d, n_comp + n_oversamples))
+    omega = torch.as_tensor(omega, device=xc.device).to(xc.dtype).expand(b, *omega.shape)
+    if copies is not None:
+        count, of_row = copies
+        root = count.sqrt().to(xc.dtype)                               # (B, M), 0 on padding
+        xc = xc * root[..., None]
+        if transpose:        # S^T Omega: each sample's copies' rows summed, over its root
+            at = of_row[..., None].expand(b, n, omega.shape[-1])
+            omega = torch.zeros((b, rows, omega.shape[-1]), dtype=xc.dtype,
+                                device=xc.device).scatter_add_(1, at, omega)
+            omega = omega / torch.where(root > 0, root, 1.0)[..., None]
     m = xc.mT if transpose else xc
-    omega = np.random.RandomState(seed).normal(size=(m.shape[-1], n_comp + n_oversamples))
-    omega = torch.as_tensor(omega, device=xc.device).to(xc.dtype)
     # the N x D products go through linalg.matmul (OpenBLAS on CPU, per model)
-    q = linalg.matmul(m, omega.expand(b, *omega.shape))
+    q = linalg.matmul(m, omega)
     for _ in range(n_iter):
         q = linalg.matmul(m.mT, q)
         q = linalg.matmul(m, q)
@@ -75,7 +93,14 @@ def randomized_pca_batched(xc: torch.Tensor, n_comp: int, *, seed: int = SA_PCA_
     idx = vt.abs().argmax(-1, keepdim=True)
     signs = torch.sign(torch.gather(vt, -1, idx))[..., 0]
     signs = torch.where(signs == 0, torch.ones_like(signs), signs)
-    return u * (s * signs)[:, None, :]
+    scores = u * (s * signs)[:, None, :]
+    if copies is None:
+        return scores
+    at = of_row[..., None].expand(b, n, scores.shape[-1])
+    scores = torch.gather(scores / torch.where(root > 0, root, 1.0)[..., None], 1, at)
+    # M distinct rows have at most M components: those past them are rounding noise in
+    # the N-row form, which drop_noise_components zeroes
+    return torch.nn.functional.pad(scores, (0, n_comp - scores.shape[-1]))
 
 
 def drop_noise_components(z: torch.Tensor, d: int) -> torch.Tensor:

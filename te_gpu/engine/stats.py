@@ -234,6 +234,25 @@ def weighted_class_means(x: torch.Tensor, labels: Labels, w: torch.Tensor):
     return means, xbar
 
 
+def sample_copies(groups: torch.Tensor):
+    """The distinct samples of each row of ``groups`` (B, N; equal ids: copies of one
+    sample, as in a bootstrap resample): ``first`` (B, M) the row of each one's first
+    copy, ``count`` (B, M) its copies, float64 (0 pads a row with fewer than M),
+    ``of_row`` (B, N) which distinct sample each row is."""
+    b, n = groups.shape
+    ids, order = torch.sort(groups, dim=-1, stable=True)    # copies side by side, in row order
+    new = torch.ones_like(ids, dtype=torch.bool)
+    new[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    slot = torch.cumsum(new, -1) - 1
+    m = int(slot[:, -1].max()) + 1                          # one host sync per batch
+    first = torch.zeros((b, m), dtype=order.dtype, device=groups.device)
+    first.scatter_reduce_(1, slot, order, "amin", include_self=False)
+    count = torch.zeros((b, m), dtype=torch.float64, device=groups.device)
+    count.scatter_add_(1, slot, torch.ones_like(slot, dtype=torch.float64))
+    of_row = torch.empty_like(slot).scatter_(1, order, slot)
+    return first, count, of_row
+
+
 def class_padding_index(codes: torch.Tensor, n_classes: int):
     """Gather index (C, n_max) of each class's samples, padded with 0, and its mask.
 
