@@ -256,3 +256,18 @@ def class_stats(x, y):
     priors = np.bincount(y) / len(y)
     sw = sum(priors[k] * np.cov(x[y == k].T, bias=True) for k in range(c))
     return means, priors, np.atleast_2d(sw)
+
+
+def heads_called(monkeypatch) -> list:
+    """[(prefix, metric, models)] of every engine head run (core.metric_heads), in order:
+    prefix "" on raw features, "sa_" after SA; models: the batch's size."""
+    from te_gpu.engine import core
+
+    calls, real = [], core.metric_heads
+
+    def spy(shared, metrics, opts, *, timer=None, prefix=""):
+        calls.extend((prefix, m, shared.x.shape[0]) for m in metrics)
+        return real(shared, metrics, opts, timer=timer, prefix=prefix)
+
+    monkeypatch.setattr(core, "metric_heads", spy)
+    return calls

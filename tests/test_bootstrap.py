@@ -14,7 +14,7 @@ from te_gpu.reference.knn import knn_grouped
 from te_gpu.reference.parc import parc_grouped
 from te_gpu.combine import minmax_sum
 
-from helpers import class_features, dead_unit_features
+from helpers import class_features, dead_unit_features, heads_called
 
 FEATURE_METRICS = [m.name for m in catalogue.METRICS.values() if m.inputs == "features"]
 CHEAP = {"nleep": {"components_per_class": 1}}
@@ -189,8 +189,6 @@ def test_sa_pca_of_a_resample_from_its_distinct_samples(n, d):
 def test_only_redraws_the_labels_asked_for(monkeypatch):
     """bootstrap_zoo(only=): the point and every redraw of those labels, equal to the full
     product's, and no head run for another label (raw SFDA where SA's gate stays shut)."""
-    from te_gpu.engine import core
-
     x, y = class_features(6, n=60, d=8, c=3)
     zoo = _zoo_of(x, 4)
     zoo["shut"] = 0.05 * x                                 # SA's gate stays shut (and c's)
@@ -198,10 +196,7 @@ def test_only_redraws_the_labels_asked_for(monkeypatch):
               progress=False)
     full = bootstrap_zoo(zoo, y, **kw)
     gates = te_gpu.score_zoo(zoo, y, metrics=["lda"], sa="released", progress=False).sa["released"]
-    calls, real = [], core.metric_heads
-    monkeypatch.setattr(core, "metric_heads", lambda shared, metrics, opts, *, timer=None, prefix="":
-                        calls.extend((prefix, m, shared.x.shape[0]) for m in metrics)
-                        or real(shared, metrics, opts, timer=timer, prefix=prefix))
+    calls = heads_called(monkeypatch)
     only = ["knn", "sfda+released", "lda+released"]
     part = bootstrap_zoo(zoo, y, only=only, **kw)
     assert part.labels == only and part.options["only"] == only
