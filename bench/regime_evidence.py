@@ -4,16 +4,17 @@ and each candidate set finds and orders the models, against static rankings.
 
 Two steps (from the repository root; CPU; heavy, so nice'd and one thread):
 
-    python bench/regime_evidence.py build ZOO --work DIR   # extract + finetune x 3 regimes
+    python bench/regime_evidence.py build ZOO --work DIR [--regimes lft,finetune]
+                                          [--processes 2]  # extract + finetune per regime
     python bench/regime_evidence.py evaluate OUT.json --work DIR [-B 20] [--markdown]
     python bench/regime_evidence.py ship --work DIR
 
 ``build`` runs the te-gpu commands of one zoo (listed in ZOOS below, printed before they
 run) and records each command's wall and CPU time in DIR/ZOO/timing.json; the
-accuracies land in DIR/ZOO/truth.json (the shipped tables' format). (For the shipped
-tables the finetune command of each zoo was run as two or three processes at once, split
-by network, and their outputs merged: each run seeds itself, so the numbers are the
-same; timing.json's notes say so.) ``ship`` writes te_gpu/data/wheels_accuracy.json and
+accuracies land in DIR/ZOO/truth.json (the shipped tables' format). ``--processes``
+runs the lbft and finetune commands as that many processes at once, split by network,
+merging into one truth.json under its lock: each run seeds itself, so the numbers are the
+same (for the first six zoos this was done by hand; timing.json's notes say so). ``ship`` writes te_gpu/data/wheels_accuracy.json and
 the ``wheels`` facts from DIR. ``evaluate`` scores
 every zoo with every metric of the catalogue (raw and SA "released"), bootstraps the
 target set, and judges each metric and candidate set (mean rank) against each regime's
@@ -66,7 +67,7 @@ ZOOS = {
                        note="extraction, lft and lbft ran on 13 candidates (stages 3, 4, final: "
                             "their commands); finetune on the 9 of stages 3 and final to save "
                             "CPU time; the table holds those 9"),
-    # built after the first choice, to judge it (FIRST_ZOOS): 64 px, the size of issue 21's
+    # built after the first choice, to judge it (ROUNDS): 64 px, the size of issue 21's
     # zoo, where deeper features might win (on the 32-48 px zoos above narrow stage-3 ones do)
     "fmnist64": dict(data="fashion-mnist", seed=2, n_train=1000, n_test=500,
                      models=candidates(64, "3,4,final")),
@@ -77,6 +78,11 @@ ZOOS = {
     "fmnist64n6k": dict(data="fashion-mnist", seed=3, n_train=6000, n_test=1000,
                         models=candidates(64, "3,4,final"), note=(
                             "finetune and lbft each ran as two processes, split by network")),
+    # built after the six-zoo choice (2026-12-06 evening), to judge it at the users' size: a
+    # second zoo of 6,000 training images at 64 px, on the five upper-body classes
+    "fmnist5c64n6k": dict(data="{work}/fmnist5c.npz", seed=4, n_train=6000, n_test=1000,
+                          models=candidates(64, "3,4,final"), classes=(0, 2, 3, 4, 6), note=(
+                              "finetune and lbft each ran as two processes, split by network")),
 }
 SWEEP = dict(lr="0.01,0.001", wd="1e-4", epochs="3")
 
@@ -117,7 +123,23 @@ def commands(name: str, work: Path) -> list[list[str]]:
     return cmds
 
 
-def build(name: str, work: Path) -> None:
+def split_by_network(cmd: list, processes: int) -> list:
+    """``cmd`` as ``processes`` commands over contiguous groups of its --model specs (one
+    spec per network; the first groups the smaller). Each fine-tuning run seeds itself, so
+    the split changes no accuracy; the runs merge into one --out, each under its lock."""
+    at = [i for i, a in enumerate(cmd) if a == "--model"]
+    specs = [cmd[i + 1] for i in at]
+    rest = [a for i, a in enumerate(cmd) if i not in at and i - 1 not in at]
+    sizes = [len(specs) // processes + (k >= processes - len(specs) % processes)
+             for k in range(processes)]
+    out, start = [], 0
+    for size in sizes:
+        out.append(rest + [a for spec in specs[start:start + size] for a in ("--model", spec)])
+        start += size
+    return [c for c in out if "--model" in c]
+
+
+def build(name: str, work: Path, regimes=REGIMES, processes: int = 1) -> None:
     z = ZOOS[name]
     (work / name).mkdir(parents=True, exist_ok=True)
     if "classes" in z and not (work / "fmnist5c.npz").is_file():
@@ -127,15 +149,25 @@ def build(name: str, work: Path) -> None:
     for cmd in commands(name, work):
         flag = "--split" if cmd[3] == "extract" else "--regime"
         key = f"{cmd[3]} {cmd[cmd.index(flag) + 1]}"
-        if key in timing:
+        if key in timing or (flag == "--regime" and key.split()[1] not in regimes):
             continue
-        print("$", " ".join(cmd[1:]), flush=True)
+        runs = split_by_network(cmd, processes) if key in ("finetune lbft", "finetune finetune") \
+            else [cmd]
+        for run in runs:
+            print("$", " ".join(run[1:]), flush=True)
         t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run(cmd, check=True)
+        for proc in [subprocess.Popen(run) for run in runs]:
+            if proc.wait():
+                raise subprocess.CalledProcessError(proc.returncode, proc.args)
         c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         timing[key] = dict(wall_s=round(time.perf_counter() - t0, 1),
                            cpu_s=round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, 1),
-                           load=os.getloadavg()[0], command=" ".join(cmd[1:]))
+                           load=os.getloadavg()[0],
+                           command=" ; ".join(" ".join(run[1:]) for run in runs),
+                           processes=len(runs))
+        if len(runs) > 1:
+            timing[key]["note"] = (f"{len(runs)} processes at once, split by network, writing one "
+                                   "file (each merge holds its lock); each run seeds itself")
         timing_path.write_text(json.dumps(timing, indent=1) + "\n")
         print(f"  {key}: {timing[key]['wall_s']} s wall, {timing[key]['cpu_s']} s CPU", flush=True)
 
@@ -322,8 +354,7 @@ def trim(out: dict) -> None:
         keys = list(next(iter(have.values()))["regimes"][regime]["sets"])
         keep |= set(sorted(keys, key=lambda k: merit(k, have, regime), reverse=True)[:KEPT])
         keep |= {c["chosen"]} | {h["chosen_on_others"] for h in c["leave_one_zoo_out"].values()}
-        if c.get("first_choice"):
-            keep.add(c["first_choice"]["chosen"])
+        keep |= {r["chosen"] for r in c.get("rounds", ())}
     for z in zoos.values():
         for res in z["regimes"].values():
             res["sets"] = {k: v for k, v in res["sets"].items() if k in keep}
@@ -335,7 +366,10 @@ def trim(out: dict) -> None:
 
 SHOWN = ("lda,ncti,knn", "logme,sfda", "logme+released,sfda+released", "logme", "sfda",
          "sfda+released", "logme+released", "ncti", "knn", "lda")   # always in the tables
-FIRST_ZOOS = ("fmnist32", "digits48", "fmnist5c32")   # the zoos of the first choice
+# the zoos in the order they were built, round by round: each round's zoos judge, as
+# held-out zoos, the set chosen on the rounds before them
+ROUNDS = (("fmnist32", "digits48", "fmnist5c32"), ("fmnist64", "digits64", "fmnist64n6k"),
+          ("fmnist5c64n6k",))
 TOP3_NEEDED = 0.9     # issue 26's check: the most accurate model in the top 3 this often
 
 
@@ -388,25 +422,28 @@ def choose(out: dict) -> dict:
                 if not rows_of(z["regimes"][regime])[chosen]["tau_w"] > best_static(z["regimes"][regime])[1]}
         choice[regime] = dict(chosen=chosen, merit=merit(chosen, have, regime),
                               leave_one_zoo_out=held, below_best_static=weak,
-                              first_choice=first_choice(have, regime))
+                              rounds=held_out_rounds(have, regime))
     choice["across_regimes"] = across_regimes(out, choice)
     return choice
 
 
-def first_choice(have: dict, regime: str) -> dict | None:
-    """The set chosen on the first zoos alone (FIRST_ZOOS, before the later ones were
-    built), judged on each later zoo: a held-out check of that choice."""
-    first = {n: z for n, z in have.items() if n in FIRST_ZOOS}
-    later = {n: z for n, z in have.items() if n not in FIRST_ZOOS}
-    if not first or not later:
-        return None
-    key = pick(first, regime)
-    judged = {}
-    for n, z in later.items():
-        zres = z["regimes"][regime]
-        row = rows_of(zres)[key]
-        judged[n] = dict(**row, passes=passes(row, zres), best_static=best_static(zres))
-    return dict(chosen=key, on=sorted(first), judged=judged)
+def held_out_rounds(have: dict, regime: str) -> list:
+    """For each round after the first (ROUNDS): the set chosen on the zoos of the rounds
+    before it (as the choice was made then), judged on that round's zoos."""
+    out = []
+    for k in range(1, len(ROUNDS)):
+        before = {n: z for n, z in have.items() if n in sum(ROUNDS[:k], ())}
+        later = {n: z for n, z in have.items() if n in ROUNDS[k]}
+        if not before or not later:
+            continue
+        key = pick(before, regime)
+        judged = {}
+        for n, z in later.items():
+            zres = z["regimes"][regime]
+            row = rows_of(zres)[key]
+            judged[n] = dict(**row, passes=passes(row, zres), best_static=best_static(zres))
+        out.append(dict(chosen=key, on=sorted(before), judged=judged))
+    return out
 
 
 def across_regimes(out: dict, choice: dict) -> dict:
@@ -464,9 +501,8 @@ def report(out: dict) -> str:
         c = out["choice"][regime]
         lines.append(f"chosen: {c['chosen']} (passed {c['merit'][0]} of {len(have)}, mean tau_w "
                      f"{c['merit'][1]:+.3f}); below the best static on: {c['below_best_static'] or 'none'}")
-        f = c.get("first_choice")
-        if f:
-            lines.append(f"  chosen on {', '.join(f['on'])} alone: {f['chosen']}; on the later zoos: " + "; ".join(
+        for f in c.get("rounds", ()):
+            lines.append(f"  chosen on {', '.join(f['on'])} alone: {f['chosen']}; on the next round's zoos: " + "; ".join(
                 f"{n} tau_w {h['tau_w']:+.3f}, first {h['p_best_first']:.2f}, top 3 {h['p_best_top']:.2f}, "
                 f"best static {h['best_static'][0]} {h['best_static'][1]:+.3f}, passes {h['passes']}"
                 for n, h in f["judged"].items()))
@@ -606,6 +642,10 @@ def main(argv=None):
     b = sub.add_parser("build")
     b.add_argument("zoo", choices=list(ZOOS))
     b.add_argument("--work", type=Path, required=True)
+    b.add_argument("--regimes", default=",".join(REGIMES),
+                   help="the regimes to measure (extraction always runs)")
+    b.add_argument("--processes", type=int, default=1,
+                   help="fine-tuning runs at once, split by network")
     e = sub.add_parser("evaluate")
     e.add_argument("out", type=Path)
     e.add_argument("--work", type=Path, required=True)
@@ -621,7 +661,7 @@ def main(argv=None):
     if args.cmd == "ship":
         ship(args.work.resolve(), args.zoos.split(","))
     elif args.cmd == "build":
-        build(args.zoo, args.work.resolve())
+        build(args.zoo, args.work.resolve(), args.regimes.split(","), args.processes)
     elif args.cmd == "evaluate" and args.redraws_only:
         for name in args.zoos.split(","):
             zoo, y, _, _ = open_evidence_zoo(args.work.resolve(), name)

@@ -32,11 +32,11 @@ __all__ = ["DEFAULT_METRICS", "Recommendation", "recommend",
 # the metric set of a custom run (``metrics=`` without ``transfer``): linear-probe evidence
 DEFAULT_METRICS = ("lda", "ncti", "knn")
 # Without transfer= the fast default set answers, and says for which regime it has evidence
-# (bench/RESULTS.md "recommend per transfer regime": lft 4 of 6 evidence zoos, lbft 5 of 6,
-# finetune 2 of 6). The regimes' own sets need SA or SFDA on every redraw, several times
+# (bench/RESULTS.md "recommend per transfer regime": lft 5 of 7 evidence zoos, lbft 6 of 7,
+# finetune 2 of 7). The regimes' own sets need SA or SFDA on every redraw, several times
 # the cost of this set's (README, "Per transfer regime"), so none is the default.
 DEFAULT_NOTE = ("default set (lda, ncti, knn): its evidence is for a linear probe; it ordered 2 "
-                "of 6 evidence zoos well for full fine-tuning. Say how the model will be trained: "
+                "of 7 evidence zoos well for full fine-tuning. Say how the model will be trained: "
                 "--transfer finetune | lbft | lft (slower: SA on every resample)")
 CLEAR = 0.5          # a first-place share below this is "no clear winner"
 COVER = 0.9          # the top-k named when there is no clear winner hold the first place this often

@@ -14,7 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from te_gpu import baselines, catalogue, rank, regimes, write_scores  # noqa: E402
 from te_gpu.cli import main  # noqa: E402
 
-ZOOS = ("fmnist32", "digits48", "fmnist5c32", "fmnist64", "digits64", "fmnist64n6k")
+ZOOS = ("fmnist32", "digits48", "fmnist5c32", "fmnist64", "digits64", "fmnist64n6k",
+        "fmnist5c64n6k")
 MEASURED = ("lft", "lbft", "finetune")
 EVIDENCE = Path(__file__).resolve().parent.parent / "bench" / "results" / "regime_evidence_B20.json"
 
@@ -93,7 +94,8 @@ def test_a_zoo_measured_in_some_regimes_only(capsys, monkeypatch):
     assert code == 0, err
     assert f"mean of {len(ZOOS) - 1}" in out and not any(line.startswith("fmnist64 ") for line in out.splitlines())
     code, out, err = run(capsys, "correlate", "--list")
-    assert code == 0 and "lbft measured on fmnist32, digits48, fmnist5c32, digits64" in out
+    assert code == 0 and ("lbft measured on fmnist32, digits48, fmnist5c32, digits64, "
+                          "fmnist64n6k, fmnist5c64n6k") in out
     assert "finetune measured on" not in out
 
 
