@@ -132,8 +132,8 @@ def _knn_distinct(x, sq, labels: Labels, k: int, groups: torch.Tensor, chunk: in
         unsure = ~absent[:, i0:i1] & ((cum[..., -1] < k) | tied)
         hit = (votes.argmax(-1) == codes[:, i0:i1]) & ~unsure
         correct += (count[:, i0:i1] * hit).sum(-1)
-        undecided.append(unsure.nonzero() + torch.as_tensor([0, i0], device=x.device))
-    undecided = torch.cat(undecided)
+        undecided.append(unsure)
+    undecided = torch.cat(undecided, 1).nonzero()           # one host sync, after the loop
     for bb in undecided[:, 0].unique().tolist():            # rare: near-ties at the k-th key
         queries = undecided[undecided[:, 0] == bb, 1]
         pred = _exact_predictions(xd[bb], sqd is None, of_row[bb], queries, labels, k, chunk)
