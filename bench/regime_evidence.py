@@ -555,6 +555,47 @@ DATA = Path(__file__).resolve().parent.parent / "te_gpu" / "data"
 GROUP = "wheels"
 
 
+def test_noise(work: Path, evidence: Path, draws: int = 2000) -> dict:
+    """How far each regime's verdict on each zoo survives the test set's own noise.
+
+    Each accuracy is redrawn as a binomial proportion of the zoo's test images
+    (independently per model: models scored on one test set err together, so this
+    overstates the noise of their differences), ``draws`` times; each time the check is
+    made on the target set's consensus (no redraws of the features): the most accurate
+    model in the set's top 3, and tau_w above the best static ranking's. Returns
+    {regime: {zoo: {set: share of truth draws that pass}}} for the chosen set, the fast
+    default and the best static ranking's own top-3 share."""
+    from te_gpu import rank
+
+    out_json = json.loads(evidence.read_text())
+    rng = np.random.default_rng(0)
+    result = {}
+    for name, zres in out_json["zoos"].items():
+        zoo, y, truth, records = open_evidence_zoo(work, name)
+        boot = bootstrap(work, name, zoo, y, 20)
+        statics = static_rankings(records)
+        n_test = ZOOS[name]["n_test"]
+        for regime, acc in truth.items():
+            models = list(acc)
+            sets = {"chosen": out_json["choice"][regime]["chosen"].split(","),
+                    "lda,ncti,knn": ["lda", "ncti", "knn"]}
+            points = {k: boot.consensus(v)[2] for k, v in sets.items()}
+            a = np.array([acc[m] for m in models]) / 100.0
+            drawn = rng.binomial(n_test, np.tile(a, (draws, 1))) / n_test
+            passed = {k: 0 for k in points}
+            for t in drawn:
+                truth_t = dict(zip(models, t.tolist()))
+                best = {m for m in models if truth_t[m] == t.max()}
+                static = max(rank.weighted_tau([statics[s][m] for m in models], t.tolist())
+                             for s in statics)
+                for k, pt in points.items():
+                    order = sorted(models, key=lambda m: -pt[m])
+                    tau = rank.weighted_tau([pt[m] for m in models], t.tolist())
+                    passed[k] += bool(best & set(order[:3])) and tau > static
+            result.setdefault(regime, {})[name] = {k: round(v / draws, 3) for k, v in passed.items()}
+    return result
+
+
 def _printable(cmd: str, work: Path) -> str:
     """A command as a user would type it: te-gpu, and the work folder as WORK."""
     return cmd.replace(f"{sys.executable} -m te_gpu", "te-gpu").replace("-m te_gpu", "te-gpu") \
@@ -654,11 +695,17 @@ def main(argv=None):
     e.add_argument("--markdown", action="store_true", help="also print bench/RESULTS.md tables")
     e.add_argument("--redraws-only", action="store_true",
                    help="only compute and cache the redraws (they need no accuracies)")
+    tn = sub.add_parser("noise", help="the verdicts under the test sets' binomial noise")
+    tn.add_argument("evidence", type=Path)
+    tn.add_argument("--work", type=Path, required=True)
+    tn.add_argument("--draws", type=int, default=2000)
     sh = sub.add_parser("ship")
     sh.add_argument("--work", type=Path, required=True)
     sh.add_argument("--zoos", default=",".join(ZOOS))
     args = ap.parse_args(argv)
-    if args.cmd == "ship":
+    if args.cmd == "noise":
+        print(json.dumps(test_noise(args.work.resolve(), args.evidence, args.draws), indent=1))
+    elif args.cmd == "ship":
         ship(args.work.resolve(), args.zoos.split(","))
     elif args.cmd == "build":
         build(args.zoo, args.work.resolve(), args.regimes.split(","), args.processes)
