@@ -186,6 +186,38 @@ def test_sa_pca_of_a_resample_from_its_distinct_samples(n, d):
     assert (got - want).abs().max() <= 1e-11 * want.abs().max()
 
 
+def _knn_row_by_row(x, codes, groups, k):
+    """kNN accuracy with each query's keys from elementwise products: equal vectors get
+    equal keys whatever their position, ties go by index (the documented rule)."""
+    sq, right = (x * x).sum(1), 0
+    for i in range(len(x)):
+        keys = np.where(groups == groups[i], np.inf, sq - 2.0 * (x * x[i]).sum(1))
+        nearest = np.argsort(keys, kind="stable")[:k]
+        right += np.bincount(codes[nearest], minlength=codes.max() + 1).argmax() == codes[i]
+    return right / len(x)
+
+
+@pytest.mark.parametrize("seed", [4, 11])
+def test_reference_knn_of_a_resample_with_duplicate_samples_ties_them_exactly(seed):
+    """Half the samples duplicate the other half (duplicate images): on these resamples a
+    matrix product over all rows rounded some twins' keys apart, and the reference then
+    chose by rounding (it differed from this row-by-row count); keys per distinct vector
+    tie them exactly. The engine agrees."""
+    from te_gpu.engine.knn import knn_batched
+    from te_gpu.engine.stats import Labels
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 170)
+    x = rng.normal(size=(170, 14))
+    x[85:] = x[:85]
+    idx, codes = resample_indices(y, 3, seed=seed)
+    want = [_knn_row_by_row(x[r], codes, r, 1) for r in idx]
+    assert [knn_grouped(x[r], codes, r, k=1) for r in idx] == want
+    lab = Labels.from_codes(torch.as_tensor(codes), 2, torch.float64)
+    assert knn_batched(torch.as_tensor(x[idx]), lab, k=1, groups=torch.as_tensor(idx)).tolist() == want
+    assert ref.knn(x, y, k=1) == _knn_row_by_row(x, y, np.arange(170), 1)
+
+
 def test_only_redraws_the_labels_asked_for(monkeypatch):
     """bootstrap_zoo(only=): the point and every redraw of those labels, equal to the full
     product's, and no head run for another label (raw SFDA where SA's gate stays shut)."""
