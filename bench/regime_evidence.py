@@ -555,7 +555,7 @@ DATA = Path(__file__).resolve().parent.parent / "te_gpu" / "data"
 GROUP = "wheels"
 
 
-def test_noise(work: Path, evidence: Path, draws: int = 2000) -> dict:
+def truth_noise(work: Path, evidence: Path, draws: int = 2000) -> dict:
     """How far each regime's verdict on each zoo survives the test set's own noise.
 
     Each accuracy is redrawn as a binomial proportion of the zoo's test images
@@ -704,7 +704,7 @@ def main(argv=None):
     sh.add_argument("--zoos", default=",".join(ZOOS))
     args = ap.parse_args(argv)
     if args.cmd == "noise":
-        print(json.dumps(test_noise(args.work.resolve(), args.evidence, args.draws), indent=1))
+        print(json.dumps(truth_noise(args.work.resolve(), args.evidence, args.draws), indent=1))
     elif args.cmd == "ship":
         ship(args.work.resolve(), args.zoos.split(","))
     elif args.cmd == "build":

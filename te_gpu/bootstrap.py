@@ -348,12 +348,11 @@ def bootstrap_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS,
     opts = catalogue.resolve_options(names, options)
     settings = zoo_mod.sa_settings(sa)
     feature_names = tuple(m for m in names if catalogue.get(m).inputs == "features")
-    only = only if only is None or isinstance(only, str) else list(only)
-    keys = zoo_mod.wanted_keys(feature_names, settings, only,
-                               tuple(m for m in names if m not in feature_names))
+    only, keys = zoo_mod.wanted_keys(feature_names, settings, only,
+                                     tuple(m for m in names if m not in feature_names))
     per_setting = [tuple(m for m in feature_names if keys is None or (m, i) in keys)
                    for i in range(len(settings))]
-    only = list(only) if only is not None else [
+    only = only if only is not None else [
         *(ZooResult.label(m, s) for i, s in enumerate(settings) for m in per_setting[i]),
         *(m for m in names if m not in feature_names)]
     later = _points_from_hooks(only, settings, per_setting)

@@ -213,8 +213,7 @@ def score_zoo(zoo, labels=None, *, metrics=catalogue.DEFAULT_METRICS, sa=None, d
     if unknown:
         raise ValueError(f"predictions given for model(s) not in the zoo: {sorted(unknown)}")
     settings = sa_settings(sa)
-    only = only if only is None or isinstance(only, str) else list(only)
-    wanted = wanted_keys(metrics, settings, only, from_predictions)
+    only, wanted = wanted_keys(metrics, settings, only, from_predictions)
     if wanted is not None:
         from_predictions = tuple(m for m in from_predictions if m in only)
     ped_stats, ped_digest = ped_reference_stats(zoo, ped_reference, settings)
@@ -536,12 +535,15 @@ def _canonical_sa(s):
             for k, v in s.items()}
 
 
-def wanted_keys(metrics, settings, only, from_predictions=()) -> set | None:
-    """{(metric, setting index)} of the labels ``only`` of ``metrics`` x ``settings``
-    (LEEP/NCE, ``from_predictions``, on raw predictions only); None: all of them."""
+def wanted_keys(metrics, settings, only, from_predictions=()) -> tuple:
+    """``(only as a list, {(metric, setting index)})`` of the labels ``only`` of
+    ``metrics`` x ``settings`` (LEEP/NCE, ``from_predictions``, on raw predictions only);
+    ``(None, None)``: all of them."""
     if only is None:
-        return None
-    if isinstance(only, str) or not all(isinstance(lb, str) for lb in only):
+        return None, None
+    if hasattr(only, "__iter__") and not isinstance(only, str):      # a generator too
+        only = list(only)
+    if not isinstance(only, list) or not all(isinstance(lb, str) for lb in only):
         raise TypeError(f"only must be a list of labels such as ['knn', 'sfda+released'], "
                         f"got {only!r}")
     product = {ZooResult.label(m, s): (m, i) for i, s in enumerate(settings) for m in metrics}
@@ -549,7 +551,7 @@ def wanted_keys(metrics, settings, only, from_predictions=()) -> set | None:
     if unknown or not only:
         raise ValueError(f"only: {unknown or 'nothing'} is not among the labels of the metrics "
                          f"x SA settings asked for ({', '.join([*product, *from_predictions])})")
-    return {product[lb] for lb in only if lb in product}
+    return only, {product[lb] for lb in only if lb in product}
 
 
 def _score_keys(metrics, settings, opts: dict, ped_digest, precision: str,

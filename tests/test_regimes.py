@@ -159,3 +159,39 @@ def test_each_regime_declares_what_its_evidence_chose(name):
     for before, later in zip(rounds, rounds[1:]):
         assert set(later["on"]) == set(before["on"]) | set(before["judged"])
     assert all(isinstance(j["passes"], bool) for r in rounds for j in r["judged"].values())
+
+
+def test_regime_evidence_build_runs_the_regimes_asked_for_split_by_network(tmp_path, monkeypatch):
+    """bench/regime_evidence.py build --regimes R --processes P: extraction always, then the
+    regimes asked for, the fine-tuning ones as P processes at once over disjoint networks
+    (their union the zoo's candidates), each command's time recorded."""
+    import importlib.util
+    import subprocess
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "regime_evidence.py"
+    spec = importlib.util.spec_from_file_location("regime_evidence", path)
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    started = []
+
+    class Done:
+        def __init__(self, args):
+            started.append(args)
+            self.args, self.returncode = args, 0
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Done)
+    ev.build("fmnist64n6k", tmp_path, regimes=("lft", "finetune"), processes=2)
+    timing = json.loads((tmp_path / "fmnist64n6k" / "timing.json").read_text())
+    assert list(timing) == ["extract train", "extract test", "finetune lft", "finetune finetune"]
+    assert [timing[k]["processes"] for k in timing] == [1, 1, 1, 2]
+    runs = [a for a in started if "--regime" in a and a[a.index("--regime") + 1] == "finetune"]
+    specs = [[a[i + 1] for i, v in enumerate(a) if v == "--model"] for a in runs]
+    assert len(runs) == 2 and all(specs) and not set(specs[0]) & set(specs[1])
+    assert specs[0] + specs[1] == ev.ZOOS["fmnist64n6k"]["models"]
+    started.clear()
+    ev.build("fmnist64n6k", tmp_path, regimes=("lbft",), processes=1)   # the rest, once
+    assert [a[a.index("--regime") + 1] for a in started] == ["lbft"]
+    assert json.loads((tmp_path / "fmnist64n6k" / "timing.json").read_text())["finetune lbft"]["processes"] == 1
