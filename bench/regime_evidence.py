@@ -596,6 +596,75 @@ def truth_noise(work: Path, evidence: Path, draws: int = 2000) -> dict:
     return result
 
 
+def training_noise(work: Path, evidence: Path, runs_files) -> dict:
+    """How far the fine-tuned verdicts survive the training run's own seed.
+
+    ``runs_files``: te-gpu finetune --runs R files (one per zoo, group = the zoo's name),
+    the shipped sweep re-run with training seeds --seed, --seed+1, ... (the same images,
+    the same hold-out). Per zoo and regime:
+
+    * ``reproduces``: the largest difference between the first run and the shipped table
+      (the same seed: 0 when training is deterministic);
+    * ``best_per_run``: each run's most accurate model(s), and each model's range over runs;
+    * ``one_run_predicts_another``: an oracle's ceiling. The ranking by one run's accuracies,
+      judged by issue 26's check against another run's (best model in its top 3, tau_w above
+      the best static ranking): the share of ordered pairs of runs that pass. No scorer that
+      sees only features can beat a second training run at predicting the first;
+    * ``sets``: the chosen set and the fast default on the target set (their consensus),
+      judged against each run and against the runs' mean.
+    """
+    from te_gpu import rank
+
+    out_json = json.loads(evidence.read_text())
+    result = {}
+    for path in runs_files:
+        got = json.loads(Path(path).read_text())
+        for name, group in got["groups"].items():
+            zoo, y, shipped, records = open_evidence_zoo(work, name)
+            boot = bootstrap(work, name, zoo, y, 20)
+            statics = static_rankings(records)
+            for regime, tables in group["regimes"].items():
+                models = list(shipped[regime])
+                det = got["_details"][name][regime][name]
+                runs = [{m: det[m]["runs"][r] for m in models}
+                        for r in range(len(det[models[0]]["runs"]))]
+                mean = {m: tables[name][m] for m in models}
+
+                def check(order_values, acc):
+                    best = {m for m in models if acc[m] == max(acc.values())}
+                    top3 = sorted(models, key=lambda m: -order_values[m])[:3]
+                    tau = rank.weighted_tau([order_values[m] for m in models],
+                                            [acc[m] for m in models])
+                    static = max(rank.weighted_tau([statics[s][m] for m in models],
+                                                   [acc[m] for m in models]) for s in statics)
+                    return dict(top3=bool(best & set(top3)), tau_w=round(tau, 4),
+                                best_static=round(static, 4),
+                                passes=bool(best & set(top3)) and tau > static)
+
+                pairs = [check(runs[a], runs[b]) for a in range(len(runs))
+                         for b in range(len(runs)) if a != b]
+                sets = {"chosen": out_json["choice"][regime]["chosen"],
+                        "lda,ncti,knn": "lda,ncti,knn"}
+                judged = {}
+                for k, key in sets.items():
+                    point = boot.consensus(key.split(","))[2]
+                    judged[key] = dict(per_run=[check(point, r) for r in runs],
+                                       mean=check(point, mean))
+                result.setdefault(regime, {})[name] = dict(
+                    runs=len(runs), train_seeds=det[models[0]]["train_seeds"],
+                    reproduces=round(max(abs(runs[0][m] - shipped[regime][m]) for m in models), 4),
+                    best_per_run=[sorted(m for m in models if r[m] == max(r.values())) for r in runs],
+                    range_over_runs={m: [min(r[m] for r in runs), max(r[m] for r in runs)]
+                                     for m in models},
+                    mean=mean,
+                    one_run_predicts_another=dict(
+                        passes=round(sum(p["passes"] for p in pairs) / len(pairs), 3),
+                        top3=round(sum(p["top3"] for p in pairs) / len(pairs), 3),
+                        pairs=pairs),
+                    sets=judged)
+    return result
+
+
 def _printable(cmd: str, work: Path) -> str:
     """A command as a user would type it: te-gpu, and the work folder as WORK."""
     return cmd.replace(f"{sys.executable} -m te_gpu", "te-gpu").replace("-m te_gpu", "te-gpu") \
@@ -699,11 +768,22 @@ def main(argv=None):
     tn.add_argument("evidence", type=Path)
     tn.add_argument("--work", type=Path, required=True)
     tn.add_argument("--draws", type=int, default=2000)
+    tr = sub.add_parser("seeds", help="the fine-tuned verdicts under the training run's seed")
+    tr.add_argument("evidence", type=Path)
+    tr.add_argument("runs", type=Path, nargs="+", help="te-gpu finetune --runs R files")
+    tr.add_argument("--work", type=Path, required=True)
+    tr.add_argument("--out", type=Path, default=None)
     sh = sub.add_parser("ship")
     sh.add_argument("--work", type=Path, required=True)
     sh.add_argument("--zoos", default=",".join(ZOOS))
     args = ap.parse_args(argv)
-    if args.cmd == "noise":
+    if args.cmd == "seeds":
+        res = training_noise(args.work.resolve(), args.evidence, args.runs)
+        text = json.dumps(res, indent=1)
+        if args.out:
+            args.out.write_text(text + "\n")
+        print(text)
+    elif args.cmd == "noise":
         print(json.dumps(truth_noise(args.work.resolve(), args.evidence, args.draws), indent=1))
     elif args.cmd == "ship":
         ship(args.work.resolve(), args.zoos.split(","))

@@ -504,7 +504,7 @@ def _finetune_results(args, specs, train, test):
         yield spec.name, finetune_model(spec, train, test, regime=args.regime, lrs=lrs, wds=wds,
                                         epochs=args.epochs, batch_size=args.batch_size or 32,
                                         device=args.device, amp=not args.no_amp, seed=args.seed,
-                                        progress=_progress(args))
+                                        runs=args.runs, progress=_progress(args))
 
 
 def cmd_finetune(args):
@@ -516,6 +516,9 @@ def cmd_finetune(args):
 
     log = _log(args)
     specs = _specs(args)
+    if args.regime == "lft" and args.runs > 1:
+        raise PipelineError("--runs repeats training (lbft, finetune); the linear probe is "
+                            "deterministic (L-BFGS from zero weights), one run gives its accuracy")
     for store in args.features:
         if not Path(store).is_dir():
             raise PipelineError(f"--features {store}: no such directory (a zoo written by te-gpu extract)")
@@ -528,6 +531,8 @@ def cmd_finetune(args):
     for name, res in _finetune_results(args, specs, train, test):
         details = {k: v for k, v in res.items() if k != "accuracy"}
         val = f"  (best val {res['val_accuracy']:6.2f} %)" if "val_accuracy" in res else ""
+        if res.get("runs"):
+            val += f"  runs {min(res['runs']):.2f}-{max(res['runs']):.2f} %"
         src = res.get("features", {})
         cached = [f"{k} from {v}" for k, v in src.items() if v != "extracted"]
         log(f"  {name:28s} test {res['accuracy']:6.2f} %{val}"
@@ -1002,6 +1007,10 @@ def build_parser() -> argparse.ArgumentParser:
                   default="te_gpu.pipeline.finetune:DEFAULT_WDS",
                   lft="te_gpu.pipeline.finetune:DEFAULT_WDS_PROBE")
     f.add_argument("--epochs", type=COUNT, default=3, help="training epochs (lbft, finetune)")
+    f.add_argument("--runs", type=COUNT, default=1,
+                   help="lbft, finetune: train each setting this many times (training seeds --seed, "
+                        "--seed+1, ...; the same images and hold-out) and report the mean; each "
+                        "run's accuracy is kept in the file, to show how far one run moves a model")
     f.add_argument("--batch-size", type=COUNT, default=None,
                    help="images per training step (lbft, finetune; default 32) or per forward pass "
                         "(lft; default 64 on a CPU, from free memory on CUDA)")

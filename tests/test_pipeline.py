@@ -326,6 +326,28 @@ def test_train_once_runs_each_regime():
         assert 0.0 <= res["accuracy"] <= 100.0
 
 
+def test_runs_report_the_mean_of_their_training_seeds():
+    from te_gpu.pipeline import PipelineError
+    from te_gpu.pipeline.finetune import finetune_model
+
+    data = _images(n=24, c=3)
+    spec = models.ModelSpec(arch="resnet10t", size=32)
+    kw = dict(regime="finetune", lrs=[0.05], wds=[0.0], epochs=1, batch_size=8, progress=False)
+    # one setting: no hold-out, so a run with seed s is the single run of seed s
+    single = [finetune_model(spec, data, data, seed=s, **kw)["accuracy"] for s in (3, 4)]
+    both = finetune_model(spec, data, data, seed=3, runs=2, **kw)
+    assert both["runs"] == single and both["train_seeds"] == [3, 4]
+    assert both["accuracy"] == pytest.approx(np.mean(single), abs=1e-4)
+    # a sweep keeps the setting of the best mean validation accuracy, and reports its mean
+    swept = finetune_model(spec, data, data, seed=3, runs=2, **{**kw, "lrs": [0.05, 0.001]})
+    chosen = swept["sweep"][f"lr={swept['lr']:g},wd=0"]
+    assert chosen["val"] == max(v["val"] for v in swept["sweep"].values())
+    assert swept["accuracy"] == chosen["test"] == pytest.approx(np.mean(swept["runs"]), abs=1e-4)
+    assert "runs" not in finetune_model(spec, data, data, seed=3, **kw)
+    with pytest.raises(PipelineError, match="runs"):
+        finetune_model(spec, data, data, runs=0, **kw)
+
+
 # --------------------------------------------------------------------------
 # resumable scoring
 # --------------------------------------------------------------------------

@@ -305,32 +305,50 @@ def train_once(spec, train: ImageSet, evals: dict, *, regime: str, lr: float, wd
 
 def finetune_model(spec, train: ImageSet, test: ImageSet, *, regime: str, lrs=DEFAULT_LRS,
                    wds=DEFAULT_WDS, epochs: int = 3, batch_size: int = 32, device=None,
-                   amp: bool = True, seed: int = 0, progress: bool = True) -> dict:
-    """Sweep lr x wd, keep the best validation accuracy -> {accuracy, lr, wd, sweep}."""
+                   amp: bool = True, seed: int = 0, runs: int = 1, progress: bool = True) -> dict:
+    """Sweep lr x wd, keep the best validation accuracy -> {accuracy, lr, wd, sweep}.
+
+    ``runs`` > 1 trains each setting ``runs`` times, with training seeds ``seed``,
+    ``seed + 1``, ... (the head's initialisation and the order of the batches; the
+    hold-out split stays that of ``seed``). The setting with the best mean validation
+    accuracy is kept, and its mean test accuracy reported; ``runs`` then holds each
+    run's test accuracy, so a reader sees how far one training run moves a model.
+    """
     if regime not in ("lbft", "finetune"):
         raise PipelineError(f"regime must be lbft or finetune here, got {regime!r}")
+    if runs < 1:
+        raise PipelineError(f"runs must be at least 1, got {runs}")
     lrs, wds = list(lrs), list(wds)
+    train_seeds = [seed + r for r in range(runs)]
+
+    def trained(data, evals, lr, wd):
+        per_run = [train_once(spec, data, evals, regime=regime, lr=lr, wd=wd, epochs=epochs,
+                              batch_size=batch_size, device=device, amp=amp, seed=s,
+                              progress=progress) for s in train_seeds]
+        mean = {k: round(float(np.mean([a[k] for a in per_run])), 4) for k in evals}
+        return mean, [a["test"] for a in per_run]
+
     if len(lrs) * len(wds) == 1:
-        accs = train_once(spec, train, {"test": test}, regime=regime, lr=lrs[0], wd=wds[0],
-                          epochs=epochs, batch_size=batch_size, device=device, amp=amp, seed=seed,
-                          progress=progress)
-        return dict(accuracy=accs["test"], lr=lrs[0], wd=wds[0], sweep={})
-    fit_idx, val_idx = holdout(train.labels, seed, VAL_FRACTION)
-    fit, val = train.subset(fit_idx), train.subset(val_idx)
-    sweep, best = {}, None
-    for lr in lrs:
-        for wd in wds:
-            try:
-                accs = train_once(spec, fit, {"val": val, "test": test}, regime=regime, lr=lr,
-                                  wd=wd, epochs=epochs, batch_size=batch_size, device=device,
-                                  amp=amp, seed=seed, progress=progress)
-            except FloatingPointError:
-                accs = {"val": 0.0, "test": 0.0, "diverged": True}
-            sweep[f"lr={lr:g},wd={wd:g}"] = accs
-            if best is None or accs["val"] > best[0]["val"]:
-                best = (accs, lr, wd)
-    accs, lr, wd = best
-    return dict(accuracy=accs["test"], val_accuracy=accs["val"], lr=lr, wd=wd, sweep=sweep)
+        accs, per_run = trained(train, {"test": test}, lrs[0], wds[0])
+        out = dict(accuracy=accs["test"], lr=lrs[0], wd=wds[0], sweep={})
+    else:
+        fit_idx, val_idx = holdout(train.labels, seed, VAL_FRACTION)
+        fit, val = train.subset(fit_idx), train.subset(val_idx)
+        sweep, best = {}, None
+        for lr in lrs:
+            for wd in wds:
+                try:
+                    accs, runs_test = trained(fit, {"val": val, "test": test}, lr, wd)
+                except FloatingPointError:
+                    accs, runs_test = {"val": 0.0, "test": 0.0, "diverged": True}, []
+                sweep[f"lr={lr:g},wd={wd:g}"] = accs
+                if best is None or accs["val"] > best[0]["val"]:
+                    best = (accs, lr, wd, runs_test)
+        accs, lr, wd, per_run = best
+        out = dict(accuracy=accs["test"], val_accuracy=accs["val"], lr=lr, wd=wd, sweep=sweep)
+    if runs > 1:
+        out.update(runs=per_run, train_seeds=train_seeds)
+    return out
 
 
 # --------------------------------------------------------------------------
