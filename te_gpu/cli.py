@@ -504,7 +504,8 @@ def _finetune_results(args, specs, train, test):
         yield spec.name, finetune_model(spec, train, test, regime=args.regime, lrs=lrs, wds=wds,
                                         epochs=args.epochs, batch_size=args.batch_size or 32,
                                         device=args.device, amp=not args.no_amp, seed=args.seed,
-                                        runs=args.runs, progress=_progress(args))
+                                        train_seeds=args.train_seeds,
+                                        progress=_progress(args))
 
 
 def cmd_finetune(args):
@@ -516,9 +517,11 @@ def cmd_finetune(args):
 
     log = _log(args)
     specs = _specs(args)
-    if args.regime == "lft" and args.runs > 1:
-        raise PipelineError("--runs repeats training (lbft, finetune); the linear probe is "
-                            "deterministic (L-BFGS from zero weights), one run gives its accuracy")
+    if args.regime == "lft" and args.train_seeds is not None:
+        raise PipelineError("--train-seeds seeds training runs (lbft, finetune); the linear probe "
+                            "is deterministic (L-BFGS from zero weights) and has no training seed")
+    if args.train_seeds is not None and len(set(args.train_seeds)) < len(args.train_seeds):
+        raise PipelineError(f"--train-seeds: each seed once, got {args.train_seeds}")
     for store in args.features:
         if not Path(store).is_dir():
             raise PipelineError(f"--features {store}: no such directory (a zoo written by te-gpu extract)")
@@ -1007,10 +1010,13 @@ def build_parser() -> argparse.ArgumentParser:
                   default="te_gpu.pipeline.finetune:DEFAULT_WDS",
                   lft="te_gpu.pipeline.finetune:DEFAULT_WDS_PROBE")
     f.add_argument("--epochs", type=COUNT, default=3, help="training epochs (lbft, finetune)")
-    f.add_argument("--runs", type=COUNT, default=1,
-                   help="lbft, finetune: train each setting this many times (training seeds --seed, "
-                        "--seed+1, ...; the same images and hold-out) and report the mean; each "
-                        "run's accuracy is kept in the file, to show how far one run moves a model")
+    f.add_argument("--train-seeds", type=_number_list("training seed", 0, inclusive=True, cast=_integer), default=None,
+                   metavar="S1,S2,...",
+                   help="lbft, finetune: train each setting once per seed (the head's "
+                        "initialisation, the batches' order; the same images and hold-out, drawn "
+                        "by --seed) and report the mean; each run's accuracy is kept in the "
+                        "file, to show how far one run moves a model (default: one run, seeded "
+                        "by --seed)")
     f.add_argument("--batch-size", type=COUNT, default=None,
                    help="images per training step (lbft, finetune; default 32) or per forward pass "
                         "(lft; default 64 on a CPU, from free memory on CUDA)")

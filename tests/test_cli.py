@@ -216,7 +216,7 @@ def test_plot_scores_and_features(pipeline, capsys):
 def test_finetune_lbft_and_full_sweep(tmp_path, capsys):
     pytest.importorskip("sklearn")
     out = tmp_path / "gt.json"
-    for regime, extra in (("lbft", ["--runs", "2"]), ("finetune", ["--lr", "0.01,0.001", "--wd", "0"])):
+    for regime, extra in (("lbft", ["--train-seeds", "0,1"]), ("finetune", ["--lr", "0.01,0.001", "--wd", "0"])):
         code, text, err = run(capsys, "finetune", "--data", "digits", "--n-train", "30", "--n-test", "20",
                               "--model", "resnet10t,size=32", "--regime", regime, "--epochs", "1",
                               "--batch-size", "16", "--out", str(out), "-q", *extra)
@@ -226,15 +226,15 @@ def test_finetune_lbft_and_full_sweep(tmp_path, capsys):
     assert set(regimes) == {"lbft", "finetune"}
     sweep = data["_details"]["custom"]["finetune"]["digits"]["resnet10t-random-32px"]["sweep"]
     assert set(sweep) == {"lr=0.01,wd=0", "lr=0.001,wd=0"}
-    # --runs 2: the mean of two training seeds, each run's accuracy kept beside it
+    # --train-seeds 0,1: the mean of two training runs, each run's accuracy kept beside it
     lbft = data["_details"]["custom"]["lbft"]["digits"]["resnet10t-random-32px"]
     assert lbft["train_seeds"] == [0, 1] and len(lbft["runs"]) == 2
     assert regimes["lbft"]["digits"]["resnet10t-random-32px"] == pytest.approx(np.mean(lbft["runs"]), abs=1e-4)
-    # the probe is deterministic: --runs is refused there, in one line
+    # the probe is deterministic: --train-seeds is refused there, in one line
     code, _, err = run(capsys, "finetune", "--data", "digits", "--n-train", "30", "--n-test", "20",
-                       "--model", "resnet10t,size=32", "--regime", "lft", "--runs", "2",
+                       "--model", "resnet10t,size=32", "--regime", "lft", "--train-seeds", "1",
                        "--out", str(out), "-q")
-    assert code == 2 and "--runs" in err and "Traceback" not in err
+    assert code == 2 and "--train-seeds" in err and "Traceback" not in err
 
 
 def test_extract_from_npz_and_store_is_scorable(tmp_path, capsys):

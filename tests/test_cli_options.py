@@ -295,7 +295,7 @@ COVERED_ELSEWHERE = {
     "finetune --demo-size": "test_cli_options.py::test_demo_zoo_and_its_size",
     "finetune --lr": "test_cli.py::test_finetune_lbft_and_full_sweep",
     "finetune --epochs": "test_cli.py::test_finetune_lbft_and_full_sweep",
-    "finetune --runs": "test_cli.py::test_finetune_lbft_and_full_sweep",
+    "finetune --train-seeds": "test_cli.py::test_finetune_lbft_and_full_sweep",
     "finetune --batch-size": "test_cli.py::test_finetune_lbft_and_full_sweep",
     "finetune --quiet": "test_cli.py::test_finetune_lbft_and_full_sweep",
     "demo --out": "test_cli.py::test_demo_small_run",

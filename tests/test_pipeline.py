@@ -335,17 +335,18 @@ def test_runs_report_the_mean_of_their_training_seeds():
     kw = dict(regime="finetune", lrs=[0.05], wds=[0.0], epochs=1, batch_size=8, progress=False)
     # one setting: no hold-out, so a run with seed s is the single run of seed s
     single = [finetune_model(spec, data, data, seed=s, **kw)["accuracy"] for s in (3, 4)]
-    both = finetune_model(spec, data, data, seed=3, runs=2, **kw)
+    both = finetune_model(spec, data, data, seed=0, train_seeds=[3, 4], **kw)
     assert both["runs"] == single and both["train_seeds"] == [3, 4]
     assert both["accuracy"] == pytest.approx(np.mean(single), abs=1e-4)
     # a sweep keeps the setting of the best mean validation accuracy, and reports its mean
-    swept = finetune_model(spec, data, data, seed=3, runs=2, **{**kw, "lrs": [0.05, 0.001]})
+    swept = finetune_model(spec, data, data, seed=3, train_seeds=[3, 4], **{**kw, "lrs": [0.05, 0.001]})
     chosen = swept["sweep"][f"lr={swept['lr']:g},wd=0"]
     assert chosen["val"] == max(v["val"] for v in swept["sweep"].values())
     assert swept["accuracy"] == chosen["test"] == pytest.approx(np.mean(swept["runs"]), abs=1e-4)
     assert "runs" not in finetune_model(spec, data, data, seed=3, **kw)
-    with pytest.raises(PipelineError, match="runs"):
-        finetune_model(spec, data, data, runs=0, **kw)
+    for bad in ([], [3, 3]):
+        with pytest.raises(PipelineError, match="train_seeds"):
+            finetune_model(spec, data, data, train_seeds=bad, **kw)
 
 
 # --------------------------------------------------------------------------

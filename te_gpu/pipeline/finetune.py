@@ -305,21 +305,24 @@ def train_once(spec, train: ImageSet, evals: dict, *, regime: str, lr: float, wd
 
 def finetune_model(spec, train: ImageSet, test: ImageSet, *, regime: str, lrs=DEFAULT_LRS,
                    wds=DEFAULT_WDS, epochs: int = 3, batch_size: int = 32, device=None,
-                   amp: bool = True, seed: int = 0, runs: int = 1, progress: bool = True) -> dict:
+                   amp: bool = True, seed: int = 0, train_seeds=None,
+                   progress: bool = True) -> dict:
     """Sweep lr x wd, keep the best validation accuracy -> {accuracy, lr, wd, sweep}.
 
-    ``runs`` > 1 trains each setting ``runs`` times, with training seeds ``seed``,
-    ``seed + 1``, ... (the head's initialisation and the order of the batches; the
-    hold-out split stays that of ``seed``). The setting with the best mean validation
-    accuracy is kept, and its mean test accuracy reported; ``runs`` then holds each
-    run's test accuracy, so a reader sees how far one training run moves a model.
+    ``seed`` draws the hold-out split and, by default, seeds the one training run (the
+    head's initialisation and the order of the batches). ``train_seeds`` (a list) trains
+    each setting once per seed instead, on the same images and hold-out: the setting with
+    the best mean validation accuracy is kept and its mean test accuracy reported, and
+    ``runs`` holds each run's test accuracy, so a reader sees how far one training run
+    moves a model.
     """
     if regime not in ("lbft", "finetune"):
         raise PipelineError(f"regime must be lbft or finetune here, got {regime!r}")
-    if runs < 1:
-        raise PipelineError(f"runs must be at least 1, got {runs}")
+    given = train_seeds is not None
+    train_seeds = [seed] if train_seeds is None else [int(s) for s in train_seeds]
+    if not train_seeds or len(set(train_seeds)) < len(train_seeds):
+        raise PipelineError(f"train_seeds must be distinct seeds, at least one: got {train_seeds}")
     lrs, wds = list(lrs), list(wds)
-    train_seeds = [seed + r for r in range(runs)]
 
     def trained(data, evals, lr, wd):
         per_run = [train_once(spec, data, evals, regime=regime, lr=lr, wd=wd, epochs=epochs,
@@ -346,7 +349,7 @@ def finetune_model(spec, train: ImageSet, test: ImageSet, *, regime: str, lrs=DE
                     best = (accs, lr, wd, runs_test)
         accs, lr, wd, per_run = best
         out = dict(accuracy=accs["test"], val_accuracy=accs["val"], lr=lr, wd=wd, sweep=sweep)
-    if runs > 1:
+    if given:
         out.update(runs=per_run, train_seeds=train_seeds)
     return out
 
