@@ -235,6 +235,10 @@ def test_finetune_lbft_and_full_sweep(tmp_path, capsys):
                        "--model", "resnet10t,size=32", "--regime", "lft", "--train-seeds", "1",
                        "--out", str(out), "-q")
     assert code == 2 and "--train-seeds" in err and "Traceback" not in err
+    code, _, err = run(capsys, "finetune", "--data", "digits", "--n-train", "30", "--n-test", "20",
+                       "--model", "resnet10t,size=32", "--regime", "lbft", "--train-seeds", "1,1",
+                       "--out", str(out), "-q")
+    assert code == 2 and "--train-seeds: each seed once" in err
 
 
 def test_extract_from_npz_and_store_is_scorable(tmp_path, capsys):
