@@ -195,3 +195,48 @@ def test_regime_evidence_build_runs_the_regimes_asked_for_split_by_network(tmp_p
     ev.build("fmnist64n6k", tmp_path, regimes=("lbft",), processes=1)   # the rest, once
     assert [a[a.index("--regime") + 1] for a in started] == ["lbft"]
     assert json.loads((tmp_path / "fmnist64n6k" / "timing.json").read_text())["finetune lbft"]["processes"] == 1
+
+
+def test_regime_evidence_seeds_judges_each_training_run(tmp_path, monkeypatch):
+    """bench/regime_evidence.py seeds: the shipped table is the run of the zoo's own seed,
+    a re-run of that seed must reproduce it, models not re-run keep their accuracy, and
+    each run (and the runs' mean) judges a set's consensus and the other runs."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "regime_evidence.py"
+    spec = importlib.util.spec_from_file_location("regime_evidence", path)
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    models = ["a", "b", "c", "d", "e"]
+    shipped = {"a": 90.0, "b": 89.0, "c": 80.0, "d": 70.0, "e": 60.0}
+    records = {m: dict(params=1000 + i, dim=[64, 32, 128, 16, 256][i]) for i, m in enumerate(models)}
+    good = {m: float(5 - i) for i, m in enumerate(models)}     # orders a, b, c, d, e
+    bad = {m: float(i) for i, m in enumerate(models)}          # the reverse
+
+    class Boot:
+        def consensus(self, labels):
+            return models, None, good if labels == ["lda", "ncti", "knn"] else bad
+
+    monkeypatch.setattr(ev, "open_evidence_zoo", lambda work, name: (None, None, {"finetune": shipped}, records))
+    monkeypatch.setattr(ev, "bootstrap", lambda *a: Boot())
+    own = ev.ZOOS["fmnist64"]["seed"]
+    runs_file = tmp_path / "runs.json"
+    runs_file.write_text(json.dumps({
+        "groups": {"fmnist64": {"regimes": {"finetune": {"fmnist64": {**shipped, "a": 89.0, "b": 90.0}}}}},
+        "_details": {"fmnist64": {"finetune": {"fmnist64": {
+            "a": {"runs": [90.0, 88.0], "train_seeds": [own, own + 1]},
+            "b": {"runs": [89.0, 91.0], "train_seeds": [own, own + 1]}}}}}}))
+    evidence = tmp_path / "evidence.json"
+    evidence.write_text(json.dumps({"choice": {"finetune": {"chosen": "knn"}}}))
+    got = ev.training_noise(tmp_path, evidence, [runs_file])["finetune"]["fmnist64"]
+    assert got["train_seeds"] == [own, own + 1] and got["reproduces"] == 0.0
+    assert got["re_run"] == ["a", "b"] and got["not_re_run"] == ["c", "d", "e"]
+    assert got["best_per_run"] == [["a"], ["b"]]
+    assert got["range_over_runs"]["a"] == [88.0, 90.0] and got["range_over_runs"]["c"] == [80.0, 80.0]
+    assert got["mean"]["a"] == 89.0 and got["mean"]["b"] == 90.0
+    # each run's ranking has the other run's best (a or b) in its top 3
+    assert got["one_run_predicts_another"]["top3"] == 1.0
+    fast, chosen = got["sets"]["lda,ncti,knn"], got["sets"]["knn"]
+    assert [r["top3"] for r in fast["per_run"]] == [True, True] and fast["mean"]["top3"]
+    assert fast["mean"]["tau_w"] > 0.5 > -0.5 > chosen["mean"]["tau_w"]
+    assert not any(r["top3"] or r["passes"] for r in chosen["per_run"])
