@@ -294,11 +294,42 @@ def candidate_sets(labels) -> list:
     return [combo for size in range(1, MAX_SET + 1) for combo in itertools.combinations(labels, size)]
 
 
-def evaluate_zoo(work: Path, name: str, replicates: int) -> dict:
+def training_runs(runs_files) -> dict:
+    """{zoo: {regime: {model: {training seed: accuracy}}}} from te-gpu finetune
+    --train-seeds files, each model's runs as the files hold them."""
+    out = {}
+    for path in runs_files:
+        got = json.loads(Path(path).read_text())
+        for name, group in got["groups"].items():
+            for regime in group["regimes"]:
+                for m, d in got["_details"][name][regime][name].items():
+                    runs = out.setdefault(name, {}).setdefault(regime, {}).setdefault(m, {})
+                    runs.update(zip(d["train_seeds"], d["runs"]))
+    return out
+
+
+def with_shipped_run(name: str, table: dict, runs: dict) -> dict:
+    """{model: {training seed: accuracy}}: the shipped table is the run of the zoo's own
+    seed; a model not re-run has that run alone."""
+    own = ZOOS[name]["seed"]
+    return {m: {own: acc, **{sd: a for sd, a in runs.get(m, {}).items() if sd != own}}
+            for m, acc in table.items()}
+
+
+def mean_of_runs(name: str, truth: dict, runs: dict) -> dict:
+    """The truth with each re-run regime's accuracies replaced by the mean over the runs."""
+    return {r: ({m: float(np.mean(list(v.values())))
+                 for m, v in with_shipped_run(name, acc, runs[r]).items()} if r in runs else acc)
+            for r, acc in truth.items()}
+
+
+def evaluate_zoo(work: Path, name: str, replicates: int, runs=None) -> dict:
     from te_gpu import rank
     from te_gpu.baselines import random_ranking
 
     zoo, y, truth, records = open_evidence_zoo(work, name)
+    if runs:
+        truth = mean_of_runs(name, truth, runs)
     boot = bootstrap(work, name, zoo, y, replicates)
     labels = [lb for lb in boot.labels]
     statics = static_rankings(records)
@@ -328,12 +359,17 @@ def evaluate_zoo(work: Path, name: str, replicates: int) -> dict:
     return out
 
 
-def evaluate(work: Path, out_path: Path, replicates: int, zoos) -> dict:
+def evaluate(work: Path, out_path: Path, replicates: int, zoos, runs_files=()) -> dict:
+    """Every zoo judged; with ``runs_files`` (te-gpu finetune --train-seeds files) a re-run
+    regime is judged against each model's mean accuracy over its training runs."""
+    runs = training_runs(runs_files)
     out = dict(replicates=replicates, metrics=list(METRICS), sa=[str(s) for s in SA],
-               sweep=SWEEP, zoo_specs={z: ZOOS[z] for z in zoos}, zoos={})
+               sweep=SWEEP, zoo_specs={z: ZOOS[z] for z in zoos}, zoos={},
+               truth_runs={z: {r: {m: sorted(v) for m, v in ms.items()} for r, ms in rs.items()}
+                           for z, rs in runs.items()})
     for name in zoos:
         t0 = time.perf_counter()
-        out["zoos"][name] = evaluate_zoo(work, name, replicates)
+        out["zoos"][name] = evaluate_zoo(work, name, replicates, runs.get(name))
         timing = work / name / "timing.json"
         out["zoos"][name]["build_timing"] = json.loads(timing.read_text()) if timing.is_file() else {}
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -624,58 +660,49 @@ def training_noise(work: Path, evidence: Path, runs_files) -> dict:
 
     out_json = json.loads(evidence.read_text())
     result = {}
-    for path in runs_files:
-        got = json.loads(Path(path).read_text())
-        for name, group in got["groups"].items():
-            zoo, y, shipped, records = open_evidence_zoo(work, name)
-            boot = bootstrap(work, name, zoo, y, 20)
-            statics = static_rankings(records)
-            own = ZOOS[name]["seed"]
-            for regime in group["regimes"]:
-                models = list(shipped[regime])
-                det = got["_details"][name][regime][name]
-                per_model = {m: {own: shipped[regime][m]} for m in models}
-                reproduced = []
-                for m, d in det.items():
-                    for seed, acc in zip(d["train_seeds"], d["runs"]):
-                        if seed == own:
-                            reproduced.append(abs(acc - shipped[regime][m]))
-                        per_model[m][seed] = acc
-                seeds = sorted({sd for v in per_model.values() for sd in v})
-                runs = [{m: per_model[m].get(sd, shipped[regime][m]) for m in models}
-                        for sd in seeds]
-                mean = {m: float(np.mean(list(per_model[m].values()))) for m in models}
+    for name, by_regime in training_runs(runs_files).items():
+        zoo, y, shipped, records = open_evidence_zoo(work, name)
+        boot = bootstrap(work, name, zoo, y, 20)
+        statics = static_rankings(records)
+        own = ZOOS[name]["seed"]
+        for regime, re_run in by_regime.items():
+            models = list(shipped[regime])
+            per_model = with_shipped_run(name, shipped[regime], re_run)
+            reproduced = [abs(v[own] - shipped[regime][m]) for m, v in re_run.items() if own in v]
+            seeds = sorted({sd for v in per_model.values() for sd in v})
+            runs = [{m: per_model[m].get(sd, per_model[m][own]) for m in models} for sd in seeds]
+            mean = mean_of_runs(name, shipped, {regime: re_run})[regime]
 
-                def check(values, acc):
-                    best = {m for m in models if acc[m] == max(acc.values())}
-                    top3 = set(sorted(models, key=lambda m: -values[m])[:3])
-                    truth = [acc[m] for m in models]
-                    tau = rank.weighted_tau([values[m] for m in models], truth)
-                    static = max(rank.weighted_tau([statics[k][m] for m in models], truth)
-                                 for k in statics)
-                    return dict(top3=bool(best & top3), tau_w=round(tau, 4),
-                                best_static=round(static, 4),
-                                passes=bool(best & top3) and tau > static)
+            def check(values, acc):
+                best = {m for m in models if acc[m] == max(acc.values())}
+                top3 = set(sorted(models, key=lambda m: -values[m])[:3])
+                truth = [acc[m] for m in models]
+                tau = rank.weighted_tau([values[m] for m in models], truth)
+                static = max(rank.weighted_tau([statics[k][m] for m in models], truth)
+                             for k in statics)
+                return dict(top3=bool(best & top3), tau_w=round(tau, 4),
+                            best_static=round(static, 4),
+                            passes=bool(best & top3) and tau > static)
 
-                pairs = [check(runs[a], runs[b]) for a in range(len(runs))
-                         for b in range(len(runs)) if a != b]
-                judged = {}
-                for key in dict.fromkeys([out_json["choice"][regime]["chosen"], "lda,ncti,knn"]):
-                    point = boot.consensus(key.split(","))[2]
-                    judged[key] = dict(per_run=[check(point, r) for r in runs],
-                                       mean=check(point, mean))
-                result.setdefault(regime, {})[name] = dict(
-                    train_seeds=seeds, re_run=sorted(det), not_re_run=sorted(set(models) - set(det)),
-                    reproduces=round(max(reproduced), 4) if reproduced else None,
-                    best_per_run=[sorted(m for m in models if r[m] == max(r.values())) for r in runs],
-                    range_over_runs={m: [min(per_model[m].values()), max(per_model[m].values())]
-                                     for m in models},
-                    mean={m: round(v, 4) for m, v in mean.items()},
-                    one_run_predicts_another=dict(
-                        passes=round(sum(p["passes"] for p in pairs) / len(pairs), 3),
-                        top3=round(sum(p["top3"] for p in pairs) / len(pairs), 3),
-                        pairs=pairs),
-                    sets=judged)
+            pairs = [check(runs[a], runs[b]) for a in range(len(runs))
+                     for b in range(len(runs)) if a != b]
+            judged = {}
+            for key in dict.fromkeys([out_json["choice"][regime]["chosen"], "lda,ncti,knn"]):
+                point = boot.consensus(key.split(","))[2]
+                judged[key] = dict(per_run=[check(point, r) for r in runs],
+                                   mean=check(point, mean))
+            result.setdefault(regime, {})[name] = dict(
+                train_seeds=seeds, re_run=sorted(re_run), not_re_run=sorted(set(models) - set(re_run)),
+                reproduces=round(max(reproduced), 4) if reproduced else None,
+                best_per_run=[sorted(m for m in models if r[m] == max(r.values())) for r in runs],
+                range_over_runs={m: [min(per_model[m].values()), max(per_model[m].values())]
+                                 for m in models},
+                mean={m: round(v, 4) for m, v in mean.items()},
+                one_run_predicts_another=dict(
+                    passes=round(sum(p["passes"] for p in pairs) / len(pairs), 3),
+                    top3=round(sum(p["top3"] for p in pairs) / len(pairs), 3),
+                    pairs=pairs),
+                sets=judged)
     return result
 
 
@@ -775,6 +802,9 @@ def main(argv=None):
     e.add_argument("--work", type=Path, required=True)
     e.add_argument("-B", "--replicates", type=int, default=50)
     e.add_argument("--zoos", default=",".join(ZOOS))
+    e.add_argument("--truth-runs", type=Path, nargs="*", default=[],
+                   help="te-gpu finetune --train-seeds files: a re-run regime is judged against "
+                        "each model's mean over its training runs")
     e.add_argument("--markdown", action="store_true", help="also print bench/RESULTS.md tables")
     e.add_argument("--redraws-only", action="store_true",
                    help="only compute and cache the redraws (they need no accuracies)")
@@ -810,7 +840,8 @@ def main(argv=None):
             point_scores(args.work.resolve(), name, zoo, y)
             print(f"{name}: {boot.timings['wall_s']:.0f} s wall, {boot.timings['cpu_s']:.0f} s CPU")
     elif args.cmd == "evaluate":
-        out = evaluate(args.work.resolve(), args.out, args.replicates, args.zoos.split(","))
+        out = evaluate(args.work.resolve(), args.out, args.replicates, args.zoos.split(","),
+                       args.truth_runs)
         print(report(out))
         if args.markdown:
             for regime, c in out["choice"].items():

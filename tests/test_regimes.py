@@ -240,3 +240,8 @@ def test_regime_evidence_seeds_judges_each_training_run(tmp_path, monkeypatch):
     assert [r["top3"] for r in fast["per_run"]] == [True, True] and fast["mean"]["top3"]
     assert fast["mean"]["tau_w"] > 0.5 > -0.5 > chosen["mean"]["tau_w"]
     assert not any(r["top3"] or r["passes"] for r in chosen["per_run"])
+    # evaluate --truth-runs judges a re-run regime against the means, the others as shipped
+    probe = {"a": 1.0, "b": 2.0}
+    means = ev.mean_of_runs("fmnist64", {"finetune": shipped, "lft": probe},
+                            ev.training_runs([runs_file])["fmnist64"])
+    assert means["lft"] == probe and means["finetune"] == {**shipped, "a": 89.0, "b": 90.0}
