@@ -706,6 +706,35 @@ def training_noise(work: Path, evidence: Path, runs_files) -> dict:
     return result
 
 
+def seeds_markdown(res: dict) -> str:
+    """training_noise's verdicts as a bench/RESULTS.md table: per zoo, each run's best
+    model, how often one run predicts another, and each set judged against each run
+    (top 3 / passes) and against the runs' mean."""
+    def verdict(c):
+        return f"{'top 3' if c['top3'] else 'missed'}, {c['tau_w']:.2f} vs {c['best_static']:.2f}" \
+            + (" (passes)" if c["passes"] else "")
+
+    lines = []
+    for regime, zoos in res.items():
+        sets = list(next(iter(zoos.values()))["sets"])
+        lines += [f"\n{regime}\n", "| zoo | training seeds (models re-run) | best model per run | "
+                  "one run predicts another: passes (top 3) | "
+                  + " | ".join(f"{k}: per run; against the mean" for k in sets) + " |",
+                  "| --- " * (4 + len(sets)) + "|"]
+        for name, z in zoos.items():
+            every = "all" if not z["not_re_run"] else ", ".join(z["re_run"])
+            o = z["one_run_predicts_another"]
+            cells = [f"{name}", f"{', '.join(map(str, z['train_seeds']))} ({every})",
+                     "; ".join("/".join(b) for b in z["best_per_run"]),
+                     f"{o['passes']:.2f} ({o['top3']:.2f})"]
+            for k in sets:
+                per = z["sets"][k]
+                cells.append(f"{sum(c['passes'] for c in per['per_run'])} of {len(per['per_run'])} "
+                             f"pass; mean: {verdict(per['mean'])}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _printable(cmd: str, work: Path) -> str:
     """A command as a user would type it: te-gpu, and the work folder as WORK."""
     return cmd.replace(f"{sys.executable} -m te_gpu", "te-gpu").replace("-m te_gpu", "te-gpu") \
@@ -823,10 +852,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.cmd == "seeds":
         res = training_noise(args.work.resolve(), args.evidence, args.runs)
-        text = json.dumps(res, indent=1)
         if args.out:
-            args.out.write_text(text + "\n")
-        print(text)
+            args.out.write_text(json.dumps(res, indent=1) + "\n")
+        print(seeds_markdown(res))
     elif args.cmd == "noise":
         print(json.dumps(truth_noise(args.work.resolve(), args.evidence, args.draws), indent=1))
     elif args.cmd == "ship":

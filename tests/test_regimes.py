@@ -240,6 +240,8 @@ def test_regime_evidence_seeds_judges_each_training_run(tmp_path, monkeypatch):
     assert [r["top3"] for r in fast["per_run"]] == [True, True] and fast["mean"]["top3"]
     assert fast["mean"]["tau_w"] > 0.5 > -0.5 > chosen["mean"]["tau_w"]
     assert not any(r["top3"] or r["passes"] for r in chosen["per_run"])
+    row = ev.seeds_markdown({"finetune": {"fmnist64": got}}).splitlines()[-1]
+    assert row.startswith(f"| fmnist64 | {own}, {own + 1} (a, b) | a; b | ") and "0 of 2 pass" in row
     # evaluate --truth-runs judges a re-run regime against the means, the others as shipped
     probe = {"a": 1.0, "b": 2.0}
     means = ev.mean_of_runs("fmnist64", {"finetune": shipped, "lft": probe},
