@@ -33,9 +33,9 @@ __all__ = ["DEFAULT_METRICS", "Recommendation", "recommend",
 DEFAULT_METRICS = ("lda", "ncti", "knn")
 # Without transfer= the fast default set answers, and says for which regime it has evidence
 # (bench/RESULTS.md "recommend per transfer regime": lft 5 of 7 evidence zoos, lbft 6 of 7,
-# finetune 2 of 7). The regimes' own sets need SA or SFDA on every redraw, several times
+# finetune 3 of 7). The regimes' own sets need SA or SFDA on every redraw, several times
 # the cost of this set's (README, "Per transfer regime"), so none is the default.
-DEFAULT_NOTE = ("default set (lda, ncti, knn): its evidence is for a linear probe; it ordered 2 "
+DEFAULT_NOTE = ("default set (lda, ncti, knn): its evidence is for a linear probe; it ordered 3 "
                 "of 7 evidence zoos well for full fine-tuning. Say how the model will be trained: "
                 "--transfer finetune | lbft | lft (slower: SA on every resample)")
 CLEAR = 0.5          # a first-place share below this is "no clear winner"
@@ -272,6 +272,8 @@ def verdict(rec: Recommendation) -> list:
         weak = weak_line(rec.transfer)
         if weak:
             lines.append(weak)
+        if get(rec.transfer).caveat:
+            lines.append(get(rec.transfer).caveat)
     return lines
 
 

@@ -326,6 +326,8 @@ def test_transfer_takes_the_regimes_set_and_names_the_regime():
     assert rec.lines[0].startswith("for fine-tuning the whole network (--transfer finetune")
     assert (regimes.weak_line("finetune") in rec.lines) == bool(regimes.REGIMES["finetune"].weak)
     assert rec.best == "strong" and DEFAULT_NOTE not in rec.lines
+    # full fine-tuning's own accuracies move with the training run: the verdict says so last
+    assert regimes.REGIMES["finetune"].caveat and rec.lines[-1] == regimes.REGIMES["finetune"].caveat
     plain = recommend(zoo, y, replicates=20, progress=False)      # neither: the fast default
     assert plain.labels == list(DEFAULT_METRICS) and plain.transfer is None
     assert plain.lines[-1] == DEFAULT_NOTE

@@ -161,6 +161,25 @@ def test_each_regime_declares_what_its_evidence_chose(name):
     assert all(isinstance(j["passes"], bool) for r in rounds for j in r["judged"].values())
 
 
+@pytest.mark.skipif(not EVIDENCE.is_file(), reason="the evidence file is not in this checkout")
+def test_the_default_sets_note_counts_its_fine_tuning_evidence():
+    """recommend's note without --transfer says on how many evidence zoos the fast default
+    passed issue 26's check for full fine-tuning: the evidence file's count."""
+    import re
+
+    from te_gpu.recommend import DEFAULT_NOTE
+
+    zoos = json.loads(EVIDENCE.read_text())["zoos"]
+    passed = 0
+    for z in zoos.values():
+        res = z["regimes"]["finetune"]
+        row = {**res["labels"], **res["sets"]}["lda,ncti,knn"]
+        best_static = max(v["tau_w"] for v in res["static"].values())
+        passed += row["p_best_top"] >= 0.9 and row["tau_w"] > best_static
+    said = re.search(r"ordered (\d+) of (\d+) evidence zoos well for full fine-tuning", DEFAULT_NOTE)
+    assert said and (int(said[1]), int(said[2])) == (passed, len(zoos))
+
+
 def test_regime_evidence_build_runs_the_regimes_asked_for_split_by_network(tmp_path, monkeypatch):
     """bench/regime_evidence.py build --regimes R --processes P: extraction always, then the
     regimes asked for, the fine-tuning ones as P processes at once over disjoint networks
