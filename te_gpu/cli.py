@@ -1010,8 +1010,9 @@ def build_parser() -> argparse.ArgumentParser:
                   default="te_gpu.pipeline.finetune:DEFAULT_WDS",
                   lft="te_gpu.pipeline.finetune:DEFAULT_WDS_PROBE")
     f.add_argument("--epochs", type=COUNT, default=3, help="training epochs (lbft, finetune)")
-    f.add_argument("--train-seeds", type=_number_list("training seed", 0, inclusive=True, cast=_integer), default=None,
-                   metavar="S1,S2,...",
+    f.add_argument("--train-seeds", type=_number_list("training seed", 0, inclusive=True,
+                                                      cast=_integer),
+                   default=None, metavar="S1,S2,...",
                    help="lbft, finetune: train each setting once per seed (the head's "
                         "initialisation, the batches' order; the same images and hold-out, drawn "
                         "by --seed) and report the mean; each run's accuracy is kept in the "
