@@ -843,7 +843,7 @@ def main(argv=None):
     tn.add_argument("--draws", type=int, default=2000)
     tr = sub.add_parser("seeds", help="the fine-tuned verdicts under the training run's seed")
     tr.add_argument("evidence", type=Path)
-    tr.add_argument("runs", type=Path, nargs="+", help="te-gpu finetune --runs R files")
+    tr.add_argument("runs", type=Path, nargs="+", help="te-gpu finetune --train-seeds files")
     tr.add_argument("--work", type=Path, required=True)
     tr.add_argument("--out", type=Path, default=None)
     sh = sub.add_parser("ship")
