@@ -423,6 +423,21 @@ def passes(row: dict, zres: dict) -> bool:
     return row["p_best_top"] >= TOP3_NEEDED and row["tau_w"] > best_static(zres)[1]
 
 
+def point_check(values: dict, acc: dict, statics: dict) -> dict:
+    """Issue 26's check of one ranking (no redraws) against one truth: the most accurate
+    model(s) in its top 3, and its tau_w above every static ranking's."""
+    from te_gpu import rank
+
+    models = list(acc)
+    truth = [acc[m] for m in models]
+    best = {m for m in models if acc[m] == max(truth)}
+    top3 = set(sorted(models, key=lambda m: -values[m])[:3])
+    tau = rank.weighted_tau([values[m] for m in models], truth)
+    static = max(rank.weighted_tau([v[m] for m in models], truth) for v in statics.values())
+    return dict(top3=bool(best & top3), tau_w=round(tau, 4), best_static=round(static, 4),
+                passes=bool(best & top3) and tau > static)
+
+
 def rows_of(zres: dict) -> dict:
     return {**zres["labels"], **zres["sets"]}
 
@@ -605,8 +620,6 @@ def truth_noise(work: Path, evidence: Path, draws: int = 2000) -> dict:
     model in the set's top 3, and tau_w above the best static ranking's. Returns
     {regime: {zoo: {set: share of truth draws that pass}}} for the chosen set, the fast
     default and the best static ranking's own top-3 share."""
-    from te_gpu import rank
-
     out_json = json.loads(evidence.read_text())
     rng = np.random.default_rng(0)
     result = {}
@@ -625,13 +638,8 @@ def truth_noise(work: Path, evidence: Path, draws: int = 2000) -> dict:
             passed = {k: 0 for k in points}
             for t in drawn:
                 truth_t = dict(zip(models, t.tolist()))
-                best = {m for m in models if truth_t[m] == t.max()}
-                static = max(rank.weighted_tau([statics[s][m] for m in models], t.tolist())
-                             for s in statics)
                 for k, pt in points.items():
-                    order = sorted(models, key=lambda m: -pt[m])
-                    tau = rank.weighted_tau([pt[m] for m in models], t.tolist())
-                    passed[k] += bool(best & set(order[:3])) and tau > static
+                    passed[k] += point_check(pt, truth_t, statics)["passes"]
             result.setdefault(regime, {})[name] = {k: round(v / draws, 3) for k, v in passed.items()}
     return result
 
@@ -656,8 +664,6 @@ def training_noise(work: Path, evidence: Path, runs_files) -> dict:
     * ``sets``: the chosen set and the fast default on the target set (their consensus),
       judged against each run and against the runs' mean.
     """
-    from te_gpu import rank
-
     out_json = json.loads(evidence.read_text())
     result = {}
     for name, by_regime in training_runs(runs_files).items():
@@ -673,24 +679,13 @@ def training_noise(work: Path, evidence: Path, runs_files) -> dict:
             runs = [{m: per_model[m].get(sd, per_model[m][own]) for m in models} for sd in seeds]
             mean = mean_of_runs(name, shipped, {regime: re_run})[regime]
 
-            def check(values, acc):
-                best = {m for m in models if acc[m] == max(acc.values())}
-                top3 = set(sorted(models, key=lambda m: -values[m])[:3])
-                truth = [acc[m] for m in models]
-                tau = rank.weighted_tau([values[m] for m in models], truth)
-                static = max(rank.weighted_tau([statics[k][m] for m in models], truth)
-                             for k in statics)
-                return dict(top3=bool(best & top3), tau_w=round(tau, 4),
-                            best_static=round(static, 4),
-                            passes=bool(best & top3) and tau > static)
-
-            pairs = [check(runs[a], runs[b]) for a in range(len(runs))
+            pairs = [point_check(runs[a], runs[b], statics) for a in range(len(runs))
                      for b in range(len(runs)) if a != b]
             judged = {}
             for key in dict.fromkeys([out_json["choice"][regime]["chosen"], "lda,ncti,knn"]):
                 point = boot.consensus(key.split(","))[2]
-                judged[key] = dict(per_run=[check(point, r) for r in runs],
-                                   mean=check(point, mean))
+                judged[key] = dict(per_run=[point_check(point, r, statics) for r in runs],
+                                   mean=point_check(point, mean, statics))
             result.setdefault(regime, {})[name] = dict(
                 train_seeds=seeds, re_run=sorted(re_run), not_re_run=sorted(set(models) - set(re_run)),
                 reproduces=round(max(reproduced), 4) if reproduced else None,

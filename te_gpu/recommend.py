@@ -267,13 +267,10 @@ def verdict(rec: Recommendation) -> list:
     if rec.transfer is not None:
         from .regimes import get, weak_line
 
-        lines.insert(0, f"for {get(rec.transfer).what} (--transfer {rec.transfer}; the other "
+        regime = get(rec.transfer)
+        lines.insert(0, f"for {regime.what} (--transfer {rec.transfer}; the other "
                         "regimes: --transfer lft, lbft, finetune)")
-        weak = weak_line(rec.transfer)
-        if weak:
-            lines.append(weak)
-        if get(rec.transfer).caveat:
-            lines.append(get(rec.transfer).caveat)
+        lines += [line for line in (weak_line(rec.transfer), regime.caveat) if line]
     return lines
 
 

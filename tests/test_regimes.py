@@ -26,6 +26,17 @@ def run(capsys, *argv):
     return code, out, err
 
 
+def _evidence_script():
+    """bench/regime_evidence.py, loaded as a module (bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "regime_evidence", Path(__file__).resolve().parent.parent / "bench" / "regime_evidence.py")
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    return ev
+
+
 def _shipped() -> dict:
     return json.loads(resources.files("te_gpu").joinpath("data", "wheels_accuracy.json").read_text())
 
@@ -169,13 +180,10 @@ def test_the_default_sets_note_counts_its_fine_tuning_evidence():
 
     from te_gpu.recommend import DEFAULT_NOTE
 
+    ev = _evidence_script()
     zoos = json.loads(EVIDENCE.read_text())["zoos"]
-    passed = 0
-    for z in zoos.values():
-        res = z["regimes"]["finetune"]
-        row = {**res["labels"], **res["sets"]}["lda,ncti,knn"]
-        best_static = max(v["tau_w"] for v in res["static"].values())
-        passed += row["p_best_top"] >= 0.9 and row["tau_w"] > best_static
+    passed = sum(ev.passes(ev.rows_of(z["regimes"]["finetune"])["lda,ncti,knn"],
+                           z["regimes"]["finetune"]) for z in zoos.values())
     said = re.search(r"ordered (\d+) of (\d+) evidence zoos well for full fine-tuning", DEFAULT_NOTE)
     assert said and (int(said[1]), int(said[2])) == (passed, len(zoos))
 
@@ -184,13 +192,9 @@ def test_regime_evidence_build_runs_the_regimes_asked_for_split_by_network(tmp_p
     """bench/regime_evidence.py build --regimes R --processes P: extraction always, then the
     regimes asked for, the fine-tuning ones as P processes at once over disjoint networks
     (their union the zoo's candidates), each command's time recorded."""
-    import importlib.util
     import subprocess
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "regime_evidence.py"
-    spec = importlib.util.spec_from_file_location("regime_evidence", path)
-    ev = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ev)
+    ev = _evidence_script()
     started = []
 
     class Done:
@@ -220,12 +224,7 @@ def test_regime_evidence_seeds_judges_each_training_run(tmp_path, monkeypatch):
     """bench/regime_evidence.py seeds: the shipped table is the run of the zoo's own seed,
     a re-run of that seed must reproduce it, models not re-run keep their accuracy, and
     each run (and the runs' mean) judges a set's consensus and the other runs."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "bench" / "regime_evidence.py"
-    spec = importlib.util.spec_from_file_location("regime_evidence", path)
-    ev = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ev)
+    ev = _evidence_script()
     models = ["a", "b", "c", "d", "e"]
     shipped = {"a": 90.0, "b": 89.0, "c": 80.0, "d": 70.0, "e": 60.0}
     records = {m: dict(params=1000 + i, dim=[64, 32, 128, 16, 256][i]) for i, m in enumerate(models)}
