@@ -7,7 +7,7 @@ Two steps (from the repository root; CPU; heavy, so nice'd and one thread):
     python bench/regime_evidence.py build ZOO --work DIR [--regimes lft,finetune]
                                           [--processes 2]  # extract + finetune per regime
     python bench/regime_evidence.py evaluate OUT.json --work DIR [-B 20] [--markdown]
-    python bench/regime_evidence.py ship --work DIR
+    python bench/regime_evidence.py ship --work DIR [--truth-runs RUNS.json...]
     python bench/regime_evidence.py noise EVIDENCE.json --work DIR   # the test sets' noise
     python bench/regime_evidence.py seeds EVIDENCE.json RUNS.json... --work DIR [--out F]
                                           # the training runs' noise (te-gpu finetune
@@ -19,7 +19,8 @@ accuracies land in DIR/ZOO/truth.json (the shipped tables' format). ``--processe
 runs the lbft and finetune commands as that many processes at once, split by network,
 merging into one truth.json under its lock: each run seeds itself, so the numbers are the
 same (for the first six zoos this was done by hand; timing.json's notes say so). ``ship`` writes te_gpu/data/wheels_accuracy.json and
-the ``wheels`` facts from DIR. ``evaluate`` scores
+the ``wheels`` facts from DIR (with ``--truth-runs``, a re-run regime's tables are each
+model's mean over its training runs, the runs kept in ``_details``). ``evaluate`` scores
 every zoo with every metric of the catalogue (raw and SA "released"), bootstraps the
 target set, and judges each metric and candidate set (mean rank) against each regime's
 accuracies: tau_w, the most accurate model's share of first places and of top-3 places
@@ -736,11 +737,43 @@ def _printable(cmd: str, work: Path) -> str:
         .replace(str(work), "WORK")
 
 
-def ship(work: Path, zoos) -> None:
+def ship_runs(name: str, tables: dict, details: dict, runs: dict, runs_files) -> dict:
+    """Each re-run regime of zoo ``name``: its table becomes the mean over the training runs
+    (2 decimals: the means of 2 or 3 runs of 1-decimal accuracies stay in order), and each
+    model's details keep its runs ({training seed: test accuracy}, the zoo's own seed first).
+    Returns {regime: {"train_seeds", "commands"}} for the zoo's how-measured entry."""
+    said = {}
+    for regime, per_model in runs.items():
+        if name not in tables.get(regime, {}):
+            continue
+        every = with_shipped_run(name, tables[regime][name], per_model)
+        tables[regime][name] = {m: round(float(np.mean(list(v.values()))), 2) for m, v in every.items()}
+        for m, v in every.items():
+            details[regime][name][m]["runs"] = {str(seed): acc for seed, acc in v.items()}
+        said[regime] = dict(train_seeds=sorted({seed for v in every.values() for seed in v}),
+                            commands=run_commands(name, regime, runs_files))
+    return said
+
+
+def run_commands(name: str, regime: str, runs_files) -> list:
+    """[{"command", "models"}]: each runs file's command (the .sh beside it, comment lines
+    left out) and the models it measured, which a stopped run makes fewer than it names."""
+    out = []
+    for f in map(Path, runs_files):
+        group = json.loads(f.read_text())["groups"].get(name, {})
+        if regime in group.get("regimes", {}) and f.with_suffix(".sh").is_file():
+            lines = f.with_suffix(".sh").read_text().splitlines()
+            out.append(dict(command=" ".join(" ".join(ln for ln in lines if not ln.startswith("#")).split()),
+                            models=list(group["regimes"][regime][name])))
+    return out
+
+
+def ship(work: Path, zoos, runs_files=()) -> None:
     import timm
     import torch
 
     tables, details, how, facts = {}, {}, {}, {}
+    runs = training_runs(runs_files)
     for name in zoos:
         got = json.loads((work / name / "truth.json").read_text())
         regimes = got["groups"][name]["regimes"]
@@ -750,6 +783,7 @@ def ship(work: Path, zoos) -> None:
                 tables.setdefault(regime, {})[name] = {m: regimes[regime][name][m] for m in models}
                 details.setdefault(regime, {})[name] = {
                     m: got["_details"][name][regime][name][m] for m in models}
+        re_run = ship_runs(name, tables, details, runs.get(name, {}), runs_files)
         timing = json.loads((work / name / "timing.json").read_text())
         z = ZOOS[name]
         how[name] = dict(
@@ -758,6 +792,7 @@ def ship(work: Path, zoos) -> None:
                 "official train/test split, as an .npz"), seed=z["seed"],
             n_train=z["n_train"], n_test=z["n_test"], candidates=candidate_names(name),
             **({"note": z["note"]} if "note" in z else {}),
+            **({"training_runs": re_run} if re_run else {}),
             commands={k: _printable(v["command"], work) for k, v in timing.items()},
             seconds={k: dict(wall=v["wall_s"], cpu=v["cpu_s"], **({"note": v["note"]} if "note" in v else {}))
                      for k, v in timing.items()})
@@ -792,6 +827,13 @@ def ship(work: Path, zoos) -> None:
                      f"{SWEEP['epochs']} epochs, sweep lr {SWEEP['lr']} x wd {SWEEP['wd']}; the "
                      "setting with the best accuracy on a stratified 20 % of the training "
                      "images (hold-out seeded by --seed) is kept and its test accuracy reported",
+            training_runs="where a zoo's entry below names training_runs, that regime was "
+                          "fine-tuned again with other training seeds (te-gpu finetune "
+                          "--train-seeds: the head's initialisation and the batches' order; "
+                          "same images, hold-out and sweep): its table is each model's mean "
+                          "test accuracy over the runs, each run at the setting its sweep kept, "
+                          "and _details keeps every run ({training seed: accuracy}; the zoo's "
+                          "--seed run first, the one the other regimes share)",
             software=f"torch {torch.__version__}, timm {timm.__version__}, float32 on CPU, one "
                      "thread (OMP_NUM_THREADS=1)",
             datasets=how),
@@ -844,6 +886,9 @@ def main(argv=None):
     sh = sub.add_parser("ship")
     sh.add_argument("--work", type=Path, required=True)
     sh.add_argument("--zoos", default=",".join(ZOOS))
+    sh.add_argument("--truth-runs", type=Path, nargs="*", default=[],
+                    help="te-gpu finetune --train-seeds files (their commands in a .sh "
+                         "beside each): a re-run regime ships each model's mean over its runs")
     args = ap.parse_args(argv)
     if args.cmd == "seeds":
         res = training_noise(args.work.resolve(), args.evidence, args.runs)
@@ -853,7 +898,7 @@ def main(argv=None):
     elif args.cmd == "noise":
         print(json.dumps(truth_noise(args.work.resolve(), args.evidence, args.draws), indent=1))
     elif args.cmd == "ship":
-        ship(args.work.resolve(), args.zoos.split(","))
+        ship(args.work.resolve(), args.zoos.split(","), args.truth_runs)
     elif args.cmd == "build":
         build(args.zoo, args.work.resolve(), args.regimes.split(","), args.processes)
     elif args.cmd == "evaluate" and args.redraws_only:

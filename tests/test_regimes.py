@@ -69,6 +69,42 @@ def test_wheels_tables_name_one_zoo_in_every_regime(dataset):
     assert all(len(d["sweep"]) == 2 and d["lr"] in (0.01, 0.001) for d in details.values())
 
 
+@pytest.mark.parametrize("dataset", ZOOS)
+def test_a_re_run_regime_ships_the_mean_of_its_training_runs(dataset):
+    """Where a zoo was fine-tuned again with other training seeds, its table is each model's
+    mean over the runs; the zoo's own seed's run is the one its sweep details describe, and
+    the commands that made the other runs name their seeds and measured the re-run models."""
+    how = _shipped()["_how_measured"]["datasets"][dataset]
+    re_run = how.get("training_runs", {})
+    assert set(re_run) <= set(MEASURED) - {"lft"}       # the probe is deterministic
+    for regime, said in re_run.items():
+        table, details = rank.ground_truth("wheels", regime, dataset), _shipped()["_details"][regime][dataset]
+        runs = {m: details[m]["runs"] for m in table}
+        assert next(iter(said["train_seeds"])) == how["seed"] and len(said["train_seeds"]) >= 2
+        for m, acc in table.items():
+            assert list(runs[m])[0] == str(how["seed"]) and set(runs[m]) <= set(map(str, said["train_seeds"]))
+            assert acc == round(sum(runs[m].values()) / len(runs[m]), 2), m
+            chosen = details[m]["sweep"][f"lr={details[m]['lr']},wd={details[m]['wd']}"]
+            assert runs[m][str(how["seed"])] == chosen["test"], m
+        measured = {m for c in said["commands"] for m in c["models"]}
+        assert measured == {m for m in runs if len(runs[m]) > 1}
+        for c in said["commands"]:
+            assert c["command"].startswith("te-gpu finetune") and f"--regime {regime}" in c["command"]
+            assert f"--seed {how['seed']} " in c["command"] and "--train-seeds " in c["command"]
+
+
+@pytest.mark.skipif(not EVIDENCE.is_file(), reason="the evidence file is not in this checkout")
+def test_the_shipped_tables_are_the_truth_the_evidence_judged():
+    """The regime sets were chosen against the accuracies te-gpu ships (re-run regimes as
+    their means, rounded to the 2 decimals shipped)."""
+    zoos = json.loads(EVIDENCE.read_text())["zoos"]
+    assert set(zoos) == set(ZOOS)
+    for dataset, z in zoos.items():
+        for regime, judged in z["truth"].items():
+            shipped = rank.ground_truth("wheels", regime, dataset)
+            assert shipped == {m: round(v, 2) for m, v in judged.items()}, (dataset, regime)
+
+
 def test_wheels_facts_name_every_model():
     facts = baselines.facts("wheels")
     assert set(facts) == set(rank.list_ground_truth()["wheels"]["models"])
