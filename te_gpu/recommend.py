@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_METRICS", "Recommendation", "recommend",
 # the metric set of a custom run (``metrics=`` without ``transfer``): linear-probe evidence
 DEFAULT_METRICS = ("lda", "ncti", "knn")
 # Without transfer= the fast default set answers, and says for which regime it has evidence
-# (bench/RESULTS.md "recommend per transfer regime": lft 5 of 7 evidence zoos, lbft 6 of 7,
+# (bench/RESULTS.md "recommend per transfer regime": lft 5 of 7 evidence zoos, lbft 5 of 7,
 # finetune 3 of 7). The regimes' own sets need SA or SFDA on every redraw, several times
 # the cost of this set's (README, "Per transfer regime"), so none is the default.
 DEFAULT_NOTE = ("default set (lda, ncti, knn): its evidence is for a linear probe; it ordered 3 "
