@@ -265,11 +265,12 @@ def verdict(rec: Recommendation) -> list:
         lines.append("also first in some resamples: " + ", ".join(
             f"{m} ({_pct(rec.p_first[m])})" for m in runner[:3]))
     if rec.transfer is not None:
-        from .regimes import get, weak_line
+        from .regimes import REGIMES, get, weak_line
 
         regime = get(rec.transfer)
+        others = ", ".join(name for name in REGIMES if name != rec.transfer)
         lines.insert(0, f"for {regime.what} (--transfer {rec.transfer}; the other "
-                        "regimes: --transfer lft, lbft, finetune)")
+                        f"regimes: --transfer {others})")
         lines += [line for line in (weak_line(rec.transfer), regime.caveat) if line]
     return lines
 

@@ -323,7 +323,8 @@ def test_transfer_takes_the_regimes_set_and_names_the_regime():
     rec = recommend(zoo, y, transfer="finetune", replicates=20, progress=False)
     assert rec.labels == list(regimes.REGIMES["finetune"].labels) and rec.transfer == "finetune"
     assert sorted(rec.boot.labels) == sorted(rec.labels)    # those only, not metrics x settings
-    assert rec.lines[0].startswith("for fine-tuning the whole network (--transfer finetune")
+    assert rec.lines[0] == ("for fine-tuning the whole network (--transfer finetune; the other "
+                            "regimes: --transfer lft, lbft)")
     assert (regimes.weak_line("finetune") in rec.lines) == bool(regimes.REGIMES["finetune"].weak)
     assert rec.best == "strong" and DEFAULT_NOTE not in rec.lines
     # full fine-tuning's own accuracies move with the training run: the verdict says so last
