@@ -763,8 +763,8 @@ def run_commands(name: str, regime: str, runs_files) -> list:
         group = json.loads(f.read_text())["groups"].get(name, {})
         if regime in group.get("regimes", {}) and f.with_suffix(".sh").is_file():
             lines = f.with_suffix(".sh").read_text().splitlines()
-            out.append(dict(command=" ".join(" ".join(ln for ln in lines if not ln.startswith("#")).split()),
-                            models=list(group["regimes"][regime][name])))
+            words = [w for ln in lines if not ln.startswith("#") for w in ln.split()]
+            out.append(dict(command=" ".join(words), models=list(group["regimes"][regime][name])))
     return out
 
 
