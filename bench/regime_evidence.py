@@ -747,7 +747,8 @@ def ship_runs(name: str, tables: dict, details: dict, runs: dict, runs_files) ->
         if name not in tables.get(regime, {}):
             continue
         every = with_shipped_run(name, tables[regime][name], per_model)
-        tables[regime][name] = {m: round(float(np.mean(list(v.values()))), 2) for m, v in every.items()}
+        means = mean_of_runs(name, {regime: tables[regime][name]}, {regime: per_model})[regime]
+        tables[regime][name] = {m: round(v, 2) for m, v in means.items()}
         for m, v in every.items():
             details[regime][name][m]["runs"] = {str(seed): acc for seed, acc in v.items()}
         said[regime] = dict(train_seeds=sorted({seed for v in every.values() for seed in v}),

@@ -257,6 +257,33 @@ def test_regime_evidence_build_runs_the_regimes_asked_for_split_by_network(tmp_p
     assert json.loads((tmp_path / "fmnist64n6k" / "timing.json").read_text())["finetune lbft"]["processes"] == 1
 
 
+def test_regime_evidence_ship_truth_runs_ships_the_means(tmp_path, monkeypatch):
+    """bench/regime_evidence.py ship --truth-runs RUNS: the files reach ship; a re-run
+    regime's table becomes each model's mean over its runs (the zoo's own seed's run first,
+    a model not re-run keeps its one run), and each file's command (comments left out) is
+    listed with the models it measured."""
+    ev = _evidence_script()
+    own = ev.ZOOS["fmnist64"]["seed"]
+    runs_file = tmp_path / "runs.json"
+    runs_file.write_text(json.dumps({
+        "groups": {"fmnist64": {"regimes": {"lbft": {"fmnist64": {"a": 81.0}}}}},
+        "_details": {"fmnist64": {"lbft": {"fmnist64": {
+            "a": {"runs": [81.0, 84.0], "train_seeds": [own + 1, own + 2]}}}}}}))
+    runs_file.with_suffix(".sh").write_text("# how it ran\nte-gpu finetune --seed 2\n  --regime lbft\n")
+    tables = {"lbft": {"fmnist64": {"a": 80.0, "b": 70.0}}, "lft": {"fmnist64": {"a": 1.0, "b": 2.0}}}
+    details = {"lbft": {"fmnist64": {"a": {"lr": 0.01}, "b": {"lr": 0.01}}}}
+    said = ev.ship_runs("fmnist64", tables, details, ev.training_runs([runs_file])["fmnist64"], [runs_file])
+    assert tables["lbft"]["fmnist64"] == {"a": 81.67, "b": 70.0} and tables["lft"]["fmnist64"] == {"a": 1.0, "b": 2.0}
+    assert details["lbft"]["fmnist64"]["a"]["runs"] == {str(own): 80.0, str(own + 1): 81.0, str(own + 2): 84.0}
+    assert details["lbft"]["fmnist64"]["b"]["runs"] == {str(own): 70.0}
+    assert said == {"lbft": {"train_seeds": [own, own + 1, own + 2],
+                             "commands": [{"command": "te-gpu finetune --seed 2 --regime lbft", "models": ["a"]}]}}
+    shipped = []
+    monkeypatch.setattr(ev, "ship", lambda work, zoos, runs_files: shipped.append((zoos, runs_files)))
+    ev.main(["ship", "--work", str(tmp_path), "--zoos", "fmnist64", "--truth-runs", str(runs_file)])
+    assert shipped == [(["fmnist64"], [runs_file])]
+
+
 def test_regime_evidence_seeds_judges_each_training_run(tmp_path, monkeypatch):
     """bench/regime_evidence.py seeds: the shipped table is the run of the zoo's own seed,
     a re-run of that seed must reproduce it, models not re-run keep their accuracy, and
