@@ -101,15 +101,6 @@ def judge(scores: dict, truth: dict) -> dict:
                 rel1=truth[first] / a.max())
 
 
-def consensus_point(point: dict, labels) -> dict:
-    models = list(next(iter(point.values())))
-    ranks = np.zeros(len(models))
-    for lb in labels:
-        s = np.array([point[lb][m] for m in models])
-        ranks += np.array([(s > v).sum() + ((s == v).sum() - 1) / 2 for v in s])
-    return {m: -r / len(labels) for m, r in zip(models, ranks)}
-
-
 def evaluate(name, zoo, y, truth):
     t0 = time.perf_counter()
     metrics = args.metrics.split(",")
