@@ -329,3 +329,62 @@ def test_regime_evidence_seeds_judges_each_training_run(tmp_path, monkeypatch):
     means = ev.mean_of_runs("fmnist64", {"finetune": shipped, "lft": probe},
                             ev.training_runs([runs_file])["fmnist64"])
     assert means["lft"] == probe and means["finetune"] == {**shipped, "a": 89.0, "b": 90.0}
+
+
+def test_regime_evidence_bootstrap_adds_missing_labels_on_the_same_redraws(tmp_path, monkeypatch):
+    """bench/regime_evidence.py's redraw cache: labels added to METRICS / SA later are computed
+    on the cached redraws (seed 0) and merged; the cached labels are not recomputed."""
+    import numpy as np
+
+    from te_gpu.bootstrap import bootstrap_zoo
+
+    ev = _evidence_script()
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(3), [30, 20, 10])                      # imbalanced
+    zoo = {f"m{i}": np.maximum(rng.normal(size=(60, 6 + 5 * i)) + 0.6 * i * y[:, None], 0)
+           for i in range(3)}
+    zoo["m0"][:, :2] = 0.0                                         # dead units
+    (tmp_path / "z").mkdir()
+    monkeypatch.setattr(ev, "METRICS", ("lda", "hscore"))
+    monkeypatch.setattr(ev, "SA", (None, "released"))
+    first = ev.bootstrap(tmp_path, "z", zoo, y, 3)
+    assert first.labels == ["lda", "lda+released", "hscore+released"]
+    cached = (tmp_path / "z" / "boot_B3.json").read_text()
+    again = ev.bootstrap(tmp_path, "z", zoo, y, 3)                 # read back, not rewritten
+    assert (tmp_path / "z" / "boot_B3.json").read_text() == cached
+    assert all(np.array_equal(again.samples[lb][m], first.samples[lb][m])
+               for lb in first.labels for m in zoo)
+    monkeypatch.setattr(ev, "METRICS", ("lda", "hscore", "parc", "etran"))
+    monkeypatch.setattr(ev, "SA", (None, "released", "ped"))
+    grown = ev.bootstrap(tmp_path, "z", zoo, y, 3)
+    assert set(grown.labels) == set(ev.redrawn_labels()) and "hscore+ped" not in grown.labels
+    assert [a["labels"] for a in grown.timings["added"]] == \
+        [["lda+ped", "parc", "parc+released", "parc+ped", "etran", "etran+released", "etran+ped"]]
+    assert (tmp_path / "z" / "boot_B3.json").read_text() != cached
+    fresh = bootstrap_zoo(zoo, y, metrics=("lda", "hscore", "parc", "etran"),
+                          sa=[None, "released", "ped"], replicates=3, seed=0, progress=False)
+    for lb in grown.labels:
+        got = np.array([grown.samples[lb][m] for m in zoo])
+        want = np.array([fresh.samples[lb][m] for m in zoo])
+        # equal up to the order of floating-point sums (batches of other metrics beside)
+        assert np.isfinite(got).all() and np.allclose(got, want, rtol=1e-9, atol=0), lb
+        assert np.allclose([grown.point[lb][m] for m in zoo], [fresh.point[lb][m] for m in zoo],
+                           rtol=1e-9, atol=0), lb
+
+
+def test_regime_evidence_keeps_costly_sets_out_of_a_regime_choice():
+    """PARC and PED are judged but a regime may not choose them (they would cost every
+    resample of recommend seconds per model); the best set with them is reported beside."""
+    ev = _evidence_script()
+    assert ev.eligible("lda,sfda+released,knn") and ev.eligible("etran+released")
+    assert not ev.eligible("lda,parc") and not ev.eligible("parc+released")
+    assert not ev.eligible("knn,lda+ped")
+
+    def zres(scores, acc):
+        rows = {k: dict(tau_w=v, p_best_top=1.0, p_best_first=1.0) for k, v in scores.items()}
+        return dict(labels=rows, sets={}, static={"width": dict(tau_w=acc)})
+
+    scores = {"parc": 0.9, "lda+ped": 0.8, "lda": 0.5, "knn": 0.4}
+    zoos = {z: dict(regimes={"lft": zres(scores, 0.1)}) for z in ("a", "b")}
+    assert ev.pick(zoos, "lft") == "lda"
+    assert ev.pick(zoos, "lft", among=lambda k: True) == "parc"
