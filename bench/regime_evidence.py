@@ -22,10 +22,10 @@ same (for the first six zoos this was done by hand; timing.json's notes say so).
 the ``wheels`` facts from DIR (with ``--truth-runs``, a re-run regime's tables are each
 model's mean over its training runs, the runs kept in ``_details``). ``evaluate`` scores
 every zoo with every metric of the catalogue (raw, after SA "released" and after PED),
-bootstraps the target set, and judges each metric and candidate set (mean rank) against each regime's
-accuracies: tau_w, the most accurate model's share of first places and of top-3 places
-over redraws, beside the static rankings of the store's manifest (parameters, width,
-width reversed) and a random ranking.
+bootstraps the target set, and judges each metric and candidate set (mean rank) against
+each regime's accuracies: tau_w, the most accurate model's share of first places and of
+top-3 places over redraws, beside the static rankings of the store's manifest
+(parameters, width, width reversed) and a random ranking.
 """
 from __future__ import annotations
 
