@@ -197,11 +197,11 @@ POINT_ONLY = ("nleep", "hscore", "reg_hscore")
 
 
 def redrawn_labels() -> list:
-    """The labels the evidence redraws: METRICS in every SA setting, POINT_ONLY after SA
-    "released" only."""
+    """The labels the evidence redraws, in the order that names its sets: setting by
+    setting (SA's order), METRICS in their order; POINT_ONLY after SA "released" only."""
     from te_gpu.catalogue import label as result_label
 
-    return [result_label(m, s) for m in METRICS for s in SA
+    return [result_label(m, s) for s in SA for m in METRICS
             if m not in POINT_ONLY or s == "released"]
 
 
@@ -351,7 +351,8 @@ def evaluate_zoo(work: Path, name: str, replicates: int, runs=None) -> dict:
     if runs:
         truth = mean_of_runs(name, truth, runs)
     boot = bootstrap(work, name, zoo, y, replicates)
-    labels = [lb for lb in boot.labels]
+    # one order on every zoo, whatever order its cache grew in: a set's name is its key
+    labels = [lb for lb in redrawn_labels() if lb in boot.labels]
     statics = static_rankings(records)
     once = point_scores(work, name, zoo, y)
     out = dict(models=list(zoo), n=int(len(y)), classes=int(len(np.unique(y))),

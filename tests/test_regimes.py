@@ -359,7 +359,7 @@ def test_regime_evidence_bootstrap_adds_missing_labels_on_the_same_redraws(tmp_p
     grown = ev.bootstrap(tmp_path, "z", zoo, y, 3)
     assert set(grown.labels) == set(ev.redrawn_labels()) and "hscore+ped" not in grown.labels
     assert [a["labels"] for a in grown.timings["added"]] == \
-        [["lda+ped", "parc", "parc+released", "parc+ped", "etran", "etran+released", "etran+ped"]]
+        [["parc", "etran", "parc+released", "etran+released", "lda+ped", "parc+ped", "etran+ped"]]
     assert (tmp_path / "z" / "boot_B3.json").read_text() != cached
     fresh = bootstrap_zoo(zoo, y, metrics=("lda", "hscore", "parc", "etran"),
                           sa=[None, "released", "ped"], replicates=3, seed=0, progress=False)
