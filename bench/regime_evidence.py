@@ -414,7 +414,8 @@ def trim(out: dict) -> None:
         have = {n: z for n, z in zoos.items() if regime in z["regimes"]}
         keys = list(next(iter(have.values()))["regimes"][regime]["sets"])
         keep |= set(sorted(keys, key=lambda k: merit(k, have, regime), reverse=True)[:KEPT])
-        keep |= {c["chosen"], c["best_of_all"]["set"]} | {h["chosen_on_others"] for h in c["leave_one_zoo_out"].values()}
+        keep |= {c["chosen"], c["best_of_all"]["set"]}
+        keep |= {h["chosen_on_others"] for h in c["leave_one_zoo_out"].values()}
         keep |= {r["chosen"] for r in c.get("rounds", ())}
     for z in zoos.values():
         for res in z["regimes"].values():
@@ -474,9 +475,10 @@ def merit(key: str, zoos: dict, regime: str) -> tuple:
 # users have (issue 21's zoo: 13 models, 6,000 images, 1,280 wide). Two are not: PARC
 # (~7 s CPU per model and redraw at N = 6,000, its N^2 pairs; bench/RESULTS.md, "PARC in
 # bounded memory") and PED (~2 s per model and redraw at D = 1,280, six steps; same
-# section), against ~0.3 s per redraw for the whole current set. They are judged and
-# reported, and the best set with them is written beside the choice, but a regime chooses
-# among the sets without them. Fixed before their redraws were read (2026-12-07).
+# section), against ~0.2 s per model and redraw for a whole current set (the finetune set:
+# 100 redraws of that zoo in 3 min 51 s). They are judged and reported, and the best set
+# with them is written beside the choice, but a regime chooses among the sets without them.
+# Fixed before their redraws were read (2026-12-07; the cost figures corrected after).
 NOT_A_DEFAULT = {"metrics": ("parc",), "settings": ("ped",)}
 
 
