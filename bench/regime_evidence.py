@@ -251,12 +251,12 @@ def bootstrap(work: Path, name: str, zoo, y, replicates: int):
         return boot
     t0, c0 = time.perf_counter(), time.process_time()
     more = bootstrap_zoo({m: np.asarray(v, dtype=np.float64) for m, v in zoo.items()}, y,
-                         metrics=tuple(dict.fromkeys(lb.partition("+")[0] for lb in missing)),
-                         sa=list(SA), only=missing, replicates=replicates, seed=0,
-                         progress=False)
+                         metrics=METRICS, sa=list(SA), only=missing, replicates=replicates,
+                         seed=0, progress=False)
     took = dict(labels=missing, wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0)
     if boot is None:
-        boot, (more.timings["wall_s"], more.timings["cpu_s"]) = more, (took["wall_s"], took["cpu_s"])
+        more.timings.update(wall_s=took["wall_s"], cpu_s=took["cpu_s"])
+        boot = more
     else:
         for part in ("point", "samples", "sa_applied", "skipped", "undefined", "dropped"):
             getattr(boot, part).update(getattr(more, part))
@@ -952,7 +952,8 @@ def main(argv=None):
             zoo, y, _, _ = open_evidence_zoo(args.work.resolve(), name)
             boot = bootstrap(args.work.resolve(), name, zoo, y, args.replicates)
             point_scores(args.work.resolve(), name, zoo, y)
-            print(f"{name}: {boot.timings['wall_s']:.0f} s wall, {boot.timings['cpu_s']:.0f} s CPU")
+            last = boot.timings.get("added", [boot.timings])[-1]     # this run's, if it added
+            print(f"{name}: {last['wall_s']:.0f} s wall, {last['cpu_s']:.0f} s CPU")
     elif args.cmd == "evaluate":
         out = evaluate(args.work.resolve(), args.out, args.replicates, args.zoos.split(","),
                        args.truth_runs)

@@ -50,13 +50,13 @@ class Regime:
 # Fine-tuning moves with its training run (te-gpu finetune --train-seeds: the head's
 # initialisation and the batches' order), so the lbft and finetune evidence is each model's
 # mean over its runs (three, but two on the fmnist5c64n6k zoo's full fine-tuning and on
-# both 6,000-image zoos' last block). Last
-# block: the most accurate model changed between runs on 5 of 7 zoos, but one run's ranking
-# passes the check against another's on every pair; on the means the rule chose lda,
-# sfda+released, ncti+released (6 of 7; the one-run choice 5, the fast default 5). Whole
-# network: the most accurate model changed on 6 of 7 and one run's ranking passes against
-# another's on 60 % of the pairs; on the means the rule chose knn, sfda+released (4 of 7; the
-# one-run choice, with knn+released as well, 3; the fast default 3).
+# both 6,000-image zoos' last block). Last block: the most accurate model changed between
+# runs on 5 of 7 zoos, but one run's ranking passes the check against another's on every
+# pair; on the means the rule chose lda, sfda+released, ncti+released (6 of 7; the one-run
+# choice 5, the fast default 5). Whole network: the most accurate model changed on 6 of 7
+# and one run's ranking passes against another's on 60 % of the pairs; on the means the
+# rule chose knn, sfda+released (4 of 7; the one-run choice, with knn+released as well, 3;
+# the fast default 3).
 REGIMES = {
     "lft": Regime("lft", "a linear probe on the frozen features",
                   ("sfda+released", "lda+released"),
