@@ -952,7 +952,7 @@ def main(argv=None):
             zoo, y, _, _ = open_evidence_zoo(args.work.resolve(), name)
             boot = bootstrap(args.work.resolve(), name, zoo, y, args.replicates)
             point_scores(args.work.resolve(), name, zoo, y)
-            last = boot.timings.get("added", [boot.timings])[-1]     # this run's, if it added
+            last = boot.timings.get("added", [boot.timings])[-1]     # the latest computation
             print(f"{name}: {last['wall_s']:.0f} s wall, {last['cpu_s']:.0f} s CPU")
     elif args.cmd == "evaluate":
         out = evaluate(args.work.resolve(), args.out, args.replicates, args.zoos.split(","),
