@@ -12,6 +12,9 @@ Two steps (from the repository root; CPU; heavy, so nice'd and one thread):
     python bench/regime_evidence.py seeds EVIDENCE.json RUNS.json... --work DIR [--out F]
                                           # the training runs' noise (te-gpu finetune
                                           # --train-seeds files)
+    python bench/regime_evidence.py budget EVIDENCE.json LONGER.json... --work DIR
+                                          [--truth-runs RUNS.json...] [--out F]
+                                          # the verdicts under another training budget
 
 ``build`` runs the te-gpu commands of one zoo (listed in ZOOS below, printed before they
 run) and records each command's wall and CPU time in DIR/ZOO/timing.json; the
@@ -308,6 +311,15 @@ def judge_static(values: dict, accuracy: dict) -> dict:
                 p_best_top=float((models_ahead(v)[best] < 3).any()))
 
 
+def judge_sets(boot, keys, accuracy: dict) -> dict:
+    """Each set (labels joined by ",") judged by its consensus (mean rank) on the redraws."""
+    out = {}
+    for key in keys:
+        models, samples, point = boot.consensus(key.split(","))
+        out[key] = judge(as_result(boot, "set", models, samples, point), "set", accuracy)
+    return out
+
+
 def candidate_sets(labels) -> list:
     import itertools
 
@@ -372,10 +384,7 @@ def evaluate_zoo(work: Path, name: str, replicates: int, runs=None) -> dict:
                        point_only={lb: dict(tau_w=round(rank.weighted_tau(
                            [sc[m] for m in acc], [acc[m] for m in acc]), 4))
                            for lb, sc in once.items() if lb not in labels})
-            for combo in candidate_sets(labels):
-                models, samples, point = boot.consensus(combo)
-                res["sets"][",".join(combo)] = judge(as_result(boot, "set", models, samples, point),
-                                                    "set", acc)
+            res["sets"] = judge_sets(boot, [",".join(c) for c in candidate_sets(labels)], acc)
             out["regimes"][regime] = res
     return out
 
@@ -776,6 +785,91 @@ def seeds_markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def one_run_tables(path: Path) -> dict:
+    """{zoo: {regime: {model: accuracy}}} of a te-gpu finetune file of one training run."""
+    got = json.loads(Path(path).read_text())
+    return {name: {r: dict(t[name]) for r, t in group["regimes"].items()}
+            for name, group in got["groups"].items()}
+
+
+def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
+    """How far the fine-tuned verdicts survive another training budget.
+
+    ``files``: te-gpu finetune files (group = the zoo's name) of the zoo's sweep run with its
+    own --seed and training seed, the same images and hold-out, and another budget (say
+    --epochs 10; the file's stem names it). Per file, zoo and regime, against three tables of
+    accuracies (the shipped budget's run of that seed, the mean over its training runs where
+    ``runs_files`` hold them, and the other budget's):
+
+    * ``best``: each table's most accurate model(s);
+    * ``budget_predicts_budget``: the shipped budget's tables ranked as if they were a
+      scorer, judged by issue 26's check against the other budget's (an oracle's ceiling);
+    * ``sets``: every regime's chosen set and the fast default, judged on the redraws (tau_w,
+      P(first), P(top 3), passes) against each table, beside the static rankings.
+    """
+    out_json = json.loads(evidence.read_text())
+    keys = list(dict.fromkeys([c["chosen"] for r, c in out_json["choice"].items() if r in REGIMES]
+                              + ["lda,ncti,knn"]))
+    runs = training_runs(runs_files)
+    result = {}
+    for path in files:
+        for name, by_regime in one_run_tables(path).items():
+            zoo, y, shipped, records = open_evidence_zoo(work, name)
+            boot = bootstrap(work, name, zoo, y, 20)
+            statics = static_rankings(records)
+            for regime, other in by_regime.items():
+                models = list(shipped[regime])
+                if set(other) != set(models):
+                    raise ValueError(f"{path}: {name} {regime} has {sorted(other)}, the zoo {models}")
+                tables = {"shipped run": shipped[regime]}
+                if regime in runs.get(name, {}):
+                    tables["mean of runs"] = mean_of_runs(name, shipped, runs[name])[regime]
+                tables[Path(path).stem] = {m: other[m] for m in models}
+                judged = {}
+                for t, acc in tables.items():
+                    static = {k: judge_static(v, acc) for k, v in statics.items()}
+                    zres = dict(static=static)
+                    judged[t] = dict(static=static, sets={
+                        k: dict(**row, passes=passes(row, zres))
+                        for k, row in judge_sets(boot, keys, acc).items()})
+                result.setdefault(Path(path).stem, {}).setdefault(regime, {})[name] = dict(
+                    best={t: sorted(m for m in models if acc[m] == max(acc.values()))
+                          for t, acc in tables.items()},
+                    accuracy={m: [tables[t][m] for t in tables] for m in models},
+                    budget_predicts_budget={t: point_check(acc, tables[Path(path).stem], statics)
+                                            for t, acc in tables.items() if t != Path(path).stem},
+                    judged=judged)
+    return result
+
+
+def budget_markdown(res: dict) -> str:
+    """training_budget's verdicts as bench/RESULTS.md tables, one per file and regime."""
+    lines = []
+    for stem, by_regime in res.items():
+        for regime, zoos in by_regime.items():
+            for name, z in zoos.items():
+                tables = list(z["judged"])
+                lines += [f"\n{stem}, {regime}, {name}: best model " + "; ".join(
+                              f"{t}: {'/'.join(b)}" for t, b in z["best"].items()) + "\n",
+                          "| set / ranking | " + " | ".join(f"{t}: tau_w, first, top 3"
+                                                          for t in tables) + " |",
+                          "|" + " --- |" * (len(tables) + 1)]
+                for key in z["judged"][tables[0]]["sets"]:
+                    lines.append(f"| {key} | " + " | ".join(
+                        "{tau_w:+.3f}, {p_best_first:.2f}, {p_best_top:.2f}".format(**r)
+                        + (" (passes)" if r["passes"] else "")
+                        for r in (z["judged"][t]["sets"][key] for t in tables)) + " |")
+                for s in z["judged"][tables[0]]["static"]:
+                    lines.append(f"| static: {s} | " + " | ".join(
+                        "{tau_w:+.3f}, {p_best_first:.2f}, {p_best_top:.2f}".format(
+                            **z["judged"][t]["static"][s]) for t in tables) + " |")
+                for t, c in z["budget_predicts_budget"].items():
+                    lines.append(f"| {t} as a ranking (no redraws) | " + " | ".join(
+                        "-" for _ in tables[:-1]) + f" | {c['tau_w']:+.3f}, top 3: "
+                        f"{'yes' if c['top3'] else 'no'}" + (" (passes)" if c["passes"] else "") + " |")
+    return "\n".join(lines)
+
+
 def _printable(cmd: str, work: Path) -> str:
     """A command as a user would type it: te-gpu, and the work folder as WORK."""
     return cmd.replace(f"{sys.executable} -m te_gpu", "te-gpu").replace("-m te_gpu", "te-gpu") \
@@ -929,6 +1023,14 @@ def main(argv=None):
     tr.add_argument("runs", type=Path, nargs="+", help="te-gpu finetune --train-seeds files")
     tr.add_argument("--work", type=Path, required=True)
     tr.add_argument("--out", type=Path, default=None)
+    bu = sub.add_parser("budget", help="the fine-tuned verdicts under another training budget")
+    bu.add_argument("evidence", type=Path)
+    bu.add_argument("files", type=Path, nargs="+",
+                    help="te-gpu finetune files: the zoo's sweep, seed and training seed, another budget")
+    bu.add_argument("--work", type=Path, required=True)
+    bu.add_argument("--truth-runs", type=Path, nargs="*", default=[],
+                    help="te-gpu finetune --train-seeds files: judge against the runs' mean too")
+    bu.add_argument("--out", type=Path, default=None)
     sh = sub.add_parser("ship")
     sh.add_argument("--work", type=Path, required=True)
     sh.add_argument("--zoos", default=",".join(ZOOS))
@@ -941,6 +1043,11 @@ def main(argv=None):
         if args.out:
             args.out.write_text(json.dumps(res, indent=1) + "\n")
         print(seeds_markdown(res))
+    elif args.cmd == "budget":
+        res = training_budget(args.work.resolve(), args.evidence, args.files, args.truth_runs)
+        if args.out:
+            args.out.write_text(json.dumps(res, indent=1) + "\n")
+        print(budget_markdown(res))
     elif args.cmd == "noise":
         print(json.dumps(truth_noise(args.work.resolve(), args.evidence, args.draws), indent=1))
     elif args.cmd == "ship":

@@ -388,3 +388,51 @@ def test_regime_evidence_keeps_costly_sets_out_of_a_regime_choice():
     zoos = {z: dict(regimes={"lft": zres(scores, 0.1)}) for z in ("a", "b")}
     assert ev.pick(zoos, "lft") == "lda"
     assert ev.pick(zoos, "lft", among=lambda k: True) == "parc"
+
+
+def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_path, monkeypatch):
+    """bench/regime_evidence.py budget: a file of the zoo's sweep under another budget is a
+    third table beside the shipped run and the runs' mean; each chosen set's consensus is
+    judged on the redraws against each, and the shipped budget against the other."""
+    import numpy as np
+
+    ev = _evidence_script()
+    models = ["a", "b", "c", "d", "e"]
+    shipped = {"a": 90.0, "b": 89.0, "c": 80.0, "d": 70.0, "e": 60.0}
+    longer = {"a": 85.0, "b": 86.0, "c": 91.0, "d": 72.0, "e": 40.0}     # c first, e last
+    records = {m: dict(params=1000 + i, dim=[64, 32, 128, 16, 256][i]) for i, m in enumerate(models)}
+    good = {m: float(5 - i) for i, m in enumerate(models)}               # a, b, c, d, e
+
+    class Boot:                        # the same order on every redraw
+        replicates, seed, level = 4, 0, 0.9
+
+        def consensus(self, labels):
+            return models, np.tile([[good[m]] for m in models], (1, 4)), good
+
+    monkeypatch.setattr(ev, "open_evidence_zoo", lambda work, name: (None, None, {"finetune": shipped}, records))
+    monkeypatch.setattr(ev, "bootstrap", lambda *a: Boot())
+    evidence = tmp_path / "evidence.json"
+    evidence.write_text(json.dumps({"choice": {"finetune": {"chosen": "knn,sfda+released"},
+                                               "lft": {"chosen": "lda"}, "across_regimes": {}}}))
+    long_file = tmp_path / "fmnist64_e10.json"
+    long_file.write_text(json.dumps({"groups": {"fmnist64": {"regimes": {"finetune": {"fmnist64": longer}}}}}))
+    got = ev.training_budget(tmp_path, evidence, [long_file])["fmnist64_e10"]["finetune"]["fmnist64"]
+    assert got["best"] == {"shipped run": ["a"], "fmnist64_e10": ["c"]}
+    assert got["accuracy"]["c"] == [80.0, 91.0]
+    assert set(got["judged"]["fmnist64_e10"]["sets"]) == {"knn,sfda+released", "lda", "lda,ncti,knn"}
+    on_long = got["judged"]["fmnist64_e10"]["sets"]["lda"]
+    on_shipped = got["judged"]["shipped run"]["sets"]["lda"]
+    assert on_shipped["tau_w"] == pytest.approx(1.0) and on_shipped["p_best_first"] == 1.0
+    want = rank.weighted_tau([good[m] for m in models], [longer[m] for m in models])
+    assert on_long["tau_w"] == pytest.approx(want, abs=1e-4) and 0 < want < 1
+    assert on_long["p_best_first"] == 0.0 and on_long["p_best_top"] == 1.0   # c is third
+    ahead = got["budget_predicts_budget"]["shipped run"]
+    assert ahead["top3"] and ahead["tau_w"] == pytest.approx(want, abs=1e-4)
+    widest = got["judged"]["fmnist64_e10"]["static"]["width"]
+    assert widest["p_best_first"] == 0.0 and widest["p_best_top"] == 1.0    # e, c widest
+    table = ev.budget_markdown(ev.training_budget(tmp_path, evidence, [long_file]))
+    assert "| lda | +1.000, 1.00, 1.00" in table and "shipped run as a ranking" in table
+    long_file.write_text(json.dumps({"groups": {"fmnist64": {"regimes": {"finetune": {
+        "fmnist64": {"a": 1.0, "b": 2.0}}}}}}))
+    with pytest.raises(ValueError, match="has"):
+        ev.training_budget(tmp_path, evidence, [long_file])
