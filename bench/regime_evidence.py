@@ -804,18 +804,20 @@ def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
     * ``best``: each table's most accurate model(s);
     * ``budget_predicts_budget``: the shipped budget's tables ranked as if they were a
       scorer, judged by issue 26's check against the other budget's (an oracle's ceiling);
-    * ``sets``: every regime's chosen set and the fast default, judged on the redraws (tau_w,
-      P(first), P(top 3), passes) against each table, beside the static rankings.
+    * ``judged``: every regime's chosen set, the fast default and every label alone, judged
+      on the redraws (tau_w, P(first), P(top 3), passes) against each table, beside the
+      static rankings.
     """
     out_json = json.loads(evidence.read_text())
-    keys = list(dict.fromkeys([c["chosen"] for r, c in out_json["choice"].items() if r in REGIMES]
-                              + ["lda,ncti,knn"]))
+    chosen = [c["chosen"] for r, c in out_json["choice"].items() if r in REGIMES]
     runs = training_runs(runs_files)
     result = {}
     for path in files:
         for name, by_regime in one_run_tables(path).items():
             zoo, y, shipped, records = open_evidence_zoo(work, name)
             boot = bootstrap(work, name, zoo, y, 20)
+            keys = list(dict.fromkeys(chosen + ["lda,ncti,knn"]
+                                      + [lb for lb in redrawn_labels() if lb in boot.labels]))
             statics = static_rankings(records)
             for regime, other in by_regime.items():
                 models = list(shipped[regime])

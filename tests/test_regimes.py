@@ -404,7 +404,7 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     good = {m: float(5 - i) for i, m in enumerate(models)}               # a, b, c, d, e
 
     class Boot:                        # the same order on every redraw
-        replicates, seed, level = 4, 0, 0.9
+        replicates, seed, level, labels = 4, 0, 0.9, ["lda", "knn"]
 
         def consensus(self, labels):
             return models, np.tile([[good[m]] for m in models], (1, 4)), good
@@ -419,7 +419,8 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     got = ev.training_budget(tmp_path, evidence, [long_file])["fmnist64_e10"]["finetune"]["fmnist64"]
     assert got["best"] == {"shipped run": ["a"], "fmnist64_e10": ["c"]}
     assert got["accuracy"]["c"] == [80.0, 91.0]
-    assert set(got["judged"]["fmnist64_e10"]["sets"]) == {"knn,sfda+released", "lda", "lda,ncti,knn"}
+    # the chosen sets, the fast default, and every redrawn label alone
+    assert list(got["judged"]["fmnist64_e10"]["sets"]) == ["knn,sfda+released", "lda", "lda,ncti,knn", "knn"]
     on_long = got["judged"]["fmnist64_e10"]["sets"]["lda"]
     on_shipped = got["judged"]["shipped run"]["sets"]["lda"]
     assert on_shipped["tau_w"] == pytest.approx(1.0) and on_shipped["p_best_first"] == 1.0
