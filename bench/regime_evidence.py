@@ -795,15 +795,17 @@ def one_run_tables(path: Path) -> dict:
 def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
     """How far the fine-tuned verdicts survive another training budget.
 
-    ``files``: te-gpu finetune files (group = the zoo's name) of the zoo's sweep run with its
-    own --seed and training seed, the same images and hold-out, and another budget (say
-    --epochs 10; the file's stem names it). Per file, zoo and regime, against three tables of
-    accuracies (the shipped budget's run of that seed, the mean over its training runs where
-    ``runs_files`` hold them, and the other budget's):
+    ``files``: te-gpu finetune files (group = the zoo's name) of the zoo's sweep on the same
+    images and hold-out (its --seed) under another budget (say --epochs 10), one training
+    seed each; a file's stem names its table. Per zoo and regime, the tables are the shipped
+    budget's run of the zoo's seed, the mean over its training runs (where ``runs_files``
+    hold them), each file's, and, with several files, their mean (each run at the setting
+    its own sweep kept), which is then the ``target``:
 
     * ``best``: each table's most accurate model(s);
     * ``budget_predicts_budget``: the shipped budget's tables ranked as if they were a
-      scorer, judged by issue 26's check against the other budget's (an oracle's ceiling);
+      scorer, judged by issue 26's check against the target (an oracle's ceiling);
+      ``budget_runs_predict_each_other``: the same between the files' runs;
     * ``judged``: every regime's chosen set, the fast default and every label alone, judged
       on the redraws (tau_w, P(first), P(top 3), passes) against each table, beside the
       static rankings.
@@ -811,64 +813,79 @@ def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
     out_json = json.loads(evidence.read_text())
     chosen = [c["chosen"] for r, c in out_json["choice"].items() if r in REGIMES]
     runs = training_runs(runs_files)
-    result = {}
+    budget = {}
     for path in files:
         for name, by_regime in one_run_tables(path).items():
-            zoo, y, shipped, records = open_evidence_zoo(work, name)
-            boot = bootstrap(work, name, zoo, y, 20)
-            keys = list(dict.fromkeys(chosen + ["lda,ncti,knn"]
-                                      + [lb for lb in redrawn_labels() if lb in boot.labels]))
-            statics = static_rankings(records)
-            for regime, other in by_regime.items():
-                models = list(shipped[regime])
-                if set(other) != set(models):
-                    raise ValueError(f"{path}: {name} {regime} has {sorted(other)}, the zoo {models}")
-                tables = {"shipped run": shipped[regime]}
-                if regime in runs.get(name, {}):
-                    tables["mean of runs"] = mean_of_runs(name, shipped, runs[name])[regime]
-                tables[Path(path).stem] = {m: other[m] for m in models}
-                judged = {}
-                for t, acc in tables.items():
-                    static = {k: judge_static(v, acc) for k, v in statics.items()}
-                    zres = dict(static=static)
-                    judged[t] = dict(static=static, sets={
-                        k: dict(**row, passes=passes(row, zres))
-                        for k, row in judge_sets(boot, keys, acc).items()})
-                result.setdefault(Path(path).stem, {}).setdefault(regime, {})[name] = dict(
-                    best={t: sorted(m for m in models if acc[m] == max(acc.values()))
-                          for t, acc in tables.items()},
-                    accuracy={m: [tables[t][m] for t in tables] for m in models},
-                    budget_predicts_budget={t: point_check(acc, tables[Path(path).stem], statics)
-                                            for t, acc in tables.items() if t != Path(path).stem},
-                    judged=judged)
+            for regime, table in by_regime.items():
+                budget.setdefault(name, {}).setdefault(regime, {})[Path(path).stem] = table
+    result = {}
+    for name, by_regime in budget.items():
+        zoo, y, shipped, records = open_evidence_zoo(work, name)
+        boot = bootstrap(work, name, zoo, y, 20)
+        keys = list(dict.fromkeys(chosen + ["lda,ncti,knn"]
+                                  + [lb for lb in redrawn_labels() if lb in boot.labels]))
+        statics = static_rankings(records)
+        for regime, other in by_regime.items():
+            models = list(shipped[regime])
+            for stem, table in other.items():
+                if set(table) != set(models):
+                    raise ValueError(f"{stem}: {name} {regime} has {sorted(table)}, the zoo {models}")
+            short = {"shipped run": shipped[regime]}
+            if regime in runs.get(name, {}):
+                short["mean of runs"] = mean_of_runs(name, shipped, runs[name])[regime]
+            long = {stem: {m: table[m] for m in models} for stem, table in other.items()}
+            if len(long) > 1:
+                long["mean of " + ", ".join(other)] = {
+                    m: round(float(np.mean([t[m] for t in other.values()])), 4) for m in models}
+            target = list(long)[-1]
+            tables = {**short, **long}
+            judged = {}
+            for t, acc in tables.items():
+                static = {k: judge_static(v, acc) for k, v in statics.items()}
+                judged[t] = dict(static=static, sets={
+                    k: dict(**row, passes=passes(row, dict(static=static)))
+                    for k, row in judge_sets(boot, keys, acc).items()})
+            result.setdefault(regime, {})[name] = dict(
+                target=target,
+                best={t: sorted(m for m in models if acc[m] == max(acc.values()))
+                      for t, acc in tables.items()},
+                accuracy={m: [tables[t][m] for t in tables] for m in models},
+                budget_predicts_budget={t: point_check(acc, tables[target], statics)
+                                        for t, acc in short.items()},
+                budget_runs_predict_each_other=[
+                    dict(ranking=a, truth=b, **point_check(other[a], other[b], statics))
+                    for a in other for b in other if a != b],
+                judged=judged)
     return result
 
 
 def budget_markdown(res: dict) -> str:
-    """training_budget's verdicts as bench/RESULTS.md tables, one per file and regime."""
+    """training_budget's verdicts as bench/RESULTS.md tables, one per regime and zoo."""
     lines = []
-    for stem, by_regime in res.items():
-        for regime, zoos in by_regime.items():
-            for name, z in zoos.items():
-                tables = list(z["judged"])
-                lines += [f"\n{stem}, {regime}, {name}: best model " + "; ".join(
-                              f"{t}: {'/'.join(b)}" for t, b in z["best"].items()) + "\n",
-                          "| set / ranking | " + " | ".join(f"{t}: tau_w, first, top 3"
-                                                          for t in tables) + " |",
-                          "|" + " --- |" * (len(tables) + 1)]
-                for key in z["judged"][tables[0]]["sets"]:
-                    lines.append(f"| {key} | " + " | ".join(
-                        "{tau_w:+.3f}, {p_best_first:.2f}, {p_best_top:.2f}".format(**r)
-                        + (" (passes)" if r["passes"] else "")
-                        for r in (z["judged"][t]["sets"][key] for t in tables)) + " |")
-                for s in z["judged"][tables[0]]["static"]:
-                    lines.append(f"| static: {s} | " + " | ".join(
-                        "{tau_w:+.3f}, {p_best_first:.2f}, {p_best_top:.2f}".format(
-                            **z["judged"][t]["static"][s]) for t in tables) + " |")
-                for t, c in z["budget_predicts_budget"].items():
-                    lines.append(f"| {t} as a ranking (no redraws) | " + " | ".join(
-                        "-" for _ in tables[:-1]) + f" | {c['tau_w']:+.3f}, top 3: "
-                        f"{'yes' if c['top3'] else 'no'}" + (" (passes)" if c["passes"] else "") + " |")
+    for regime, zoos in res.items():
+        for name, z in zoos.items():
+            tables = list(z["judged"])
+            lines += [f"\n{regime}, {name}: best model " + "; ".join(
+                          f"{t}: {'/'.join(b)}" for t, b in z["best"].items()) + "\n",
+                      "| set / ranking | " + " | ".join(f"{t}: tau_w, first, top 3"
+                                                      for t in tables) + " |",
+                      "|" + " --- |" * (len(tables) + 1)]
+            for key in z["judged"][tables[0]]["sets"]:
+                lines.append(f"| {key} | " + " | ".join(
+                    "{tau_w:+.3f}, {p_best_first:.2f}, {p_best_top:.2f}".format(**r)
+                    + (" (passes)" if r["passes"] else "")
+                    for r in (z["judged"][t]["sets"][key] for t in tables)) + " |")
+            for s in z["judged"][tables[0]]["static"]:
+                lines.append(f"| static: {s} | " + " | ".join(
+                    "{tau_w:+.3f}, {p_best_first:.2f}, {p_best_top:.2f}".format(
+                        **z["judged"][t]["static"][s]) for t in tables) + " |")
+            checks = [(t, z["target"], c) for t, c in z["budget_predicts_budget"].items()]
+            checks += [(c["ranking"], c["truth"], c) for c in z["budget_runs_predict_each_other"]]
+            for t, truth, c in checks:
+                lines.append(f"| {t} as a ranking (no redraws) | " + " | ".join(
+                    (f"{c['tau_w']:+.3f}, top 3: {'yes' if c['top3'] else 'no'}"
+                     + (" (passes)" if c["passes"] else "")) if col == truth else "-"
+                    for col in tables) + " |")
     return "\n".join(lines)
 
 

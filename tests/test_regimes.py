@@ -391,15 +391,17 @@ def test_regime_evidence_keeps_costly_sets_out_of_a_regime_choice():
 
 
 def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_path, monkeypatch):
-    """bench/regime_evidence.py budget: a file of the zoo's sweep under another budget is a
-    third table beside the shipped run and the runs' mean; each chosen set's consensus is
-    judged on the redraws against each, and the shipped budget against the other."""
+    """bench/regime_evidence.py budget: files of the zoo's sweep under another budget are
+    tables beside the shipped run (with their mean the target when there are several); each
+    chosen set's consensus is judged on the redraws against each, the shipped budget against
+    the target, and the other budget's runs against each other."""
     import numpy as np
 
     ev = _evidence_script()
     models = ["a", "b", "c", "d", "e"]
     shipped = {"a": 90.0, "b": 89.0, "c": 80.0, "d": 70.0, "e": 60.0}
     longer = {"a": 85.0, "b": 86.0, "c": 91.0, "d": 72.0, "e": 40.0}     # c first, e last
+    again = {"a": 87.0, "b": 86.0, "c": 85.0, "d": 72.0, "e": 42.0}      # a first
     records = {m: dict(params=1000 + i, dim=[64, 32, 128, 16, 256][i]) for i, m in enumerate(models)}
     good = {m: float(5 - i) for i, m in enumerate(models)}               # a, b, c, d, e
 
@@ -414,14 +416,20 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     evidence = tmp_path / "evidence.json"
     evidence.write_text(json.dumps({"choice": {"finetune": {"chosen": "knn,sfda+released"},
                                                "lft": {"chosen": "lda"}, "across_regimes": {}}}))
-    long_file = tmp_path / "fmnist64_e10.json"
-    long_file.write_text(json.dumps({"groups": {"fmnist64": {"regimes": {"finetune": {"fmnist64": longer}}}}}))
-    got = ev.training_budget(tmp_path, evidence, [long_file])["fmnist64_e10"]["finetune"]["fmnist64"]
-    assert got["best"] == {"shipped run": ["a"], "fmnist64_e10": ["c"]}
+
+    def budget_file(stem, table):
+        path = tmp_path / f"{stem}.json"
+        path.write_text(json.dumps({"groups": {"fmnist64": {"regimes": {"finetune": {"fmnist64": table}}}}}))
+        return path
+
+    first = budget_file("e10_s2", longer)
+    got = ev.training_budget(tmp_path, evidence, [first])["finetune"]["fmnist64"]
+    assert got["target"] == "e10_s2" and got["budget_runs_predict_each_other"] == []
+    assert got["best"] == {"shipped run": ["a"], "e10_s2": ["c"]}
     assert got["accuracy"]["c"] == [80.0, 91.0]
     # the chosen sets, the fast default, and every redrawn label alone
-    assert list(got["judged"]["fmnist64_e10"]["sets"]) == ["knn,sfda+released", "lda", "lda,ncti,knn", "knn"]
-    on_long = got["judged"]["fmnist64_e10"]["sets"]["lda"]
+    assert list(got["judged"]["e10_s2"]["sets"]) == ["knn,sfda+released", "lda", "lda,ncti,knn", "knn"]
+    on_long = got["judged"]["e10_s2"]["sets"]["lda"]
     on_shipped = got["judged"]["shipped run"]["sets"]["lda"]
     assert on_shipped["tau_w"] == pytest.approx(1.0) and on_shipped["p_best_first"] == 1.0
     want = rank.weighted_tau([good[m] for m in models], [longer[m] for m in models])
@@ -429,11 +437,22 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     assert on_long["p_best_first"] == 0.0 and on_long["p_best_top"] == 1.0   # c is third
     ahead = got["budget_predicts_budget"]["shipped run"]
     assert ahead["top3"] and ahead["tau_w"] == pytest.approx(want, abs=1e-4)
-    widest = got["judged"]["fmnist64_e10"]["static"]["width"]
+    widest = got["judged"]["e10_s2"]["static"]["width"]
     assert widest["p_best_first"] == 0.0 and widest["p_best_top"] == 1.0    # e, c widest
-    table = ev.budget_markdown(ev.training_budget(tmp_path, evidence, [long_file]))
-    assert "| lda | +1.000, 1.00, 1.00" in table and "shipped run as a ranking" in table
-    long_file.write_text(json.dumps({"groups": {"fmnist64": {"regimes": {"finetune": {
-        "fmnist64": {"a": 1.0, "b": 2.0}}}}}}))
+
+    second = budget_file("e10_s3", again)
+    both = ev.training_budget(tmp_path, evidence, [first, second])["finetune"]["fmnist64"]
+    assert both["target"] == "mean of e10_s2, e10_s3"
+    assert both["accuracy"]["c"] == [80.0, 91.0, 85.0, 88.0] and both["best"][both["target"]] == ["c"]
+    pairs = {(c["ranking"], c["truth"]): c for c in both["budget_runs_predict_each_other"]}
+    assert set(pairs) == {("e10_s2", "e10_s3"), ("e10_s3", "e10_s2")}
+    # e10_s3 ranks c (e10_s2's best) third, and e10_s2 ranks a (e10_s3's best) third
+    assert pairs[("e10_s3", "e10_s2")]["top3"] and pairs[("e10_s2", "e10_s3")]["top3"]
+    assert pairs[("e10_s3", "e10_s2")]["tau_w"] == pytest.approx(
+        rank.weighted_tau([again[m] for m in models], [longer[m] for m in models]), abs=1e-4)
+    table = ev.budget_markdown({"finetune": {"fmnist64": both}})
+    assert "| lda | +1.000, 1.00, 1.00 (passes) |" in table
+    tau = pairs[("e10_s3", "e10_s2")]["tau_w"]
+    assert f"| e10_s3 as a ranking (no redraws) | - | {tau:+.3f}, top 3: yes" in table   # e10_s2's column
     with pytest.raises(ValueError, match="has"):
-        ev.training_budget(tmp_path, evidence, [long_file])
+        ev.training_budget(tmp_path, evidence, [budget_file("short", {"a": 1.0, "b": 2.0})])
