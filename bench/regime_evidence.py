@@ -837,26 +837,30 @@ def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
             if len(long) > 1:
                 long["mean of " + ", ".join(other)] = {
                     m: round(float(np.mean([t[m] for t in other.values()])), 4) for m in models}
-            target = list(long)[-1]
-            tables = {**short, **long}
-            judged = {}
-            for t, acc in tables.items():
-                static = {k: judge_static(v, acc) for k, v in statics.items()}
-                judged[t] = dict(static=static, sets={
-                    k: dict(**row, passes=passes(row, dict(static=static)))
-                    for k, row in judge_sets(boot, keys, acc).items()})
-            result.setdefault(regime, {})[name] = dict(
-                target=target,
-                best={t: sorted(m for m in models if acc[m] == max(acc.values()))
-                      for t, acc in tables.items()},
-                accuracy={m: [tables[t][m] for t in tables] for m in models},
-                budget_predicts_budget={t: point_check(acc, tables[target], statics)
-                                        for t, acc in short.items()},
-                budget_runs_predict_each_other=[
-                    dict(ranking=a, truth=b, **point_check(other[a], other[b], statics))
-                    for a in other for b in other if a != b],
-                judged=judged)
+            result.setdefault(regime, {})[name] = budget_verdict(boot, keys, statics, short, long)
     return result
+
+
+def budget_verdict(boot, keys, statics: dict, short: dict, long: dict) -> dict:
+    """training_budget on one zoo and regime: ``short`` and ``long`` are {name: {model:
+    accuracy}} of the shipped budget and the other one (the last of ``long`` the target)."""
+    target = list(long)[-1]
+    tables = {**short, **long}
+    models = list(tables[target])
+    judged = {}
+    for t, acc in tables.items():
+        static = {k: judge_static(v, acc) for k, v in statics.items()}
+        judged[t] = dict(static=static, sets={k: dict(**row, passes=passes(row, dict(static=static)))
+                                              for k, row in judge_sets(boot, keys, acc).items()})
+    runs = [t for t in long if not t.startswith("mean of ")]
+    return dict(
+        target=target,
+        best={t: sorted(m for m in models if acc[m] == max(acc.values())) for t, acc in tables.items()},
+        accuracy={m: [tables[t][m] for t in tables] for m in models},
+        budget_predicts_budget={t: point_check(acc, tables[target], statics) for t, acc in short.items()},
+        budget_runs_predict_each_other=[dict(ranking=a, truth=b, **point_check(long[a], long[b], statics))
+                                        for a in runs for b in runs if a != b],
+        judged=judged)
 
 
 def budget_markdown(res: dict) -> str:
@@ -1045,7 +1049,8 @@ def main(argv=None):
     bu = sub.add_parser("budget", help="the fine-tuned verdicts under another training budget")
     bu.add_argument("evidence", type=Path)
     bu.add_argument("files", type=Path, nargs="+",
-                    help="te-gpu finetune files: the zoo's sweep, seed and training seed, another budget")
+                    help="te-gpu finetune files: the zoo's sweep and seed under another budget, "
+                         "one training seed each")
     bu.add_argument("--work", type=Path, required=True)
     bu.add_argument("--truth-runs", type=Path, nargs="*", default=[],
                     help="te-gpu finetune --train-seeds files: judge against the runs' mean too")

@@ -454,5 +454,9 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     assert "| lda | +1.000, 1.00, 1.00 (passes) |" in table
     tau = pairs[("e10_s3", "e10_s2")]["tau_w"]
     assert f"| e10_s3 as a ranking (no redraws) | - | {tau:+.3f}, top 3: yes" in table   # e10_s2's column
+    out = tmp_path / "budget.json"                    # the command line: the same verdicts
+    ev.main(["budget", str(evidence), str(first), str(second), "--work", str(tmp_path),
+             "--out", str(out)])
+    assert json.loads(out.read_text())["finetune"]["fmnist64"]["accuracy"] == both["accuracy"]
     with pytest.raises(ValueError, match="has"):
         ev.training_budget(tmp_path, evidence, [budget_file("short", {"a": 1.0, "b": 2.0})])
