@@ -56,8 +56,9 @@ class Regime:
 # accurate model changed on all 7 and one run's ranking passes against another's on 52 % of
 # the pairs; on the means the rule chose knn, sfda+released (4 of 7; the one-run choice,
 # with knn+released as well, 3; the fast default 3). Fine-tuned for 10 epochs instead
-# (fmnist32, one run; fmnist64, two), the finetune set passed on one of the two; that
-# check was not used to choose (bench/RESULTS.md, "a longer fine-tuning budget").
+# (fmnist32 and fmnist64, two runs each), the finetune set passed on neither zoo's mean
+# and the lbft set on one; that check was not used to choose (bench/RESULTS.md, "a longer
+# fine-tuning budget").
 REGIMES = {
     "lft": Regime("lft", "a linear probe on the frozen features",
                   ("sfda+released", "lda+released"),
