@@ -435,7 +435,8 @@ def trim(out: dict) -> None:
 # the choice: leave one zoo out, then all zoos
 # --------------------------------------------------------------------------
 
-SHOWN = ("lda,ncti,knn", "logme,sfda", "logme+released,sfda+released", "logme", "sfda",
+FAST_DEFAULT = "lda,ncti,knn"    # te_gpu.recommend.DEFAULT_METRICS: recommend without --transfer
+SHOWN = (FAST_DEFAULT, "logme,sfda", "logme+released,sfda+released", "logme", "sfda",
          "sfda+released", "logme+released", "ncti", "knn", "lda")   # always in the tables
 # the zoos in the order they were built, round by round: each round's zoos judge, as
 # held-out zoos, the set chosen on the rounds before them
@@ -630,14 +631,16 @@ def report(out: dict) -> str:
     return "\n".join(lines)
 
 
+def cell(r: dict) -> str:
+    """A table cell: tau_w, P(best first), P(best in the top 3)."""
+    return f"{r['tau_w']:+.3f}, {r['p_best_first']:.2f}, {r['p_best_top']:.2f}"
+
+
 def markdown(out: dict, regime: str, keys) -> str:
     """A bench/RESULTS.md table: tau_w, P(first), P(top 3) of the best model per zoo."""
     zoos = {n: z for n, z in out["zoos"].items() if regime in z["regimes"]}
     head = "| set / ranking | " + " | ".join(f"{n}: tau_w, first, top 3" for n in zoos) + " | passed |"
     lines = [head, "|" + " --- |" * (len(zoos) + 2)]
-
-    def cell(r):
-        return f"{r['tau_w']:+.3f}, {r['p_best_first']:.2f}, {r['p_best_top']:.2f}"
 
     for key in keys:
         rows = [rows_of(z["regimes"][regime]).get(key) for z in zoos.values()]
@@ -686,7 +689,7 @@ def truth_noise(work: Path, evidence: Path, draws: int = 2000) -> dict:
         for regime, acc in truth.items():
             models = list(acc)
             sets = {"chosen": out_json["choice"][regime]["chosen"].split(","),
-                    "lda,ncti,knn": ["lda", "ncti", "knn"]}
+                    FAST_DEFAULT: FAST_DEFAULT.split(",")}
             points = {k: boot.consensus(v)[2] for k, v in sets.items()}
             a = np.array([acc[m] for m in models]) / 100.0
             drawn = rng.binomial(n_test, np.tile(a, (draws, 1))) / n_test
@@ -737,7 +740,7 @@ def training_noise(work: Path, evidence: Path, runs_files) -> dict:
             pairs = [point_check(runs[a], runs[b], statics) for a in range(len(runs))
                      for b in range(len(runs)) if a != b]
             judged = {}
-            for key in dict.fromkeys([out_json["choice"][regime]["chosen"], "lda,ncti,knn"]):
+            for key in dict.fromkeys([out_json["choice"][regime]["chosen"], FAST_DEFAULT]):
                 point = boot.consensus(key.split(","))[2]
                 judged[key] = dict(per_run=[point_check(point, r, statics) for r in runs],
                                    mean=point_check(point, mean, statics))
@@ -822,7 +825,7 @@ def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
     for name, by_regime in budget.items():
         zoo, y, shipped, records = open_evidence_zoo(work, name)
         boot = bootstrap(work, name, zoo, y, 20)
-        keys = list(dict.fromkeys(chosen + ["lda,ncti,knn"]
+        keys = list(dict.fromkeys(chosen + [FAST_DEFAULT]
                                   + [lb for lb in redrawn_labels() if lb in boot.labels]))
         statics = static_rankings(records)
         for regime, other in by_regime.items():
@@ -833,32 +836,32 @@ def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
             short = {"shipped run": shipped[regime]}
             if regime in runs.get(name, {}):
                 short["mean of runs"] = mean_of_runs(name, shipped, runs[name])[regime]
-            long = {stem: {m: table[m] for m in models} for stem, table in other.items()}
-            if len(long) > 1:
-                long["mean of " + ", ".join(other)] = {
-                    m: round(float(np.mean([t[m] for t in other.values()])), 4) for m in models}
-            result.setdefault(regime, {})[name] = budget_verdict(boot, keys, statics, short, long)
+            result.setdefault(regime, {})[name] = budget_verdict(boot, keys, statics, short, other)
     return result
 
 
-def budget_verdict(boot, keys, statics: dict, short: dict, long: dict) -> dict:
-    """training_budget on one zoo and regime: ``short`` and ``long`` are {name: {model:
-    accuracy}} of the shipped budget and the other one (the last of ``long`` the target)."""
+def budget_verdict(boot, keys, statics: dict, short: dict, runs: dict) -> dict:
+    """training_budget on one zoo and regime: ``short`` and ``runs`` are {name: {model:
+    accuracy}} of the shipped budget and of the other budget's runs; the target is the one
+    run, or the runs' mean."""
+    models = list(next(iter(short.values())))
+    long = {t: {m: acc[m] for m in models} for t, acc in runs.items()}
+    if len(runs) > 1:
+        long["mean of " + ", ".join(runs)] = {
+            m: round(float(np.mean([acc[m] for acc in runs.values()])), 4) for m in models}
     target = list(long)[-1]
     tables = {**short, **long}
-    models = list(tables[target])
     judged = {}
     for t, acc in tables.items():
         static = {k: judge_static(v, acc) for k, v in statics.items()}
         judged[t] = dict(static=static, sets={k: dict(**row, passes=passes(row, dict(static=static)))
                                               for k, row in judge_sets(boot, keys, acc).items()})
-    runs = [t for t in long if not t.startswith("mean of ")]
     return dict(
         target=target,
         best={t: sorted(m for m in models if acc[m] == max(acc.values())) for t, acc in tables.items()},
         accuracy={m: [tables[t][m] for t in tables] for m in models},
         budget_predicts_budget={t: point_check(acc, tables[target], statics) for t, acc in short.items()},
-        budget_runs_predict_each_other=[dict(ranking=a, truth=b, **point_check(long[a], long[b], statics))
+        budget_runs_predict_each_other=[dict(ranking=a, truth=b, **point_check(runs[a], runs[b], statics))
                                         for a in runs for b in runs if a != b],
         judged=judged)
 
@@ -876,13 +879,11 @@ def budget_markdown(res: dict) -> str:
                       "|" + " --- |" * (len(tables) + 1)]
             for key in z["judged"][tables[0]]["sets"]:
                 lines.append(f"| {key} | " + " | ".join(
-                    "{tau_w:+.3f}, {p_best_first:.2f}, {p_best_top:.2f}".format(**r)
-                    + (" (passes)" if r["passes"] else "")
+                    cell(r) + (" (passes)" if r["passes"] else "")
                     for r in (z["judged"][t]["sets"][key] for t in tables)) + " |")
             for s in z["judged"][tables[0]]["static"]:
                 lines.append(f"| static: {s} | " + " | ".join(
-                    "{tau_w:+.3f}, {p_best_first:.2f}, {p_best_top:.2f}".format(
-                        **z["judged"][t]["static"][s]) for t in tables) + " |")
+                    cell(z["judged"][t]["static"][s]) for t in tables) + " |")
             checks = [(t, z["target"], c) for t, c in z["budget_predicts_budget"].items()]
             checks += [(c["ranking"], c["truth"], c) for c in z["budget_runs_predict_each_other"]]
             for t, truth, c in checks:

@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from te_gpu import baselines, catalogue, rank, regimes, write_scores  # noqa: E402
+from te_gpu import baselines, catalogue, rank, recommend, regimes, write_scores  # noqa: E402
 from te_gpu.cli import main  # noqa: E402
 
 ZOOS = ("fmnist32", "digits48", "fmnist5c32", "fmnist64", "digits64", "fmnist64n6k",
@@ -427,7 +427,8 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     assert got["target"] == "e10_s2" and got["budget_runs_predict_each_other"] == []
     assert got["best"] == {"shipped run": ["a"], "e10_s2": ["c"]}
     assert got["accuracy"]["c"] == [80.0, 91.0]
-    # the chosen sets, the fast default, and every redrawn label alone
+    # the chosen sets, the fast default (recommend's without --transfer), and every label alone
+    assert ev.FAST_DEFAULT == ",".join(recommend.DEFAULT_METRICS)
     assert list(got["judged"]["e10_s2"]["sets"]) == ["knn,sfda+released", "lda", "lda,ncti,knn", "knn"]
     on_long = got["judged"]["e10_s2"]["sets"]["lda"]
     on_shipped = got["judged"]["shipped run"]["sets"]["lda"]
