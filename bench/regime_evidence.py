@@ -811,7 +811,8 @@ def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
       ``budget_runs_predict_each_other``: the same between the files' runs;
     * ``judged``: every regime's chosen set, the fast default and every label alone, judged
       on the redraws (tau_w, P(first), P(top 3), passes) against each table, beside the
-      static rankings.
+      static rankings;
+    * ``rule`` (beside the regimes): per regime, :func:`budget_rule` on the targets.
     """
     out_json = json.loads(evidence.read_text())
     chosen = [c["chosen"] for r, c in out_json["choice"].items() if r in REGIMES]
@@ -821,13 +822,14 @@ def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
         for name, by_regime in one_run_tables(path).items():
             for regime, table in by_regime.items():
                 budget.setdefault(name, {}).setdefault(regime, {})[Path(path).stem] = table
-    result = {}
+    result, have = {}, {}
     for name, by_regime in budget.items():
         zoo, y, shipped, records = open_evidence_zoo(work, name)
         boot = bootstrap(work, name, zoo, y, 20)
         keys = list(dict.fromkeys(chosen + [FAST_DEFAULT]
                                   + [lb for lb in redrawn_labels() if lb in boot.labels]))
         statics = static_rankings(records)
+        labels = [lb for lb in redrawn_labels() if lb in boot.labels]
         for regime, other in by_regime.items():
             models = list(shipped[regime])
             for stem, table in other.items():
@@ -836,8 +838,30 @@ def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
             short = {"shipped run": shipped[regime]}
             if regime in runs.get(name, {}):
                 short["mean of runs"] = mean_of_runs(name, shipped, runs[name])[regime]
-            result.setdefault(regime, {})[name] = budget_verdict(boot, keys, statics, short, other)
+            verdict = budget_verdict(boot, keys, statics, short, other)
+            result.setdefault(regime, {})[name] = verdict
+            # the target's accuracies: its column of the per-model lists (tables' order)
+            column = list(verdict["judged"]).index(verdict["target"])
+            target = {m: acc[column] for m, acc in verdict["accuracy"].items()}
+            every = judge_sets(boot, [",".join(c) for c in candidate_sets(labels)], target)
+            have.setdefault(regime, {})[name] = dict(regimes={regime: dict(
+                static=verdict["judged"][verdict["target"]]["static"], labels={}, sets=every)})
+    result["rule"] = {regime: budget_rule(zoos, regime, chosen + [FAST_DEFAULT])
+                      for regime, zoos in have.items()}
     return result
+
+
+def budget_rule(zoos: dict, regime: str, shown) -> dict:
+    """The choice rule (:func:`pick`, every candidate set) run on the other budget's
+    targets, as if they were the evidence: what it would choose there, and the merit (zoos
+    passed, mean tau_w, mean P(top 3)) there of the sets in ``shown`` (the chosen ones)."""
+    chosen, costly = pick(zoos, regime), pick(zoos, regime, among=lambda k: True)
+    keys = list(next(iter(zoos.values()))["regimes"][regime]["sets"])
+    counts = [merit(k, zoos, regime)[0] for k in keys if eligible(k)]
+    return dict(zoos=list(zoos), chosen=chosen, merit=merit(chosen, zoos, regime),
+                best_of_all=dict(set=costly, merit=merit(costly, zoos, regime)),
+                sets_passing={str(n): counts.count(n) for n in range(len(zoos) + 1)},
+                shown={k: merit(k, zoos, regime) for k in dict.fromkeys(shown) if k in keys})
 
 
 def budget_verdict(boot, keys, statics: dict, short: dict, runs: dict) -> dict:
@@ -870,6 +894,8 @@ def budget_markdown(res: dict) -> str:
     """training_budget's verdicts as bench/RESULTS.md tables, one per regime and zoo."""
     lines = []
     for regime, zoos in res.items():
+        if regime == "rule":
+            continue
         for name, z in zoos.items():
             tables = list(z["judged"])
             lines += [f"\n{regime}, {name}: best model " + "; ".join(
@@ -891,6 +917,15 @@ def budget_markdown(res: dict) -> str:
                     (f"{c['tau_w']:+.3f}, top 3: {'yes' if c['top3'] else 'no'}"
                      + (" (passes)" if c["passes"] else "")) if col == truth else "-"
                     for col in tables) + " |")
+    for regime, r in res.get("rule", {}).items():
+        lines += [f"\n{regime}, the choice rule on the targets of {', '.join(r['zoos'])}: "
+                  f"eligible sets passing on 0, 1, ... zoos: "
+                  + ", ".join(map(str, r["sets_passing"].values())) + "\n",
+                  "| set | zoos passed | mean tau_w | mean P(top 3) |", "| --- | --- | --- | --- |"]
+        rows = {f"{r['chosen']} (the rule's choice)": r["merit"],
+                f"{r['best_of_all']['set']} (best with PARC, PED)": r["best_of_all"]["merit"],
+                **r["shown"]}
+        lines += [f"| {k} | {m[0]} | {m[1]:.3f} | {m[2]:.2f} |" for k, m in rows.items()]
     return "\n".join(lines)
 
 

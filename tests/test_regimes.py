@@ -440,6 +440,12 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     assert ahead["top3"] and ahead["tau_w"] == pytest.approx(want, abs=1e-4)
     widest = got["judged"]["e10_s2"]["static"]["width"]
     assert widest["p_best_first"] == 0.0 and widest["p_best_top"] == 1.0    # e, c widest
+    # the choice rule on the target, over every set of the labels (lda, knn, lda+knn: all
+    # one order here, so the first and smallest is chosen), with the chosen sets' merit
+    rule = ev.training_budget(tmp_path, evidence, [first])["rule"]["finetune"]
+    assert rule["zoos"] == ["fmnist64"] and rule["chosen"] == "lda"
+    assert rule["merit"] == (int(on_long["passes"]), pytest.approx(want, abs=1e-4), 1.0)
+    assert sum(rule["sets_passing"].values()) == 3 and list(rule["shown"]) == ["lda"]
 
     second = budget_file("e10_s3", again)
     both = ev.training_budget(tmp_path, evidence, [first, second])["finetune"]["fmnist64"]
@@ -453,6 +459,10 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
         rank.weighted_tau([again[m] for m in models], [longer[m] for m in models]), abs=1e-4)
     table = ev.budget_markdown({"finetune": {"fmnist64": both}})
     assert "| lda | +1.000, 1.00, 1.00 (passes) |" in table
+    assert "the choice rule" not in table
+    ruled = ev.budget_markdown(ev.training_budget(tmp_path, evidence, [first, second]))
+    assert "finetune, the choice rule on the targets of fmnist64" in ruled
+    assert "| lda (the rule's choice) |" in ruled
     tau = pairs[("e10_s3", "e10_s2")]["tau_w"]
     assert f"| e10_s3 as a ranking (no redraws) | - | {tau:+.3f}, top 3: yes" in table   # e10_s2's column
     out = tmp_path / "budget.json"                    # the command line: the same verdicts
