@@ -514,15 +514,7 @@ def choose(out: dict) -> dict:
         if not have:
             continue
         chosen = pick(have, regime)
-        held = {}
-        if len(have) > 1:
-            for left in have:
-                rest = {n: z for n, z in have.items() if n != left}
-                key = pick(rest, regime)
-                zres = have[left]["regimes"][regime]
-                row = rows_of(zres)[key]
-                held[left] = dict(chosen_on_others=key, **row, passes=passes(row, zres),
-                                  best_static=best_static(zres))
+        held = leave_one_zoo_out(have, regime)
         weak = {n: best_static(z["regimes"][regime])[0] for n, z in have.items()
                 if not rows_of(z["regimes"][regime])[chosen]["tau_w"] > best_static(z["regimes"][regime])[1]}
         costly = pick(have, regime, among=lambda k: True)
@@ -532,6 +524,18 @@ def choose(out: dict) -> dict:
                               rounds=held_out_rounds(have, regime))
     choice["across_regimes"] = across_regimes(out, choice)
     return choice
+
+
+def leave_one_zoo_out(have: dict, regime: str) -> dict:
+    """{zoo: the set chosen on the other zoos, judged on this one}; {} for a single zoo."""
+    held = {}
+    for left in have if len(have) > 1 else ():
+        key = pick({n: z for n, z in have.items() if n != left}, regime)
+        zres = have[left]["regimes"][regime]
+        row = rows_of(zres)[key]
+        held[left] = dict(chosen_on_others=key, **row, passes=passes(row, zres),
+                          best_static=best_static(zres))
+    return held
 
 
 def held_out_rounds(have: dict, regime: str) -> list:
@@ -795,7 +799,7 @@ def one_run_tables(path: Path) -> dict:
             for name, group in got["groups"].items()}
 
 
-def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
+def training_budget(work: Path, evidence: Path, files, runs_files=(), with_evidence=False) -> dict:
     """How far the fine-tuned verdicts survive another training budget.
 
     ``files``: te-gpu finetune files (group = the zoo's name) of the zoo's sweep on the same
@@ -812,7 +816,9 @@ def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
     * ``judged``: every regime's chosen set, the fast default and every label alone, judged
       on the redraws (tau_w, P(first), P(top 3), passes) against each table, beside the
       static rankings;
-    * ``rule`` (beside the regimes): per regime, :func:`budget_rule` on the targets.
+    * ``rule`` (beside the regimes): per regime, :func:`budget_rule` on the targets;
+      ``with_evidence`` adds ``rule_with_evidence``: the same on the targets and every
+      evidence zoo as :func:`evaluate` judges it (against the means of ``runs_files``) together.
     """
     out_json = json.loads(evidence.read_text())
     chosen = [c["chosen"] for r, c in out_json["choice"].items() if r in REGIMES]
@@ -848,20 +854,33 @@ def training_budget(work: Path, evidence: Path, files, runs_files=()) -> dict:
                 static=verdict["judged"][verdict["target"]]["static"], labels={}, sets=every)})
     result["rule"] = {regime: budget_rule(zoos, regime, chosen + [FAST_DEFAULT])
                       for regime, zoos in have.items()}
+    if with_evidence:
+        judged = {name: evaluate_zoo(work, name, 20, runs.get(name)) for name in ZOOS}
+        result["rule_with_evidence"] = {regime: budget_rule(
+            {**{n: z for n, z in judged.items() if regime in z["regimes"]},
+             **{f"{n} ({OTHER_BUDGET})": z for n, z in zoos.items()}}, regime, chosen + [FAST_DEFAULT])
+            for regime, zoos in have.items()}
     return result
 
 
+OTHER_BUDGET = "other budget"    # how the budget's targets are named beside the evidence zoos
+
+
 def budget_rule(zoos: dict, regime: str, shown) -> dict:
-    """The choice rule (:func:`pick`, every candidate set) run on the other budget's
-    targets, as if they were the evidence: what it would choose there, and the merit (zoos
-    passed, mean tau_w, mean P(top 3)) there of the sets in ``shown`` (the chosen ones)."""
+    """The choice rule (:func:`pick`, every candidate set) run on ``zoos`` (evaluate's
+    shape) as if they were the evidence: what it would choose, how many eligible sets pass
+    on how many zoos, the merit (zoos passed, mean tau_w, mean P(top 3)) of the sets in
+    ``shown`` (the chosen ones), and leave-one-zoo-out (how fitted that choice is)."""
     chosen, costly = pick(zoos, regime), pick(zoos, regime, among=lambda k: True)
     keys = list(next(iter(zoos.values()))["regimes"][regime]["sets"])
     counts = [merit(k, zoos, regime)[0] for k in keys if eligible(k)]
+    held = leave_one_zoo_out(zoos, regime)
     return dict(zoos=list(zoos), chosen=chosen, merit=merit(chosen, zoos, regime),
                 best_of_all=dict(set=costly, merit=merit(costly, zoos, regime)),
                 sets_passing={str(n): counts.count(n) for n in range(len(zoos) + 1)},
-                shown={k: merit(k, zoos, regime) for k in dict.fromkeys(shown) if k in keys})
+                shown={k: merit(k, zoos, regime) for k in dict.fromkeys(shown) if k in keys},
+                leave_one_zoo_out={n: dict(chosen_on_others=h["chosen_on_others"], passes=h["passes"])
+                                   for n, h in held.items()})
 
 
 def budget_verdict(boot, keys, statics: dict, short: dict, runs: dict) -> dict:
@@ -894,7 +913,7 @@ def budget_markdown(res: dict) -> str:
     """training_budget's verdicts as bench/RESULTS.md tables, one per regime and zoo."""
     lines = []
     for regime, zoos in res.items():
-        if regime == "rule":
+        if regime not in REGIMES:              # the rule's summaries, below
             continue
         for name, z in zoos.items():
             tables = list(z["judged"])
@@ -917,10 +936,13 @@ def budget_markdown(res: dict) -> str:
                     (f"{c['tau_w']:+.3f}, top 3: {'yes' if c['top3'] else 'no'}"
                      + (" (passes)" if c["passes"] else "")) if col == truth else "-"
                     for col in tables) + " |")
-    for regime, r in res.get("rule", {}).items():
-        lines += [f"\n{regime}, the choice rule on the targets of {', '.join(r['zoos'])}: "
-                  f"eligible sets passing on 0, 1, ... zoos: "
-                  + ", ".join(map(str, r["sets_passing"].values())) + "\n",
+    rules = [(regime, r) for part in ("rule", "rule_with_evidence") for regime, r in res.get(part, {}).items()]
+    for regime, r in rules:
+        held = r["leave_one_zoo_out"].values()
+        lines += [f"\n{regime}, the choice rule on {', '.join(r['zoos'])}: eligible sets passing "
+                  f"on 0, 1, ... zoos: " + ", ".join(map(str, r["sets_passing"].values()))
+                  + f"; left out, the choice on the others passes on {sum(h['passes'] for h in held)} "
+                  f"of {len(held)}\n",
                   "| set | zoos passed | mean tau_w | mean P(top 3) |", "| --- | --- | --- | --- |"]
         rows = {f"{r['chosen']} (the rule's choice)": r["merit"],
                 f"{r['best_of_all']['set']} (best with PARC, PED)": r["best_of_all"]["merit"],
@@ -1091,6 +1113,8 @@ def main(argv=None):
     bu.add_argument("--truth-runs", type=Path, nargs="*", default=[],
                     help="te-gpu finetune --train-seeds files: judge against the runs' mean too")
     bu.add_argument("--out", type=Path, default=None)
+    bu.add_argument("--with-evidence", action="store_true",
+                    help="also run the choice rule on the targets and the evidence zoos together")
     sh = sub.add_parser("ship")
     sh.add_argument("--work", type=Path, required=True)
     sh.add_argument("--zoos", default=",".join(ZOOS))
@@ -1104,7 +1128,8 @@ def main(argv=None):
             args.out.write_text(json.dumps(res, indent=1) + "\n")
         print(seeds_markdown(res))
     elif args.cmd == "budget":
-        res = training_budget(args.work.resolve(), args.evidence, args.files, args.truth_runs)
+        res = training_budget(args.work.resolve(), args.evidence, args.files, args.truth_runs,
+                              args.with_evidence)
         if args.out:
             args.out.write_text(json.dumps(res, indent=1) + "\n")
         print(budget_markdown(res))

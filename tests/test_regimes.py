@@ -461,8 +461,20 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     assert "| lda | +1.000, 1.00, 1.00 (passes) |" in table
     assert "the choice rule" not in table
     ruled = ev.budget_markdown(ev.training_budget(tmp_path, evidence, [first, second]))
-    assert "finetune, the choice rule on the targets of fmnist64" in ruled
+    assert "finetune, the choice rule on fmnist64: eligible sets passing" in ruled
     assert "| lda (the rule's choice) |" in ruled
+    # with the evidence zoos (evaluate's verdicts) beside the targets: knn passes on each
+    # evidence zoo and lda on none, so the rule picks knn there, and picks it with any one left out
+    def row(tau):
+        return dict(tau_w=tau, p_best_first=1.0, p_best_top=1.0)
+
+    judged = dict(regimes={"finetune": dict(static={"width": dict(tau_w=0.5)}, labels={},
+                                            sets={"lda": row(0.1), "knn": row(0.9), "lda,knn": row(0.4)})})
+    monkeypatch.setattr(ev, "evaluate_zoo", lambda work, name, replicates, runs: judged)
+    wide = ev.training_budget(tmp_path, evidence, [first], with_evidence=True)["rule_with_evidence"]["finetune"]
+    assert wide["zoos"] == [*ev.ZOOS, "fmnist64 (other budget)"] and wide["chosen"] == "knn"
+    assert all(wide["leave_one_zoo_out"][n] == dict(chosen_on_others="knn", passes=True) for n in ev.ZOOS)
+    assert wide["merit"][0] == len(ev.ZOOS) + int(got["judged"]["e10_s2"]["sets"]["knn"]["passes"])
     tau = pairs[("e10_s3", "e10_s2")]["tau_w"]
     assert f"| e10_s3 as a ranking (no redraws) | - | {tau:+.3f}, top 3: yes" in table   # e10_s2's column
     out = tmp_path / "budget.json"                    # the command line: the same verdicts
