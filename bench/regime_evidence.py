@@ -832,10 +832,9 @@ def training_budget(work: Path, evidence: Path, files, runs_files=(), with_evide
     for name, by_regime in budget.items():
         zoo, y, shipped, records = open_evidence_zoo(work, name)
         boot = bootstrap(work, name, zoo, y, 20)
-        keys = list(dict.fromkeys(chosen + [FAST_DEFAULT]
-                                  + [lb for lb in redrawn_labels() if lb in boot.labels]))
-        statics = static_rankings(records)
         labels = [lb for lb in redrawn_labels() if lb in boot.labels]
+        keys = list(dict.fromkeys(chosen + [FAST_DEFAULT] + labels))
+        statics = static_rankings(records)
         for regime, other in by_regime.items():
             models = list(shipped[regime])
             for stem, table in other.items():

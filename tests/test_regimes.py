@@ -475,6 +475,10 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     assert wide["zoos"] == [*ev.ZOOS, "fmnist64 (other budget)"] and wide["chosen"] == "knn"
     assert all(wide["leave_one_zoo_out"][n] == dict(chosen_on_others="knn", passes=True) for n in ev.ZOOS)
     assert wide["merit"][0] == len(ev.ZOOS) + int(got["judged"]["e10_s2"]["sets"]["knn"]["passes"])
+    ruled_file = tmp_path / "ruled.json"            # the command line's flag
+    ev.main(["budget", str(evidence), str(first), "--work", str(tmp_path), "--with-evidence",
+             "--out", str(ruled_file)])
+    assert json.loads(ruled_file.read_text())["rule_with_evidence"]["finetune"]["zoos"] == wide["zoos"]
     tau = pairs[("e10_s3", "e10_s2")]["tau_w"]
     assert f"| e10_s3 as a ranking (no redraws) | - | {tau:+.3f}, top 3: yes" in table   # e10_s2's column
     out = tmp_path / "budget.json"                    # the command line: the same verdicts
