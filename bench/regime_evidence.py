@@ -355,7 +355,9 @@ def mean_of_runs(name: str, truth: dict, runs: dict) -> dict:
             for r, acc in truth.items()}
 
 
-def evaluate_zoo(work: Path, name: str, replicates: int, runs=None) -> dict:
+def evaluate_zoo(work: Path, name: str, replicates: int, runs=None, regimes=REGIMES) -> dict:
+    """One zoo judged in each of ``regimes`` it has accuracies for (every label and set on
+    the redraws, the static and random rankings)."""
     from te_gpu import rank
     from te_gpu.baselines import random_ranking
 
@@ -375,7 +377,7 @@ def evaluate_zoo(work: Path, name: str, replicates: int, runs=None) -> dict:
                regimes={})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        for regime, acc in truth.items():
+        for regime, acc in ((r, a) for r, a in truth.items() if r in regimes):
             rnd = random_ranking({"t": acc}, draws=10000, seed=0)["mean"]
             res = dict(static={k: judge_static(v, acc) for k, v in statics.items()},
                        random=dict(tau_w=rnd["mean"], sd=rnd["sd"], p_best_first=1 / len(acc),
@@ -843,18 +845,17 @@ def training_budget(work: Path, evidence: Path, files, runs_files=(), with_evide
             short = {"shipped run": shipped[regime]}
             if regime in runs.get(name, {}):
                 short["mean of runs"] = mean_of_runs(name, shipped, runs[name])[regime]
-            verdict = budget_verdict(boot, keys, statics, short, other)
+            target = budget_target(other, models)
+            verdict = budget_verdict(boot, keys, statics, short, other, target)
             result.setdefault(regime, {})[name] = verdict
-            # the target's accuracies: its column of the per-model lists (tables' order)
-            column = list(verdict["judged"]).index(verdict["target"])
-            target = {m: acc[column] for m, acc in verdict["accuracy"].items()}
-            every = judge_sets(boot, [",".join(c) for c in candidate_sets(labels)], target)
+            every = judge_sets(boot, [",".join(c) for c in candidate_sets(labels)], target[1])
             have.setdefault(regime, {})[name] = dict(regimes={regime: dict(
-                static=verdict["judged"][verdict["target"]]["static"], labels={}, sets=every)})
+                static=verdict["judged"][target[0]]["static"], labels={}, sets=every)})
     result["rule"] = {regime: budget_rule(zoos, regime, chosen + [FAST_DEFAULT])
                       for regime, zoos in have.items()}
     if with_evidence:
-        judged = {name: evaluate_zoo(work, name, 20, runs.get(name)) for name in ZOOS}
+        judged = {name: evaluate_zoo(work, name, 20, runs.get(name), regimes=tuple(have))
+                  for name in ZOOS}
         result["rule_with_evidence"] = {regime: budget_rule(
             {**{n: z for n, z in judged.items() if regime in z["regimes"]},
              **{f"{n} ({OTHER_BUDGET})": z for n, z in zoos.items()}}, regime, chosen + [FAST_DEFAULT])
@@ -882,16 +883,25 @@ def budget_rule(zoos: dict, regime: str, shown) -> dict:
                                    for n, h in held.items()})
 
 
-def budget_verdict(boot, keys, statics: dict, short: dict, runs: dict) -> dict:
+def budget_target(runs: dict, models) -> tuple:
+    """(name, {model: accuracy}) of what the other budget's runs are judged as: the one
+    run, or the runs' mean (4 decimals: means of 1-decimal accuracies that are equal stay
+    tied)."""
+    if len(runs) == 1:
+        name, acc = next(iter(runs.items()))
+        return name, {m: acc[m] for m in models}
+    return "mean of " + ", ".join(runs), {
+        m: round(float(np.mean([acc[m] for acc in runs.values()])), 4) for m in models}
+
+
+def budget_verdict(boot, keys, statics: dict, short: dict, runs: dict, target: tuple) -> dict:
     """training_budget on one zoo and regime: ``short`` and ``runs`` are {name: {model:
-    accuracy}} of the shipped budget and of the other budget's runs; the target is the one
-    run, or the runs' mean."""
+    accuracy}} of the shipped budget and of the other budget's runs; ``target`` is
+    :func:`budget_target` of the runs."""
     models = list(next(iter(short.values())))
     long = {t: {m: acc[m] for m in models} for t, acc in runs.items()}
-    if len(runs) > 1:
-        long["mean of " + ", ".join(runs)] = {
-            m: round(float(np.mean([acc[m] for acc in runs.values()])), 4) for m in models}
-    target = list(long)[-1]
+    long.update([target])
+    target = target[0]
     tables = {**short, **long}
     judged = {}
     for t, acc in tables.items():

@@ -470,8 +470,15 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
 
     judged = dict(regimes={"finetune": dict(static={"width": dict(tau_w=0.5)}, labels={},
                                             sets={"lda": row(0.1), "knn": row(0.9), "lda,knn": row(0.4)})})
-    monkeypatch.setattr(ev, "evaluate_zoo", lambda work, name, replicates, runs: judged)
+    asked = set()
+
+    def evaluate_zoo(work, name, replicates, runs, regimes):
+        asked.add(regimes)
+        return judged
+
+    monkeypatch.setattr(ev, "evaluate_zoo", evaluate_zoo)
     wide = ev.training_budget(tmp_path, evidence, [first], with_evidence=True)["rule_with_evidence"]["finetune"]
+    assert asked == {("finetune",)}                  # only the budget's regimes are judged
     assert wide["zoos"] == [*ev.ZOOS, "fmnist64 (other budget)"] and wide["chosen"] == "knn"
     assert all(wide["leave_one_zoo_out"][n] == dict(chosen_on_others="knn", passes=True) for n in ev.ZOOS)
     assert wide["merit"][0] == len(ev.ZOOS) + int(got["judged"]["e10_s2"]["sets"]["knn"]["passes"])
