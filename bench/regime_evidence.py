@@ -15,6 +15,7 @@ Two steps (from the repository root; CPU; heavy, so nice'd and one thread):
     python bench/regime_evidence.py budget EVIDENCE.json LONGER.json... --work DIR
                                           [--truth-runs RUNS.json...] [--out F]
                                           # the verdicts under another training budget
+    python bench/regime_evidence.py ship-budget LONGER.json...   # ship them (wheels_e10)
 
 ``build`` runs the te-gpu commands of one zoo (listed in ZOOS below, printed before they
 run) and records each command's wall and CPU time in DIR/ZOO/timing.json; the
@@ -210,8 +211,13 @@ def redrawn_labels() -> list:
 
 def candidate_names(name: str) -> list:
     """The models of a zoo, as te-gpu names the candidates of its specs."""
+    return spec_names(ZOOS[name]["models"])
+
+
+def spec_names(specs) -> list:
+    """The candidates te-gpu names for ``--model`` specs (one per stage asked for)."""
     out = []
-    for spec in ZOOS[name]["models"]:
+    for spec in specs:
         fields = dict(f.split("=", 1) for f in spec.split(",")[1:] if "=" in f)
         stages = spec.split("stages=")[1].split(",") if "stages=" in spec else ["final"]
         out += [fields["name"] if s == "final" else f"{fields['name']}-stage{s}" for s in stages]
@@ -998,10 +1004,52 @@ def run_commands(name: str, regime: str, runs_files) -> list:
     return out
 
 
-def ship(work: Path, zoos, runs_files=()) -> None:
+# What the shipped tables say about their candidates and how each regime trains them:
+# written once, read by ship (the 3-epoch wheels tables) and ship_budget (the 10-epoch ones).
+CANDIDATES_TEXT = (
+    "Candidates: the ImageNet CNNs of the weight wheels (EfficientNet-Lite0/1/2 in timm's "
+    "tf_efficientnet_lite0/1/2, torchvision's MobileNetV2 in timm's mobilenetv2_100) at "
+    "the depths named (-stage3, -stage4: globally pooled output of that feature stage; "
+    "no suffix: penultimate features), and mobilenetv2_100 randomly initialised "
+    "(mnv2-random, seed 0). Each data set is one target task (one zoo); its table "
+    "names the candidates of that zoo.")
+REGIME_TEXT = dict(
+    lft="linear probe on the frozen features (te_gpu.pipeline.finetune.linear_probe): "
+        "standardised, multinomial logistic regression (L-BFGS), weight decay from "
+        "1e-3, 1e-2, 1e-1 chosen on a stratified 20 % of the training images, refit on "
+        "all of them",
+    lbft="last-block fine-tuning: the last feature stage used (and what follows it) "
+         "and a new linear head trained, the rest frozen (BatchNorm statistics too)",
+    finetune="full fine-tuning of every layer up to the depth used, plus a new "
+             "linear head")
+
+
+def training_text(regimes: str, epochs) -> str:
+    return (f"{regimes}: SGD momentum 0.9, cosine schedule, batch 32, {epochs} epochs, sweep lr "
+            f"{SWEEP['lr']} x wd {SWEEP['wd']}; the setting with the best accuracy on a "
+            "stratified 20 % of the training images (hold-out seeded by --seed) is kept and "
+            "its test accuracy reported")
+
+
+def software_text() -> str:
     import timm
     import torch
 
+    return (f"torch {torch.__version__}, timm {timm.__version__}, float32 on CPU, one thread "
+            "(OMP_NUM_THREADS=1)")
+
+
+def zoo_text(name: str) -> dict:
+    """A zoo's target data, seed, sizes and candidates, as the shipped tables describe it."""
+    z = ZOOS[name]
+    data = z["data"].replace("{work}/fmnist5c.npz", "Fashion-MNIST classes " + ", ".join(
+        map(str, z.get("classes", ()))) + " (T-shirt/top, pullover, dress, coat, shirt), "
+        "official train/test split, as an .npz")
+    return dict(data=data, seed=z["seed"], n_train=z["n_train"], n_test=z["n_test"],
+                candidates=candidate_names(name))
+
+
+def ship(work: Path, zoos, runs_files=()) -> None:
     tables, details, how, facts = {}, {}, {}, {}
     runs = training_runs(runs_files)
     for name in zoos:
@@ -1017,11 +1065,7 @@ def ship(work: Path, zoos, runs_files=()) -> None:
         timing = json.loads((work / name / "timing.json").read_text())
         z = ZOOS[name]
         how[name] = dict(
-            data=z["data"].replace("{work}/fmnist5c.npz", "Fashion-MNIST classes " + ", ".join(
-                map(str, z.get("classes", ()))) + " (T-shirt/top, pullover, dress, coat, shirt), "
-                "official train/test split, as an .npz"), seed=z["seed"],
-            n_train=z["n_train"], n_test=z["n_test"], candidates=candidate_names(name),
-            **({"note": z["note"]} if "note" in z else {}),
+            **zoo_text(name), **({"note": z["note"]} if "note" in z else {}),
             **({"training_runs": re_run} if re_run else {}),
             commands={k: _printable(v["command"], work) for k, v in timing.items()},
             seconds={k: dict(wall=v["wall_s"], cpu=v["cpu_s"], **({"note": v["note"]} if "note" in v else {}))
@@ -1036,27 +1080,11 @@ def ship(work: Path, zoos, runs_files=()) -> None:
         "_source": (
             "Accuracies (%) measured for te_gpu by `te-gpu finetune` on a 2-core CPU "
             "(bench/regime_evidence.py build; bench/RESULTS.md, 'recommend per transfer regime'). "
-            "Candidates: the ImageNet CNNs of the weight wheels (EfficientNet-Lite0/1/2 in timm's "
-            "tf_efficientnet_lite0/1/2, torchvision's MobileNetV2 in timm's mobilenetv2_100) at "
-            "the depths named (-stage3, -stage4: globally pooled output of that feature stage; "
-            "no suffix: penultimate features), and mobilenetv2_100 randomly initialised "
-            "(mnv2-random, seed 0). Each data set is one target task (one zoo); its table "
-            "names the candidates of that zoo. Small budgets: read them as the accuracy a short "
+            + CANDIDATES_TEXT + " Small budgets: read them as the accuracy a short "
             "CPU run reaches, not as each network's best."),
         "_how_measured": dict(
-            regimes=dict(
-                lft="linear probe on the frozen features (te_gpu.pipeline.finetune.linear_probe): "
-                    "standardised, multinomial logistic regression (L-BFGS), weight decay from "
-                    "1e-3, 1e-2, 1e-1 chosen on a stratified 20 % of the training images, refit on "
-                    "all of them",
-                lbft="last-block fine-tuning: the last feature stage used (and what follows it) "
-                     "and a new linear head trained, the rest frozen (BatchNorm statistics too)",
-                finetune="full fine-tuning of every layer up to the depth used, plus a new "
-                         "linear head"),
-            training=f"lbft and finetune: SGD momentum 0.9, cosine schedule, batch 32, "
-                     f"{SWEEP['epochs']} epochs, sweep lr {SWEEP['lr']} x wd {SWEEP['wd']}; the "
-                     "setting with the best accuracy on a stratified 20 % of the training "
-                     "images (hold-out seeded by --seed) is kept and its test accuracy reported",
+            regimes=REGIME_TEXT,
+            training=training_text("lbft and finetune", SWEEP["epochs"]),
             training_runs="where a zoo's entry below names training_runs, that regime was "
                           "fine-tuned again with other training seeds (te-gpu finetune "
                           "--train-seeds: the head's initialisation and the batches' order; "
@@ -1064,8 +1092,7 @@ def ship(work: Path, zoos, runs_files=()) -> None:
                           "test accuracy over the runs, each run at the setting its sweep kept, "
                           "and _details keeps every run ({training seed: accuracy}; the zoo's "
                           "--seed run first, the one the other regimes share)",
-            software=f"torch {torch.__version__}, timm {timm.__version__}, float32 on CPU, one "
-                     "thread (OMP_NUM_THREADS=1)",
+            software=software_text(),
             datasets=how),
         "groups": {GROUP: {"models": models, "regimes": tables}},
         "_details": details,
@@ -1081,6 +1108,88 @@ def ship(work: Path, zoos, runs_files=()) -> None:
         models={m: facts[m] for m in models})
     facts_file.write_text(json.dumps(shipped, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {DATA / 'wheels_accuracy.json'} ({', '.join(zoos)}) and the {GROUP} facts")
+
+
+BUDGET_GROUP = "wheels_e10"     # the shipped name of the 10-epoch tables
+
+
+def ship_budget(files, group: str = BUDGET_GROUP, out: Path | None = None) -> Path:
+    """Ship ``budget``'s files as ground truth: te_gpu/data/{group}_accuracy.json (or ``out``).
+
+    Each file is one training seed of te-gpu finetune on a zoo of ZOOS (its images, hold-out
+    and sweep; group = the zoo's name) under another budget, its command(s) in the .sh beside
+    it. A zoo's table is each model's mean test accuracy over its runs (2 decimals, as
+    ``ship``), each run at the setting its own sweep kept; ``_details`` keeps every run's
+    accuracy and sweep, ``_how_measured`` every command. A run that did not measure every
+    candidate of its zoo, two runs of one training seed, or budgets that differ raise
+    ValueError.
+    """
+    runs, commands, epochs = {}, {}, set()
+    for path in map(Path, files):
+        got = json.loads(path.read_text())
+        lines = [ln for ln in path.with_suffix(".sh").read_text().splitlines()
+                 if ln.strip() and not ln.startswith("#")]
+        epochs.update(ln.split("--epochs ")[1].split()[0] for ln in lines)
+        for name, g in got["groups"].items():
+            for regime, tables in g["regimes"].items():
+                missing = set(candidate_names(name)) - set(tables[name])
+                if missing:
+                    raise ValueError(f"{path.name}: {name} {regime} lacks {len(missing)} of the "
+                                     f"zoo's {len(candidate_names(name))} candidates (a stopped run?)")
+                for m, d in got["_details"][name][regime][name].items():
+                    if len(d["train_seeds"]) != 1:
+                        raise ValueError(f"{path.name}: one training seed per file, not {d['train_seeds']}")
+                    per_seed = runs.setdefault(regime, {}).setdefault(name, {}).setdefault(m, {})
+                    if d["train_seeds"][0] in per_seed:
+                        raise ValueError(f"{path.name}: {name} {m} has a run with training seed "
+                                         f"{d['train_seeds'][0]} already")
+                    per_seed[d["train_seeds"][0]] = d
+                for ln in lines:
+                    specs = ln.split("--model ")[1:]
+                    commands.setdefault(regime, {}).setdefault(name, []).append(dict(
+                        command=ln, models=[m for m in spec_names(s.split()[0] for s in specs)
+                                            if m in tables[name]]))
+    if len(epochs) != 1:
+        raise ValueError(f"the files were trained for different budgets: --epochs {sorted(epochs)}")
+    epochs = epochs.pop()
+    tables, details, how = {}, {}, {}
+    for regime, zoos in runs.items():
+        for name, per_model in zoos.items():
+            models = candidate_names(name)
+            tables.setdefault(regime, {})[name] = {
+                m: round(float(np.mean([d["runs"][0] for d in per_model[m].values()])), 2) for m in models}
+            details.setdefault(regime, {})[name] = {m: dict(
+                runs={str(sd): d["runs"][0] for sd, d in sorted(per_model[m].items())},
+                settings={str(sd): dict(lr=d["lr"], wd=d["wd"], val_accuracy=d["val_accuracy"],
+                                        sweep=d["sweep"]) for sd, d in sorted(per_model[m].items())})
+                for m in models}
+            seeds = sorted({sd for v in per_model.values() for sd in v})
+            how.setdefault(name, zoo_text(name)).setdefault("training_runs", {})[regime] = dict(
+                train_seeds=seeds, commands=commands[regime][name])
+    models = list(dict.fromkeys(m for t in tables.values() for zoo in t.values() for m in zoo))
+    text = dict(
+        _source=(
+            f"Accuracies (%) measured for te_gpu by `te-gpu finetune` on a 2-core CPU with "
+            f"{epochs} epochs of training (the wheels tables: {SWEEP['epochs']}), on {len(how)} of "
+            "their zoos: the same images, hold-out, sweep and candidates, other training "
+            "seeds (bench/regime_evidence.py budget and ship-budget; bench/RESULTS.md, 'The "
+            "longer budget on four zoos, three runs each'). " + CANDIDATES_TEXT + " Each table "
+            "is each model's mean over its zoo's training runs."),
+        _how_measured=dict(
+            regimes={r: REGIME_TEXT[r] for r in tables},
+            training=training_text(" and ".join(tables), epochs),
+            training_runs="each run is one training seed (te-gpu finetune --train-seeds: the "
+                          "head's initialisation and the batches' order), at the setting its "
+                          "own sweep kept; a table is each model's mean test accuracy over its "
+                          "zoo's runs, and _details keeps every run's accuracy ({training seed: "
+                          "accuracy}) and sweep (settings)",
+            software=software_text(), datasets=how),
+        groups={group: dict(models=models, regimes=tables)},
+        _details=details)
+    out = out or DATA / f"{group}_accuracy.json"
+    out.write_text(json.dumps(text, indent=1) + "\n")
+    print(f"wrote {out} ({', '.join(how)}: {epochs} epochs)")
+    return out
 
 
 def main(argv=None):
@@ -1130,8 +1239,14 @@ def main(argv=None):
     sh.add_argument("--truth-runs", type=Path, nargs="*", default=[],
                     help="te-gpu finetune --train-seeds files (their commands in a .sh "
                          "beside each): a re-run regime ships each model's mean over its runs")
+    sb = sub.add_parser("ship-budget", help="ship budget's files as the wheels_e10 ground truth")
+    sb.add_argument("files", type=Path, nargs="+",
+                    help="te-gpu finetune files, one training seed each, every candidate of the zoo")
+    sb.add_argument("--group", default=BUDGET_GROUP)
     args = ap.parse_args(argv)
-    if args.cmd == "seeds":
+    if args.cmd == "ship-budget":
+        ship_budget(args.files, args.group)
+    elif args.cmd == "seeds":
         res = training_noise(args.work.resolve(), args.evidence, args.runs)
         if args.out:
             args.out.write_text(json.dumps(res, indent=1) + "\n")

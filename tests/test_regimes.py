@@ -18,6 +18,10 @@ ZOOS = ("fmnist32", "digits48", "fmnist5c32", "fmnist64", "digits64", "fmnist64n
         "fmnist5c64n6k")
 MEASURED = ("lft", "lbft", "finetune")
 EVIDENCE = Path(__file__).resolve().parent.parent / "bench" / "results" / "regime_evidence_B20.json"
+# the zoos fully fine-tuned for 10 epochs too (wheels_e10), and budget's files and verdicts
+E10_ZOOS = ("fmnist32", "fmnist64", "fmnist5c32", "digits48")
+BUDGET_FILES = Path(__file__).resolve().parent.parent / "bench" / "results" / "finetune_budget"
+BUDGET = BUDGET_FILES.parent / "regime_budget_e10.json"
 
 
 def run(capsys, *argv):
@@ -43,10 +47,13 @@ def _shipped() -> dict:
 
 def test_wheels_is_listed_with_every_regime_and_zoo():
     listing = rank.list_ground_truth()
-    assert set(listing) == {"group1", "group2", "wheels"}
+    assert set(listing) == {"group1", "group2", "wheels", "wheels_e10"}
     assert listing["wheels"]["regimes"] == list(MEASURED)
     assert listing["wheels"]["datasets"] == list(ZOOS)
     assert len(listing["wheels"]["models"]) == 13
+    assert listing["wheels_e10"]["regimes"] == ["finetune"]
+    assert listing["wheels_e10"]["datasets"] == list(E10_ZOOS)
+    assert listing["wheels_e10"]["models"] == listing["wheels"]["models"]
 
 
 @pytest.mark.parametrize("dataset", ZOOS)
@@ -104,6 +111,91 @@ def test_the_shipped_tables_are_the_truth_the_evidence_judged():
         for regime, judged in z["truth"].items():
             shipped = rank.ground_truth("wheels", regime, dataset)
             assert shipped == {m: round(v, 2) for m, v in judged.items()}, (dataset, regime)
+
+
+def _shipped_e10() -> dict:
+    return json.loads(resources.files("te_gpu").joinpath("data", "wheels_e10_accuracy.json").read_text())
+
+
+@pytest.mark.parametrize("dataset", E10_ZOOS)
+def test_wheels_e10_ships_each_zoo_as_the_mean_of_its_10_epoch_runs(dataset):
+    """wheels_e10: the zoo of wheels (same candidates, images, hold-out and sweep) fully
+    fine-tuned for 10 epochs, each model's mean over three training runs, each run the test
+    accuracy at the setting its own sweep kept, and the commands that made them."""
+    table = rank.ground_truth("wheels_e10", "finetune", dataset)
+    assert set(table) == set(rank.ground_truth("wheels", "finetune", dataset))
+    details = _shipped_e10()["_details"]["finetune"][dataset]
+    how = _shipped_e10()["_how_measured"]["datasets"][dataset]
+    said = how["training_runs"]["finetune"]
+    assert len(said["train_seeds"]) == 3
+    for m, acc in table.items():
+        runs, settings = details[m]["runs"], details[m]["settings"]
+        assert list(runs) == list(map(str, said["train_seeds"])) == list(settings)
+        assert acc == round(sum(runs.values()) / 3, 2), m
+        for seed, run_acc in runs.items():
+            kept = settings[seed]
+            assert kept["sweep"][f"lr={kept['lr']},wd={kept['wd']}"] == dict(val=kept["val_accuracy"], test=run_acc)
+    wheels_how = _shipped()["_how_measured"]["datasets"][dataset]
+    assert {k: how[k] for k in ("data", "seed", "n_train", "n_test")} == \
+        {k: wheels_how[k] for k in ("data", "seed", "n_train", "n_test")}
+    for seed in said["train_seeds"]:
+        ran = [c for c in said["commands"] if f"--train-seeds {seed} " in c["command"]]
+        assert {m for c in ran for m in c["models"]} == set(table), seed
+        for c in ran:
+            assert c["command"].startswith("te-gpu finetune") and " --epochs 10 " in c["command"]
+            assert f"--seed {how['seed']} " in c["command"] and f"--n-train {how['n_train']} " in c["command"]
+    assert "10 epochs" in _shipped_e10()["_how_measured"]["training"]
+
+
+@pytest.mark.skipif(not BUDGET.is_file(), reason="budget's verdicts are not in this checkout")
+def test_wheels_e10_is_the_target_budget_judged():
+    """The 10-epoch verdicts of bench/RESULTS.md were judged against the tables shipped
+    (budget's target, the runs' mean, to the 2 decimals shipped)."""
+    judged = json.loads(BUDGET.read_text())["finetune"]
+    assert tuple(judged) == E10_ZOOS
+    for dataset, v in judged.items():
+        at = list(v["judged"]).index(v["target"])
+        assert rank.ground_truth("wheels_e10", "finetune", dataset) == {
+            m: round(acc[at], 2) for m, acc in v["accuracy"].items()}, dataset
+
+
+@pytest.mark.skipif(not BUDGET_FILES.is_dir(), reason="budget's files are not in this checkout")
+def test_regime_evidence_ship_budget_rebuilds_wheels_e10_and_refuses_a_stopped_run(tmp_path):
+    """bench/regime_evidence.py ship-budget, from the runs in bench/results/finetune_budget,
+    writes the shipped file (the software line aside: it names the installed versions); a
+    run that stopped before measuring every candidate, a training seed given twice, or runs
+    of another budget are refused."""
+    ev = _evidence_script()
+    files = [BUDGET_FILES / f"{z}_e10_seed{s}.json" for z, seeds in
+             (("fmnist32", (0, 1, 2)), ("fmnist64", (2, 3, 4)), ("fmnist5c32", (2, 3, 4)), ("digits48", (0, 1, 2)))
+             for s in seeds]
+    got = json.loads(ev.ship_budget(files, out=tmp_path / "e10.json").read_text())
+    shipped = _shipped_e10()
+    for d in (got, shipped):
+        d["_how_measured"].pop("software")
+    assert got == shipped
+    with pytest.raises(ValueError, match="lacks 6 of the zoo's 13 candidates"):
+        ev.ship_budget(files + [BUDGET_FILES / "digits64_e10_stopped.json"], out=tmp_path / "x.json")
+    with pytest.raises(ValueError, match="digits48 lite0-stage4 has a run with training seed 2 already"):
+        ev.ship_budget(files + files[-1:], out=tmp_path / "x.json")
+    other = tmp_path / "digits48_e5_seed9.json"
+    run = json.loads(files[-1].read_text())
+    for d in run["_details"]["digits48"]["finetune"]["digits48"].values():
+        d["train_seeds"] = [9]
+    other.write_text(json.dumps(run))
+    other.with_suffix(".sh").write_text(files[-1].with_suffix(".sh").read_text().replace("--epochs 10", "--epochs 5"))
+    with pytest.raises(ValueError, match=r"different budgets: --epochs \['10', '5'\]"):
+        ev.ship_budget(files + [other], out=tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_baselines_cli_reads_the_10_epoch_tables_with_the_wheels_facts(capsys):
+    code, out, err = run(capsys, "baselines", "--truth", "wheels_e10")
+    assert code == 0, err
+    assert "static rankings against wheels_e10/finetune" in out and "facts: wheels" in out
+    assert f"mean of {len(E10_ZOOS)}" in out and "feature width" in out
+    code, _, err = run(capsys, "baselines", "--truth", "wheels_e10", "--regime", "lft")
+    assert code == 2 and "unknown regime 'lft' for wheels_e10" in err
 
 
 def test_wheels_facts_name_every_model():
