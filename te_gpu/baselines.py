@@ -12,7 +12,8 @@ nothing a table lookup would not give.
 Definitions (``te_gpu.rank.weighted_tau`` throughout):
 
 * static ranking by fact :math:`f`: scores :math:`s_l = f_l` for every model
-  :math:`l`, higher ranked first; its :math:`\tau_w` on data set :math:`d` is
+  :math:`l`, higher ranked first (feature width also as :math:`s_l = -f_l`, narrowest
+  first: :data:`REVERSED`); its :math:`\tau_w` on data set :math:`d` is
   :math:`\tau_w(f, a^{(d)})` over the models with an accuracy :math:`a^{(d)}`.
   When :math:`f` is equal for all those models the ranking is constant and
   :math:`\tau_w` is undefined (no order to compare): reported as such, never
@@ -38,11 +39,13 @@ import numpy as np
 
 __all__ = [
     "FACT_NAMES",
+    "REVERSED",
     "facts",
     "fact_sources",
     "facts_groups",
     "group_with_facts",
     "static_rankings",
+    "with_reversed",
     "read_prior",
     "check_prior",
     "static_tau",
@@ -53,6 +56,10 @@ __all__ = [
 
 # the facts of model_facts.json, in the order tables show them, with their display names
 FACT_NAMES = {"imagenet_top1": "ImageNet top-1", "params": "parameters", "feature_width": "feature width"}
+# static rankings read in reverse too, by display name: fully fine-tuned on small images,
+# narrow early features won on the wheels zoos (bench/RESULTS.md, "recommend per transfer
+# regime"), and te_gpu.regimes points users at that order
+REVERSED = {"feature width": "feature width, narrowest first"}
 
 # sign comparisons held in memory at once by weighted_tau_of_orders (int8 each)
 _COMPARISONS_PER_BLOCK = 1 << 22
@@ -98,6 +105,16 @@ def group_with_facts(models) -> str | None:
         if wanted and wanted <= set(facts(group)):
             return group
     return None
+
+
+def with_reversed(rankings: dict) -> dict:
+    """``rankings`` ({display name: {model: value}}) and, after them, the reversed order of
+    each ranking named in :data:`REVERSED`."""
+    out = dict(rankings)
+    for name, reversed_name in REVERSED.items():
+        if name in rankings:
+            out[reversed_name] = {m: -v for m, v in rankings[name].items()}
+    return out
 
 
 def static_rankings(group: str, models=None) -> dict:

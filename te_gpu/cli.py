@@ -709,17 +709,18 @@ def cmd_baselines(args):
 # recommend
 # --------------------------------------------------------------------------
 
-def _static_baselines(accuracy: dict, info: dict, store: dict | None = None):
-    """{name: tau_w} of the shipped static rankings (ImageNet top-1, size, width) of these
-    models against ``accuracy``, where te_gpu has facts for them, and of those the zoo's
-    store knows (``store``: te_gpu.pipeline.extract.store_rankings) where it has none; else None."""
-    from te_gpu.baselines import static_tau
+def _static_baselines(accuracy: dict, info: dict, store: dict | None = None) -> dict:
+    """{name: tau_w} of the shipped static rankings (ImageNet top-1, size, width, width
+    reversed) of these models against ``accuracy``, where te_gpu has facts for them, and of
+    those the zoo's store knows (``store``: te_gpu.pipeline.extract.store_rankings) where it
+    has none; {} when none is defined."""
+    from te_gpu.baselines import static_tau, with_reversed
     from te_gpu.pipeline.correlation import static_rankings_for
 
     rankings, _ = static_rankings_for(list(accuracy), info.get("group"))
-    rankings = {**(store or {}), **rankings}
+    rankings = with_reversed({**(store or {}), **rankings})
     taus = {name: static_tau(values, accuracy)["tau_w"] for name, values in rankings.items()}
-    return {name: t for name, t in taus.items() if t is not None} or None
+    return {name: t for name, t in taus.items() if t is not None}
 
 
 def cmd_recommend(args):
@@ -802,31 +803,30 @@ def cmd_recommend(args):
     out = dict(dataset=dataset, zoo=str(args.zoo), **rec.to_dict(samples=True))
     if len(recs) > 1:
         out["regimes"] = {name: r.to_dict() for name, r in recs.items()}
-    if args.truth and len(recs) > 1:
+    if args.truth:
+        from te_gpu.pipeline.extract import store_rankings
+        from te_gpu.regimes import check
+
         accuracy, info = _truth(args, dataset)
-        out["truth"] = dict(info=info, regimes={})
+        if baselines is None:      # the static rankings, on the models ranked and measured
+            measured = {m: accuracy[m] for m in zoo if m in accuracy}
+            baselines = _static_baselines(measured, info, store_rankings(args.zoo, dataset, list(measured)))
+        rows, checks = {}, {}
         for name, r in recs.items():
-            rows = against_truth(r, accuracy)
-            print(f"\n--transfer {name}:")
-            print(format_truth(rows, r.boot.level))
-            out["truth"]["regimes"][name] = [{k: (v.tolist() if hasattr(v, "tolist") else v)
-                                              for k, v in row.items()} for row in rows]
-    elif args.truth:
-        accuracy, info = _truth(args, dataset)
-        rows = against_truth(rec, accuracy)
-        print()
-        print(format_truth(rows, rec.boot.level))
-        out["truth"] = dict(info=info, rows=[{k: (v.tolist() if hasattr(v, "tolist") else v)
-                                             for k, v in r.items()} for r in rows])
+            table = against_truth(r, accuracy)
+            print(f"\n--transfer {name}:" if len(recs) > 1 else "")
+            print(format_truth(table, r.boot.level, baselines))
+            rows[name] = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}
+                          for row in table]
+            checks[name] = check(table[-1], baselines)
+        # one regime: its rows and check; several: each regime's, by name
+        out["truth"] = dict(info=info, static=baselines, **(
+            dict(regimes=rows, checks=checks) if len(recs) > 1 else
+            dict(rows=rows[transfer], check=checks[transfer])))
         if args.plots:
             where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)
-            if baselines is None:
-                from te_gpu.pipeline.extract import store_rankings
-
-                known = store_rankings(args.zoo, dataset, [m for m in zoo if m in accuracy])
-                baselines = _static_baselines(accuracy, info, known)
             for f in recommend_figures(rec, accuracy, args.plots, regime=info.get("regime"),
-                          baselines=baselines, where=where):
+                                       baselines=baselines or None, where=where):
                 log(f"wrote {f}")
     if args.json:
         _write_json(args.json, out)

@@ -349,7 +349,12 @@ def against_truth(rec: Recommendation, accuracy: dict) -> list:
     return rows
 
 
-def format_truth(rows: list, level: float) -> str:
+def format_truth(rows: list, level: float, statics: dict | None = None) -> str:
+    """:func:`against_truth`'s rows; with ``statics`` ({name: tau_w} of the rankings that
+    ignore the target data, on the rows' models), those and the check of the last row (the
+    consensus) that the regimes' sets were chosen by (:func:`te_gpu.regimes.check`)."""
+    from .regimes import check, check_line
+
     best = rows[0]["best"]
     lines = [f"against the accuracies (the most accurate: {', '.join(best)}; intervals over the "
              f"resamples, {100 * level:.0f} %):"]
@@ -358,4 +363,9 @@ def format_truth(rows: list, level: float) -> str:
         lines.append(f"  {r['label'].ljust(width)}  tau_w {r['tau_w']:+.3f} [{r['lo']:+.3f}, "
                      f"{r['hi']:+.3f}]  most accurate first in {_pct(r['p_best_first'])}, "
                      f"in the top {r['k']} in {_pct(r['p_best_top'])}")
+    if statics is not None:
+        if statics:
+            lines.append("  static rankings (no target data): "
+                         + ", ".join(f"{name} {t:+.3f}" for name, t in statics.items()))
+        lines.append(check_line(check(rows[-1], statics)))
     return "\n".join(lines)

@@ -17,13 +17,20 @@ from dataclasses import dataclass, field
 
 from . import catalogue
 
-__all__ = ["Regime", "REGIMES", "STATIC_NAMES", "get", "metrics_and_sa", "weak_line"]
+__all__ = ["Regime", "REGIMES", "STATIC_NAMES", "TOP3_NEEDED", "check", "check_line", "get",
+           "metrics_and_sa", "weak_line"]
 
 # the rankings that never look at the target data, as the evidence names them (the
-# store's manifest: parameter count and feature width), and in words
+# store's manifest: parameter count and feature width), and in words (the last as
+# te_gpu.baselines.REVERSED names it, where te-gpu baselines shows it)
 STATIC_NAMES = {"parameters": "parameter count, largest first",
                 "width": "feature width, widest first",
                 "width reversed": "feature width, narrowest first"}
+
+# The check each regime's set was chosen by, on one zoo (bench/regime_evidence.py): the
+# most accurate model among the ranking's top 3 on at least this share of the target
+# set's resamples, and its tau_w above that of every ranking that ignores the target data.
+TOP3_NEEDED = 0.9
 
 
 @dataclass(frozen=True)
@@ -113,3 +120,33 @@ def weak_line(regime: str) -> str | None:
             f"({', '.join(r.weak)}; te-gpu baselines --truth wheels --regime {regime}) "
             f"{', '.join(r.labels)} ordered the models worse than a ranking that ignores the "
             f"target data: look also at the ranking by {' and by '.join(statics)}")
+
+
+def check(row: dict, statics: dict) -> dict:
+    """The check on one zoo, of ``row`` (a row of :func:`te_gpu.recommend.against_truth`:
+    the consensus, or a set's one label) against ``statics`` ({name: tau_w} of the rankings
+    that ignore the target data, on the same models and accuracies).
+
+    Returns the row's label, ``k``, ``top_share`` and ``tau_w``, the best static ranking
+    (``best_static``, ``best_static_tau_w``; None without statics), ``top_ok``,
+    ``above_static`` and ``passes`` (both None without statics: the check is undecided).
+    """
+    best = max(statics, key=statics.get) if statics else None
+    top_ok = row["p_best_top"] >= TOP3_NEEDED
+    above = None if best is None else row["tau_w"] > statics[best]
+    return dict(label=row["label"], k=row["k"], top_share=row["p_best_top"], tau_w=row["tau_w"],
+                best_static=best, best_static_tau_w=None if best is None else statics[best],
+                top_ok=top_ok, above_static=above, passes=None if above is None else top_ok and above)
+
+
+def check_line(c: dict) -> str:
+    """One line for :func:`check`'s result."""
+    top = (f"the most accurate model in the top {c['k']} in {100 * c['top_share']:.0f} % of "
+           f"resamples ({'>=' if c['top_ok'] else 'below'} {100 * TOP3_NEEDED:.0f} %)")
+    head = f"the check the regimes' sets were chosen by, for {c['label']}: {top}"
+    if c["passes"] is None:
+        return (f"{head}; no ranking that ignores the target data is known for these models "
+                "(recommend --baselines FILE.json gives their tau_w): undecided")
+    return (f"{head}, tau_w {c['tau_w']:+.3f} {'above' if c['above_static'] else 'not above'} "
+            f"the best static ranking ({c['best_static']}, {c['best_static_tau_w']:+.3f}): "
+            f"{'passes' if c['passes'] else 'fails'}")

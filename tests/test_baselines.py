@@ -225,7 +225,7 @@ def test_cli_baselines_regime_dataset_and_prior(capsys, tmp_path):
                        str(prior), "--draws", "100")
     assert code == 0
     header, _, row = [line for line in out.splitlines() if line.startswith(("data set", "---", "pets"))][:3]
-    assert header.split()[-3] == "prior" and row.split()[4] == "+1.000"
+    assert header.split()[-3] == "prior" and row.split()[5] == "+1.000"   # after the 4 facts
 
 
 def test_cli_baselines_group2_says_undefined(capsys):
@@ -303,8 +303,10 @@ def test_recommend_plots_draw_the_shipped_baselines_of_a_shipped_group():
 
     acc = rank.ground_truth("group1", "finetune", "cifar10")
     got = _static_baselines(acc, dict(group="group1"))
-    want = {fact: static_tau(values, acc)["tau_w"]
-            for fact, values in static_rankings("group1", list(acc)).items()}
+    facts = static_rankings("group1", list(acc))
+    want = {fact: static_tau(values, acc)["tau_w"] for fact, values in facts.items()}
+    want["width reversed"] = static_tau({m: -v for m, v in facts["feature_width"].items()}, acc)["tau_w"]
     assert sorted(got.values()) == pytest.approx(sorted(want.values()), abs=0)
     assert got["ImageNet top-1"] == pytest.approx(0.775, abs=5e-4)
-    assert _static_baselines({"x": 1.0, "y": 2.0}, dict(group=None)) is None   # no facts: none
+    assert got["feature width, narrowest first"] == want["width reversed"]
+    assert _static_baselines({"x": 1.0, "y": 2.0}, dict(group=None)) == {}   # no facts: none

@@ -197,7 +197,8 @@ def test_recommend_plots_the_rankings_the_store_knows(zoo_dir, capsys, monkeypat
     acc = {"alpha": 90.0, "beta": 70.0, "gamma": 40.0}
     assert tau_kw["baselines"] == {
         "parameters": static_tau({"alpha": 3e6, "beta": 2e6, "gamma": 1e6}, acc)["tau_w"],
-        "feature width": static_tau({"alpha": 5, "beta": 5, "gamma": 4}, acc)["tau_w"]}
+        "feature width": static_tau({"alpha": 5, "beta": 5, "gamma": 4}, acc)["tau_w"],
+        "feature width, narrowest first": static_tau({"alpha": -5, "beta": -5, "gamma": -4}, acc)["tau_w"]}
     assert score_kw["xlabel"] == "accuracy (%)" and "accuracy (%)" in tau_kw["title"]
     (tmp / "frac.json").write_text(json.dumps({"alpha": 0.9, "beta": 0.7, "gamma": 0.4}))
     seen.clear()
@@ -208,6 +209,64 @@ def test_recommend_plots_the_rankings_the_store_knows(zoo_dir, capsys, monkeypat
     from te_gpu.pipeline.plots import accuracy_label
 
     assert accuracy_label("lft", percent=False) == "linear-probe accuracy"
+
+
+def test_recommend_truth_runs_the_check_the_regimes_sets_were_chosen_by(zoo_dir, capsys):
+    """With --truth, recommend gives the rankings that ignore the target data (the store's
+    parameters and widths, both ways) on the same models, and whether the consensus passes
+    the check: the most accurate model in its top 3 on >= 90 % of resamples, and a tau_w
+    above every static ranking (a user's --baselines replace them)."""
+    from te_gpu import regimes
+    from te_gpu.baselines import static_tau
+    from te_gpu.pipeline.extract import FORMAT, write_manifest
+
+    tmp = zoo_dir
+    write_manifest(tmp / "zoo", {"format": FORMAT, "version": 1, "datasets": {"toy": {"models": {
+        "alpha": {"params": 3e6, "dim": 6}, "beta": {"params": 2e6, "dim": 5},
+        "gamma": {"params": 1e6, "dim": 4}}}}})
+    args = ["recommend", str(tmp / "zoo"), "-B", "20", "-q", "--metrics", "lda,knn", "--truth",
+            str(tmp / "truth.json"), "--json", str(tmp / "r.json")]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    acc = {"alpha": 90.0, "beta": 70.0, "gamma": 40.0}
+    statics = {"parameters": static_tau({"alpha": 3e6, "beta": 2e6, "gamma": 1e6}, acc)["tau_w"],
+               "feature width": static_tau({"alpha": 6, "beta": 5, "gamma": 4}, acc)["tau_w"],
+               "feature width, narrowest first": static_tau({"alpha": -6, "beta": -5, "gamma": -4}, acc)["tau_w"]}
+    assert statics["parameters"] == pytest.approx(1.0) and statics["feature width, narrowest first"] < 0
+    truth = json.loads((tmp / "r.json").read_text())["truth"]
+    assert truth["static"] == pytest.approx(statics)
+    assert ("static rankings (no target data): parameters +1.000, feature width +1.000, "
+            f"feature width, narrowest first {statics['feature width, narrowest first']:+.3f}") in out
+    check = truth["check"]           # nothing beats a static ranking that orders them exactly
+    assert check["label"] == "consensus" and check["best_static"] == "parameters"
+    assert check["passes"] is False and check["above_static"] is False and check["top_ok"] is True
+    assert check["tau_w"] == truth["rows"][-1]["tau_w"]
+    assert (f"for consensus: the most accurate model in the top 3 in 100 % of resamples (>= 90 %), "
+            f"tau_w {check['tau_w']:+.3f} not above the best static ranking (parameters, +1.000): fails") in out
+    (tmp / "base.json").write_text(json.dumps({"ImageNet top-1": -0.25}))
+    code, out, err = run(capsys, *args, "--baselines", str(tmp / "base.json"))
+    assert code == 0, err
+    truth = json.loads((tmp / "r.json").read_text())["truth"]
+    assert truth["static"] == {"ImageNet top-1": -0.25} and truth["check"]["tau_w"] > -0.25
+    assert truth["check"]["passes"] is True and "(ImageNet top-1, -0.250): passes" in out
+    assert regimes.STATIC_NAMES["width reversed"] == "feature width, narrowest first"
+
+
+def test_the_check_needs_the_top_share_and_a_tau_w_strictly_above_the_best_static():
+    from te_gpu import regimes
+
+    def row(top, tau):
+        return dict(label="consensus", k=3, p_best_top=top, tau_w=tau)
+
+    statics = {"parameters": 0.4, "feature width, narrowest first": 0.6}
+    assert regimes.check(row(0.9, 0.61), statics)["passes"] is True
+    assert regimes.check(row(0.89, 0.9), statics)["passes"] is False        # top 3 too rarely
+    level = regimes.check(row(1.0, 0.6), statics)                            # a tie is not above
+    assert level["passes"] is False and level["best_static"] == "feature width, narrowest first"
+    assert "below 90 %" in regimes.check_line(regimes.check(row(0.5, 0.9), statics))
+    undecided = regimes.check(row(1.0, 0.9), {})
+    assert undecided["passes"] is None and undecided["best_static"] is None
+    assert regimes.check_line(undecided).endswith("undecided")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -354,5 +413,17 @@ def test_cli_transfer_all_answers_each_regime(tmp_path, capsys):
     for name in ("lft", "lbft", "finetune"):
         assert f"(--transfer {name};" in out
     assert set(json.loads((tmp_path / "r.json").read_text())["regimes"]) == {"lft", "lbft", "finetune"}
+    (tmp_path / "acc.json").write_text(json.dumps({"strong": 90.0, "mid": 80.0, "weak": 50.0}))
+    (tmp_path / "base.json").write_text(json.dumps({"prior": 0.5}))
+    assert main(["recommend", str(tmp_path / "z"), "--transfer", "all", "-B", "4", "--device", "cpu",
+                 "-q", "--truth", str(tmp_path / "acc.json"), "--baselines", str(tmp_path / "base.json"),
+                 "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    truth = json.loads((tmp_path / "r.json").read_text())["truth"]
+    assert set(truth["regimes"]) == set(truth["checks"]) == {"lft", "lbft", "finetune"}
+    for name, c in truth["checks"].items():
+        assert c["tau_w"] == truth["regimes"][name][-1]["tau_w"] and c["best_static"] == "prior"
+        assert c["passes"] == (c["top_share"] >= 0.9 and c["tau_w"] > 0.5)
+    assert out.count("the check the regimes' sets were chosen by") == 3
     assert main(["recommend", str(tmp_path / "z"), "--transfer", "lft", "--metrics", "lda"]) == 2
     assert "--transfer chooses the metric set" in capsys.readouterr().err

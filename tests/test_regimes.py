@@ -219,6 +219,25 @@ def test_baselines_cli_reads_the_wheels_tables(capsys):
     assert f"mean of {len(ZOOS)}" in out
 
 
+@pytest.mark.skipif(not EVIDENCE.is_file(), reason="the evidence file is not in this checkout")
+def test_baselines_cli_gives_the_static_rankings_the_evidence_judged_against(capsys, tmp_path):
+    """te-gpu baselines --truth wheels shows the three static rankings of the regimes'
+    evidence (parameters, width, width reversed: the one regimes.weak_line points at) with
+    the tau_w the evidence computed, in every regime and zoo."""
+    zoos = json.loads(EVIDENCE.read_text())["zoos"]
+    names = {"parameters": "parameters", "width": "feature width",
+             "width reversed": regimes.STATIC_NAMES["width reversed"]}
+    for regime in MEASURED:
+        code, out, err = run(capsys, "baselines", "--truth", "wheels", "--regime", regime,
+                             "--draws", "10", "--json", str(tmp_path / "b.json"))
+        assert code == 0, err
+        shown = json.loads((tmp_path / "b.json").read_text())["rankings"]
+        for dataset, z in zoos.items():
+            for name, judged in z["regimes"][regime]["static"].items():
+                assert shown[names[name]]["tau_w"][dataset] == pytest.approx(judged["tau_w"], abs=1e-12), \
+                    (regime, dataset, name)
+
+
 def test_a_zoo_measured_in_some_regimes_only(capsys, monkeypatch):
     """A shipped group's zoo need not be measured in every regime: the listing names each
     regime's zoos, `baselines` reads those, `correlate --list` says which."""

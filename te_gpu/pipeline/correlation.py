@@ -104,8 +104,9 @@ def static_rankings_for(models, group=None, prior=None, prior_name="prior") -> t
     """The static rankings of ``models``: ``({name: {model: value}}, facts_group or None)``.
 
     The shipped facts of ``group`` when they name every model, else of any shipped zoo that
-    does; then the prior (it must name every model: PipelineError otherwise). Names are
-    display names (``ImageNet top-1``, ``parameters``, ``feature width``, ``prior``).
+    does, with the reversed ones of ``te_gpu.baselines.REVERSED``; then the prior (it must
+    name every model: PipelineError otherwise). Names are display names (``ImageNet top-1``,
+    ``parameters``, ``feature width``, ``feature width, narrowest first``, ``prior``).
     """
     from te_gpu import baselines
 
@@ -116,6 +117,7 @@ def static_rankings_for(models, group=None, prior=None, prior_name="prior") -> t
     if group:
         for fact, values in baselines.static_rankings(group, models).items():
             rankings[baselines.FACT_NAMES[fact]] = values
+        rankings = baselines.with_reversed(rankings)
     if prior is not None:
         try:
             rankings[prior_name] = baselines.check_prior(prior, models, prior_name)
