@@ -9,7 +9,8 @@ zoos with accuracies measured in all three regimes (bench/regime_evidence.py;
 bench/RESULTS.md, "recommend per transfer regime"; the tables ship as the ``wheels``
 ground truth). Where the chosen set did not beat a ranking that never looks at the
 target data on some of those zoos, :attr:`Regime.weak` names them and that ranking,
-and :func:`weak_line` says so in one line.
+and :func:`weak_line` says so in one line. :func:`check` runs the check the sets were
+chosen by on a zoo whose accuracies the user has (``te-gpu recommend --truth``).
 """
 from __future__ import annotations
 
