@@ -525,8 +525,10 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     monkeypatch.setattr(ev, "open_evidence_zoo", lambda work, name: (None, None, {"finetune": shipped}, records))
     monkeypatch.setattr(ev, "bootstrap", lambda *a: Boot())
     evidence = tmp_path / "evidence.json"
+    evidence_zoos = ["fmnist32", "digits48", "fmnist64"]       # the zoos it was chosen on
     evidence.write_text(json.dumps({"choice": {"finetune": {"chosen": "knn,sfda+released"},
-                                               "lft": {"chosen": "lda"}, "across_regimes": {}}}))
+                                               "lft": {"chosen": "lda"}, "across_regimes": {}},
+                                    "zoos": {n: {} for n in evidence_zoos}}))
 
     def budget_file(stem, table):
         path = tmp_path / f"{stem}.json"
@@ -590,9 +592,9 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     monkeypatch.setattr(ev, "evaluate_zoo", evaluate_zoo)
     wide = ev.training_budget(tmp_path, evidence, [first], with_evidence=True)["rule_with_evidence"]["finetune"]
     assert asked == {("finetune",)}                  # only the budget's regimes are judged
-    assert wide["zoos"] == [*ev.ZOOS, "fmnist64 (other budget)"] and wide["chosen"] == "knn"
-    assert all(wide["leave_one_zoo_out"][n] == dict(chosen_on_others="knn", passes=True) for n in ev.ZOOS)
-    assert wide["merit"][0] == len(ev.ZOOS) + int(got["judged"]["e10_s2"]["sets"]["knn"]["passes"])
+    assert wide["zoos"] == [*evidence_zoos, "fmnist64 (other budget)"] and wide["chosen"] == "knn"
+    assert all(wide["leave_one_zoo_out"][n] == dict(chosen_on_others="knn", passes=True) for n in evidence_zoos)
+    assert wide["merit"][0] == len(evidence_zoos) + int(got["judged"]["e10_s2"]["sets"]["knn"]["passes"])
     ruled_file = tmp_path / "ruled.json"            # the command line's flag
     ev.main(["budget", str(evidence), str(first), "--work", str(tmp_path), "--with-evidence",
              "--out", str(ruled_file)])
