@@ -16,6 +16,8 @@ Two steps (from the repository root; CPU; heavy, so nice'd and one thread):
                                           [--truth-runs RUNS.json...] [--out F]
                                           # the verdicts under another training budget
     python bench/regime_evidence.py ship-budget LONGER.json...   # ship them (wheels_e10)
+    python bench/regime_evidence.py held-out EVIDENCE.json --work DIR [--truth-runs RUNS.json...]
+                                          # the chosen sets on zoos they were not chosen on
 
 ``build`` runs the te-gpu commands of one zoo (listed in ZOOS below, printed before they
 run) and records each command's wall and CPU time in DIR/ZOO/timing.json; the
@@ -812,6 +814,64 @@ def seeds_markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def held_out(work: Path, evidence: Path, zoos, runs_files=(), replicates: int = 20) -> dict:
+    """The sets chosen on the evidence, judged on zoos they were not chosen on (HELD_OUT).
+
+    Per zoo and regime: every regime's chosen set and the fast default (tau_w, P(first),
+    P(top 3), passes), the static rankings, how many eligible sets pass on this zoo alone
+    and which the rule would pick on it, and each model's accuracies over its training runs
+    (the re-run regimes are judged against their mean, as the evidence's)."""
+    chosen = {r: c["chosen"] for r, c in json.loads(evidence.read_text())["choice"].items()
+              if r in REGIMES}
+    runs = training_runs(runs_files)
+    out = {}
+    for name in zoos:
+        z = evaluate_zoo(work, name, replicates, runs.get(name))
+        for regime, res in z["regimes"].items():
+            rows = rows_of(res)
+            keys = dict.fromkeys([chosen[regime], *chosen.values(), FAST_DEFAULT])
+            counted = [k for k in res["sets"] if eligible(k)]
+            acc = z["truth"][regime]
+            re_run = runs.get(name, {}).get(regime)
+            if re_run:                           # the zoo's own run, and the others
+                own = json.loads((work / name / "truth.json").read_text())["groups"][name]["regimes"]
+                re_run = with_shipped_run(name, own[regime][name], re_run)
+            out.setdefault(name, {})[regime] = dict(
+                chosen=chosen[regime],
+                sets={k: dict(rows[k], passes=passes(rows[k], res)) for k in keys},
+                static={k: round(v["tau_w"], 4) for k, v in res["static"].items()},
+                best_static=best_static(res)[0],
+                eligible_sets=len(counted),
+                eligible_passing=sum(passes(rows[k], res) for k in counted),
+                rule_on_this_zoo=pick({name: z}, regime),
+                best=sorted(m for m in acc if acc[m] == max(acc.values())),
+                accuracy=acc,
+                runs={m: {str(sd): a for sd, a in v.items()} for m, v in (re_run or {}).items()})
+    return out
+
+
+def held_out_markdown(res: dict) -> str:
+    """held_out's verdicts as a bench/RESULTS.md table: a row per set, a column per regime."""
+    lines = []
+    for name, by_regime in res.items():
+        regimes = list(by_regime)
+        lines += [f"\n{name} (held out): " + "; ".join(
+                      f"{r} best {'/'.join(v['best'])}, {v['eligible_passing']} of "
+                      f"{v['eligible_sets']} eligible sets pass" for r, v in by_regime.items()) + "\n",
+                  "| set | " + " | ".join(f"{r}: tau_w, first, top 3" for r in regimes) + " |",
+                  "|" + " --- |" * (len(regimes) + 1)]
+        keys = dict.fromkeys(k for v in by_regime.values() for k in v["sets"])
+        for key in keys:
+            mark = " / ".join(f"{r}'s set" for r, v in by_regime.items() if v["chosen"] == key)
+            lines.append(f"| {key}{f' ({mark})' if mark else ''} | " + " | ".join(
+                cell(v["sets"][key]) + (" (passes)" if v["sets"][key]["passes"] else "")
+                for v in by_regime.values()) + " |")
+        for s in next(iter(by_regime.values()))["static"]:
+            lines.append(f"| static: {s} | " + " | ".join(
+                f"{v['static'][s]:+.3f}" for v in by_regime.values()) + " |")
+    return "\n".join(lines)
+
+
 def one_run_tables(path: Path) -> dict:
     """{zoo: {regime: {model: accuracy}}} of a te-gpu finetune file of one training run."""
     got = json.loads(Path(path).read_text())
@@ -1253,12 +1313,26 @@ def main(argv=None):
     sh.add_argument("--truth-runs", type=Path, nargs="*", default=[],
                     help="te-gpu finetune --train-seeds files (their commands in a .sh "
                          "beside each): a re-run regime ships each model's mean over its runs")
+    ho = sub.add_parser("held-out", help="the chosen sets judged on zoos they were not chosen on")
+    ho.add_argument("evidence", type=Path)
+    ho.add_argument("--work", type=Path, required=True)
+    ho.add_argument("--zoos", default=",".join(HELD_OUT))
+    ho.add_argument("--truth-runs", type=Path, nargs="*", default=[],
+                    help="te-gpu finetune --train-seeds files: a re-run regime is judged against the means")
+    ho.add_argument("-B", "--replicates", type=int, default=20)
+    ho.add_argument("--out", type=Path, default=None)
     sb = sub.add_parser("ship-budget", help="ship budget's files as the wheels_e10 ground truth")
     sb.add_argument("files", type=Path, nargs="+",
                     help="te-gpu finetune files, one training seed each, every candidate of the zoo")
     sb.add_argument("--group", default=BUDGET_GROUP)
     args = ap.parse_args(argv)
-    if args.cmd == "ship-budget":
+    if args.cmd == "held-out":
+        res = held_out(args.work.resolve(), args.evidence, args.zoos.split(","), args.truth_runs,
+                       args.replicates)
+        if args.out:
+            args.out.write_text(json.dumps(res, indent=1) + "\n")
+        print(held_out_markdown(res))
+    elif args.cmd == "ship-budget":
         ship_budget(args.files, args.group)
     elif args.cmd == "seeds":
         res = training_noise(args.work.resolve(), args.evidence, args.runs)

@@ -607,3 +607,61 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     assert json.loads(out.read_text())["finetune"]["fmnist64"]["accuracy"] == both["accuracy"]
     with pytest.raises(ValueError, match="has"):
         ev.training_budget(tmp_path, evidence, [budget_file("short", {"a": 1.0, "b": 2.0})])
+
+
+def test_regime_evidence_held_out_judges_the_chosen_sets_on_a_zoo_they_were_not_chosen_on(tmp_path, monkeypatch):
+    """bench/regime_evidence.py held-out: each regime's chosen set (from the evidence file)
+    and the fast default, judged on a new zoo in every regime it has accuracies for, beside
+    its static rankings, with how many eligible sets pass there and the training runs."""
+    ev = _evidence_script()
+    name = ev.HELD_OUT[0]
+    evidence = tmp_path / "evidence.json"
+    evidence.write_text(json.dumps({"choice": {"lft": {"chosen": "lda"}, "finetune": {"chosen": "knn"},
+                                               "across_regimes": {}}}))
+
+    def row(tau, top):
+        return dict(tau_w=tau, lo=tau - 0.1, hi=tau + 0.1, p_best_first=0.5, p_best_top=top)
+
+    def judged(taus):
+        lda, knn, fast, both = taus
+        return dict(static={"width reversed": dict(tau_w=0.5, p_best_first=0.0, p_best_top=1.0)},
+                    labels={"lda": row(lda, 1.0), "knn": row(knn, 1.0)},
+                    sets={"lda": row(lda, 1.0), "knn": row(knn, 1.0), ev.FAST_DEFAULT: row(fast, 0.8),
+                          "lda,knn": row(both, 0.95)})
+
+    means = {"a": 81.0, "b": 90.0}                 # the finetune runs' mean: b first
+    zoo = dict(truth={"lft": {"a": 70.0, "b": 60.0}, "finetune": means},
+               regimes={"lft": judged((0.6, 0.4, 0.7, 0.55)), "finetune": judged((0.3, 0.8, 0.2, 0.45))})
+    seen = []
+
+    def evaluate_zoo(work, zoo_name, replicates, runs):
+        seen.append((zoo_name, replicates, runs))
+        return zoo
+
+    monkeypatch.setattr(ev, "evaluate_zoo", evaluate_zoo)
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "truth.json").write_text(json.dumps({"groups": {name: {"regimes": {
+        "finetune": {name: {"a": 80.0, "b": 91.0}}}}}}))
+    runs_file = tmp_path / "runs.json"
+    runs_file.write_text(json.dumps({"groups": {name: {"regimes": {"finetune": {name: {"a": 82.0, "b": 89.0}}}}},
+                                     "_details": {name: {"finetune": {name: {
+                                         "a": {"train_seeds": [6], "runs": [82.0]},
+                                         "b": {"train_seeds": [6], "runs": [89.0]}}}}}}))
+    got = ev.held_out(tmp_path, evidence, [name], [runs_file])[name]
+    assert seen == [(name, 20, {"finetune": {"a": {6: 82.0}, "b": {6: 89.0}}})]
+    lft, ft = got["lft"], got["finetune"]
+    assert list(lft["sets"]) == ["lda", "knn", ev.FAST_DEFAULT] and lft["chosen"] == "lda"
+    assert list(ft["sets"]) == ["knn", "lda", ev.FAST_DEFAULT] and ft["chosen"] == "knn"
+    assert [v["passes"] for v in lft["sets"].values()] == [True, False, False]   # fast: top 3 0.8
+    assert [v["passes"] for v in ft["sets"].values()] == [False if k != "knn" else True for k in ft["sets"]]
+    assert lft["best"] == ["a"] and ft["best"] == ["b"] and lft["best_static"] == "width reversed"
+    assert lft["eligible_passing"] == 2 and lft["eligible_sets"] == 4 and lft["rule_on_this_zoo"] == "lda"
+    assert ft["rule_on_this_zoo"] == "knn" and lft["runs"] == {}
+    assert ft["runs"] == {"a": {"5": 80.0, "6": 82.0}, "b": {"5": 91.0, "6": 89.0}}   # the zoo's seed first
+    table = ev.held_out_markdown({name: got})
+    assert "| lda (lft's set) | +0.600, 0.50, 1.00 (passes) | +0.300, 0.50, 1.00 |" in table
+    assert "| static: width reversed | +0.500 | +0.500 |" in table
+    out = tmp_path / "held.json"
+    ev.main(["held-out", str(evidence), "--work", str(tmp_path), "--truth-runs", str(runs_file),
+             "--out", str(out)])
+    assert json.loads(out.read_text())[name]["finetune"]["runs"] == ft["runs"]
