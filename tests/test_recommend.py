@@ -388,6 +388,9 @@ def test_transfer_takes_the_regimes_set_and_names_the_regime():
     assert rec.best == "strong" and DEFAULT_NOTE not in rec.lines
     # full fine-tuning's own accuracies move with the training run: the verdict says so last
     assert regimes.REGIMES["finetune"].caveat and rec.lines[-1] == regimes.REGIMES["finetune"].caveat
+    probe = recommend(zoo, y, transfer="lft", replicates=20, progress=False)
+    assert probe.lines[-2:] == [regimes.weak_line("lft"), regimes.REGIMES["lft"].caveat]
+    assert "narrowest first" in probe.lines[-1]
     plain = recommend(zoo, y, replicates=20, progress=False)      # neither: the fast default
     assert plain.labels == list(DEFAULT_METRICS) and plain.transfer is None
     assert plain.lines[-1] == DEFAULT_NOTE
