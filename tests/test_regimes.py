@@ -101,6 +101,19 @@ def test_a_re_run_regime_ships_the_mean_of_its_training_runs(dataset):
             assert f"--seed {how['seed']} " in c["command"] and "--train-seeds " in c["command"]
 
 
+def test_the_held_out_zoos_stay_out_of_the_evidence_and_the_shipped_tables():
+    """bench/regime_evidence.py's held-out zoos judge the chosen sets only: evaluate and ship
+    default to the evidence zoos, held-out to the held-out ones, and none of them ships."""
+    import argparse
+
+    ev = _evidence_script()
+    assert set(ev.HELD_OUT) <= set(ev.ZOOS) and ev.EVIDENCE_ZOOS == ZOOS
+    assert not set(ev.HELD_OUT) & set(rank.list_ground_truth()["wheels"]["datasets"])
+    sub = next(a for a in ev.parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert sub["evaluate"].get_default("zoos") == sub["ship"].get_default("zoos") == ",".join(ZOOS)
+    assert sub["held-out"].get_default("zoos") == ",".join(ev.HELD_OUT)
+
+
 @pytest.mark.skipif(not EVIDENCE.is_file(), reason="the evidence file is not in this checkout")
 def test_the_shipped_tables_are_the_truth_the_evidence_judged():
     """The regime sets were chosen against the accuracies te-gpu ships (re-run regimes as
