@@ -757,6 +757,8 @@ def cmd_recommend(args):
     sa = settings_of(args.sa, sa_opts)
     if args.plots and not args.truth:
         raise PipelineError("--plots draws scores against accuracies: give --truth too")
+    if args.baselines and not args.truth:
+        raise PipelineError("--baselines are tau_w against accuracies: give --truth too")
     baselines = None
     if args.baselines:
         try:
@@ -1163,12 +1165,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(r)
     r.add_argument("--batch-size", type=COUNT, default=None,
                    help="(model, resample) pairs per batch (default: from memory)")
-    _add_truth(r, help=f"optional accuracies to judge against: {SHIPPED_TEXT} | a JSON file (as correlate)")
+    _add_truth(r, help=f"optional accuracies to judge against: {SHIPPED_TEXT} | a JSON file (as correlate); "
+                       "adds tau_w, the static rankings' and whether the consensus passes the regimes' check")
     r.add_argument("--plots", type=OUTPUT_DIR, default=None, metavar="DIR",
                    help="with --truth: PNGs of each score against accuracy with intervals, and tau_w per metric")
     r.add_argument("--baselines", default=None, metavar="JSON",
-                   help="with --plots: {name: tau_w} of static rankings, drawn as lines (default: "
-                        "the shipped facts' rankings where te_gpu has facts for the models)")
+                   help="with --truth: {name: tau_w} of static rankings, the bar of the check and "
+                        "the lines of --plots (default: the shipped facts' rankings where te_gpu "
+                        "has facts for the models, else the store's parameters and widths)")
     _add_json(r, "everything (with the resample scores)")
     _add_quiet(r, "no progress bar or messages")
     r.set_defaults(func=cmd_recommend)

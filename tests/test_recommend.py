@@ -271,6 +271,7 @@ def test_the_check_needs_the_top_share_and_a_tau_w_strictly_above_the_best_stati
 
 @pytest.mark.parametrize("argv, message", [
     (["--plots", "p"], "give --truth too"),
+    (["--baselines", "b.json"], "--baselines are tau_w against accuracies: give --truth too"),
     (["-B", "1"], "argument --replicates/-B: needs at least 2 resamples"),
     (["--level", "95"], "argument --level: must lie strictly between 0 and 1"),
     (["--k", "0"], "argument --k: must be a positive integer"),
