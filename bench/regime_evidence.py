@@ -471,9 +471,6 @@ SHOWN = (FAST_DEFAULT, "logme,sfda", "logme+released,sfda+released", "logme", "s
 # held-out zoos, the set chosen on the rounds before them
 ROUNDS = (("fmnist32", "digits48", "fmnist5c32"), ("fmnist64", "digits64", "fmnist64n6k"),
           ("fmnist5c64n6k",))
-# issue 26's check: the most accurate model in the top 3 this often (declared where
-# recommend --truth runs the same check)
-from te_gpu.regimes import TOP3_NEEDED  # noqa: E402
 
 
 def best_static(zres: dict) -> tuple:
@@ -482,8 +479,12 @@ def best_static(zres: dict) -> tuple:
 
 
 def passes(row: dict, zres: dict) -> bool:
-    """Issue 26's check on one zoo: top 3 often enough, and above the best static ranking."""
-    return row["p_best_top"] >= TOP3_NEEDED and row["tau_w"] > best_static(zres)[1]
+    """Issue 26's check on one zoo (te_gpu.regimes.check, the one recommend --truth runs):
+    top 3 often enough, and above the best static ranking."""
+    from te_gpu.regimes import check
+
+    statics = {name: r["tau_w"] for name, r in zres["static"].items()}
+    return bool(check(dict(row, label="", k=3), statics)["passes"])
 
 
 def point_check(values: dict, acc: dict, statics: dict) -> dict:
@@ -1212,7 +1213,11 @@ def ship_budget(files, group: str = BUDGET_GROUP, out: Path | None = None) -> Pa
         got = json.loads(path.read_text())
         lines = [ln for ln in path.with_suffix(".sh").read_text().splitlines()
                  if ln.strip() and not ln.startswith("#")]
-        epochs.update(ln.split("--epochs ")[1].split()[0] for ln in lines)
+        for ln in lines:
+            if "--epochs " not in ln:
+                raise ValueError(f"{path.with_suffix('.sh').name}: a command without --epochs; "
+                                 "the budget must be named")
+            epochs.add(ln.split("--epochs ")[1].split()[0])
         for name, g in got["groups"].items():
             for regime, tables in g["regimes"].items():
                 missing = set(candidate_names(name)) - set(tables[name])

@@ -717,8 +717,8 @@ def _static_baselines(accuracy: dict, info: dict, store: dict | None = None) -> 
     from te_gpu.baselines import static_tau, with_reversed
     from te_gpu.pipeline.correlation import static_rankings_for
 
-    rankings, _ = static_rankings_for(list(accuracy), info.get("group"))
-    rankings = with_reversed({**(store or {}), **rankings})
+    rankings, _ = static_rankings_for(list(accuracy), info.get("group"))   # reversed where due
+    rankings = {**with_reversed(store or {}), **rankings}
     taus = {name: static_tau(values, accuracy)["tau_w"] for name, values in rankings.items()}
     return {name: t for name, t in taus.items() if t is not None}
 

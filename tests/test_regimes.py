@@ -199,6 +199,9 @@ def test_regime_evidence_ship_budget_rebuilds_wheels_e10_and_refuses_a_stopped_r
     other.with_suffix(".sh").write_text(files[-1].with_suffix(".sh").read_text().replace("--epochs 10", "--epochs 5"))
     with pytest.raises(ValueError, match=r"different budgets: --epochs \['10', '5'\]"):
         ev.ship_budget(files + [other], out=tmp_path / "x.json")
+    other.with_suffix(".sh").write_text(files[-1].with_suffix(".sh").read_text().replace("--epochs 10 ", ""))
+    with pytest.raises(ValueError, match="a command without --epochs"):
+        ev.ship_budget(files + [other], out=tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
 
 
