@@ -28,7 +28,7 @@ PROG = "te-gpu"
 PRECISIONS = ("exact", "fast")             # te_gpu.engine._tensor.PRECISIONS
 REGIMES = ("lft", "lbft", "finetune")      # te_gpu.pipeline.finetune.REGIMES
 TRANSFERS = ("lft", "lbft", "finetune")    # te_gpu.regimes.REGIMES
-SHIPPED_TRUTH = ("group1", "group2", "wheels", "wheels_e10")   # te_gpu.rank.list_ground_truth()
+SHIPPED_TRUTH = ("group1", "group2", "wheels", "wheels_e10", "wheels_heldout")   # te_gpu.rank.list_ground_truth()
 SHIPPED_TEXT = " | ".join(SHIPPED_TRUTH)
 
 
@@ -624,12 +624,13 @@ def _scores_dataset(paths):
     return None
 
 
-def _truth(args, inferred=None):
-    """The ground truth of --truth; the data set defaults to the scores' own."""
+def _truth(args, inferred=None, regime=None):
+    """The ground truth of --truth; the data set defaults to the scores' own, the regime to
+    ``regime`` where --regime is not given."""
     from te_gpu import rank
     from te_gpu.pipeline.finetune import read_ground_truth
 
-    kw = dict(group=args.group, regime=args.regime)
+    kw = dict(group=args.group, regime=args.regime or regime)
     if args.dataset or args.truth in rank.list_ground_truth():
         return read_ground_truth(args.truth, dataset=args.dataset or inferred, **kw)
     if inferred:
@@ -671,7 +672,7 @@ def cmd_correlate(args):
     ks = tuple(args.k)
     rows = correlate_all(scores, accuracy, info, k=ks)
     baseline_notes = add_baselines(rows, accuracy, info, read_prior_file(args.prior) if args.prior else None)
-    where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)
+    where = _truth_name(info)
     print(f"ground truth: {where or args.truth} ({len(accuracy)} models)")
     print(format_rows(rows))
     for line in baseline_notes + tie_lines(scores, {r["label"]: r["models"] for r in rows}):
@@ -708,6 +709,36 @@ def cmd_baselines(args):
 # --------------------------------------------------------------------------
 # recommend
 # --------------------------------------------------------------------------
+
+def _regime_truths(args, dataset, transfers: list, log) -> dict:
+    """{transfer: (accuracy, info)}: each regime's recommendation judged against that
+    regime's accuracies, unless --regime names one table for all (or --transfer is not
+    given: the truth's default). With --transfer all, a regime the truth has no table for
+    is left out with a note; with one regime it is an error that names --regime."""
+    if args.regime or transfers == [None]:
+        one = _truth(args, dataset)
+        return {name: one for name in transfers}
+    out, missing = {}, {}
+    for name in transfers:
+        try:
+            out[name] = _truth(args, dataset, regime=name)
+        except PipelineError as exc:
+            if len(transfers) == 1:
+                raise PipelineError(f"{exc} (--transfer {name} is judged against {name} accuracies; "
+                                    "--regime R judges it against another regime's)") from None
+            missing[name] = exc
+    if not out:
+        raise PipelineError(f"--truth {args.truth} has no table for any regime "
+                            f"({'; '.join(map(str, missing.values()))})")
+    for name, exc in missing.items():
+        log(f"note: --transfer {name} not judged: {exc}")
+    return out
+
+
+def _truth_name(info: dict) -> str:
+    """A truth table's name as group/regime/dataset, of the parts it has."""
+    return "/".join(str(info[k]) for k in ("group", "regime", "dataset") if info.get(k))
+
 
 def _static_baselines(accuracy: dict, info: dict, store: dict | None = None) -> dict:
     """{name: tau_w} of the shipped static rankings (ImageNet top-1, size, width, width
@@ -809,26 +840,37 @@ def cmd_recommend(args):
         from te_gpu.pipeline.extract import store_rankings
         from te_gpu.regimes import check
 
-        accuracy, info = _truth(args, dataset)
-        if baselines is None:      # the static rankings, on the models ranked and measured
-            measured = {m: accuracy[m] for m in zoo if m in accuracy}
-            baselines = _static_baselines(measured, info, store_rankings(args.zoo, dataset, list(measured)))
-        rows, checks = {}, {}
-        for name, r in recs.items():
+        truths = _regime_truths(args, dataset, list(recs), log)
+        rows, checks, statics = {}, {}, {}
+        for name, (accuracy, info) in truths.items():
+            r = recs[name]
+            statics[name] = baselines
+            if baselines is None:      # the static rankings, on the models ranked and measured
+                measured = {m: accuracy[m] for m in zoo if m in accuracy}
+                statics[name] = _static_baselines(measured, info,
+                                                  store_rankings(args.zoo, dataset, list(measured)))
             table = against_truth(r, accuracy)
             print(f"\n--transfer {name}:" if len(recs) > 1 else "")
-            print(format_truth(table, r.boot.level, baselines))
+            source = _truth_name(info) if info.get("shipped") else Path(args.truth).name + (
+                f" ({_truth_name(info)})" if info.get("group") else "")
+            print(format_truth(table, r.boot.level, statics[name], source=source))
+            if name and info.get("regime") and info["regime"] != name:
+                print(f"note: judged against {info['regime']} accuracies (--regime), not {name}'s: "
+                      f"the set of --transfer {name} was chosen against {name} accuracies")
             rows[name] = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}
                           for row in table]
-            checks[name] = check(table[-1], baselines)
-        # one regime: its rows and check; several: each regime's, by name
-        out["truth"] = dict(info=info, static=baselines, **(
-            dict(regimes=rows, checks=checks) if len(recs) > 1 else
-            dict(rows=rows[transfer], check=checks[transfer])))
+            checks[name] = check(table[-1], statics[name])
+        # one regime: its truth, rows and check; several: each regime's, by name
+        if len(recs) > 1:
+            out["truth"] = dict(infos={n: t[1] for n, t in truths.items()}, statics=statics,
+                                regimes=rows, checks=checks)
+        else:
+            out["truth"] = dict(info=truths[transfer][1], static=statics[transfer],
+                                rows=rows[transfer], check=checks[transfer])
         if args.plots:
-            where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)
+            accuracy, info = truths[transfer]
             for f in recommend_figures(rec, accuracy, args.plots, regime=info.get("regime"),
-                                       baselines=baselines or None, where=where):
+                                       baselines=statics[transfer] or None, where=_truth_name(info)):
                 log(f"wrote {f}")
     if args.json:
         _write_json(args.json, out)
@@ -883,7 +925,7 @@ def cmd_plot_scores(args):
                                 [accuracy[m] for m in common])
         sa = "no SA" if "+" not in lbl else f"SA {lbl.split('+', 1)[1]}"
         panels.append((f"{metric}, {sa}: tau_w = {tau:+.3f}", common))
-    where = "/".join(str(v) for v in (info["group"], info["regime"], info["dataset"]) if v)
+    where = _truth_name(info)
     out = score_figure(panels, accuracy, args.out, suptitle=f"{metric} against {where or 'accuracy'}",
                        xlabel=accuracy_label(info.get("regime")))
     print(f"wrote {out}")

@@ -413,9 +413,11 @@ def _pick(mapping: dict, key, what: str):
 
 # The shipped accuracy tables, each {"groups": {group: {"models", "regimes"}}}: the
 # published ones (group1, group2) and those measured with te-gpu finetune on the
-# weight-wheel zoos (wheels; wheels_e10, four of them fine-tuned for 10 epochs; how, in
-# each file's "_how_measured").
-TRUTH_FILES = ("finetune_accuracy.json", "wheels_accuracy.json", "wheels_e10_accuracy.json")
+# weight-wheel zoos (wheels; wheels_e10, four of them fine-tuned for 10 epochs;
+# wheels_heldout, zoos built after te_gpu.regimes' sets were chosen; how, in each file's
+# "_how_measured").
+TRUTH_FILES = ("finetune_accuracy.json", "wheels_accuracy.json", "wheels_e10_accuracy.json",
+               "wheels_heldout_accuracy.json")
 
 
 def _shipped_groups() -> dict:
@@ -438,7 +440,10 @@ def ground_truth(group: str = "group1", regime: str = "finetune", dataset: str |
         table names the candidates of that zoo; lbft and finetune as each model's
         mean over its training runs, listed in the file's ``_details``) or
         ``"wheels_e10"`` (four of those zoos fully fine-tuned for 10 epochs instead of 3,
-        finetune only: each model's mean over three training runs).
+        finetune only: each model's mean over three training runs) or
+        ``"wheels_heldout"`` (zoos of the same candidates measured as ``"wheels"``, built
+        after te_gpu.regimes' metric sets were chosen on ``"wheels"``: they judge those
+        sets and chose nothing).
     regime : ``"finetune"`` (full fine-tuning), ``"lbft"`` (last block) or
         ``"lft"`` (linear probe). The sun397 ``lbft``/``lft`` values are
         implausible (above full fine-tuning): report them with that caveat.

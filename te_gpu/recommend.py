@@ -349,15 +349,16 @@ def against_truth(rec: Recommendation, accuracy: dict) -> list:
     return rows
 
 
-def format_truth(rows: list, level: float, statics: dict | None = None) -> str:
+def format_truth(rows: list, level: float, statics: dict | None = None, source: str = "") -> str:
     """:func:`against_truth`'s rows; with ``statics`` ({name: tau_w} of the rankings that
     ignore the target data, on the rows' models), those and the check of the last row (the
-    consensus) that the regimes' sets were chosen by (:func:`te_gpu.regimes.check`)."""
+    consensus) that the regimes' sets were chosen by (:func:`te_gpu.regimes.check`).
+    ``source`` names the accuracies (e.g. "wheels/lft/fmnist32")."""
     from .regimes import check, check_line
 
     best = rows[0]["best"]
-    lines = [f"against the accuracies (the most accurate: {', '.join(best)}; intervals over the "
-             f"resamples, {100 * level:.0f} %):"]
+    lines = [f"against the accuracies{f' of {source}' if source else ''} (the most accurate: "
+             f"{', '.join(best)}; intervals over the resamples, {100 * level:.0f} %):"]
     width = max(len(r["label"]) for r in rows)
     for r in rows:
         lines.append(f"  {r['label'].ljust(width)}  tau_w {r['tau_w']:+.3f} [{r['lo']:+.3f}, "

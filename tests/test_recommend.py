@@ -169,7 +169,7 @@ def test_recommend_command(zoo_dir, capsys):
                          "--truth", str(tmp / "truth.json"), "--regime", "lft",
                          "--plots", str(tmp / "plots"), "--baselines", str(tmp / "base.json"))
     assert code == 0, err
-    assert "against the accuracies (the most accurate: alpha" in out
+    assert "against the accuracies of truth.json (the most accurate: alpha" in out
     assert "consensus  tau_w" in out
     for name in ("lda_vs_accuracy.png", "knn_vs_accuracy.png", "tau_w.png"):
         assert (tmp / "plots" / name).stat().st_size > 1000
@@ -431,3 +431,40 @@ def test_cli_transfer_all_answers_each_regime(tmp_path, capsys):
     assert out.count("the check the regimes' sets were chosen by") == 3
     assert main(["recommend", str(tmp_path / "z"), "--transfer", "lft", "--metrics", "lda"]) == 2
     assert "--transfer chooses the metric set" in capsys.readouterr().err
+
+
+def test_cli_transfer_is_judged_against_its_own_regimes_accuracies(tmp_path, capsys):
+    """recommend --transfer R --truth T judges R's set against T's R table (the check its set
+    was chosen by), not T's default one; --regime judges it against another, with a note;
+    --transfer all judges each regime against its own table and leaves out, with a note,
+    a regime T has no table for; one regime T lacks is an error that names --regime."""
+    from te_gpu.pipeline.finetune import write_ground_truth
+
+    zoo, y = _three_model_zoo()
+    save_zoo(tmp_path / "z", "toy", zoo, y)
+    truth = tmp_path / "t.json"
+    write_ground_truth(truth, group="g", regime="lft", dataset="toy",
+                       accuracies={"strong": 90.0, "mid": 80.0, "weak": 50.0})
+    write_ground_truth(truth, group="g", regime="finetune", dataset="toy",
+                       accuracies={"strong": 50.0, "mid": 80.0, "weak": 90.0})
+    base = ["recommend", str(tmp_path / "z"), "-B", "4", "--device", "cpu", "--truth", str(truth)]
+
+    def judged(*extra):
+        code, out, err = run(capsys, *base, *extra, "-q", "--json", str(tmp_path / "r.json"))
+        assert code == 0, err
+        return out, json.loads((tmp_path / "r.json").read_text())["truth"]
+
+    out, t = judged("--transfer", "lft")
+    assert t["info"]["regime"] == "lft" and t["rows"][0]["best"] == ["strong"]
+    assert "against the accuracies of t.json (g/lft/toy) (the most accurate: strong;" in out and "note:" not in out
+    out, t = judged("--transfer", "lft", "--regime", "finetune")
+    assert t["info"]["regime"] == "finetune" and t["rows"][0]["best"] == ["weak"]
+    assert "note: judged against finetune accuracies (--regime), not lft's" in out
+    out, t = judged("--transfer", "all")
+    assert {n: i["regime"] for n, i in t["infos"].items()} == {"lft": "lft", "finetune": "finetune"}
+    assert set(t["checks"]) == set(t["statics"]) == {"lft", "finetune"}
+    assert t["regimes"]["lft"][0]["best"] == ["strong"] and t["regimes"]["finetune"][0]["best"] == ["weak"]
+    code, out, err = run(capsys, *base, "--transfer", "all")     # the log, which -q silences
+    assert code == 0 and "note: --transfer lbft not judged:" in out and "no regime 'lbft'" in out
+    code, _, err = run(capsys, *base, "--transfer", "lbft")
+    assert code == 2 and "no regime 'lbft'" in err and "--regime R judges it against another" in err

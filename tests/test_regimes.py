@@ -47,7 +47,7 @@ def _shipped() -> dict:
 
 def test_wheels_is_listed_with_every_regime_and_zoo():
     listing = rank.list_ground_truth()
-    assert set(listing) == {"group1", "group2", "wheels", "wheels_e10"}
+    assert set(listing) == {"group1", "group2", "wheels", "wheels_e10", "wheels_heldout"}
     assert listing["wheels"]["regimes"] == list(MEASURED)
     assert listing["wheels"]["datasets"] == list(ZOOS)
     assert len(listing["wheels"]["models"]) == 13
@@ -101,17 +101,86 @@ def test_a_re_run_regime_ships_the_mean_of_its_training_runs(dataset):
             assert f"--seed {how['seed']} " in c["command"] and "--train-seeds " in c["command"]
 
 
-def test_the_held_out_zoos_stay_out_of_the_evidence_and_the_shipped_tables():
+def test_the_held_out_zoos_stay_out_of_the_evidence_and_ship_apart():
     """bench/regime_evidence.py's held-out zoos judge the chosen sets only: evaluate and ship
-    default to the evidence zoos, held-out to the held-out ones, and none of them ships."""
+    default to the evidence zoos, held-out to the held-out ones; they ship apart, as
+    wheels_heldout, and never in the wheels tables the sets were chosen on."""
     import argparse
 
     ev = _evidence_script()
     assert set(ev.HELD_OUT) <= set(ev.ZOOS) and ev.EVIDENCE_ZOOS == ZOOS
-    assert not set(ev.HELD_OUT) & set(rank.list_ground_truth()["wheels"]["datasets"])
+    listing = rank.list_ground_truth()
+    assert not set(ev.HELD_OUT) & set(listing["wheels"]["datasets"])
+    assert set(listing[ev.HELD_OUT_GROUP]["datasets"]) <= set(ev.HELD_OUT)
+    assert listing[ev.HELD_OUT_GROUP]["models"] == listing["wheels"]["models"]
     sub = next(a for a in ev.parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     assert sub["evaluate"].get_default("zoos") == sub["ship"].get_default("zoos") == ",".join(ZOOS)
+    assert sub["ship"].get_default("group") == "wheels"
     assert sub["held-out"].get_default("zoos") == ",".join(ev.HELD_OUT)
+
+
+HELD_OUT_VERDICTS = EVIDENCE.parent
+
+
+def test_the_shipped_held_out_tables_are_the_truth_their_verdicts_judged():
+    """wheels_heldout ships, per zoo and regime, the accuracies `held-out` judged the sets
+    against (bench/results/regime_heldout_ZOO.json; re-run regimes as their means, rounded to
+    the 2 decimals shipped), and each shipped zoo has its verdict file."""
+    shipped = rank.list_ground_truth()["wheels_heldout"]
+    assert shipped["regimes"] == list(MEASURED) and len(shipped["datasets"]) >= 3
+    for dataset in shipped["datasets"]:
+        verdict = json.loads((HELD_OUT_VERDICTS / f"regime_heldout_{dataset}.json").read_text())[dataset]
+        assert set(verdict) == set(MEASURED), dataset
+        for regime, judged in verdict.items():
+            table = rank.ground_truth("wheels_heldout", regime, dataset)
+            assert table == {m: round(v, 2) for m, v in judged["accuracy"].items()}, (dataset, regime)
+            best = max(table.values())
+            assert sorted(m for m in table if table[m] == best) == judged["best"], (dataset, regime)
+
+
+def test_regime_evidence_ship_held_out_group_reuses_the_wheels_facts(tmp_path, monkeypatch):
+    """ship --group wheels_heldout writes te_gpu/data/wheels_heldout_accuracy.json with the
+    held-out note, leaves model_facts.json alone, and refuses a store whose parameters or
+    widths disagree with the wheels facts it reuses."""
+    import shutil
+
+    from te_gpu.pipeline import extract
+
+    ev = _evidence_script()
+    name, data = ev.HELD_OUT[0], tmp_path / "data"
+    data.mkdir()
+    shutil.copy(resources.files("te_gpu").joinpath("data", "model_facts.json"), data / "model_facts.json")
+    before = (data / "model_facts.json").read_text()
+    monkeypatch.setattr(ev, "DATA", data)
+    models = ev.candidate_names(name)
+    acc = {m: 50.0 + k for k, m in enumerate(models)}
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "truth.json").write_text(json.dumps({
+        "groups": {name: {"regimes": {r: {name: acc} for r in MEASURED}}},
+        "_details": {name: {r: {name: {m: {"lr": 0.01} for m in models}} for r in MEASURED}}}))
+    (tmp_path / name / "timing.json").write_text(json.dumps({"extract train": dict(
+        wall_s=1.0, cpu_s=1.0, command=f"-m te_gpu extract --out {tmp_path}/{name}/train")}))
+    wheels = baselines.facts("wheels")
+    store = {m: dict(params=wheels[m]["params"], dim=wheels[m]["feature_width"]) for m in models}
+    monkeypatch.setattr(extract, "read_manifest", lambda path: {"datasets": {name: {"models": store}}})
+    path = ev.ship(tmp_path, [name], group=ev.HELD_OUT_GROUP)
+    got = json.loads(path.read_text())
+    assert path == data / "wheels_heldout_accuracy.json" and "Held-out zoos" in got["_source"]
+    assert got["groups"] == {"wheels_heldout": {"models": models, "regimes": {r: {name: acc} for r in MEASURED}}}
+    assert got["_how_measured"]["datasets"][name]["commands"] == {
+        "extract train": f"te-gpu extract --out WORK/{name}/train"}
+    assert (data / "model_facts.json").read_text() == before
+    store[models[0]] = dict(store[models[0]], dim=7)
+    with pytest.raises(ValueError, match=f"{models[0]}: parameters or width differ"):
+        ev.ship(tmp_path, [name], group=ev.HELD_OUT_GROUP)
+
+
+def test_baselines_and_correlate_read_the_held_out_tables(capsys):
+    code, out, err = run(capsys, "baselines", "--truth", "wheels_heldout", "--regime", "lft")
+    assert code == 0, err
+    assert "static rankings against wheels_heldout/lft" in out and "facts: wheels" in out
+    dataset = rank.list_ground_truth()["wheels_heldout"]["datasets"][0]
+    assert dataset in out
 
 
 @pytest.mark.skipif(not EVIDENCE.is_file(), reason="the evidence file is not in this checkout")
@@ -406,9 +475,10 @@ def test_regime_evidence_ship_truth_runs_ships_the_means(tmp_path, monkeypatch):
     assert said == {"lbft": {"train_seeds": [own, own + 1, own + 2],
                              "commands": [{"command": "te-gpu finetune --seed 2 --regime lbft", "models": ["a"]}]}}
     shipped = []
-    monkeypatch.setattr(ev, "ship", lambda work, zoos, runs_files: shipped.append((zoos, runs_files)))
+    monkeypatch.setattr(ev, "ship", lambda work, zoos, runs_files, group: shipped.append((zoos, runs_files, group)))
     ev.main(["ship", "--work", str(tmp_path), "--zoos", "fmnist64", "--truth-runs", str(runs_file)])
-    assert shipped == [(["fmnist64"], [runs_file])]
+    ev.main(["ship", "--work", str(tmp_path), "--zoos", "fmnist64", "--group", "wheels_heldout"])
+    assert shipped == [(["fmnist64"], [runs_file], "wheels"), (["fmnist64"], [], "wheels_heldout")]
 
 
 def test_regime_evidence_seeds_judges_each_training_run(tmp_path, monkeypatch):
