@@ -405,6 +405,30 @@ def test_each_regime_declares_what_its_evidence_chose(name):
     assert all(isinstance(j["passes"], bool) for r in rounds for j in r["judged"].values())
 
 
+@pytest.mark.parametrize("name", ["lft", "lbft", "finetune"])
+def test_each_regime_declares_where_held_out_zoos_found_it_below_a_static_ranking(name):
+    """Regime.held_out_below is what `held-out` measured (bench/results/regime_heldout_ZOO.json,
+    one per shipped wheels_heldout zoo): the zoos where the regime's set scored a tau_w not
+    above the best static ranking, and that ranking; held_out_line says so, counting the
+    shipped held-out zoos."""
+    r = regimes.get(name)
+    held = rank.list_ground_truth()["wheels_heldout"]["measured"][name]
+    below = {}
+    for dataset in held:
+        v = json.loads((HELD_OUT_VERDICTS / f"regime_heldout_{dataset}.json").read_text())[dataset][name]
+        assert v["chosen"] == ",".join(r.labels), dataset      # the set judged is the set declared
+        if not v["sets"][v["chosen"]]["tau_w"] > max(v["static"].values()):
+            below[dataset] = max(v["static"], key=v["static"].get)
+    assert r.held_out_below == below
+    line = regimes.held_out_line(name)
+    if below:
+        assert f"on {len(below)} of the {len(held)} zoos built after this set was chosen" in line
+        assert all(z in line for z in below) and "--truth wheels_heldout" in line
+        assert all(regimes.STATIC_NAMES[s] in line for s in below.values())
+    else:
+        assert line is None
+
+
 @pytest.mark.skipif(not EVIDENCE.is_file(), reason="the evidence file is not in this checkout")
 def test_the_default_sets_note_counts_its_fine_tuning_evidence():
     """recommend's note without --transfer says on how many evidence zoos the fast default
