@@ -552,6 +552,19 @@ def test_regime_evidence_seeds_judges_each_training_run(tmp_path, monkeypatch):
     assert means["lft"] == probe and means["finetune"] == {**shipped, "a": 89.0, "b": 90.0}
 
 
+def test_regime_evidence_means_of_equal_sums_tie():
+    """Two models whose runs sum alike tie exactly, whatever order float addition takes
+    (held-out fmnist5l32: 92.4667 for lite2 and mnv2 under full fine-tuning)."""
+    import numpy as np
+
+    ev = _evidence_script()
+    own = ev.ZOOS["fmnist5l32"]["seed"]
+    runs = {"finetune": {"lite2": {own + 1: 92.8, own + 2: 92.8}, "mnv2": {own + 1: 92.2, own + 2: 91.8}}}
+    means = ev.mean_of_runs("fmnist5l32", {"finetune": {"lite2": 91.8, "mnv2": 93.4}}, runs)["finetune"]
+    assert np.mean([91.8, 92.8, 92.8]) != np.mean([93.4, 92.2, 91.8])      # the noise this removes
+    assert means["lite2"] == means["mnv2"] == pytest.approx(92.4667, abs=1e-4)
+
+
 def test_regime_evidence_bootstrap_adds_missing_labels_on_the_same_redraws(tmp_path, monkeypatch):
     """bench/regime_evidence.py's redraw cache: labels added to METRICS / SA later are computed
     on the cached redraws (seed 0) and merged; the cached labels are not recomputed."""
