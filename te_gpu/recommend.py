@@ -265,14 +265,13 @@ def verdict(rec: Recommendation) -> list:
         lines.append("also first in some resamples: " + ", ".join(
             f"{m} ({_pct(rec.p_first[m])})" for m in runner[:3]))
     if rec.transfer is not None:
-        from .regimes import REGIMES, get, held_out_line, weak_line
+        from .regimes import REGIMES, get, weak_line
 
         regime = get(rec.transfer)
         others = ", ".join(name for name in REGIMES if name != rec.transfer)
         lines.insert(0, f"for {regime.what} (--transfer {rec.transfer}; the other "
                         f"regimes: --transfer {others})")
-        lines += [line for line in (weak_line(rec.transfer), held_out_line(rec.transfer),
-                                    regime.caveat) if line]
+        lines += [line for line in (weak_line(rec.transfer), regime.caveat) if line]
     return lines
 
 

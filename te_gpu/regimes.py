@@ -9,9 +9,9 @@ zoos with accuracies measured in all three regimes (bench/regime_evidence.py;
 bench/RESULTS.md, "recommend per transfer regime"; the tables ship as the ``wheels``
 ground truth). Where the chosen set did not beat a ranking that never looks at the
 target data on some of those zoos, :attr:`Regime.weak` names them and that ranking,
-and :func:`weak_line` says so in one line; :attr:`Regime.held_out_below` and
-:func:`held_out_line` do the same for the zoos built after the choice (held out, the
-``wheels_heldout`` ground truth). :func:`check` runs the check the sets were
+and :func:`weak_line` says so in one line, with the zoos built after the choice where it
+fell below one too (:attr:`Regime.held_out_below`; the ``wheels_heldout`` ground truth).
+:func:`check` runs the check the sets were
 chosen by on a zoo whose accuracies the user has (``te-gpu recommend --truth``).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from . import catalogue
 
 __all__ = ["Regime", "REGIMES", "STATIC_NAMES", "TOP3_NEEDED", "check", "check_line", "get",
-           "held_out_line", "metrics_and_sa", "weak_line"]
+           "metrics_and_sa", "weak_line"]
 
 # the rankings that never look at the target data, as the evidence names them (the
 # store's manifest: parameter count and feature width), and in words (the last as
@@ -121,35 +121,28 @@ def metrics_and_sa(labels) -> tuple:
     return tuple(dict.fromkeys(metrics)), list(dict.fromkeys(settings))
 
 
+EVIDENCE_TRUTH = "wheels"             # the shipped table of the zoos the sets were chosen on
+HELD_OUT_TRUTH = "wheels_heldout"     # and of the zoos built after, to judge them
+
+
 def weak_line(regime: str) -> str | None:
-    """One line when the regime's set failed to beat a static ranking on evidence zoos."""
-    r = get(regime)
-    if not r.weak:
-        return None
-    statics = [STATIC_NAMES[s] for s in dict.fromkeys(r.weak.values())]
-    return (f"weak evidence for {regime}: on {len(r.weak)} evidence zoo(s) "
-            f"({', '.join(r.weak)}; te-gpu baselines --truth wheels --regime {regime}) "
-            f"{', '.join(r.labels)} ordered the models worse than a ranking that ignores the "
-            f"target data: look also at the ranking by {' and by '.join(statics)}")
-
-
-HELD_OUT_TRUTH = "wheels_heldout"     # the shipped table of the held-out zoos
-
-
-def held_out_line(regime: str) -> str | None:
-    """One line when the regime's set fell below a static ranking on held-out zoos (built
-    after it was chosen; shipped as the ``wheels_heldout`` ground truth)."""
+    """One line when the regime's set failed to beat a static ranking on evidence zoos or
+    on held-out ones (built after the choice), naming them and the ranking to look at."""
     from .rank import list_ground_truth
 
     r = get(regime)
-    if not r.held_out_below:
+    if not r.weak and not r.held_out_below:
         return None
-    judged = list_ground_truth()[HELD_OUT_TRUTH]["measured"][regime]
-    statics = [STATIC_NAMES[s] for s in dict.fromkeys(r.held_out_below.values())]
-    return (f"held out: on {len(r.held_out_below)} of the {len(judged)} zoos built after this "
-            f"set was chosen ({', '.join(r.held_out_below)}; te-gpu baselines --truth "
-            f"{HELD_OUT_TRUTH} --regime {regime}) it ordered the models below the ranking by "
-            f"{' and by '.join(statics)}: compare the two")
+    shipped = list_ground_truth()
+    where = [f"on {len(zoos)} of {len(shipped[truth]['measured'][regime])} {what} "
+             f"({', '.join(zoos)}; te-gpu baselines --truth {truth} --regime {regime})"
+             for zoos, truth, what in ((r.weak, EVIDENCE_TRUTH, "evidence zoos"),
+                                       (r.held_out_below, HELD_OUT_TRUTH,
+                                        "held-out zoos, built after it was chosen")) if zoos]
+    statics = [STATIC_NAMES[s] for s in dict.fromkeys([*r.weak.values(), *r.held_out_below.values()])]
+    return (f"weak evidence for {regime}: {', '.join(r.labels)} ordered the models worse than a "
+            f"ranking that ignores the target data {' and '.join(where)}: look also at the "
+            f"ranking by {' and by '.join(statics)}")
 
 
 def check(row: dict, statics: dict) -> dict:
