@@ -8,7 +8,7 @@ Two steps (from the repository root; CPU; heavy, so nice'd and one thread):
                                           [--processes 2]  # extract + finetune per regime
     python bench/regime_evidence.py evaluate OUT.json --work DIR [-B 20] [--markdown]
     python bench/regime_evidence.py ship --work DIR [--truth-runs RUNS.json...]
-                                          [--group wheels_heldout --zoos ZOO,...]
+                                          [--group wheels_heldout]  # the held-out zoos
     python bench/regime_evidence.py noise EVIDENCE.json --work DIR   # the test sets' noise
     python bench/regime_evidence.py seeds EVIDENCE.json RUNS.json... --work DIR [--out F]
                                           # the training runs' noise (te-gpu finetune
@@ -1363,13 +1363,14 @@ def parser() -> argparse.ArgumentParser:
                     help="also run the choice rule on the targets and the evidence zoos together")
     sh = sub.add_parser("ship")
     sh.add_argument("--work", type=Path, required=True)
-    sh.add_argument("--zoos", default=",".join(EVIDENCE_ZOOS))
+    sh.add_argument("--zoos", default=None,
+                    help=f"default: the evidence zoos ({GROUP}), or the held-out ones ({HELD_OUT_GROUP})")
     sh.add_argument("--truth-runs", type=Path, nargs="*", default=[],
                     help="te-gpu finetune --train-seeds files (their commands in a .sh "
                          "beside each): a re-run regime ships each model's mean over its runs")
     sh.add_argument("--group", default=GROUP, choices=(GROUP, HELD_OUT_GROUP),
-                    help=f"{GROUP}: the evidence zoos (and their facts); {HELD_OUT_GROUP}: "
-                         "the held-out zoos (--zoos " + ",".join(HELD_OUT) + ")")
+                    help=f"{GROUP}: the evidence zoos' tables (and their facts); "
+                         f"{HELD_OUT_GROUP}: the held-out zoos'")
     ho = sub.add_parser("held-out", help="the chosen sets judged on zoos they were not chosen on")
     ho.add_argument("evidence", type=Path)
     ho.add_argument("--work", type=Path, required=True)
@@ -1409,7 +1410,8 @@ def main(argv=None):
     elif args.cmd == "noise":
         print(json.dumps(truth_noise(args.work.resolve(), args.evidence, args.draws), indent=1))
     elif args.cmd == "ship":
-        ship(args.work.resolve(), args.zoos.split(","), args.truth_runs, args.group)
+        zoos = args.zoos or ",".join(EVIDENCE_ZOOS if args.group == GROUP else HELD_OUT)
+        ship(args.work.resolve(), zoos.split(","), args.truth_runs, args.group)
     elif args.cmd == "build":
         build(args.zoo, args.work.resolve(), args.regimes.split(","), args.processes)
     elif args.cmd == "evaluate" and args.redraws_only:

@@ -114,7 +114,7 @@ def test_the_held_out_zoos_stay_out_of_the_evidence_and_ship_apart():
     assert set(listing[ev.HELD_OUT_GROUP]["datasets"]) <= set(ev.HELD_OUT)
     assert listing[ev.HELD_OUT_GROUP]["models"] == listing["wheels"]["models"]
     sub = next(a for a in ev.parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert sub["evaluate"].get_default("zoos") == sub["ship"].get_default("zoos") == ",".join(ZOOS)
+    assert sub["evaluate"].get_default("zoos") == ",".join(ZOOS)
     assert sub["ship"].get_default("group") == "wheels"
     assert sub["held-out"].get_default("zoos") == ",".join(ev.HELD_OUT)
 
@@ -502,7 +502,10 @@ def test_regime_evidence_ship_truth_runs_ships_the_means(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "ship", lambda work, zoos, runs_files, group: shipped.append((zoos, runs_files, group)))
     ev.main(["ship", "--work", str(tmp_path), "--zoos", "fmnist64", "--truth-runs", str(runs_file)])
     ev.main(["ship", "--work", str(tmp_path), "--zoos", "fmnist64", "--group", "wheels_heldout"])
-    assert shipped == [(["fmnist64"], [runs_file], "wheels"), (["fmnist64"], [], "wheels_heldout")]
+    ev.main(["ship", "--work", str(tmp_path)])                       # the zoos follow the group
+    ev.main(["ship", "--work", str(tmp_path), "--group", "wheels_heldout"])
+    assert shipped == [(["fmnist64"], [runs_file], "wheels"), (["fmnist64"], [], "wheels_heldout"),
+                       (list(ZOOS), [], "wheels"), (list(ev.HELD_OUT), [], "wheels_heldout")]
 
 
 def test_regime_evidence_seeds_judges_each_training_run(tmp_path, monkeypatch):
