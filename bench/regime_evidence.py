@@ -1205,8 +1205,13 @@ def ship(work: Path, zoos, runs_files=(), group: str = GROUP) -> Path:
         if differ:
             raise ValueError(f"{', '.join(differ)}: parameters or width differ from the "
                              f"shipped {GROUP} facts, which {group} reuses")
+    # every path under the work folder (commands, the probe's feature stores) as WORK, also
+    # of a zoo folder linked in from another work folder
+    text = json.dumps(out, indent=1) + "\n"
+    for root in {str((work / name).resolve().parent) for name in zoos} | {str(work)}:
+        text = text.replace(root, "WORK")
     path = DATA / f"{group}_accuracy.json"
-    path.write_text(json.dumps(out, indent=1) + "\n")
+    path.write_text(text)
     if group == GROUP:
         write_facts(models, facts)
     print(f"wrote {path} ({', '.join(zoos)})" + (f" and the {GROUP} facts" if group == GROUP else ""))
