@@ -358,12 +358,13 @@ def _add_json(p, what="the table"):
                    help=f"also write {what} as JSON here")
 
 
-def _add_truth(p, required=False, help=f"{SHIPPED_TEXT} (shipped tables) | a JSON file (as correlate)"):
+def _add_truth(p, required=False, help=f"{SHIPPED_TEXT} (shipped tables) | a JSON file (as correlate)",
+               regime_default="finetune for the shipped tables"):
     """--truth/-t, --regime, --group: the ground truth's table (te_gpu.pipeline.finetune)."""
     p.add_argument("--truth", "-t", required=required, default=None, help=help)
     p.add_argument("--regime", default=None,
-                   help=f"regime of the truth table: {', '.join(reversed(REGIMES))} (finetune by "
-                        "default for the shipped tables)")
+                   help=f"regime of the truth table: {', '.join(reversed(REGIMES))} (default: "
+                        f"{regime_default})")
     p.add_argument("--group", default=None, help="group inside a te-gpu finetune file")
 
 
@@ -1208,7 +1209,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=COUNT, default=None,
                    help="(model, resample) pairs per batch (default: from memory)")
     _add_truth(r, help=f"optional accuracies to judge against: {SHIPPED_TEXT} | a JSON file (as correlate); "
-                       "adds tau_w, the static rankings' and whether the consensus passes the regimes' check")
+                       "adds tau_w, the static rankings' and whether the consensus passes the regimes' check",
+               regime_default="the --transfer regime's table, each regime its own with --transfer all; "
+                              "without --transfer, finetune for the shipped tables")
     r.add_argument("--plots", type=OUTPUT_DIR, default=None, metavar="DIR",
                    help="with --truth: PNGs of each score against accuracy with intervals, and tau_w per metric")
     r.add_argument("--baselines", default=None, metavar="JSON",
