@@ -63,6 +63,8 @@ def candidates(size: int, stages: str) -> list[str]:
     return specs + [f"mobilenetv2_100,name=mnv2-random,size={size}"]
 
 
+# the note of a zoo whose fine-tuning ran as two processes (build --processes 2)
+SPLIT = "finetune and lbft each ran as two processes, split by network"
 # Each zoo: target data, seed (subset and hold-out), sizes, candidates, training budget.
 # The lr sweep is te-gpu finetune's default (0.01, 0.001); one weight decay (1e-4) and
 # 3 epochs keep a zoo within about half an hour of a shared 2-core CPU.
@@ -88,13 +90,12 @@ ZOOS = {
     # the size of issue 21's zoo (6,000 training images at 64 px): fine-tuning gets six times
     # the steps (its lbft ran last, after the choice on the other regimes was written up)
     "fmnist64n6k": dict(data="fashion-mnist", seed=3, n_train=6000, n_test=1000,
-                        models=candidates(64, "3,4,final"), note=(
-                            "finetune and lbft each ran as two processes, split by network")),
+                        models=candidates(64, "3,4,final"), note=SPLIT),
     # built after the six-zoo choice (2026-12-06 evening), to judge it at the users' size: a
     # second zoo of 6,000 training images at 64 px, on the five upper-body classes
     "fmnist5c64n6k": dict(data="{work}/fmnist5c.npz", seed=4, n_train=6000, n_test=1000,
-                          models=candidates(64, "3,4,final"), classes=(0, 2, 3, 4, 6), note=(
-                              "finetune and lbft each ran as two processes, split by network")),
+                          models=candidates(64, "3,4,final"), classes=(0, 2, 3, 4, 6),
+                          note=SPLIT),
     # built after the choice and the 10-epoch runs (2026-12-07), to judge the chosen sets as a
     # held-out zoo (HELD_OUT): a new task, Fashion-MNIST's five other classes (trouser,
     # sandal, sneaker, bag, ankle boot), at 32 px
@@ -110,8 +111,7 @@ ZOOS = {
     # and fmnist32's task at 96 px (2026-12-07, after the three above were judged): a size
     # no zoo had, nearer the networks' own (224 px), where deeper features might win
     "fmnist96": dict(data="fashion-mnist", seed=8, n_train=1000, n_test=500,
-                     models=candidates(96, "3,4,final"), note=(
-                         "finetune and lbft each ran as two processes, split by network")),
+                     models=candidates(96, "3,4,final"), note=SPLIT),
 }
 # zoos that judge the chosen sets without entering the evidence they were chosen on (nor
 # the shipped wheels tables): evaluate and ship default to the others

@@ -625,6 +625,11 @@ def _scores_dataset(paths):
     return None
 
 
+def _truth_name(info: dict) -> str:
+    """A truth table's name as group/regime/dataset, of the parts it has."""
+    return "/".join(str(info[k]) for k in ("group", "regime", "dataset") if info.get(k))
+
+
 def _truth(args, inferred=None, regime=None):
     """The ground truth of --truth; the data set defaults to the scores' own, the regime to
     ``regime`` where --regime is not given."""
@@ -734,11 +739,6 @@ def _regime_truths(args, dataset, transfers: list, log) -> dict:
     for name, exc in missing.items():
         log(f"note: --transfer {name} not judged: {exc}")
     return out
-
-
-def _truth_name(info: dict) -> str:
-    """A truth table's name as group/regime/dataset, of the parts it has."""
-    return "/".join(str(info[k]) for k in ("group", "regime", "dataset") if info.get(k))
 
 
 def _static_baselines(accuracy: dict, info: dict, store: dict | None = None) -> dict:
@@ -854,13 +854,13 @@ def cmd_recommend(args):
             print(f"\n--transfer {name}:" if len(recs) > 1 else "")
             source = _truth_name(info) if info.get("shipped") else Path(args.truth).name + (
                 f" ({_truth_name(info)})" if info.get("group") else "")
-            print(format_truth(table, r.boot.level, statics[name], source=source))
+            checks[name] = check(table[-1], statics[name])
+            print(format_truth(table, r.boot.level, statics[name], source=source, checked=checks[name]))
             if name and info.get("regime") and info["regime"] != name:
                 print(f"note: judged against {info['regime']} accuracies (--regime), not {name}'s: "
                       f"the set of --transfer {name} was chosen against {name} accuracies")
             rows[name] = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}
                           for row in table]
-            checks[name] = check(table[-1], statics[name])
         # one regime: its truth, rows and check; several: each regime's, by name
         if len(recs) > 1:
             out["truth"] = dict(infos={n: t[1] for n, t in truths.items()}, statics=statics,

@@ -349,11 +349,13 @@ def against_truth(rec: Recommendation, accuracy: dict) -> list:
     return rows
 
 
-def format_truth(rows: list, level: float, statics: dict | None = None, source: str = "") -> str:
+def format_truth(rows: list, level: float, statics: dict | None = None, source: str = "",
+                 checked: dict | None = None) -> str:
     """:func:`against_truth`'s rows; with ``statics`` ({name: tau_w} of the rankings that
     ignore the target data, on the rows' models), those and the check of the last row (the
-    consensus) that the regimes' sets were chosen by (:func:`te_gpu.regimes.check`).
-    ``source`` names the accuracies (e.g. "wheels/lft/fmnist32")."""
+    consensus) that the regimes' sets were chosen by (``checked``, the caller's
+    :func:`te_gpu.regimes.check` of it, else computed here). ``source`` names the accuracies
+    (e.g. "wheels/lft/fmnist32")."""
     from .regimes import check, check_line
 
     best = rows[0]["best"]
@@ -368,5 +370,5 @@ def format_truth(rows: list, level: float, statics: dict | None = None, source: 
         if statics:
             lines.append("  static rankings (no target data): "
                          + ", ".join(f"{name} {t:+.3f}" for name, t in statics.items()))
-        lines.append(check_line(check(rows[-1], statics)))
+        lines.append(check_line(checked or check(rows[-1], statics)))
     return "\n".join(lines)
