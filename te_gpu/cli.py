@@ -490,10 +490,15 @@ def cmd_extract(args):
 # finetune
 # --------------------------------------------------------------------------
 
+def _sweep_lrs(args):
+    from te_gpu.pipeline.finetune import DEFAULT_LRS
+
+    return DEFAULT_LRS if args.lr is None else args.lr
+
+
 def _finetune_results(args, specs, train, test):
     """(name, result) per model of the chosen regime, one model at a time."""
-    from te_gpu.pipeline.finetune import (DEFAULT_LRS, DEFAULT_WDS, DEFAULT_WDS_PROBE,
-                                          finetune_model, probe_zoo)
+    from te_gpu.pipeline.finetune import DEFAULT_WDS, DEFAULT_WDS_PROBE, finetune_model, probe_zoo
 
     if args.regime == "lft":
         wds = DEFAULT_WDS_PROBE if args.wd is None else args.wd
@@ -501,7 +506,7 @@ def _finetune_results(args, specs, train, test):
                              device=args.device, batch_size=args.batch_size, amp=not args.no_amp,
                              workers=args.workers, progress=_progress(args))
         return
-    lrs = DEFAULT_LRS if args.lr is None else args.lr
+    lrs = _sweep_lrs(args)
     wds = DEFAULT_WDS if args.wd is None else args.wd
     for spec in specs:
         yield spec.name, finetune_model(spec, train, test, regime=args.regime, lrs=lrs, wds=wds,
@@ -516,7 +521,7 @@ def cmd_finetune(args):
 
     from te_gpu.pipeline.datasets import load_data
     from te_gpu.pipeline.extract import safe_dataset_name
-    from te_gpu.pipeline.finetune import why_val_differs, write_ground_truth
+    from te_gpu.pipeline.finetune import lr_edge_lines, why_val_differs, write_ground_truth
 
     log = _log(args)
     specs = _specs(args)
@@ -534,8 +539,11 @@ def cmd_finetune(args):
     log(f"{args.regime} on {dataset}: {len(train)} training / {len(test)} test images, "
         f"{len(specs)} model(s)")
     log(f"note: {why_val_differs(args.regime)}")
+    kept_lr = {}
     for name, res in _finetune_results(args, specs, train, test):
         details = {k: v for k, v in res.items() if k != "accuracy"}
+        if res.get("sweep") and "lr" in res:
+            kept_lr[name] = res["lr"]
         val = f"  (best val {res['val_accuracy']:6.2f} %)" if "val_accuracy" in res else ""
         if res.get("runs"):
             val += f"  runs {min(res['runs']):.2f}-{max(res['runs']):.2f} %"
@@ -547,6 +555,9 @@ def cmd_finetune(args):
                            accuracies={name: res["accuracy"]}, details={name: details})
     log(f"wrote {args.out} (group {args.group!r}, regime {args.regime!r}, dataset {dataset!r}); "
         f"next: te-gpu correlate SCORES --truth {args.out}")
+    # on stderr even with -q: the accuracies may be the sweep's, not the models'
+    for line in lr_edge_lines(kept_lr, _sweep_lrs(args)):
+        print(f"note: {line}", file=sys.stderr)
     return 0
 
 
@@ -1052,7 +1063,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--n-train", type=COUNT, default=None, help="at most this many training images")
     f.add_argument("--n-test", type=COUNT, default=None, help="at most this many test images")
     _default_from(f.add_argument("--lr", type=_number_list("learning rate", 0, inclusive=False),
-                                 default=None, help="learning rates of the sweep (lbft, finetune)"),
+                                 default=None, help="learning rates of the sweep (lbft, finetune); a note "
+                                 "names the models whose best lr is the sweep's largest or "
+                                 "smallest value"),
                   default="te_gpu.pipeline.finetune:DEFAULT_LRS")
     _default_from(f.add_argument("--wd", type=_number_list("weight decay", 0, inclusive=True),
                                  default=None, help="weight decays of the sweep"),

@@ -224,8 +224,11 @@ def test_finetune_lbft_and_full_sweep(tmp_path, capsys):
     data = json.loads(out.read_text())
     regimes = data["groups"]["custom"]["regimes"]
     assert set(regimes) == {"lbft", "finetune"}
-    sweep = data["_details"]["custom"]["finetune"]["digits"]["resnet10t-random-32px"]["sweep"]
-    assert set(sweep) == {"lr=0.01,wd=0", "lr=0.001,wd=0"}
+    full = data["_details"]["custom"]["finetune"]["digits"]["resnet10t-random-32px"]
+    assert set(full["sweep"]) == {"lr=0.01,wd=0", "lr=0.001,wd=0"}
+    # two lrs: the kept one is an edge of the sweep, and stderr says so even with -q
+    edge = "largest" if full["lr"] == 0.01 else "smallest"
+    assert f"note: lr {full['lr']:g}, the {edge} of the sweep, was kept for 1 of 1 model(s)" in err
     # --train-seeds 0,1: the mean of two training runs, each run's accuracy kept beside it
     lbft = data["_details"]["custom"]["lbft"]["digits"]["resnet10t-random-32px"]
     assert lbft["train_seeds"] == [0, 1] and len(lbft["runs"]) == 2

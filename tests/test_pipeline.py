@@ -246,6 +246,27 @@ def test_linear_probe_learns_separable_features():
     assert low["accuracy"] < res["accuracy"]
 
 
+def test_lr_edge_lines_name_each_edge_a_model_kept():
+    from te_gpu.pipeline.finetune import lr_edge_lines
+
+    kept = {"a": 0.01, "b": 0.03, "c": 0.1, "d": 0.1}
+    lines = lr_edge_lines(kept, [0.1, 0.03, 0.01])
+    assert len(lines) == 2
+    up, down = lines
+    assert up.startswith("lr 0.1, the largest of the sweep, was kept for 2 of 4 model(s) (c, d)")
+    assert up.endswith("--lr 1,0.3,0.1")
+    assert down.startswith("lr 0.01, the smallest of the sweep, was kept for 1 of 4 model(s) (a)")
+    assert down.endswith("--lr 0.01,0.003,0.001")
+    # the middle of the sweep is no edge; one lr, or no model, has none to report
+    assert lr_edge_lines({"b": 0.03}, [0.1, 0.03, 0.01]) == []
+    assert lr_edge_lines({"a": 0.01}, [0.01]) == []
+    assert lr_edge_lines({}, [0.1, 0.01]) == []
+    many = lr_edge_lines({f"m{i}": 0.01 for i in range(6)}, (0.01, 0.001))
+    assert many == ["lr 0.01, the largest of the sweep, was kept for 6 of 6 model(s) (m0, m1, m2, "
+                    "m3, ...): a larger lr may train them better; widen the sweep, e.g. "
+                    "--lr 0.1,0.03,0.01"]
+
+
 def test_ground_truth_file_round_trip(tmp_path):
     from te_gpu.pipeline.finetune import read_ground_truth, write_ground_truth
 
