@@ -6,6 +6,8 @@ Two steps (from the repository root; CPU; heavy, so nice'd and one thread):
 
     python bench/regime_evidence.py build ZOO --work DIR [--regimes lft,finetune]
                                           [--processes 2]  # extract + finetune per regime
+    python bench/regime_evidence.py restore ZOO --work DIR   # extract only; the shipped
+                                          # tables' run as DIR/ZOO/truth.json
     python bench/regime_evidence.py evaluate OUT.json --work DIR [-B 20] [--markdown]
     python bench/regime_evidence.py ship --work DIR [--truth-runs RUNS.json...]
                                           [--group wheels_heldout]  # the held-out zoos
@@ -206,6 +208,36 @@ def build(name: str, work: Path, regimes=REGIMES, processes: int = 1) -> None:
                                    "file (each merge holds its lock); each run seeds itself")
         timing_path.write_text(json.dumps(timing, indent=1) + "\n")
         print(f"  {key}: {timing[key]['wall_s']} s wall, {timing[key]['cpu_s']} s CPU", flush=True)
+
+
+def shipped_run(name: str) -> dict:
+    """What ``build`` wrote as WORK/ZOO/truth.json, from the shipped tables: each regime's
+    run of the zoo's own seed (a re-run regime ships the runs' mean and keeps every run in
+    its details) and those details."""
+    group = HELD_OUT_GROUP if name in HELD_OUT else GROUP
+    shipped = json.loads((DATA / f"{group}_accuracy.json").read_text())
+    own = str(ZOOS[name]["seed"])
+    regimes, details = {}, {}
+    for regime, tables in shipped["groups"][group]["regimes"].items():
+        if name in tables:
+            said = shipped["_details"][regime][name]
+            regimes[regime] = {name: {m: said[m]["runs"][own] if "runs" in said[m] else acc
+                                      for m, acc in tables[name].items()}}
+            details[regime] = {name: said}
+    return {"_source": shipped["_source"],
+            "groups": {name: {"models": candidate_names(name), "regimes": regimes}},
+            "_details": {name: details}}
+
+
+def restore(name: str, work: Path) -> Path:
+    """A zoo's folder rebuilt without fine-tuning anything: ``build``'s two extractions
+    (timed in timing.json) and :func:`shipped_run` as WORK/ZOO/truth.json. The folder then
+    serves ``evaluate``, ``budget`` and ``held-out`` as if ``build`` had made it."""
+    build(name, work, regimes=())                  # the extractions only
+    path = work / name / "truth.json"
+    path.write_text(json.dumps(shipped_run(name), indent=1) + "\n")
+    print(f"wrote {path} (the shipped tables' run of seed {ZOOS[name]['seed']})")
+    return path
 
 
 # --------------------------------------------------------------------------
@@ -1335,6 +1367,10 @@ def parser() -> argparse.ArgumentParser:
                    help="the regimes to measure (extraction always runs)")
     b.add_argument("--processes", type=int, default=1,
                    help="fine-tuning runs at once, split by network")
+    rs = sub.add_parser("restore", help="a zoo's folder from the shipped tables: extract, "
+                                        "no fine-tuning")
+    rs.add_argument("zoo", choices=list(ZOOS))
+    rs.add_argument("--work", type=Path, required=True)
     e = sub.add_parser("evaluate")
     e.add_argument("out", type=Path)
     e.add_argument("--work", type=Path, required=True)
@@ -1417,6 +1453,8 @@ def main(argv=None):
     elif args.cmd == "ship":
         zoos = args.zoos or ",".join(EVIDENCE_ZOOS if args.group == GROUP else HELD_OUT)
         ship(args.work.resolve(), zoos.split(","), args.truth_runs, args.group)
+    elif args.cmd == "restore":
+        restore(args.zoo, args.work.resolve())
     elif args.cmd == "build":
         build(args.zoo, args.work.resolve(), args.regimes.split(","), args.processes)
     elif args.cmd == "evaluate" and args.redraws_only:

@@ -477,6 +477,54 @@ def test_regime_evidence_build_runs_the_regimes_asked_for_split_by_network(tmp_p
     assert json.loads((tmp_path / "fmnist64n6k" / "timing.json").read_text())["finetune lbft"]["processes"] == 1
 
 
+@pytest.mark.parametrize("name", list(ZOOS) + ["fmnist5l32", "fmnist32s6", "digits32", "fmnist96"])
+def test_regime_evidence_restore_gives_back_the_run_that_ship_shipped(tmp_path, monkeypatch, name):
+    """bench/regime_evidence.py restore ZOO: extraction only (no fine-tuning), and a
+    truth.json holding the run of the zoo's own seed, from which ship's means come back:
+    each re-run regime's mean over that run and the others (kept in the details) is the
+    shipped table (2 decimals), and a regime not re-run is the shipped table itself."""
+    import subprocess
+
+    ev = _evidence_script()
+    started = []
+
+    class Done:
+        def __init__(self, args):
+            started.append(args)
+            self.args, self.returncode = args, 0
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Done)
+    monkeypatch.setattr(ev, "fmnist_subset", lambda path, classes: None)   # no data needed
+    path = ev.restore(name, tmp_path)
+    assert [a[a.index("--split") + 1] for a in started] == ["train", "test"]
+    assert all("finetune" not in a for a in started)
+    got = json.loads(path.read_text())
+    group = "wheels_heldout" if name in ev.HELD_OUT else "wheels"
+    assert got["groups"][name]["models"] == ev.candidate_names(name)
+    regimes = got["groups"][name]["regimes"]
+    assert set(regimes) == {r for r in ev.REGIMES if name in shipped_tables(group, r)}
+    own = str(ev.ZOOS[name]["seed"])
+    for regime, tables in regimes.items():
+        run, table = tables[name], shipped_tables(group, regime)[name]
+        details = got["_details"][name][regime][name]
+        runs = {m: {int(s): a for s, a in d["runs"].items() if s != own}
+                for m, d in details.items() if "runs" in d}
+        means = ev.mean_of_runs(name, {regime: run}, {regime: runs} if runs else {})[regime]
+        assert set(run) == set(table)
+        for m in table:
+            assert means[m] == pytest.approx(table[m], abs=0.005), (regime, m)
+        if not runs:
+            assert run == table
+
+
+def shipped_tables(group: str, regime: str) -> dict:
+    data = json.loads(resources.files("te_gpu").joinpath("data", f"{group}_accuracy.json").read_text())
+    return data["groups"][group]["regimes"].get(regime, {})
+
+
 def test_regime_evidence_ship_truth_runs_ships_the_means(tmp_path, monkeypatch):
     """bench/regime_evidence.py ship --truth-runs RUNS: the files reach ship; a re-run
     regime's table becomes each model's mean over its runs (the zoo's own seed's run first,
