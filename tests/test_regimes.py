@@ -445,13 +445,11 @@ def test_the_default_sets_note_counts_its_fine_tuning_evidence():
     assert said and (int(said[1]), int(said[2])) == (passed, len(zoos))
 
 
-def test_regime_evidence_build_runs_the_regimes_asked_for_split_by_network(tmp_path, monkeypatch):
-    """bench/regime_evidence.py build --regimes R --processes P: extraction always, then the
-    regimes asked for, the fine-tuning ones as P processes at once over disjoint networks
-    (their union the zoo's candidates), each command's time recorded."""
+def _no_subprocesses(monkeypatch) -> list:
+    """subprocess.Popen replaced by a stub that succeeds at once; returns the list of the
+    commands started."""
     import subprocess
 
-    ev = _evidence_script()
     started = []
 
     class Done:
@@ -463,6 +461,15 @@ def test_regime_evidence_build_runs_the_regimes_asked_for_split_by_network(tmp_p
             return 0
 
     monkeypatch.setattr(subprocess, "Popen", Done)
+    return started
+
+
+def test_regime_evidence_build_runs_the_regimes_asked_for_split_by_network(tmp_path, monkeypatch):
+    """bench/regime_evidence.py build --regimes R --processes P: extraction always, then the
+    regimes asked for, the fine-tuning ones as P processes at once over disjoint networks
+    (their union the zoo's candidates), each command's time recorded."""
+    ev = _evidence_script()
+    started = _no_subprocesses(monkeypatch)
     ev.build("fmnist64n6k", tmp_path, regimes=("lft", "finetune"), processes=2)
     timing = json.loads((tmp_path / "fmnist64n6k" / "timing.json").read_text())
     assert list(timing) == ["extract train", "extract test", "finetune lft", "finetune finetune"]
@@ -483,20 +490,8 @@ def test_regime_evidence_restore_gives_back_the_run_that_ship_shipped(tmp_path, 
     truth.json holding the run of the zoo's own seed, from which ship's means come back:
     each re-run regime's mean over that run and the others (kept in the details) is the
     shipped table (2 decimals), and a regime not re-run is the shipped table itself."""
-    import subprocess
-
     ev = _evidence_script()
-    started = []
-
-    class Done:
-        def __init__(self, args):
-            started.append(args)
-            self.args, self.returncode = args, 0
-
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(subprocess, "Popen", Done)
+    started = _no_subprocesses(monkeypatch)
     monkeypatch.setattr(ev, "fmnist_subset", lambda path, classes: None)   # no data needed
     path = ev.restore(name, tmp_path)
     assert [a[a.index("--split") + 1] for a in started] == ["train", "test"]
