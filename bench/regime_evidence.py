@@ -19,6 +19,8 @@ Two steps (from the repository root; CPU; heavy, so nice'd and one thread):
                                           [--truth-runs RUNS.json...] [--out F]
                                           # the verdicts under another training budget
     python bench/regime_evidence.py ship-budget LONGER.json...   # ship them (wheels_e10)
+    python bench/regime_evidence.py sweep WIDER.json...   # the tables under a wider lr sweep
+                                          # (budget judges the sets against them)
     python bench/regime_evidence.py held-out EVIDENCE.json --work DIR [--truth-runs RUNS.json...]
                                           # the chosen sets on zoos they were not chosen on
 
@@ -780,6 +782,57 @@ def truth_noise(work: Path, evidence: Path, draws: int = 2000) -> dict:
     return result
 
 
+def sweep_edge(files) -> dict:
+    """How far the full fine-tuning tables move when the lr sweep widens.
+
+    ``files``: te-gpu finetune files (group = the zoo's name) of a zoo's full fine-tuning at
+    its own seed with another lr sweep (the same images, hold-out and wd). Per zoo, against
+    the shipped run of that seed (:func:`shipped_run`): the lr each model kept, how many of
+    the lrs both sweeps ran reproduce the shipped sweep's validation and test accuracies,
+    each model's move, the rank agreement (tau_w) of the two tables, and their best models."""
+    from te_gpu import rank
+
+    out = {}
+    for path in files:
+        got = json.loads(Path(path).read_text())
+        for name, group in got["groups"].items():
+            wide = group["regimes"]["finetune"][name]
+            said = got["_details"][name]["finetune"][name]
+            ship = shipped_run(name)
+            narrow = ship["groups"][name]["regimes"]["finetune"][name]
+            before = ship["_details"][name]["finetune"][name]
+            if set(wide) != set(narrow):
+                raise ValueError(f"{path}: {name} has {sorted(wide)}, the zoo {sorted(narrow)}")
+            common = [(m, k) for m in wide for k in said[m]["sweep"] if k in before[m]["sweep"]]
+            kept = [said[m]["lr"] for m in wide]
+            moves = {m: round(wide[m] - narrow[m], 4) for m in wide}
+            models = list(narrow)
+            out[name] = dict(
+                file=Path(path).name,
+                lrs=sorted({float(k.split(",")[0][3:]) for m in wide for k in said[m]["sweep"]}),
+                kept={f"{lr:g}": kept.count(lr) for lr in sorted(set(kept))},
+                reproduced=sum(said[m]["sweep"][k] == before[m]["sweep"][k] for m, k in common),
+                shared_runs=len(common),
+                moves=moves,
+                largest_move=max(moves.values(), key=abs),
+                tau_w=round(rank.weighted_tau([wide[m] for m in models], [narrow[m] for m in models]), 3),
+                best={"narrow": sorted(m for m in models if narrow[m] == max(narrow.values())),
+                      "wide": sorted(m for m in models if wide[m] == max(wide.values()))})
+    return out
+
+
+def sweep_edge_markdown(res: dict) -> str:
+    rows = ["| zoo | lr kept (models) | shared runs reproduced | largest move (points) | "
+            "tau_w of the tables | best model: shipped sweep -> wider |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name, z in res.items():
+        kept = ", ".join(f"{lr}: {n}" for lr, n in z["kept"].items())
+        rows.append(f"| {name} | {kept} | {z['reproduced']} of {z['shared_runs']} | "
+                    f"{z['largest_move']:+.1f} | {z['tau_w']:.3f} | "
+                    f"{'/'.join(z['best']['narrow'])} -> {'/'.join(z['best']['wide'])} |")
+    return "\n".join(rows)
+
+
 def training_noise(work: Path, evidence: Path, runs_files) -> dict:
     """How far the fine-tuned verdicts survive the training run's own seed.
 
@@ -1391,7 +1444,12 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("runs", type=Path, nargs="+", help="te-gpu finetune --train-seeds files")
     tr.add_argument("--work", type=Path, required=True)
     tr.add_argument("--out", type=Path, default=None)
-    bu = sub.add_parser("budget", help="the fine-tuned verdicts under another training budget")
+    se = sub.add_parser("sweep", help="how far the fine-tuned tables move under a wider lr sweep")
+    se.add_argument("files", type=Path, nargs="+",
+                    help="te-gpu finetune files: a zoo's full fine-tuning at its seed, another --lr")
+    se.add_argument("--out", type=Path, default=None)
+    bu = sub.add_parser("budget", help="the fine-tuned verdicts under another training budget "
+                                       "(or sweep)")
     bu.add_argument("evidence", type=Path)
     bu.add_argument("files", type=Path, nargs="+",
                     help="te-gpu finetune files: the zoo's sweep and seed under another budget, "
@@ -1453,6 +1511,11 @@ def main(argv=None):
     elif args.cmd == "ship":
         zoos = args.zoos or ",".join(EVIDENCE_ZOOS if args.group == GROUP else HELD_OUT)
         ship(args.work.resolve(), zoos.split(","), args.truth_runs, args.group)
+    elif args.cmd == "sweep":
+        res = sweep_edge(args.files)
+        if args.out:
+            args.out.write_text(json.dumps(res, indent=1) + "\n")
+        print(sweep_edge_markdown(res))
     elif args.cmd == "restore":
         restore(args.zoo, args.work.resolve())
     elif args.cmd == "build":

@@ -520,6 +520,41 @@ def shipped_tables(group: str, regime: str) -> dict:
     return data["groups"][group]["regimes"].get(regime, {})
 
 
+def test_regime_evidence_sweep_compares_a_wider_sweep_with_the_shipped_run(tmp_path):
+    """bench/regime_evidence.py sweep WIDER.json: against the shipped run of the zoo's seed,
+    the lrs kept, the shared sweep entries reproduced, each model's move, the tables' tau_w
+    and their best models; a file missing a candidate is refused."""
+    ev = _evidence_script()
+    name = "fmnist5l32"
+    ship = ev.shipped_run(name)
+    narrow = ship["groups"][name]["regimes"]["finetune"][name]
+    before = ship["_details"][name]["finetune"][name]
+    models = list(narrow)
+    first, second = models[0], models[1]
+    wide = {m: narrow[m] + (30.0 if m == first else 0.0) for m in models}
+    said = {m: dict(lr=0.03 if m == first else 0.01, sweep={
+        "lr=0.03,wd=0.0001": dict(val=0.0, test=0.0),
+        "lr=0.01,wd=0.0001": dict(before[m]["sweep"]["lr=0.01,wd=0.0001"])}) for m in models}
+    said[second]["sweep"]["lr=0.01,wd=0.0001"]["test"] += 1.0       # not reproduced
+    path = tmp_path / "wide.json"
+    path.write_text(json.dumps({"groups": {name: {"regimes": {"finetune": {name: wide}}}},
+                                "_details": {name: {"finetune": {name: said}}}}))
+    got = ev.sweep_edge([path])[name]
+    assert got["lrs"] == [0.01, 0.03] and got["kept"] == {"0.01": len(models) - 1, "0.03": 1}
+    assert (got["reproduced"], got["shared_runs"]) == (len(models) - 1, len(models))
+    assert got["largest_move"] == 30.0 and got["moves"][second] == 0.0
+    assert got["best"]["wide"] == [first] and got["best"]["narrow"] == sorted(
+        m for m in models if narrow[m] == max(narrow.values()))
+    assert got["tau_w"] == pytest.approx(rank.weighted_tau([wide[m] for m in models], list(narrow.values())), abs=1e-3)
+    assert got["tau_w"] < 1.0
+    assert "| fmnist5l32 | 0.01: 12, 0.03: 1 | 12 of 13 | +30.0 |" in ev.sweep_edge_markdown({name: got})
+    del wide[second]
+    path.write_text(json.dumps({"groups": {name: {"regimes": {"finetune": {name: wide}}}},
+                                "_details": {name: {"finetune": {name: said}}}}))
+    with pytest.raises(ValueError, match="the zoo"):
+        ev.sweep_edge([path])
+
+
 def test_regime_evidence_ship_truth_runs_ships_the_means(tmp_path, monkeypatch):
     """bench/regime_evidence.py ship --truth-runs RUNS: the files reach ship; a re-run
     regime's table becomes each model's mean over its runs (the zoo's own seed's run first,
