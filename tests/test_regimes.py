@@ -22,6 +22,7 @@ EVIDENCE = Path(__file__).resolve().parent.parent / "bench" / "results" / "regim
 E10_ZOOS = ("fmnist32", "fmnist64", "fmnist5c32", "digits48")
 BUDGET_FILES = Path(__file__).resolve().parent.parent / "bench" / "results" / "finetune_budget"
 BUDGET = BUDGET_FILES.parent / "regime_budget_e10.json"
+SWEEP = BUDGET_FILES.parent / "regime_sweep_lr.json"      # budget's verdicts on the wider lr sweep
 
 
 def run(capsys, *argv):
@@ -239,6 +240,25 @@ def test_wheels_e10_is_the_target_budget_judged():
         at = list(v["judged"]).index(v["target"])
         assert rank.ground_truth("wheels_e10", "finetune", dataset) == {
             m: round(acc[at], 2) for m, acc in v["accuracy"].items()}, dataset
+
+
+@pytest.mark.skipif(not (BUDGET.is_file() and SWEEP.is_file()), reason="budget's verdicts are not in this checkout")
+def test_finetune_caveat_counts_the_zoos_of_the_other_budget_and_the_wider_sweep():
+    """The finetune caveat's counts are budget's verdicts: the chosen set against the
+    10-epoch means, and against the tables fine-tuned with lr up to 0.1."""
+    chosen = ",".join(regimes.REGIMES["finetune"].labels)
+    caveat = regimes.REGIMES["finetune"].caveat
+    counts = []
+    for path in (BUDGET, SWEEP):
+        judged = json.loads(path.read_text())["finetune"]
+        counts.append((sum(v["judged"][v["target"]]["sets"][chosen]["passes"] for v in judged.values()),
+                       len(judged)))
+    (e10, n10), (wide, n_wide) = counts
+    assert f"passed on {e10} of {n10} zoos fine-tuned for 10 epochs" in caveat
+    assert f"and on {wide} of {n_wide} fine-tuned with lr up to 0.1" in caveat
+    for name, v in json.loads(SWEEP.read_text())["finetune"].items():   # its one wider run
+        assert list(v["judged"]) == ["shipped run", "mean of runs", f"{name}_lr"] == \
+            ["shipped run", "mean of runs", v["target"]]
 
 
 @pytest.mark.skipif(not BUDGET_FILES.is_dir(), reason="budget's files are not in this checkout")
