@@ -784,53 +784,59 @@ def truth_noise(work: Path, evidence: Path, draws: int = 2000) -> dict:
 
 
 def sweep_edge(files) -> dict:
-    """How far the full fine-tuning tables move when the lr sweep widens.
+    """How far the fine-tuned tables move when the lr sweep widens.
 
-    ``files``: te-gpu finetune files (group = the zoo's name) of a zoo's full fine-tuning at
-    its own seed with another lr sweep (the same images, hold-out and wd). Per zoo, against
-    the shipped run of that seed (:func:`shipped_run`): the lr each model kept, how many of
-    the lrs both sweeps ran reproduce the shipped sweep's validation and test accuracies,
-    each model's move, the rank agreement (tau_w) of the two tables, and their best models."""
-    from te_gpu import rank
-
+    ``files``: te-gpu finetune files (group = the zoo's name) of a zoo's lbft or full
+    fine-tuning at its own seed with another lr sweep (the same images, hold-out and wd).
+    Per regime and zoo, against the shipped run of that seed (:func:`shipped_run`): the lr
+    each model kept, how many of the lrs both sweeps ran reproduce the shipped sweep's
+    validation and test accuracies, each model's move, the rank agreement (tau_w) of the
+    two tables, and their best models."""
     out = {}
     for path in files:
         got = json.loads(Path(path).read_text())
         for name, group in got["groups"].items():
-            wide = group["regimes"]["finetune"][name]
-            said = got["_details"][name]["finetune"][name]
             ship = shipped_run(name)
-            narrow = ship["groups"][name]["regimes"]["finetune"][name]
-            before = ship["_details"][name]["finetune"][name]
-            if set(wide) != set(narrow):
-                raise ValueError(f"{path}: {name} has {sorted(wide)}, the zoo {sorted(narrow)}")
-            common = [(m, k) for m in wide for k in said[m]["sweep"] if k in before[m]["sweep"]]
-            kept = [said[m]["lr"] for m in wide]
-            moves = {m: round(wide[m] - narrow[m], 4) for m in wide}
-            models = list(narrow)
-            out[name] = dict(
-                file=Path(path).name,
-                lrs=sorted({float(k.split(",")[0][3:]) for m in wide for k in said[m]["sweep"]}),
-                kept={f"{lr:g}": kept.count(lr) for lr in sorted(set(kept))},
-                reproduced=sum(said[m]["sweep"][k] == before[m]["sweep"][k] for m, k in common),
-                shared_runs=len(common),
-                moves=moves,
-                largest_move=max(moves.values(), key=abs),
-                tau_w=round(rank.weighted_tau([wide[m] for m in models], [narrow[m] for m in models]), 3),
-                best={"narrow": sorted(m for m in models if narrow[m] == max(narrow.values())),
-                      "wide": sorted(m for m in models if wide[m] == max(wide.values()))})
+            for regime, tables in group["regimes"].items():
+                wide, said = tables[name], got["_details"][name][regime][name]
+                narrow = ship["groups"][name]["regimes"][regime][name]
+                before = ship["_details"][name][regime][name]
+                if set(wide) != set(narrow):
+                    raise ValueError(f"{path}: {name} {regime} has {sorted(wide)}, the zoo {sorted(narrow)}")
+                out.setdefault(regime, {})[name] = _sweep_moves(Path(path).name, narrow, before, wide, said)
     return out
 
 
+def _sweep_moves(file: str, narrow: dict, before: dict, wide: dict, said: dict) -> dict:
+    from te_gpu import rank
+
+    common = [(m, k) for m in wide for k in said[m]["sweep"] if k in before[m]["sweep"]]
+    kept = [said[m]["lr"] for m in wide]
+    moves = {m: round(wide[m] - narrow[m], 4) for m in wide}
+    models = list(narrow)
+    return dict(
+        file=file,
+        lrs=sorted({float(k.split(",")[0][3:]) for m in wide for k in said[m]["sweep"]}),
+        kept={f"{lr:g}": kept.count(lr) for lr in sorted(set(kept))},
+        reproduced=sum(said[m]["sweep"][k] == before[m]["sweep"][k] for m, k in common),
+        shared_runs=len(common),
+        moves=moves,
+        largest_move=max(moves.values(), key=abs),
+        tau_w=round(rank.weighted_tau([wide[m] for m in models], [narrow[m] for m in models]), 3),
+        best={"narrow": sorted(m for m in models if narrow[m] == max(narrow.values())),
+              "wide": sorted(m for m in models if wide[m] == max(wide.values()))})
+
+
 def sweep_edge_markdown(res: dict) -> str:
-    rows = ["| zoo | lr kept (models) | shared runs reproduced | largest move (points) | "
+    rows = ["| regime | zoo | lr kept (models) | shared runs reproduced | largest move (points) | "
             "tau_w of the tables | best model: shipped sweep -> wider |",
-            "| --- | --- | --- | --- | --- | --- |"]
-    for name, z in res.items():
-        kept = ", ".join(f"{lr}: {n}" for lr, n in z["kept"].items())
-        rows.append(f"| {name} | {kept} | {z['reproduced']} of {z['shared_runs']} | "
-                    f"{z['largest_move']:+.1f} | {z['tau_w']:.3f} | "
-                    f"{'/'.join(z['best']['narrow'])} -> {'/'.join(z['best']['wide'])} |")
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for regime, zoos in res.items():
+        for name, z in zoos.items():
+            kept = ", ".join(f"{lr}: {n}" for lr, n in z["kept"].items())
+            rows.append(f"| {regime} | {name} | {kept} | {z['reproduced']} of {z['shared_runs']} | "
+                        f"{z['largest_move']:+.1f} | {z['tau_w']:.3f} | "
+                        f"{'/'.join(z['best']['narrow'])} -> {'/'.join(z['best']['wide'])} |")
     return "\n".join(rows)
 
 

@@ -559,7 +559,7 @@ def test_regime_evidence_sweep_compares_a_wider_sweep_with_the_shipped_run(tmp_p
     path = tmp_path / "wide.json"
     path.write_text(json.dumps({"groups": {name: {"regimes": {"finetune": {name: wide}}}},
                                 "_details": {name: {"finetune": {name: said}}}}))
-    got = ev.sweep_edge([path])[name]
+    got = ev.sweep_edge([path])["finetune"][name]
     assert got["lrs"] == [0.01, 0.03] and got["kept"] == {"0.01": len(models) - 1, "0.03": 1}
     assert (got["reproduced"], got["shared_runs"]) == (len(models) - 1, len(models))
     assert got["largest_move"] == 30.0 and got["moves"][second] == 0.0
@@ -567,7 +567,8 @@ def test_regime_evidence_sweep_compares_a_wider_sweep_with_the_shipped_run(tmp_p
         m for m in models if narrow[m] == max(narrow.values()))
     assert got["tau_w"] == pytest.approx(rank.weighted_tau([wide[m] for m in models], list(narrow.values())), abs=1e-3)
     assert got["tau_w"] < 1.0
-    assert "| fmnist5l32 | 0.01: 12, 0.03: 1 | 12 of 13 | +30.0 |" in ev.sweep_edge_markdown({name: got})
+    assert "| finetune | fmnist5l32 | 0.01: 12, 0.03: 1 | 12 of 13 | +30.0 |" in \
+        ev.sweep_edge_markdown({"finetune": {name: got}})
     del wide[second]
     path.write_text(json.dumps({"groups": {name: {"regimes": {"finetune": {name: wide}}}},
                                 "_details": {name: {"finetune": {name: said}}}}))
