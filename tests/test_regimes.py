@@ -23,6 +23,7 @@ E10_ZOOS = ("fmnist32", "fmnist64", "fmnist5c32", "digits48")
 BUDGET_FILES = Path(__file__).resolve().parent.parent / "bench" / "results" / "finetune_budget"
 BUDGET = BUDGET_FILES.parent / "regime_budget_e10.json"
 SWEEP = BUDGET_FILES.parent / "regime_sweep_lr.json"      # budget's verdicts on the wider lr sweep
+SWEEP_LBFT = BUDGET_FILES.parent / "regime_sweep_lr_lbft.json"
 
 
 def run(capsys, *argv):
@@ -242,23 +243,36 @@ def test_wheels_e10_is_the_target_budget_judged():
             m: round(acc[at], 2) for m, acc in v["accuracy"].items()}, dataset
 
 
-@pytest.mark.skipif(not (BUDGET.is_file() and SWEEP.is_file()), reason="budget's verdicts are not in this checkout")
-def test_finetune_caveat_counts_the_zoos_of_the_other_budget_and_the_wider_sweep():
-    """The finetune caveat's counts are budget's verdicts: the chosen set against the
-    10-epoch means, and against the tables fine-tuned with lr up to 0.1."""
-    chosen = ",".join(regimes.REGIMES["finetune"].labels)
+def _passes_against_target(path: Path, regime: str) -> tuple:
+    """(zoos where the regime's chosen set passes against budget's target, zoos judged)."""
+    chosen = ",".join(regimes.REGIMES[regime].labels)
+    judged = json.loads(path.read_text())[regime]
+    return (sum(v["judged"][v["target"]]["sets"][chosen]["passes"] for v in judged.values()),
+            len(judged))
+
+
+@pytest.mark.skipif(not (BUDGET.is_file() and SWEEP.is_file() and SWEEP_LBFT.is_file()),
+                    reason="budget's verdicts are not in this checkout")
+def test_caveats_count_the_zoos_of_the_other_budget_and_the_wider_sweep():
+    """The finetune and lbft caveats' counts are budget's verdicts: the chosen set against
+    the 10-epoch means, and against the tables fine-tuned with lr up to 0.1 (one run at
+    each zoo's seed, judged beside the shipped run and the mean of runs)."""
+    e10, n10 = _passes_against_target(BUDGET, "finetune")
+    wide, n_wide = _passes_against_target(SWEEP, "finetune")
     caveat = regimes.REGIMES["finetune"].caveat
-    counts = []
-    for path in (BUDGET, SWEEP):
-        judged = json.loads(path.read_text())["finetune"]
-        counts.append((sum(v["judged"][v["target"]]["sets"][chosen]["passes"] for v in judged.values()),
-                       len(judged)))
-    (e10, n10), (wide, n_wide) = counts
     assert f"passed on {e10} of {n10} zoos fine-tuned for 10 epochs" in caveat
     assert f"and on {wide} of {n_wide} fine-tuned with lr up to 0.1" in caveat
-    for name, v in json.loads(SWEEP.read_text())["finetune"].items():   # its one wider run
-        assert list(v["judged"]) == ["shipped run", "mean of runs", f"{name}_lr"] == \
-            ["shipped run", "mean of runs", v["target"]]
+    wide, n_wide = _passes_against_target(SWEEP_LBFT, "lbft")
+    assert f"passed on {wide} of {n_wide} zoos whose last block was fine-tuned with lr up to 0.1" \
+        in regimes.REGIMES["lbft"].caveat
+    for path, regime in ((SWEEP, "finetune"), (SWEEP_LBFT, "lbft")):
+        for name, v in json.loads(path.read_text())[regime].items():     # its one wider run
+            assert list(v["judged"]) == ["shipped run", "mean of runs", v["target"]]
+            assert v["target"] == (f"{name}_lr" if regime == "finetune" else f"{name}_lbft_lr")
+    beaten = [n for n, v in json.loads(SWEEP_LBFT.read_text())["lbft"].items()
+              if v["judged"][v["target"]]["static"]["width reversed"]["tau_w"] >
+              v["judged"][v["target"]]["sets"][",".join(regimes.REGIMES["lbft"].labels)]["tau_w"]]
+    assert f"beat it on {len(beaten)})" in regimes.REGIMES["lbft"].caveat
 
 
 @pytest.mark.skipif(not BUDGET_FILES.is_dir(), reason="budget's files are not in this checkout")
