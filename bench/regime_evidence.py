@@ -816,7 +816,8 @@ def _sweep_moves(file: str, narrow: dict, before: dict, wide: dict, said: dict) 
     models = list(narrow)
     return dict(
         file=file,
-        lrs=sorted({float(k.split(",")[0][3:]) for m in wide for k in said[m]["sweep"]}),
+        lrs=sorted({float(dict(p.split("=") for p in k.split(","))["lr"])   # "lr=0.1,wd=0.0001"
+                    for m in wide for k in said[m]["sweep"]}),
         kept={f"{lr:g}": kept.count(lr) for lr in sorted(set(kept))},
         reproduced=sum(said[m]["sweep"][k] == before[m]["sweep"][k] for m, k in common),
         shared_runs=len(common),

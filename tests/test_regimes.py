@@ -539,10 +539,10 @@ def test_regime_evidence_restore_gives_back_the_run_that_ship_shipped(tmp_path, 
     group = "wheels_heldout" if name in ev.HELD_OUT else "wheels"
     assert got["groups"][name]["models"] == ev.candidate_names(name)
     regimes = got["groups"][name]["regimes"]
-    assert set(regimes) == {r for r in ev.REGIMES if name in shipped_tables(group, r)}
+    assert set(regimes) == {r for r in ev.REGIMES if name in rank.list_ground_truth()[group]["measured"][r]}
     own = str(ev.ZOOS[name]["seed"])
     for regime, tables in regimes.items():
-        run, table = tables[name], shipped_tables(group, regime)[name]
+        run, table = tables[name], rank.ground_truth(group, regime, name)
         details = got["_details"][name][regime][name]
         runs = {m: {int(s): a for s, a in d["runs"].items() if s != own}
                 for m, d in details.items() if "runs" in d}
@@ -552,11 +552,6 @@ def test_regime_evidence_restore_gives_back_the_run_that_ship_shipped(tmp_path, 
             assert means[m] == pytest.approx(table[m], abs=0.005), (regime, m)
         if not runs:
             assert run == table
-
-
-def shipped_tables(group: str, regime: str) -> dict:
-    data = json.loads(resources.files("te_gpu").joinpath("data", f"{group}_accuracy.json").read_text())
-    return data["groups"][group]["regimes"].get(regime, {})
 
 
 def test_regime_evidence_sweep_compares_a_wider_sweep_with_the_shipped_run(tmp_path):
