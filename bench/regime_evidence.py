@@ -18,7 +18,8 @@ Two steps (from the repository root; CPU; heavy, so nice'd and one thread):
     python bench/regime_evidence.py budget EVIDENCE.json LONGER.json... --work DIR
                                           [--truth-runs RUNS.json...] [--out F]
                                           # the verdicts under another training budget
-    python bench/regime_evidence.py ship-budget LONGER.json...   # ship them (wheels_e10)
+    python bench/regime_evidence.py ship-budget LONGER.json... [--group wheels_lr]
+                                          # ship them (wheels_e10; wheels_lr, the wider sweep)
     python bench/regime_evidence.py sweep WIDER.json...   # the tables under a wider lr sweep
                                           # (budget judges the sets against them)
     python bench/regime_evidence.py held-out EVIDENCE.json --work DIR [--truth-runs RUNS.json...]
@@ -1209,9 +1210,9 @@ REGIME_TEXT = dict(
              "linear head")
 
 
-def training_text(regimes: str, epochs) -> str:
-    return (f"{regimes}: SGD momentum 0.9, cosine schedule, batch 32, {epochs} epochs, sweep lr "
-            f"{SWEEP['lr']} x wd {SWEEP['wd']}; the setting with the best accuracy on a "
+def training_text(regimes: str, budget: dict) -> str:
+    return (f"{regimes}: SGD momentum 0.9, cosine schedule, batch 32, {budget['epochs']} epochs, "
+            f"sweep lr {budget['lr']} x wd {budget['wd']}; the setting with the best accuracy on a "
             "stratified 20 % of the training images (hold-out seeded by --seed) is kept and "
             "its test accuracy reported")
 
@@ -1277,7 +1278,7 @@ def ship(work: Path, zoos, runs_files=(), group: str = GROUP) -> Path:
             + (HELD_OUT_TEXT if group != GROUP else "")),
         "_how_measured": dict(
             regimes=REGIME_TEXT,
-            training=training_text("lbft and finetune", SWEEP["epochs"]),
+            training=training_text("lbft and finetune", SWEEP),
             training_runs="where a zoo's entry below names training_runs, that regime was "
                           "fine-tuned again with other training seeds (te-gpu finetune "
                           "--train-seeds: the head's initialisation and the batches' order; "
@@ -1333,29 +1334,53 @@ HELD_OUT_TEXT = (
 
 
 BUDGET_GROUP = "wheels_e10"     # the shipped name of the 10-epoch tables
+# the shipped groups of other budgets or sweeps: {group: the bench/RESULTS.md section on them}
+BUDGET_SECTIONS = {BUDGET_GROUP: "The longer budget on four zoos, three runs each",
+                   "wheels_lr": "The sweep widened on nine zoos"}
+BUDGET_FLAGS = ("epochs", "lr", "wd")    # what a budget is: te-gpu finetune's options
+
+
+def budget_of(line: str, sh_name: str) -> dict:
+    """{flag: value} of BUDGET_FLAGS in one te-gpu finetune command; each must be named."""
+    got = {}
+    for flag in BUDGET_FLAGS:
+        if f"--{flag} " not in line:
+            raise ValueError(f"{sh_name}: a command without --{flag}; the budget must be named")
+        got[flag] = line.split(f"--{flag} ")[1].split()[0]
+    return got
+
+
+def budget_text(budget: dict) -> str:
+    """How ``budget`` differs from the wheels tables' training, in words."""
+    said = {"epochs": lambda v: f"{v} epochs of training",
+            "lr": lambda v: f"lr swept over {v.replace(',', ', ')}",
+            "wd": lambda v: f"weight decay {v}"}
+    moved = [f"{said[f](budget[f])} (the wheels tables: {SWEEP[f].replace(',', ', ')})"
+             for f in BUDGET_FLAGS if budget[f] != SWEEP[f]]
+    return " and ".join(moved) or "the wheels tables' training"
 
 
 def ship_budget(files, group: str = BUDGET_GROUP, out: Path | None = None) -> Path:
     """Ship ``budget``'s files as ground truth: te_gpu/data/{group}_accuracy.json (or ``out``).
 
-    Each file is one training seed of te-gpu finetune on a zoo of ZOOS (its images, hold-out
-    and sweep; group = the zoo's name) under another budget, its command(s) in the .sh beside
-    it. A zoo's table is each model's mean test accuracy over its runs (2 decimals, as
-    ``ship``), each run at the setting its own sweep kept; ``_details`` keeps every run's
-    accuracy and sweep, ``_how_measured`` every command. A run that did not measure every
-    candidate of its zoo, two runs of one training seed, or budgets that differ raise
-    ValueError.
+    Each file is one training seed of te-gpu finetune on a zoo of ZOOS (its images and
+    hold-out; group = the zoo's name) under another budget (epochs, lr sweep, wd: one for
+    every file), its command(s) in the .sh beside it. A zoo's table is each model's mean test
+    accuracy over its runs (2 decimals, as ``ship``), each run at the setting its own sweep
+    kept; ``_details`` keeps every run's accuracy and sweep, ``_how_measured`` every command.
+    A run that did not measure every candidate of its zoo, two runs of one training seed, or
+    budgets that differ raise ValueError.
     """
-    runs, commands, epochs = {}, {}, set()
+    if group not in BUDGET_SECTIONS:
+        raise ValueError(f"no bench/RESULTS.md section is named for {group!r}: add it to BUDGET_SECTIONS")
+    runs, commands, budgets = {}, {}, {f: set() for f in BUDGET_FLAGS}
     for path in map(Path, files):
         got = json.loads(path.read_text())
         lines = [ln for ln in path.with_suffix(".sh").read_text().splitlines()
                  if ln.strip() and not ln.startswith("#")]
         for ln in lines:
-            if "--epochs " not in ln:
-                raise ValueError(f"{path.with_suffix('.sh').name}: a command without --epochs; "
-                                 "the budget must be named")
-            epochs.add(ln.split("--epochs ")[1].split()[0])
+            for flag, value in budget_of(ln, path.with_suffix(".sh").name).items():
+                budgets[flag].add(value)
         for name, g in got["groups"].items():
             for regime, tables in g["regimes"].items():
                 missing = set(candidate_names(name)) - set(tables[name])
@@ -1363,21 +1388,25 @@ def ship_budget(files, group: str = BUDGET_GROUP, out: Path | None = None) -> Pa
                     raise ValueError(f"{path.name}: {name} {regime} lacks {len(missing)} of the "
                                      f"zoo's {len(candidate_names(name))} candidates (a stopped run?)")
                 for m, d in got["_details"][name][regime][name].items():
+                    if "train_seeds" not in d:       # run without --train-seeds: its seed is --seed
+                        d = dict(d, runs=[tables[name][m]],
+                                 train_seeds=[int(lines[0].split("--seed ")[1].split()[0])])
                     if len(d["train_seeds"]) != 1:
                         raise ValueError(f"{path.name}: one training seed per file, not {d['train_seeds']}")
                     per_seed = runs.setdefault(regime, {}).setdefault(name, {}).setdefault(m, {})
                     if d["train_seeds"][0] in per_seed:
-                        raise ValueError(f"{path.name}: {name} {m} has a run with training seed "
-                                         f"{d['train_seeds'][0]} already")
+                        raise ValueError(f"{path.name}: {name} {regime} {m} has a run with "
+                                         f"training seed {d['train_seeds'][0]} already")
                     per_seed[d["train_seeds"][0]] = d
                 for ln in lines:
                     specs = ln.split("--model ")[1:]
                     commands.setdefault(regime, {}).setdefault(name, []).append(dict(
                         command=ln, models=[m for m in spec_names(s.split()[0] for s in specs)
                                             if m in tables[name]]))
-    if len(epochs) != 1:
-        raise ValueError(f"the files were trained for different budgets: --epochs {sorted(epochs)}")
-    epochs = epochs.pop()
+    for flag, values in budgets.items():
+        if len(values) != 1:
+            raise ValueError(f"the files were trained for different budgets: --{flag} {sorted(values)}")
+    budget = {flag: values.pop() for flag, values in budgets.items()}
     tables, details, how = {}, {}, {}
     for regime, zoos in runs.items():
         for name, per_model in zoos.items():
@@ -1393,17 +1422,20 @@ def ship_budget(files, group: str = BUDGET_GROUP, out: Path | None = None) -> Pa
             how.setdefault(name, zoo_text(name)).setdefault("training_runs", {})[regime] = dict(
                 train_seeds=seeds, commands=commands[regime][name])
     models = list(dict.fromkeys(m for t in tables.values() for zoo in t.values() for m in zoo))
+    held_out = [name for name in how if name in HELD_OUT]
+    same = ", ".join(["images", "hold-out"] + ["sweep"] * all(budget[f] == SWEEP[f] for f in ("lr", "wd"))) + " and candidates"
+    zoos_text = (f"{len(how) - len(held_out)} zoos of the wheels tables and {len(held_out)} of "
+                 f"the {HELD_OUT_GROUP} tables" if held_out else f"{len(how)} zoos of the wheels tables")
     text = dict(
         _source=(
             f"Accuracies (%) measured for te_gpu by `te-gpu finetune` on a 2-core CPU with "
-            f"{epochs} epochs of training (the wheels tables: {SWEEP['epochs']}), on {len(how)} of "
-            "their zoos: the same images, hold-out, sweep and candidates, other training "
-            "seeds (bench/regime_evidence.py budget and ship-budget; bench/RESULTS.md, 'The "
-            "longer budget on four zoos, three runs each'). " + CANDIDATES_TEXT + " Each table "
-            "is each model's mean over its zoo's training runs."),
+            f"{budget_text(budget)}, on {zoos_text}: the same {same}, the training seeds in "
+            "_how_measured (bench/regime_evidence.py budget and "
+            f"ship-budget; bench/RESULTS.md, '{BUDGET_SECTIONS[group]}'). " + CANDIDATES_TEXT +
+            " Each table is each model's mean over its zoo's training runs."),
         _how_measured=dict(
             regimes={r: REGIME_TEXT[r] for r in tables},
-            training=training_text(" and ".join(tables), epochs),
+            training=training_text(" and ".join(tables), budget),
             training_runs="each run is one training seed (te-gpu finetune --train-seeds: the "
                           "head's initialisation and the batches' order), at the setting its "
                           "own sweep kept; a table is each model's mean test accuracy over its "
@@ -1414,7 +1446,7 @@ def ship_budget(files, group: str = BUDGET_GROUP, out: Path | None = None) -> Pa
         _details=details)
     out = out or DATA / f"{group}_accuracy.json"
     out.write_text(json.dumps(text, indent=1) + "\n")
-    print(f"wrote {out} ({', '.join(how)}: {epochs} epochs)")
+    print(f"wrote {out} ({', '.join(how)}: {budget_text(budget)})")
     return out
 
 
@@ -1486,10 +1518,12 @@ def parser() -> argparse.ArgumentParser:
                     help="te-gpu finetune --train-seeds files: a re-run regime is judged against the means")
     ho.add_argument("-B", "--replicates", type=int, default=20)
     ho.add_argument("--out", type=Path, default=None)
-    sb = sub.add_parser("ship-budget", help="ship budget's files as the wheels_e10 ground truth")
+    sb = sub.add_parser("ship-budget", help="ship budget's files as ground truth (wheels_e10, "
+                                            "wheels_lr)")
     sb.add_argument("files", type=Path, nargs="+",
                     help="te-gpu finetune files, one training seed each, every candidate of the zoo")
-    sb.add_argument("--group", default=BUDGET_GROUP)
+    sb.add_argument("--group", default=BUDGET_GROUP, choices=list(BUDGET_SECTIONS),
+                    help="the shipped name: wheels_e10 (10 epochs), wheels_lr (lr up to 0.1)")
     return ap
 
 

@@ -28,7 +28,8 @@ PROG = "te-gpu"
 PRECISIONS = ("exact", "fast")             # te_gpu.engine._tensor.PRECISIONS
 REGIMES = ("lft", "lbft", "finetune")      # te_gpu.pipeline.finetune.REGIMES
 TRANSFERS = ("lft", "lbft", "finetune")    # te_gpu.regimes.REGIMES
-SHIPPED_TRUTH = ("group1", "group2", "wheels", "wheels_e10", "wheels_heldout")   # te_gpu.rank.list_ground_truth()
+SHIPPED_TRUTH = ("group1", "group2", "wheels", "wheels_e10", "wheels_heldout",   # te_gpu.rank.
+                 "wheels_lr")                                                      # list_ground_truth()
 SHIPPED_TEXT = " | ".join(SHIPPED_TRUTH)
 
 

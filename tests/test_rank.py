@@ -273,7 +273,7 @@ def test_ground_truth_returns_fresh_copies():
 
 def test_list_ground_truth():
     listing = list_ground_truth()
-    assert set(listing) == {"group1", "group2", "wheels", "wheels_e10", "wheels_heldout"}
+    assert set(listing) == {"group1", "group2", "wheels", "wheels_e10", "wheels_heldout", "wheels_lr"}
     g1 = listing["group1"]
     assert g1["regimes"] == ["finetune", "lbft", "lft"]
     assert "aircraft" in g1["datasets"] and len(g1["datasets"]) == 11

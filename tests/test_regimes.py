@@ -20,10 +20,14 @@ MEASURED = ("lft", "lbft", "finetune")
 EVIDENCE = Path(__file__).resolve().parent.parent / "bench" / "results" / "regime_evidence_B20.json"
 # the zoos fully fine-tuned for 10 epochs too (wheels_e10), and budget's files and verdicts
 E10_ZOOS = ("fmnist32", "fmnist64", "fmnist5c32", "digits48")
+# the zoos fine-tuned with lr up to 0.1, three runs each (wheels_lr), and their runs
+LR_ZOOS = ("fmnist5l32", "fmnist32s6", "digits32", "fmnist32", "fmnist5c32")
 BUDGET_FILES = Path(__file__).resolve().parent.parent / "bench" / "results" / "finetune_budget"
 BUDGET = BUDGET_FILES.parent / "regime_budget_e10.json"
 SWEEP = BUDGET_FILES.parent / "regime_sweep_lr.json"      # budget's verdicts on the wider lr sweep
 SWEEP_LBFT = BUDGET_FILES.parent / "regime_sweep_lr_lbft.json"
+SWEEP_FILES = BUDGET_FILES.parent / "finetune_sweep"
+SWEEP_MEANS = BUDGET_FILES.parent / "regime_sweep_lr_means.json"   # the same, finetune, three runs
 
 
 def run(capsys, *argv):
@@ -49,7 +53,7 @@ def _shipped() -> dict:
 
 def test_wheels_is_listed_with_every_regime_and_zoo():
     listing = rank.list_ground_truth()
-    assert set(listing) == {"group1", "group2", "wheels", "wheels_e10", "wheels_heldout"}
+    assert set(listing) == {"group1", "group2", "wheels", "wheels_e10", "wheels_heldout", "wheels_lr"}
     assert listing["wheels"]["regimes"] == list(MEASURED)
     assert listing["wheels"]["datasets"] == list(ZOOS)
     assert len(listing["wheels"]["models"]) == 13
@@ -197,20 +201,39 @@ def test_the_shipped_tables_are_the_truth_the_evidence_judged():
             assert shipped == {m: round(v, 2) for m, v in judged.items()}, (dataset, regime)
 
 
+def _shipped_group(group: str) -> dict:
+    return json.loads(resources.files("te_gpu").joinpath("data", f"{group}_accuracy.json").read_text())
+
+
 def _shipped_e10() -> dict:
-    return json.loads(resources.files("te_gpu").joinpath("data", "wheels_e10_accuracy.json").read_text())
+    return _shipped_group("wheels_e10")
 
 
-@pytest.mark.parametrize("dataset", E10_ZOOS)
-def test_wheels_e10_ships_each_zoo_as_the_mean_of_its_10_epoch_runs(dataset):
-    """wheels_e10: the zoo of wheels (same candidates, images, hold-out and sweep) fully
-    fine-tuned for 10 epochs, each model's mean over three training runs, each run the test
-    accuracy at the setting its own sweep kept, and the commands that made them."""
-    table = rank.ground_truth("wheels_e10", "finetune", dataset)
-    assert set(table) == set(rank.ground_truth("wheels", "finetune", dataset))
-    details = _shipped_e10()["_details"]["finetune"][dataset]
-    how = _shipped_e10()["_how_measured"]["datasets"][dataset]
-    said = how["training_runs"]["finetune"]
+def _wheels_group_of(dataset: str) -> str:
+    """The shipped 3-epoch table a zoo belongs to: the evidence's, or the held-out one."""
+    return "wheels" if dataset in rank.list_ground_truth()["wheels"]["datasets"] else "wheels_heldout"
+
+
+# each shipped table of another budget: (group, regime, its zoos, what its commands say)
+BUDGET_TABLES = (("wheels_e10", "finetune", E10_ZOOS, " --epochs 10 "),
+                 ("wheels_lr", "lbft", LR_ZOOS, " --lr 0.1,0.03,0.01 --wd 1e-4 --epochs 3 "),
+                 ("wheels_lr", "finetune", LR_ZOOS, " --lr 0.1,0.03,0.01 --wd 1e-4 --epochs 3 "))
+
+
+@pytest.mark.parametrize("group,regime,dataset,said_budget",
+                         [(g, r, d, b) for g, r, zoos, b in BUDGET_TABLES for d in zoos])
+def test_a_budget_table_ships_each_zoo_as_the_mean_of_its_runs(group, regime, dataset, said_budget):
+    """wheels_e10 and wheels_lr: a zoo of the 3-epoch tables (same candidates, images and
+    hold-out) fine-tuned for 10 epochs, or with a wider lr sweep, each model's mean over
+    three training runs, each run the test accuracy at the setting its own sweep kept, and
+    the commands that made them (a command without --train-seeds trained with its --seed)."""
+    wheels = _wheels_group_of(dataset)
+    table = rank.ground_truth(group, regime, dataset)
+    assert set(table) == set(rank.ground_truth(wheels, regime, dataset))
+    shipped = _shipped_group(group)
+    details = shipped["_details"][regime][dataset]
+    how = shipped["_how_measured"]["datasets"][dataset]
+    said = how["training_runs"][regime]
     assert len(said["train_seeds"]) == 3
     for m, acc in table.items():
         runs, settings = details[m]["runs"], details[m]["settings"]
@@ -219,27 +242,36 @@ def test_wheels_e10_ships_each_zoo_as_the_mean_of_its_10_epoch_runs(dataset):
         for seed, run_acc in runs.items():
             kept = settings[seed]
             assert kept["sweep"][f"lr={kept['lr']},wd={kept['wd']}"] == dict(val=kept["val_accuracy"], test=run_acc)
-    wheels_how = _shipped()["_how_measured"]["datasets"][dataset]
+    wheels_how = _shipped_group(wheels)["_how_measured"]["datasets"][dataset]
     assert {k: how[k] for k in ("data", "seed", "n_train", "n_test")} == \
         {k: wheels_how[k] for k in ("data", "seed", "n_train", "n_test")}
     for seed in said["train_seeds"]:
-        ran = [c for c in said["commands"] if f"--train-seeds {seed} " in c["command"]]
+        ran = [c for c in said["commands"] if f"--train-seeds {seed} " in c["command"] or
+               ("--train-seeds" not in c["command"] and seed == how["seed"])]
         assert {m for c in ran for m in c["models"]} == set(table), seed
         for c in ran:
-            assert c["command"].startswith("te-gpu finetune") and " --epochs 10 " in c["command"]
+            assert c["command"].startswith("te-gpu finetune") and said_budget in c["command"]
+            assert f"--regime {regime} " in c["command"]
             assert f"--seed {how['seed']} " in c["command"] and f"--n-train {how['n_train']} " in c["command"]
-    assert "10 epochs" in _shipped_e10()["_how_measured"]["training"]
+    assert said_budget.split("--epochs")[-1].strip() + " epochs" in shipped["_how_measured"]["training"]
 
 
-@pytest.mark.skipif(not BUDGET.is_file(), reason="budget's verdicts are not in this checkout")
-def test_wheels_e10_is_the_target_budget_judged():
-    """The 10-epoch verdicts of bench/RESULTS.md were judged against the tables shipped
-    (budget's target, the runs' mean, to the 2 decimals shipped)."""
-    judged = json.loads(BUDGET.read_text())["finetune"]
-    assert tuple(judged) == E10_ZOOS
+# budget's verdicts against a shipped table of another budget: (verdicts, regime, group)
+JUDGED_TABLES = ((BUDGET, "finetune", "wheels_e10"), (SWEEP_LBFT, "lbft", "wheels_lr"),
+                 (SWEEP_MEANS, "finetune", "wheels_lr"))
+
+
+@pytest.mark.parametrize("verdicts,regime,group", JUDGED_TABLES)
+def test_a_budget_table_is_the_target_budget_judged(verdicts, regime, group):
+    """The verdicts of bench/RESULTS.md under another budget or sweep were judged against
+    the tables shipped (budget's target, the runs' mean, to the 2 decimals shipped)."""
+    if not verdicts.is_file():
+        pytest.skip("budget's verdicts are not in this checkout")
+    judged = json.loads(verdicts.read_text())[regime]
+    assert tuple(judged) == tuple(rank.list_ground_truth()[group]["measured"][regime])
     for dataset, v in judged.items():
         at = list(v["judged"]).index(v["target"])
-        assert rank.ground_truth("wheels_e10", "finetune", dataset) == {
+        assert rank.ground_truth(group, regime, dataset) == {
             m: round(acc[at], 2) for m, acc in v["accuracy"].items()}, dataset
 
 
@@ -251,33 +283,54 @@ def _passes_against_target(path: Path, regime: str) -> tuple:
             len(judged))
 
 
-@pytest.mark.skipif(not (BUDGET.is_file() and SWEEP.is_file() and SWEEP_LBFT.is_file()),
+def _beaten_by_width_reversed(path: Path, regime: str) -> int:
+    """Zoos where the ranking by width, narrowest first, has a higher tau_w than the
+    regime's chosen set against budget's target."""
+    chosen = ",".join(regimes.REGIMES[regime].labels)
+    return sum(v["judged"][v["target"]]["static"]["width reversed"]["tau_w"] >
+               v["judged"][v["target"]]["sets"][chosen]["tau_w"]
+               for v in json.loads(path.read_text())[regime].values())
+
+
+def _top3_kept(path: Path, regime: str) -> int:
+    """Zoos where the chosen set keeps the most accurate model in its top 3 often enough."""
+    chosen = ",".join(regimes.REGIMES[regime].labels)
+    return sum(v["judged"][v["target"]]["sets"][chosen]["p_best_top"] >= regimes.TOP3_NEEDED
+               for v in json.loads(path.read_text())[regime].values())
+
+
+@pytest.mark.skipif(not all(f.is_file() for f in (BUDGET, SWEEP, SWEEP_LBFT, SWEEP_MEANS)),
                     reason="budget's verdicts are not in this checkout")
 def test_caveats_count_the_zoos_of_the_other_budget_and_the_wider_sweep():
     """The finetune and lbft caveats' counts are budget's verdicts: the chosen set against
-    the 10-epoch means, and against the tables fine-tuned with lr up to 0.1 (one run at
-    each zoo's seed, judged beside the shipped run and the mean of runs)."""
+    the 10-epoch means, and against the means of three runs fine-tuned with lr up to 0.1
+    (each run judged too, beside the shipped run and the shipped mean)."""
     e10, n10 = _passes_against_target(BUDGET, "finetune")
-    wide, n_wide = _passes_against_target(SWEEP, "finetune")
+    wide, n_wide = _passes_against_target(SWEEP_MEANS, "finetune")
     caveat = regimes.REGIMES["finetune"].caveat
     assert f"passed on {e10} of {n10} zoos fine-tuned for 10 epochs" in caveat
-    assert f"and on {wide} of {n_wide} fine-tuned with lr up to 0.1" in caveat
+    assert f"and on {wide} of {n_wide} fine-tuned with lr up to 0.1 (means of three runs), where " \
+           f"it kept the most accurate model in its top 3 on {_top3_kept(SWEEP_MEANS, 'finetune')} " \
+           "but the ranking by feature width, narrowest first, ordered the models better on " \
+           f"{_beaten_by_width_reversed(SWEEP_MEANS, 'finetune')}:" in caveat
     wide, n_wide = _passes_against_target(SWEEP_LBFT, "lbft")
     assert f"passed on {wide} of {n_wide} zoos whose last block was fine-tuned with lr up to " \
-           "0.1 (means of three runs)" in regimes.REGIMES["lbft"].caveat
-    for name, v in json.loads(SWEEP.read_text())["finetune"].items():     # its one wider run
+           "0.1 (means of three runs), where the ranking by feature width, narrowest first, " \
+           f"beat it on {_beaten_by_width_reversed(SWEEP_LBFT, 'lbft')}:" in regimes.REGIMES["lbft"].caveat
+    for regime in ("lbft", "finetune"):
+        assert regimes.REGIMES[regime].look_also == ("width reversed",)
+    for name, v in json.loads(SWEEP.read_text())["finetune"].items():     # one wider run
         assert list(v["judged"]) == ["shipped run", "mean of runs", v["target"]] and \
             v["target"] == f"{name}_lr"
-    for name, v in json.loads(SWEEP_LBFT.read_text())["lbft"].items():    # three wider runs
-        runs = list(v["judged"])[2:-1]
-        assert len(runs) == 3 and runs[0] == f"{name}_lbft_lr" and \
-            all(r.startswith(f"{name}_lbft_lr_s") for r in runs[1:])
-        assert list(v["judged"]) == ["shipped run", "mean of runs", *runs, v["target"]]
-        assert v["target"] == "mean of " + ", ".join(runs)
-    beaten = [n for n, v in json.loads(SWEEP_LBFT.read_text())["lbft"].items()
-              if v["judged"][v["target"]]["static"]["width reversed"]["tau_w"] >
-              v["judged"][v["target"]]["sets"][",".join(regimes.REGIMES["lbft"].labels)]["tau_w"]]
-    assert f"feature width, narrowest first, beat it on {len(beaten)}:" in regimes.REGIMES["lbft"].caveat
+    for path, regime, kind in ((SWEEP_LBFT, "lbft", "lbft_lr"), (SWEEP_MEANS, "finetune", "lr")):
+        judged = json.loads(path.read_text())[regime]
+        assert tuple(judged) == LR_ZOOS
+        for name, v in judged.items():                                   # three wider runs
+            runs = list(v["judged"])[2:-1]
+            assert len(runs) == 3 and runs[0] == f"{name}_{kind}" and \
+                all(r.startswith(f"{name}_{kind}_s") for r in runs[1:])
+            assert list(v["judged"]) == ["shipped run", "mean of runs", *runs, v["target"]]
+            assert v["target"] == "mean of " + ", ".join(runs)
 
 
 @pytest.mark.skipif(not BUDGET_FILES.is_dir(), reason="budget's files are not in this checkout")
@@ -297,7 +350,7 @@ def test_regime_evidence_ship_budget_rebuilds_wheels_e10_and_refuses_a_stopped_r
     assert got == shipped
     with pytest.raises(ValueError, match="lacks 6 of the zoo's 13 candidates"):
         ev.ship_budget(files + [BUDGET_FILES / "digits64_e10_stopped.json"], out=tmp_path / "x.json")
-    with pytest.raises(ValueError, match="digits48 lite0-stage4 has a run with training seed 2 already"):
+    with pytest.raises(ValueError, match="digits48 finetune lite0-stage4 has a run with training seed 2 already"):
         ev.ship_budget(files + files[-1:], out=tmp_path / "x.json")
     other = tmp_path / "digits48_e5_seed9.json"
     run = json.loads(files[-1].read_text())
@@ -310,6 +363,42 @@ def test_regime_evidence_ship_budget_rebuilds_wheels_e10_and_refuses_a_stopped_r
     other.with_suffix(".sh").write_text(files[-1].with_suffix(".sh").read_text().replace("--epochs 10 ", ""))
     with pytest.raises(ValueError, match="a command without --epochs"):
         ev.ship_budget(files + [other], out=tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def _lr_files() -> list:
+    """wheels_lr's runs in the order shipped: lbft then finetune, zoo by zoo, the run at
+    the zoo's seed first."""
+    return [f for kind in ("lbft_lr", "lr") for z in LR_ZOOS
+            for f in sorted(SWEEP_FILES.glob(f"{z}_{kind}*.json"))]
+
+
+@pytest.mark.skipif(not SWEEP_FILES.is_dir(), reason="the sweep's files are not in this checkout")
+def test_regime_evidence_ship_budget_rebuilds_wheels_lr_and_refuses_another_sweep(tmp_path):
+    """ship-budget --group wheels_lr, from the runs in bench/results/finetune_sweep, writes
+    the shipped file (the software line aside), the run at each zoo's seed included; a run
+    of the narrow sweep among them is refused."""
+    ev = _evidence_script()
+    files = _lr_files()
+    assert len(files) == 2 * 3 * len(LR_ZOOS)
+    got = json.loads(ev.ship_budget(files, "wheels_lr", out=tmp_path / "lr.json").read_text())
+    shipped = _shipped_group("wheels_lr")
+    for d in (got, shipped):
+        d["_how_measured"].pop("software")
+    assert got == shipped
+    assert "lr swept over 0.1, 0.03, 0.01 (the wheels tables: 0.01, 0.001)" in got["_source"]
+    narrow = tmp_path / "fmnist32_lr_s9.json"
+    run = json.loads(files[-1].read_text())
+    name = next(iter(run["_details"]))
+    for d in run["_details"][name]["finetune"][name].values():
+        d["train_seeds"] = [9]
+    narrow.write_text(json.dumps(run))
+    narrow.with_suffix(".sh").write_text(files[-1].with_suffix(".sh").read_text().replace(
+        "--lr 0.1,0.03,0.01", "--lr 0.01,0.001"))
+    with pytest.raises(ValueError, match=r"different budgets: --lr \['0.01,0.001', '0.1,0.03,0.01'\]"):
+        ev.ship_budget(files + [narrow], "wheels_lr", out=tmp_path / "x.json")
+    with pytest.raises(ValueError, match="no bench/RESULTS.md section is named for 'wheels_x'"):
+        ev.ship_budget(files, "wheels_x", out=tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
 
 
