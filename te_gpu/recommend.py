@@ -64,6 +64,7 @@ class Recommendation:
     picks: dict
     lines: list = field(default_factory=list)
     transfer: str | None = None   # the regime (te_gpu.regimes) the metric set answers for
+    widths: dict = field(default_factory=dict)   # {model: feature width D}, where known
 
     @property
     def best(self) -> str:
@@ -77,7 +78,7 @@ class Recommendation:
 
     def to_dict(self, samples: bool = False) -> dict:
         return dict(best=self.best, verdict=self.lines, transfer=self.transfer,
-                    labels=self.labels, order=self.order,
+                    labels=self.labels, order=self.order, widths=self.widths,
                     p_first=self.p_first, p_top=self.p_top, k=self.k, picks=self.picks,
                     redraws=self.redraws, bootstrap=self.boot.to_dict(samples))
 
@@ -110,7 +111,7 @@ def recommend(zoo, labels=None, *, transfer: str | None = None, metrics=None,
                           predictions=predictions, device=device, precision=precision,
                           batch_size=batch_size, progress=progress, ped_reference=ped_reference)
     name, labels_ = next(iter(sets.items()))
-    rec = from_bootstrap(boot, labels_, k=k, transfer=name)
+    rec = from_bootstrap(boot, labels_, k=k, transfer=name, widths=feature_widths(zoo))
     if default:
         rec.lines.append(DEFAULT_NOTE)
     return rec
@@ -126,7 +127,16 @@ def recommend_per_regime(zoo, labels=None, *, k: int = 3, sa_options=None,
     sets = {name: r.labels for name, r in REGIMES.items()}
     boot = _bootstrap_for(zoo, labels, sets, sa_options=sa_options, k=k, mc_error=mc_error,
                           **bootstrap_args)
-    return {name: from_bootstrap(boot, lbs, k=k, transfer=name) for name, lbs in sets.items()}
+    widths = feature_widths(zoo)
+    return {name: from_bootstrap(boot, lbs, k=k, transfer=name, widths=widths)
+            for name, lbs in sets.items()}
+
+
+def feature_widths(zoo) -> dict:
+    """{model: D}, each model's feature width read from its array's shape (no data read)."""
+    from .zoo import open_features
+
+    return {m: int(open_features(m, item)[1][-1]) for m, item in zoo.items()}
 
 
 def _label_sets(transfer, metrics, sa) -> dict:
@@ -202,10 +212,12 @@ def settled(boot: BootstrapResult, *, k: int = 3, error: float = MC_ERROR,
 
 
 def from_bootstrap(boot: BootstrapResult, labels=None, *, k: int = 3,
-                   transfer: str | None = None) -> Recommendation:
+                   transfer: str | None = None, widths=None) -> Recommendation:
     """A :class:`Recommendation` from redraws already computed (all labels by default);
-    ``transfer``: the regime whose metric set ``labels`` is (named by the verdict).
-    Labels undefined for this zoo (a zoo-level score, :mod:`te_gpu.combine`) are left out."""
+    ``transfer``: the regime whose metric set ``labels`` is (named by the verdict);
+    ``widths``: {model: feature width}, for the static rankings the regime's evidence
+    names (:func:`feature_widths`). Labels undefined for this zoo (a zoo-level score,
+    :mod:`te_gpu.combine`) are left out."""
     if labels is not None:
         labels = [lb for lb in labels if lb not in boot.undefined]
     labels = list(labels or boot.labels)
@@ -218,7 +230,8 @@ def from_bootstrap(boot: BootstrapResult, labels=None, *, k: int = 3,
     picks = {lb: max(best_up[lb], key=lambda m: (best_up[lb][m], -boot.models.index(m)))
              for lb in labels}
     rec = Recommendation(boot=boot, labels=labels, order=order, p_first=share, p_top=top, k=k,
-                         picks=picks, transfer=transfer)
+                         picks=picks, transfer=transfer,
+                         widths={m: int(widths[m]) for m in boot.models} if widths else {})
     rec.lines = verdict(rec)
     return rec
 
@@ -272,6 +285,28 @@ def verdict(rec: Recommendation) -> list:
         lines.insert(0, f"for {regime.what} (--transfer {rec.transfer}; the other "
                         f"regimes: --transfer {others})")
         lines += [line for line in (weak_line(rec.transfer), regime.caveat) if line]
+        lines += static_lines(rec, regime.statics_named)
+    return lines
+
+
+# the static rankings a zoo's feature widths give: {name in te_gpu.regimes.STATIC_NAMES:
+# narrowest first?}
+WIDTH_RANKINGS = {"width": False, "width reversed": True}
+
+
+def static_lines(rec: Recommendation, names) -> list:
+    """For each static ranking of ``names`` that the zoo's feature widths give, one line
+    with its top ``rec.k`` models on this zoo (and those tied with the last)."""
+    from .regimes import STATIC_NAMES
+
+    lines = []
+    for name in (n for n in names if n in WIDTH_RANKINGS and rec.widths):
+        sign = 1 if WIDTH_RANKINGS[name] else -1
+        ranked = sorted(rec.order, key=lambda m: (sign * rec.widths[m], rec.order.index(m)))
+        edge = rec.widths[ranked[min(rec.k, len(ranked)) - 1]]
+        shown = [m for m in ranked if sign * rec.widths[m] <= sign * edge]
+        lines.append(f"{STATIC_NAMES[name]}, on this zoo (no target data): "
+                     + ", ".join(f"{m} ({rec.widths[m]})" for m in shown))
     return lines
 
 

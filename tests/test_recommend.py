@@ -375,6 +375,34 @@ def _three_model_zoo():
             "strong": 3.0 * x}, y
 
 
+def test_the_static_ranking_a_regime_names_is_shown_from_the_feature_widths():
+    """The ranking by width the regimes' evidence names is read off the zoo's own feature
+    widths: its top k, with the models tied with the k-th; none for the default set or
+    without widths (from_bootstrap alone); the widths go to to_dict."""
+    from te_gpu.recommend import from_bootstrap, static_lines
+
+    x, y = class_features(2, n=60, d=8, c=3, spread=1.0)
+    rng = np.random.default_rng(3)
+    zoo = {"w8": x, "w3": x[:, :3] + rng.normal(size=(60, 3)), "w5": x[:, :5],
+           "w5b": x[:, 3:] + rng.normal(size=(60, 5)), "w7": x[:, :7] * 2}
+    rec = recommend(zoo, y, transfer="lbft", replicates=20, progress=False)
+    assert rec.widths == {"w8": 8, "w3": 3, "w5": 5, "w5b": 5, "w7": 7}
+    tied = sorted(["w5", "w5b"], key=rec.order.index)           # a tie: the consensus's order
+    assert rec.lines[-1] == ("feature width, narrowest first, on this zoo (no target data): "
+                             f"w3 (3), {tied[0]} (5), {tied[1]} (5)")
+    rec.k = 2                                                    # the tie at the edge is shown
+    assert static_lines(rec, ["width reversed"])[0].endswith(f"w3 (3), {tied[0]} (5), {tied[1]} (5)")
+    rec.k = 1
+    assert static_lines(rec, ["width"]) == [
+        "feature width, widest first, on this zoo (no target data): w8 (8)"]
+    assert static_lines(rec, ["parameters"]) == []               # not in the features
+    assert rec.to_dict()["widths"] == rec.widths
+    plain = recommend(zoo, y, replicates=20, progress=False)
+    assert not any("on this zoo" in line for line in plain.lines)
+    bare = from_bootstrap(rec.boot, rec.labels, transfer="lbft")
+    assert bare.widths == {} and not any("on this zoo" in line for line in bare.lines)
+
+
 def test_transfer_takes_the_regimes_set_and_names_the_regime():
     from te_gpu import regimes
     from te_gpu.recommend import DEFAULT_NOTE, recommend_per_regime
@@ -387,11 +415,15 @@ def test_transfer_takes_the_regimes_set_and_names_the_regime():
                             "regimes: --transfer lft, lbft)")
     assert (regimes.weak_line("finetune") in rec.lines) == bool(regimes.REGIMES["finetune"].weak)
     assert rec.best == "strong" and DEFAULT_NOTE not in rec.lines
-    # full fine-tuning's own accuracies move with the training run: the verdict says so last
-    assert regimes.REGIMES["finetune"].caveat and rec.lines[-1] == regimes.REGIMES["finetune"].caveat
+    # full fine-tuning's own accuracies move with the training run: the verdict says so, then
+    # shows the static ranking its evidence names (every model 6 wide here: all tie)
+    width_line = "feature width, narrowest first, on this zoo (no target data): "
+    assert regimes.REGIMES["finetune"].caveat and rec.lines[-2] == regimes.REGIMES["finetune"].caveat
+    assert rec.lines[-1] == width_line + "strong (6), mid (6), weak (6)"
     probe = recommend(zoo, y, transfer="lft", replicates=20, progress=False)
-    assert probe.lines[-1] == regimes.weak_line("lft") and not regimes.REGIMES["lft"].caveat
-    assert "narrowest first" in probe.lines[-1] and "held-out zoos" in probe.lines[-1]
+    assert probe.lines[-2] == regimes.weak_line("lft") and not regimes.REGIMES["lft"].caveat
+    assert "narrowest first" in probe.lines[-2] and "held-out zoos" in probe.lines[-2]
+    assert probe.lines[-1].startswith(width_line)
     lbft = recommend(zoo, y, transfer="lbft", replicates=20, progress=False)
     assert not any(line.startswith("weak evidence") for line in lbft.lines)
     plain = recommend(zoo, y, replicates=20, progress=False)      # neither: the fast default
