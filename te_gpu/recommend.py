@@ -299,10 +299,10 @@ def static_lines(rec: Recommendation, names) -> list:
     with its top ``rec.k`` models on this zoo (and those tied with the last)."""
     from .regimes import STATIC_NAMES
 
-    lines = []
+    lines, place = [], {m: i for i, m in enumerate(rec.order)}     # ties: the consensus's order
     for name in (n for n in names if n in WIDTH_RANKINGS and rec.widths):
         sign = 1 if WIDTH_RANKINGS[name] else -1
-        ranked = sorted(rec.order, key=lambda m: (sign * rec.widths[m], rec.order.index(m)))
+        ranked = sorted(rec.order, key=lambda m: (sign * rec.widths[m], place[m]))
         edge = rec.widths[ranked[min(rec.k, len(ranked)) - 1]]
         shown = [m for m in ranked if sign * rec.widths[m] <= sign * edge]
         lines.append(f"{STATIC_NAMES[name]}, on this zoo (no target data): "
