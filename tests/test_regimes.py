@@ -22,6 +22,7 @@ EVIDENCE = Path(__file__).resolve().parent.parent / "bench" / "results" / "regim
 E10_ZOOS = ("fmnist32", "fmnist64", "fmnist5c32", "digits48")
 # the zoos fine-tuned with lr up to 0.1, three runs each (wheels_lr), and their runs
 LR_ZOOS = ("fmnist5l32", "fmnist32s6", "digits32", "fmnist32", "fmnist5c32")
+LR_FT_ZOOS = LR_ZOOS + ("digits48", "digits64")      # the whole network: two more zoos
 BUDGET_FILES = Path(__file__).resolve().parent.parent / "bench" / "results" / "finetune_budget"
 BUDGET = BUDGET_FILES.parent / "regime_budget_e10.json"
 SWEEP = BUDGET_FILES.parent / "regime_sweep_lr.json"      # budget's verdicts on the wider lr sweep
@@ -217,7 +218,7 @@ def _wheels_group_of(dataset: str) -> str:
 # each shipped table of another budget: (group, regime, its zoos, what its commands say)
 BUDGET_TABLES = (("wheels_e10", "finetune", E10_ZOOS, " --epochs 10 "),
                  ("wheels_lr", "lbft", LR_ZOOS, " --lr 0.1,0.03,0.01 --wd 1e-4 --epochs 3 "),
-                 ("wheels_lr", "finetune", LR_ZOOS, " --lr 0.1,0.03,0.01 --wd 1e-4 --epochs 3 "))
+                 ("wheels_lr", "finetune", LR_FT_ZOOS, " --lr 0.1,0.03,0.01 --wd 1e-4 --epochs 3 "))
 
 
 @pytest.mark.parametrize("group,regime,dataset,said_budget",
@@ -322,9 +323,10 @@ def test_caveats_count_the_zoos_of_the_other_budget_and_the_wider_sweep():
     for name, v in json.loads(SWEEP.read_text())["finetune"].items():     # one wider run
         assert list(v["judged"]) == ["shipped run", "mean of runs", v["target"]] and \
             v["target"] == f"{name}_lr"
-    for path, regime, kind in ((SWEEP_LBFT, "lbft", "lbft_lr"), (SWEEP_MEANS, "finetune", "lr")):
+    for path, regime, kind, zoos in ((SWEEP_LBFT, "lbft", "lbft_lr", LR_ZOOS),
+                                     (SWEEP_MEANS, "finetune", "lr", LR_FT_ZOOS)):
         judged = json.loads(path.read_text())[regime]
-        assert tuple(judged) == LR_ZOOS
+        assert tuple(judged) == zoos
         for name, v in judged.items():                                   # three wider runs
             runs = list(v["judged"])[2:-1]
             assert len(runs) == 3 and runs[0] == f"{name}_{kind}" and \
@@ -369,7 +371,7 @@ def test_regime_evidence_ship_budget_rebuilds_wheels_e10_and_refuses_a_stopped_r
 def _lr_files() -> list:
     """wheels_lr's runs in the order shipped: lbft then finetune, zoo by zoo, the run at
     the zoo's seed first."""
-    return [f for kind in ("lbft_lr", "lr") for z in LR_ZOOS
+    return [f for kind, zoos in (("lbft_lr", LR_ZOOS), ("lr", LR_FT_ZOOS)) for z in zoos
             for f in sorted(SWEEP_FILES.glob(f"{z}_{kind}*.json"))]
 
 
@@ -380,7 +382,7 @@ def test_regime_evidence_ship_budget_rebuilds_wheels_lr_and_refuses_another_swee
     of the narrow sweep among them is refused."""
     ev = _evidence_script()
     files = _lr_files()
-    assert len(files) == 2 * 3 * len(LR_ZOOS)
+    assert len(files) == 3 * (len(LR_ZOOS) + len(LR_FT_ZOOS))
     got = json.loads(ev.ship_budget(files, "wheels_lr", out=tmp_path / "lr.json").read_text())
     shipped = _shipped_group("wheels_lr")
     for d in (got, shipped):
