@@ -103,10 +103,10 @@ class Regime:
 # most accurate on six, the finetune set kept the most accurate in its top 3 on six but passed
 # on one, width reversed ahead of it on six. The rule would pick knn, sfda+released,
 # transrate+released (4 of 7, the only set on 4; left out, 2 of 7; also the pick of the
-# single wider runs), not judged on the narrow sweep's tables or the 6,000-image zoos: no
-# switch yet. The caveat says so, and the verdict shows the static ranking named
-# (look_also, weak, held_out_below) on the user's zoo, from its feature widths
-# (te_gpu.recommend.static_lines).
+# single wider runs), which passes on 0 of 9 of the narrow sweep's means where this set
+# passes on 5 (bench/results/regime_sweep_lr_candidate.json): no switch. The caveat says
+# so, and the verdict shows the static ranking named (look_also, weak, held_out_below) on
+# the user's zoo, from its feature widths (te_gpu.recommend.static_lines).
 REGIMES = {
     "lft": Regime("lft", "a linear probe on the frozen features",
                   ("sfda+released", "lda+released"),
