@@ -289,22 +289,25 @@ def verdict(rec: Recommendation) -> list:
     return lines
 
 
-# the static rankings a zoo's feature widths give: {name in te_gpu.regimes.STATIC_NAMES:
-# narrowest first?}
-WIDTH_RANKINGS = {"width": False, "width reversed": True}
-
-
 def static_lines(rec: Recommendation, names) -> list:
-    """For each static ranking of ``names`` that the zoo's feature widths give, one line
-    with its top ``rec.k`` models on this zoo (and those tied with the last)."""
+    """For each static ranking of ``names`` (te_gpu.regimes.STATIC_NAMES keys) that the
+    zoo's feature widths give, one line with its top ``rec.k`` models on this zoo (and
+    those tied with the last)."""
+    from .baselines import FACT_NAMES, REVERSED, with_reversed
     from .regimes import STATIC_NAMES
 
-    lines, place = [], {m: i for i, m in enumerate(rec.order)}     # ties: the consensus's order
-    for name in (n for n in names if n in WIDTH_RANKINGS and rec.widths):
-        sign = 1 if WIDTH_RANKINGS[name] else -1
-        ranked = sorted(rec.order, key=lambda m: (sign * rec.widths[m], place[m]))
-        edge = rec.widths[ranked[min(rec.k, len(ranked)) - 1]]
-        shown = [m for m in ranked if sign * rec.widths[m] <= sign * edge]
+    if not rec.widths:
+        return []
+    width = FACT_NAMES["feature_width"]
+    rankings = with_reversed({width: rec.widths})        # {name: {model: value}}, higher first
+    given = {"width": width, "width reversed": REVERSED[width]}
+    place = {m: i for i, m in enumerate(rec.order)}      # ties: the consensus's order
+    lines = []
+    for name in (n for n in names if n in given):
+        values = rankings[given[name]]
+        ranked = sorted(rec.order, key=lambda m: (-values[m], place[m]))
+        edge = values[ranked[min(rec.k, len(ranked)) - 1]]
+        shown = [m for m in ranked if values[m] >= edge]
         lines.append(f"{STATIC_NAMES[name]}, on this zoo (no target data): "
                      + ", ".join(f"{m} ({rec.widths[m]})" for m in shown))
     return lines

@@ -231,6 +231,8 @@ def test_finetune_lbft_and_full_sweep(tmp_path, capsys):
     assert f"note: lr {full['lr']:g}, the {edge} of the sweep, was kept for 1 of 1 model(s)" in err
     # --train-seeds 0,1: the mean of two training runs, each run's accuracy kept beside it
     lbft = data["_details"]["custom"]["lbft"]["digits"]["resnet10t-random-32px"]
+    # no --lr/--wd: the default sweep, lr 0.1, 0.03, 0.01, 0.001 at wd 1e-4
+    assert set(lbft["sweep"]) == {f"lr={lr},wd=0.0001" for lr in ("0.1", "0.03", "0.01", "0.001")}
     assert lbft["train_seeds"] == [0, 1] and len(lbft["runs"]) == 2
     assert regimes["lbft"]["digits"]["resnet10t-random-32px"] == pytest.approx(np.mean(lbft["runs"]), abs=1e-4)
     # the probe is deterministic: --train-seeds is refused there, in one line

@@ -450,7 +450,11 @@ def test_cli_transfer_all_answers_each_regime(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("lft", "lbft", "finetune"):
         assert f"(--transfer {name};" in out
-    assert set(json.loads((tmp_path / "r.json").read_text())["regimes"]) == {"lft", "lbft", "finetune"}
+    # each regime's evidence names the ranking by width: shown from the store's features
+    assert out.count("feature width, narrowest first, on this zoo (no target data): ") == 3
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert set(saved["regimes"]) == {"lft", "lbft", "finetune"}
+    assert saved["widths"] == {m: x.shape[1] for m, x in zoo.items()}
     (tmp_path / "acc.json").write_text(json.dumps({"strong": 90.0, "mid": 80.0, "weak": 50.0}))
     (tmp_path / "base.json").write_text(json.dumps({"prior": 0.5}))
     assert main(["recommend", str(tmp_path / "z"), "--transfer", "all", "-B", "4", "--device", "cpu",

@@ -413,6 +413,24 @@ def test_baselines_cli_reads_the_10_epoch_tables_with_the_wheels_facts(capsys):
     assert code == 2 and "unknown regime 'lft' for wheels_e10" in err
 
 
+def test_baselines_and_correlate_cli_read_the_wider_sweep_tables(capsys, tmp_path):
+    """--truth wheels_lr: lbft on the five 32 px zoos, finetune on seven, the wheels facts;
+    no probe table."""
+    for regime, zoos in (("lbft", LR_ZOOS), ("finetune", LR_FT_ZOOS)):
+        code, out, err = run(capsys, "baselines", "--truth", "wheels_lr", "--regime", regime)
+        assert code == 0, err
+        assert f"static rankings against wheels_lr/{regime}" in out and "facts: wheels" in out
+        assert f"mean of {len(zoos)}" in out and all(z in out for z in zoos)
+    code, _, err = run(capsys, "baselines", "--truth", "wheels_lr", "--regime", "lft")
+    assert code == 2 and "unknown regime 'lft' for wheels_lr" in err
+    acc = rank.ground_truth("wheels_lr", "finetune", "digits64")
+    write_scores(tmp_path / "oracle.json", acc, duration=1.0)
+    code, out, err = run(capsys, "correlate", str(tmp_path / "oracle.json"), "--truth", "wheels_lr",
+                         "--dataset", "digits64", "--regime", "finetune")
+    assert code == 0, err
+    assert next(line for line in out.splitlines() if line.startswith("oracle")).split()[2] == "+1.000"
+
+
 def test_wheels_facts_name_every_model():
     facts = baselines.facts("wheels")
     assert set(facts) == set(rank.list_ground_truth()["wheels"]["models"])
