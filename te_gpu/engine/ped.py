@@ -26,9 +26,6 @@ import torch
 from .._checks import check_ped_options
 from .stats import Labels
 
-STEP_OPTIONS = dict(time_step=0.1, exit_ratio=0.5, nsigma=0.6, constant=1.0, eps=1e-3,
-                    max_steps=6)
-
 
 def class_moves(z: torch.Tensor, labels: Labels, time_step: float, nsigma: float,
                 constant: float) -> torch.Tensor:

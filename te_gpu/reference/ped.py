@@ -32,9 +32,6 @@ import numpy as np
 from .._checks import as_features, as_labels, check_ped_options
 from ._common import class_means, class_radii
 
-STEP_OPTIONS = dict(time_step=0.1, exit_ratio=0.5, nsigma=0.6, constant=1.0, eps=1e-3,
-                    max_steps=6)
-
 
 def class_moves(z: np.ndarray, codes: np.ndarray, n_classes: int, time_step: float,
                 nsigma: float, constant: float) -> np.ndarray:
