@@ -993,7 +993,8 @@ def one_run_tables(path: Path) -> dict:
             for name, group in got["groups"].items()}
 
 
-def training_budget(work: Path, evidence: Path, files, runs_files=(), with_evidence=False) -> dict:
+def training_budget(work: Path, evidence: Path, files, runs_files=(), with_evidence=False,
+                    also=()) -> dict:
     """How far the fine-tuned verdicts survive another training budget.
 
     ``files``: te-gpu finetune files (group = the zoo's name) of the zoo's sweep on the same
@@ -1007,7 +1008,8 @@ def training_budget(work: Path, evidence: Path, files, runs_files=(), with_evide
     * ``budget_predicts_budget``: the shipped budget's tables ranked as if they were a
       scorer, judged by issue 26's check against the target (an oracle's ceiling);
       ``budget_runs_predict_each_other``: the same between the files' runs;
-    * ``judged``: every regime's chosen set, the fast default and every label alone, judged
+    * ``judged``: every regime's chosen set, the sets in ``also``, the fast default and
+      every label alone, judged
       on the redraws (tau_w, P(first), P(top 3), passes) against each table, beside the
       static rankings;
     * ``rule`` (beside the regimes): per regime, :func:`budget_rule` on the targets;
@@ -1015,7 +1017,8 @@ def training_budget(work: Path, evidence: Path, files, runs_files=(), with_evide
       evidence zoo as :func:`evaluate` judges it (against the means of ``runs_files``) together.
     """
     out_json = json.loads(evidence.read_text())
-    chosen = [c["chosen"] for r, c in out_json["choice"].items() if r in REGIMES]
+    chosen = list(dict.fromkeys([c["chosen"] for r, c in out_json["choice"].items() if r in REGIMES]
+                                + list(also)))
     runs = training_runs(runs_files)
     budget = {}
     for path in files:
@@ -1498,6 +1501,9 @@ def parser() -> argparse.ArgumentParser:
     bu.add_argument("--truth-runs", type=Path, nargs="*", default=[],
                     help="te-gpu finetune --train-seeds files: judge against the runs' mean too")
     bu.add_argument("--out", type=Path, default=None)
+    bu.add_argument("--also", nargs="*", default=[], metavar="SET",
+                    help="sets judged and shown beside the evidence's choices (labels joined by "
+                         "commas, as the evidence names them), e.g. a set a regime declares now")
     bu.add_argument("--with-evidence", action="store_true",
                     help="also run the choice rule on the targets and the evidence zoos together")
     sh = sub.add_parser("ship")
@@ -1544,7 +1550,7 @@ def main(argv=None):
         print(seeds_markdown(res))
     elif args.cmd == "budget":
         res = training_budget(args.work.resolve(), args.evidence, args.files, args.truth_runs,
-                              args.with_evidence)
+                              args.with_evidence, args.also)
         if args.out:
             args.out.write_text(json.dumps(res, indent=1) + "\n")
         print(budget_markdown(res))
