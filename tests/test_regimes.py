@@ -21,8 +21,8 @@ EVIDENCE = Path(__file__).resolve().parent.parent / "bench" / "results" / "regim
 # the zoos fully fine-tuned for 10 epochs too (wheels_e10), and budget's files and verdicts
 E10_ZOOS = ("fmnist32", "fmnist64", "fmnist5c32", "digits48")
 # the zoos fine-tuned with lr up to 0.1, three runs each (wheels_lr), and their runs
-LR_ZOOS = ("fmnist5l32", "fmnist32s6", "digits32", "fmnist32", "fmnist5c32")
-LR_FT_ZOOS = LR_ZOOS + ("digits48", "digits64", "fmnist64")    # the whole network: three more
+LR_ZOOS = ("fmnist5l32", "fmnist32s6", "digits32", "fmnist32", "fmnist5c32", "digits48", "digits64",
+           "fmnist64")                                      # the last block and the whole network
 BUDGET_FILES = Path(__file__).resolve().parent.parent / "bench" / "results" / "finetune_budget"
 BUDGET = BUDGET_FILES.parent / "regime_budget_e10.json"
 SWEEP = BUDGET_FILES.parent / "regime_sweep_lr.json"      # budget's verdicts on the wider lr sweep
@@ -222,7 +222,7 @@ def _wheels_group_of(dataset: str) -> str:
 # each shipped table of another budget: (group, regime, its zoos, what its commands say)
 BUDGET_TABLES = (("wheels_e10", "finetune", E10_ZOOS, " --epochs 10 "),
                  ("wheels_lr", "lbft", LR_ZOOS, " --lr 0.1,0.03,0.01 --wd 1e-4 --epochs 3 "),
-                 ("wheels_lr", "finetune", LR_FT_ZOOS, " --lr 0.1,0.03,0.01 --wd 1e-4 --epochs 3 "))
+                 ("wheels_lr", "finetune", LR_ZOOS, " --lr 0.1,0.03,0.01 --wd 1e-4 --epochs 3 "))
 
 
 @pytest.mark.parametrize("group,regime,dataset,said_budget",
@@ -335,10 +335,9 @@ def test_caveats_count_the_zoos_of_the_other_budget_and_the_wider_sweep():
     for name, v in json.loads(SWEEP.read_text())["finetune"].items():     # one wider run
         assert list(v["judged"]) == ["shipped run", "mean of runs", v["target"]] and \
             v["target"] == f"{name}_lr"
-    for path, regime, kind, zoos in ((SWEEP_LBFT, "lbft", "lbft_lr", LR_ZOOS),
-                                     (SWEEP_MEANS, "finetune", "lr", LR_FT_ZOOS)):
+    for path, regime, kind in ((SWEEP_LBFT, "lbft", "lbft_lr"), (SWEEP_MEANS, "finetune", "lr")):
         judged = json.loads(path.read_text())[regime]
-        assert tuple(judged) == zoos
+        assert tuple(judged) == LR_ZOOS
         for name, v in judged.items():                                   # three wider runs
             runs = list(v["judged"])[2:-1]
             assert len(runs) == 3 and runs[0] == f"{name}_{kind}" and \
@@ -383,7 +382,7 @@ def test_regime_evidence_ship_budget_rebuilds_wheels_e10_and_refuses_a_stopped_r
 def _lr_files() -> list:
     """wheels_lr's runs in the order shipped: lbft then finetune, zoo by zoo, the run at
     the zoo's seed first."""
-    return [f for kind, zoos in (("lbft_lr", LR_ZOOS), ("lr", LR_FT_ZOOS)) for z in zoos
+    return [f for kind in ("lbft_lr", "lr") for z in LR_ZOOS
             for f in sorted(SWEEP_FILES.glob(f"{z}_{kind}*.json"))]
 
 
@@ -394,7 +393,7 @@ def test_regime_evidence_ship_budget_rebuilds_wheels_lr_and_refuses_another_swee
     of the narrow sweep among them is refused."""
     ev = _evidence_script()
     files = _lr_files()
-    assert len(files) == 3 * (len(LR_ZOOS) + len(LR_FT_ZOOS))
+    assert len(files) == 3 * 2 * len(LR_ZOOS)
     got = json.loads(ev.ship_budget(files, "wheels_lr", out=tmp_path / "lr.json").read_text())
     shipped = _shipped_group("wheels_lr")
     for d in (got, shipped):
@@ -426,13 +425,12 @@ def test_baselines_cli_reads_the_10_epoch_tables_with_the_wheels_facts(capsys):
 
 
 def test_baselines_and_correlate_cli_read_the_wider_sweep_tables(capsys, tmp_path):
-    """--truth wheels_lr: lbft on the five 32 px zoos, finetune on seven, the wheels facts;
-    no probe table."""
-    for regime, zoos in (("lbft", LR_ZOOS), ("finetune", LR_FT_ZOOS)):
+    """--truth wheels_lr: lbft and finetune on eight zoos, the wheels facts; no probe table."""
+    for regime in ("lbft", "finetune"):
         code, out, err = run(capsys, "baselines", "--truth", "wheels_lr", "--regime", regime)
         assert code == 0, err
         assert f"static rankings against wheels_lr/{regime}" in out and "facts: wheels" in out
-        assert f"mean of {len(zoos)}" in out and all(z in out for z in zoos)
+        assert f"mean of {len(LR_ZOOS)}" in out and all(z in out for z in LR_ZOOS)
     code, _, err = run(capsys, "baselines", "--truth", "wheels_lr", "--regime", "lft")
     assert code == 2 and "unknown regime 'lft' for wheels_lr" in err
     acc = rank.ground_truth("wheels_lr", "finetune", "digits64")
@@ -589,7 +587,7 @@ def test_finetune_declares_what_the_wider_sweeps_means_chose():
     assert r.chosen_on == "wheels_lr"
     verdicts = json.loads(SWEEP_MEANS.read_text())
     rule = verdicts["rule"]["finetune"]
-    assert rule["zoos"] == list(LR_FT_ZOOS) and rule["chosen"] == ",".join(r.labels)
+    assert rule["zoos"] == list(LR_ZOOS) and rule["chosen"] == ",".join(r.labels)
     assert {h["chosen_on_others"] for h in rule["leave_one_zoo_out"].values()} == {rule["chosen"]}
     below = {}
     for name, v in verdicts["finetune"].items():
@@ -597,7 +595,7 @@ def test_finetune_declares_what_the_wider_sweeps_means_chose():
         statics = {k: row["tau_w"] for k, row in judged["static"].items()}
         if not judged["sets"][rule["chosen"]]["tau_w"] > max(statics.values()):
             below[name] = max(statics, key=statics.get)
-    assert r.weak == below and rule["merit"][0] == len(LR_FT_ZOOS) - len(below)
+    assert r.weak == below and rule["merit"][0] == len(LR_ZOOS) - len(below)
     if EVIDENCE.is_file():
         assert json.loads(EVIDENCE.read_text())["choice"]["finetune"]["chosen"] == "knn,sfda+released"
 
