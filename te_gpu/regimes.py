@@ -111,9 +111,9 @@ class Regime:
 # passes on 5 (bench/results/regime_sweep_lr_candidate.json): no switch. With fmnist64 as an
 # eighth zoo (three runs) the rule's pick, the same set, passes on 5 of 8 and is the pick on
 # every seven of the eight (5 of 8 left out; knn, sfda+released 1 of 8). Judged on fmnist96,
-# a 96 px zoo held out from that choice (two runs of the wider sweep), it failed (tau_w 0.223,
-# the most accurate model in its top 3 on 55 % of redraws) where this set passed (0.500,
-# 95 %): its lead is one of small images, where narrow early stages win, so no switch
+# a 96 px zoo held out from that choice (three runs of the wider sweep), it failed (tau_w 0.592,
+# the most accurate model in its top 3 on 20 % of redraws) where this set came nearer (0.609,
+# 85 %; neither passes): its lead is one of small images, where narrow early stages win, so no switch
 # (bench/RESULTS.md, "The finetune set, judged again on eight zoos and a held-out one"). The caveat says
 # so, and the verdict shows the static ranking named (look_also, weak, held_out_below) on
 # the user's zoo, from its feature widths (te_gpu.recommend.static_lines).
