@@ -93,30 +93,20 @@ class Regime:
 # fast default 1, the lft and lbft sets none); on those single runs the rule would pick
 # knn, sfda+released, transrate+released (5 of 9), left out passing 2 of 9: no switch on
 # single runs, when the sets were chosen on means of three; the caveat says how it fared.
-# The last block, fine-tuned again the same way on five 32 px zoos with three training runs
-# each, kept 0.03 or 0.1 for most models, and against the runs' means the lbft set passed
-# on 1 of 5 (5 of 5 before), width reversed beating it on 4, and no eligible set passed on
-# more than 2 (the rule's pick sfda+released, ncti+released, reg_hscore+released; left out,
-# 1 of 5): no set to switch to. With digits at 48 and 64 px and fmnist64 (three runs
-# each), the lbft set passes on 1 of 8, width reversed ahead of it on 7; the rule's pick,
-# knn, sfda+released, reg_hscore+released, passes on 4 of 8, but the picks made with one zoo
-# left out pass on 1 of 8 (five different sets): still no set to switch to, so the caveat
-# says so and names the static ranking. The
-# whole network, re-run so on the same five zoos and digits at 48 and 64 px (three runs
-# each; the wheels_lr ground truth ships both regimes' means): the narrowest candidate was the
-# most accurate on six, the finetune set kept the most accurate in its top 3 on six but passed
-# on one, width reversed ahead of it on six. The rule would pick knn, sfda+released,
-# transrate+released (4 of 7, the only set on 4; left out, 2 of 7; also the pick of the
-# single wider runs), which passes on 0 of 9 of the narrow sweep's means where this set
-# passes on 5 (bench/results/regime_sweep_lr_candidate.json): no switch. With fmnist64 as an
-# eighth zoo (three runs) the rule's pick, the same set, passes on 5 of 8 and is the pick on
-# every seven of the eight (5 of 8 left out; knn, sfda+released 1 of 8). Judged on fmnist96,
-# a 96 px zoo held out from that choice (three runs of the wider sweep), it failed (tau_w 0.592,
-# the most accurate model in its top 3 on 20 % of redraws) where this set came nearer (0.609,
-# 85 %; neither passes): its lead is one of small images, where narrow early stages win, so no switch
-# (bench/RESULTS.md, "The finetune set, judged again on eight zoos and a held-out one"). The caveat says
-# so, and the verdict shows the static ranking named (look_also, weak, held_out_below) on
-# the user's zoo, from its feature widths (te_gpu.recommend.static_lines).
+# Re-run so with three training runs each, on eight zoos (the wheels_lr ground truth, both
+# fine-tuned regimes): the last block's set passes on 1 of 8, width reversed ahead on 7, and
+# the rule's pick (knn, sfda+released, reg_hscore+released, 4 of 8) is not stable (picked
+# with one zoo left out, five different sets pass on 1 of 8): no set to switch to. The whole
+# network's set passes on 1 of 8 (top 3 on six, width reversed ahead on six); the rule's pick,
+# knn, sfda+released, transrate+released, passes on 5 of 8, is picked with any zoo left out
+# (5 of 8 pass), but passes on 0 of 9 of the narrow sweep's means, and on fmnist96, a 96 px
+# zoo held out from that choice (three runs), it failed (tau_w 0.592,
+# the most accurate model in its top 3 on 20 % of redraws) where this set came nearer
+# (0.609, 85 %; neither passes): its lead is one of small images, where narrow early stages
+# win, so no switch (bench/RESULTS.md, "The finetune set, judged again on eight zoos and a
+# held-out one"). The caveats say so, and the verdict shows the static ranking named
+# (look_also, weak, held_out_below) on the user's zoo, from its feature widths
+# (te_gpu.recommend.static_lines).
 REGIMES = {
     "lft": Regime("lft", "a linear probe on the frozen features",
                   ("sfda+released", "lda+released"),
