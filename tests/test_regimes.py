@@ -32,7 +32,7 @@ SWEEP_MEANS = BUDGET_FILES.parent / "regime_sweep_lr_means.json"   # the same, f
 # the 10-epoch means judged again with the wider sweep's pick beside the sets
 BUDGET_WIDE_SET = BUDGET_FILES.parent / "regime_budget_e10_wide_set.json"
 # that pick judged on fmnist96, a zoo held out from it (the mean of three wider runs)
-HELD_OUT_WIDE = BUDGET_FILES.parent / "regime_sweep_lr_fmnist96.json"
+HELD_OUT_WIDE = BUDGET_FILES.parent / "regime_sweep_lr_96px.json"
 WIDE_PICK = "knn,sfda+released,transrate+released"
 
 
@@ -306,7 +306,7 @@ def _top3_kept(path: Path, regime: str) -> int:
                for v in json.loads(path.read_text())[regime].values())
 
 
-@pytest.mark.skipif(not all(f.is_file() for f in (BUDGET, SWEEP, SWEEP_LBFT, SWEEP_MEANS)),
+@pytest.mark.skipif(not all(f.is_file() for f in (BUDGET, SWEEP, SWEEP_LBFT, SWEEP_MEANS, HELD_OUT_WIDE)),
                     reason="budget's verdicts are not in this checkout")
 def test_caveats_count_the_zoos_of_the_other_budget_and_the_wider_sweep():
     """The finetune and lbft caveats' counts are budget's verdicts: the chosen set against
@@ -319,7 +319,12 @@ def test_caveats_count_the_zoos_of_the_other_budget_and_the_wider_sweep():
     assert f"and on {wide} of {n_wide} fine-tuned with lr up to 0.1 (means of three runs), where " \
            f"it kept the most accurate model in its top 3 on {_top3_kept(SWEEP_MEANS, 'finetune')} " \
            "but the ranking by feature width, narrowest first, ordered the models better on " \
-           f"{_beaten_by_width_reversed(SWEEP_MEANS, 'finetune')}:" in caveat
+           f"{_beaten_by_width_reversed(SWEEP_MEANS, 'finetune')}; " in caveat
+    held, n_held = _passes_against_target(HELD_OUT_WIDE, "finetune")
+    on_both = json.loads(HELD_OUT_WIDE.read_text())["rule"]["finetune"]["sets_passing"][str(n_held)]
+    assert n_held == 2 and on_both == 0
+    assert (f"on two zoos at 96 px held out from it, it passed on {held} of {n_held} (no set "
+            "passed on both):") in caveat
     wide, n_wide = _passes_against_target(SWEEP_LBFT, "lbft")
     assert f"passed on {wide} of {n_wide} zoos whose last block was fine-tuned with lr up to " \
            "0.1 (means of three runs), where the ranking by feature width, narrowest first, " \
@@ -345,13 +350,15 @@ def test_caveats_count_the_zoos_of_the_other_budget_and_the_wider_sweep():
 def test_the_wider_sweeps_finetune_pick_was_judged_on_a_held_out_zoo():
     """On the eight wider means the choice rule picks WIDE_PICK, with any one zoo left out
     too; on fmnist96, held out from it (96 px, the mean of its wider runs), it fails and
-    the finetune set does better: the reason the set stays (te_gpu.regimes says so)."""
+    the finetune set does better: the reason the set stays (te_gpu.regimes says so). On
+    fmnist5c96, a second 96 px zoo, both fail, and the rule's pick on either 96 px zoo
+    fails on the other."""
     rule = json.loads(SWEEP_MEANS.read_text())["rule"]["finetune"]
     assert rule["zoos"] == list(LR_ZOOS) and rule["chosen"] == WIDE_PICK
     assert {h["chosen_on_others"] for h in rule["leave_one_zoo_out"].values()} == {WIDE_PICK}
     assert rule["merit"][0] > rule["shown"]["knn,sfda+released"][0]
     held = json.loads(HELD_OUT_WIDE.read_text())["finetune"]
-    assert list(held) == ["fmnist96"] and "fmnist96" not in LR_ZOOS
+    assert list(held) == ["fmnist96", "fmnist5c96"] and not set(held) & set(LR_ZOOS)
     v = held["fmnist96"]
     assert v["target"] == "mean of fmnist96_lr, fmnist96_lr_s9, fmnist96_lr_s10"
     sets = v["judged"][v["target"]]["sets"]
@@ -363,6 +370,13 @@ def test_the_wider_sweeps_finetune_pick_was_judged_on_a_held_out_zoo():
     said = (f"(tau_w {wide['tau_w']:.3f},\n# the most accurate model in its top 3 on "
             f"{100 * wide['p_best_top']:.0f} % of redraws)")
     assert said in Path(regimes.__file__).read_text()
+    v = held["fmnist5c96"]
+    assert v["target"] == "mean of fmnist5c96_lr, fmnist5c96_lr_s10, fmnist5c96_lr_s11"
+    sets = v["judged"][v["target"]]["sets"]
+    assert not sets[chosen]["passes"] and not sets[WIDE_PICK]["passes"]
+    on_96 = json.loads(HELD_OUT_WIDE.read_text())["rule"]["finetune"]
+    assert on_96["zoos"] == list(held) and on_96["sets_passing"]["2"] == 0
+    assert not any(h["passes"] for h in on_96["leave_one_zoo_out"].values())
 
 
 @pytest.mark.skipif(not BUDGET_FILES.is_dir(), reason="budget's files are not in this checkout")
