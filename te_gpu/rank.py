@@ -414,7 +414,7 @@ def _pick(mapping: dict, key, what: str):
 # The shipped accuracy tables, each {"groups": {group: {"models", "regimes"}}}: the
 # published ones (group1, group2) and those measured with te-gpu finetune on the
 # weight-wheel zoos (wheels; wheels_e10, four of them fine-tuned for 10 epochs;
-# wheels_heldout, zoos built after te_gpu.regimes' sets were chosen; wheels_lr, eight zoos of
+# wheels_heldout, zoos built after te_gpu.regimes' sets were chosen; wheels_lr, ten zoos of
 # both fine-tuned with lr up to 0.1; how, in each file's "_how_measured").
 TRUTH_FILES = ("finetune_accuracy.json", "wheels_accuracy.json", "wheels_e10_accuracy.json",
                "wheels_heldout_accuracy.json", "wheels_lr_accuracy.json")
@@ -443,7 +443,7 @@ def ground_truth(group: str = "group1", regime: str = "finetune", dataset: str |
         finetune only: each model's mean over three training runs) or
         ``"wheels_heldout"`` (zoos of the same candidates measured as ``"wheels"``, built
         after te_gpu.regimes' metric sets were chosen on ``"wheels"``: they judge those
-        sets and chose nothing) or ``"wheels_lr"`` (eight zoos of those two, the whole
+        sets and chose nothing) or ``"wheels_lr"`` (ten zoos of those two, the whole
         network and the last block fine-tuned with lr 0.1, 0.03, 0.01 instead of 0.01, 0.001:
         each model's mean over three training runs).
     regime : ``"finetune"`` (full fine-tuning), ``"lbft"`` (last block) or

@@ -94,10 +94,12 @@ class Regime:
 # fast default 1, the lft and lbft sets none); on those single runs the rule would pick
 # knn, sfda+released, transrate+released (5 of 9), left out passing 2 of 9: no switch on
 # single runs, when the sets were chosen on means of three; the caveat says how it fared.
-# Re-run so with three training runs each, on eight zoos (the wheels_lr ground truth, both
+# Re-run so with three training runs each, on eight zoos (wheels_lr's evidence zoos, both
 # fine-tuned regimes): the last block's set passes on 1 of 8, width reversed ahead on 7, and
 # the rule's pick (knn, sfda+released, reg_hscore+released, 4 of 8) is not stable (picked
-# with one zoo left out, five different sets pass on 1 of 8): no set to switch to. The whole
+# with one zoo left out, five different sets pass on 1 of 8): no set to switch to; on the
+# two 96 px zoos held out (three runs each) it passes on neither, width reversed ahead on
+# both, and no set passes on both. The whole
 # network's set passes on 1 of 8 (top 3 on six, width reversed ahead on six); the rule's pick,
 # knn, sfda+released, transrate+released, passes on 5 of 8, is picked with any zoo left out
 # (5 of 8 pass), but passes on 0 of 9 of the narrow sweep's means, and on fmnist96, a 96 px
@@ -122,8 +124,9 @@ REGIMES = {
                    caveat=("this set, chosen on runs with lr at most 0.01, passed on 1 of 8 "
                            "zoos whose last block was fine-tuned with lr up to 0.1 (means of "
                            "three runs), where the ranking by feature width, narrowest first, "
-                           "beat it on 7: look at that ranking too, and fine-tune more than "
-                           "the first model"),
+                           "beat it on 7, and on 0 of 2 such zoos at 96 px held out from it, "
+                           "where that ranking beat it on 2: look at that ranking too, and "
+                           "fine-tune more than the first model"),
                    look_also=("width reversed",)),
     "finetune": Regime("finetune", "fine-tuning the whole network",
                        ("knn", "sfda+released"),
