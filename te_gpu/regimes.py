@@ -99,8 +99,8 @@ class Regime:
 # the rule's pick (knn, sfda+released, reg_hscore+released, 4 of 8) is not stable (picked
 # with one zoo left out, five different sets pass on 1 of 8): no set to switch to; on the
 # two 96 px zoos held out (three runs each) it passes on neither, width reversed ahead on
-# both, and no set passes on both. The whole
-# network's set passes on 1 of 8 (top 3 on six, width reversed ahead on six); the rule's pick,
+# both, and no set passes on both. The whole network's set passes on 1 of 8 (top 3 on
+# six, width reversed ahead on six); the rule's pick,
 # knn, sfda+released, transrate+released, passes on 5 of 8, is picked with any zoo left out
 # (5 of 8 pass), but passes on 0 of 9 of the narrow sweep's means, and on fmnist96, a 96 px
 # zoo held out from that choice (three runs), it failed (tau_w 0.592,
@@ -110,9 +110,9 @@ class Regime:
 # held-out one"). A second 96 px zoo held out (fmnist5c96, three wider runs) failed both
 # (this set 0.465, 45 %; the pick 0.534, 100 %; width reversed 0.579), no set of the
 # catalogue passed on both 96 px zoos, and the rule's pick on one fails on the other: no
-# set to switch to at 96 px either. The caveats say so, and the verdict shows the static ranking named
-# (look_also, weak, held_out_below) on the user's zoo, from its feature widths
-# (te_gpu.recommend.static_lines).
+# set to switch to at 96 px either. The caveats say so, and the verdict shows the static
+# ranking named (look_also, weak, held_out_below) on the user's zoo, from its feature
+# widths (te_gpu.recommend.static_lines).
 REGIMES = {
     "lft": Regime("lft", "a linear probe on the frozen features",
                   ("sfda+released", "lda+released"),

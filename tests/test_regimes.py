@@ -693,7 +693,7 @@ def test_regime_evidence_build_runs_the_regimes_asked_for_split_by_network(tmp_p
     assert json.loads((tmp_path / "fmnist64n6k" / "timing.json").read_text())["finetune lbft"]["processes"] == 1
 
 
-@pytest.mark.parametrize("name", list(ZOOS) + ["fmnist5l32", "fmnist32s6", "digits32", "fmnist96"])
+@pytest.mark.parametrize("name", list(ZOOS) + ["fmnist5l32", "fmnist32s6", "digits32", "fmnist96", "fmnist5c96"])
 def test_regime_evidence_restore_gives_back_the_run_that_ship_shipped(tmp_path, monkeypatch, name):
     """bench/regime_evidence.py restore ZOO: extraction only (no fine-tuning), and a
     truth.json holding the run of the zoo's own seed, from which ship's means come back:
