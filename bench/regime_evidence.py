@@ -120,8 +120,8 @@ ZOOS = {
                      models=candidates(96, "3,4,final"), note=SPLIT),
     # and a second 96 px zoo (2026-12-07, after fmnist96 stopped the wider sweep's pick): the
     # five upper-body classes of fmnist5c32, the hardest task, on new images (seed 9);
-    # built for lft only, both fine-tuned regimes measured with the wider sweep alone
-    # (bench/results/finetune_sweep/fmnist5c96_{lbft_,}lr*)
+    # built for lft and lbft (the whole network measured with the wider sweep alone), both
+    # fine-tuned regimes with the wider sweep too (bench/results/finetune_sweep/fmnist5c96_*)
     "fmnist5c96": dict(data="{work}/fmnist5c.npz", seed=9, n_train=1000, n_test=500,
                        models=candidates(96, "3,4,final"), classes=(0, 2, 3, 4, 6)),
 }

@@ -86,10 +86,11 @@ class Regime:
 # choice (bench/regime_evidence.py held-out, 2026-12-07; the wheels_heldout ground truth),
 # the lbft set passed on all four, the finetune set on two (at 96 px its best model in the
 # top 3 on 85 % of redraws), and the lft set on one (by 0.001), three times below the ranking
-# by width, narrowest first, and a fourth time on a fifth zoo probed only (fmnist5c96):
-# held_out_below says so (the rule's pick on each held-out zoo alone differs from zoo to
-# zoo, no evidence for another set). Fine-tuned again with lr 0.1,
-# 0.03, 0.01 (one run at each zoo's seed, nine zoos; bench/regime_evidence.py sweep and
+# by width, narrowest first, and a fourth time on a fifth zoo (fmnist5c96, probed and
+# last-block fine-tuned only; there the lbft set beat every static ranking but kept the
+# best model in its top 3 on 80 % of redraws): held_out_below says so (the rule's pick on
+# each held-out zoo alone differs from zoo to zoo, no evidence for another set). Fine-tuned
+# again with lr 0.1, 0.03, 0.01 (one run at each zoo's seed, nine zoos; regime_evidence.py sweep and
 # budget), the tables moved by up to 49 points and the finetune set passed on 3 of 9 (the
 # fast default 1, the lft and lbft sets none); on those single runs the rule would pick
 # knn, sfda+released, transrate+released (5 of 9), left out passing 2 of 9: no switch on
