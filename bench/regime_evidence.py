@@ -1044,9 +1044,11 @@ def training_budget(work: Path, evidence: Path, files, runs_files=(), with_evide
             for stem, table in other.items():
                 if set(table) != set(models):
                     raise ValueError(f"{stem}: {name} {regime} has {sorted(table)}, the zoo {models}")
-            short = {"shipped run": shipped[regime]} if regime in shipped else {}
-            if regime in runs.get(name, {}):
-                short["mean of runs"] = mean_of_runs(name, shipped, runs[name])[regime]
+            short = {}
+            if regime in shipped:
+                short["shipped run"] = shipped[regime]
+                if regime in runs.get(name, {}):        # runs of the shipped table's protocol
+                    short["mean of runs"] = mean_of_runs(name, shipped, runs[name])[regime]
             target = budget_target(other, models)
             verdict = budget_verdict(boot, keys, statics, short, other, target)
             result.setdefault(regime, {})[name] = verdict

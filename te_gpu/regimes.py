@@ -90,8 +90,8 @@ class Regime:
 # last-block fine-tuned only; there the lbft set beat every static ranking but kept the
 # best model in its top 3 on 80 % of redraws): held_out_below says so (the rule's pick on
 # each held-out zoo alone differs from zoo to zoo, no evidence for another set). Fine-tuned
-# again with lr 0.1, 0.03, 0.01 (one run at each zoo's seed, nine zoos; regime_evidence.py sweep and
-# budget), the tables moved by up to 49 points and the finetune set passed on 3 of 9 (the
+# again with lr 0.1, 0.03, 0.01 (one run at each zoo's seed, nine zoos; regime_evidence.py
+# sweep and budget), the tables moved by up to 49 points and the finetune set passed on 3 of 9 (the
 # fast default 1, the lft and lbft sets none); on those single runs the rule would pick
 # knn, sfda+released, transrate+released (5 of 9), left out passing 2 of 9: no switch on
 # single runs, when the sets were chosen on means of three; the caveat says how it fared.
@@ -101,10 +101,10 @@ class Regime:
 # with one zoo left out, five different sets pass on 1 of 8): no set to switch to; on the
 # two 96 px zoos held out (three runs each) it passes on neither, width reversed ahead on
 # both, and no set passes on both. The whole network's set passes on 1 of 8 (top 3 on
-# six, width reversed ahead on six); the rule's pick,
-# knn, sfda+released, transrate+released, passes on 5 of 8, is picked with any zoo left out
-# (5 of 8 pass), but passes on 0 of 9 of the narrow sweep's means, and on fmnist96, a 96 px
-# zoo held out from that choice (three runs), it failed (tau_w 0.592,
+# six, width reversed ahead on six); the rule's pick, knn, sfda+released,
+# transrate+released, passes on 5 of 8, is picked with any zoo left out (5 of 8 pass), but
+# passes on 0 of 9 of the narrow sweep's means, and on fmnist96, a 96 px zoo held out from
+# that choice (three runs), it failed (tau_w 0.592,
 # the most accurate model in its top 3 on 20 % of redraws) where this set came nearer
 # (0.609, 85 %; neither passes): its lead is one of small images, where narrow early stages
 # win, so no switch (bench/RESULTS.md, "The finetune set, judged again on eight zoos and a

@@ -1025,6 +1025,8 @@ def test_regime_evidence_budget_judges_sets_against_another_training_budget(tmp_
     # a zoo with no shipped table for the regime (measured under the other budget only):
     # judged against its runs alone, its candidates those of the store
     monkeypatch.setattr(ev, "open_evidence_zoo", lambda work, name: (None, None, {}, records))
+    # training runs of the shipped protocol need its table: without one they are not averaged
+    monkeypatch.setattr(ev, "training_runs", lambda files: {"fmnist64": {"finetune": {m: {7: 50.0} for m in models}}})
     alone = ev.training_budget(tmp_path, evidence, [first, second])["finetune"]["fmnist64"]
     assert alone["best"] == {k: v for k, v in both["best"].items() if k != "shipped run"}
     assert alone["accuracy"]["c"] == [91.0, 85.0, 88.0] and alone["budget_predicts_budget"] == {}
